@@ -1,0 +1,1 @@
+"""Supervised fine-tuning with TRL: full, LoRA and QLoRA."""

