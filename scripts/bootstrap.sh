@@ -35,11 +35,13 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
     [ -n "$PYTHON" ] || { echo "Python 3.11 or newer is needed (set EVOL_PYTHON to its path)." >&2; exit 2; }
     echo "[setup] installing the $EVOL_VARIANT environment into .venv (first run only; several minutes)" >&2
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
-    if [ -n "${EVOL_WHEELHOUSE:-}" ]; then
-        # Air-gapped: everything comes from a local wheel directory, no index.
-        pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-index --find-links "$EVOL_WHEELHOUSE" "$@"; }
-    fi
+    pip_flags=(--disable-pip-version-check -q)
+    # Air-gapped: everything comes from a local wheel directory, no index.
+    [ -z "${EVOL_WHEELHOUSE:-}" ] || pip_flags+=(--no-index --find-links "$EVOL_WHEELHOUSE")
+    # pip repeats one warning per package for index locations that do not exist on this machine.
+    pip_install() {
+        "$VENV/bin/python" -m pip install "${pip_flags[@]}" "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }
+    }
     if [ "$EVOL_VARIANT" = cpu ]; then
         # torch first and pinned: an unpinned resolve would pull the CUDA build and GBs of libraries.
         pip_install "torch==2.13.0"
