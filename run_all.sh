@@ -5,17 +5,32 @@
 #   ./run_all.sh                                   # tiny CPU default (configs/tiny.yaml)
 #   ./run_all.sh --config configs/paper-7b.yaml    # the paper's recipe on a GPU box
 #   ./run_all.sh --set engine.max_tokens=128       # any config value from the command line
+#   ./run_all.sh --bundle DIR                      # air-gapped: install and run from `evol bundle` output
 #
 # Bootstraps .venv on first use (scripts/bootstrap.sh), then hands over to `evol run`, which
 # skips finished stages and resumes an interrupted one when the same command is run again.
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/bootstrap.sh
 
-args=("$@")
-has_config=false
-for arg in "${args[@]}"; do
-    [ "$arg" = "--config" ] && has_config=true
+args=()
+config=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bundle) [ $# -ge 2 ] || { echo "--bundle needs a directory." >&2; exit 2; }
+                  EVOL_BUNDLE="$(cd "$2" && pwd)"; export EVOL_BUNDLE; shift 2;;
+        --bundle=*) EVOL_BUNDLE="$(cd "${1#--bundle=}" && pwd)"; export EVOL_BUNDLE; shift;;
+        --config) [ $# -ge 2 ] || { echo "--config needs a file." >&2; exit 2; }
+                  config="$2"; shift 2;;
+        --config=*) config="${1#--config=}"; shift;;
+        *) args+=("$1"); shift;;
+    esac
 done
-$has_config || args=(--config configs/tiny.yaml "${args[@]}")
-exec python -m pipeline run "${args[@]}"
+
+source scripts/bootstrap.sh   # with EVOL_BUNDLE set, it verifies checksums and installs offline
+
+if [ -n "${EVOL_BUNDLE:-}" ]; then
+    [ -n "$config" ] || config="$EVOL_BUNDLE/config.yaml"
+    args=(--set "evolve.seeds=$EVOL_BUNDLE/data/seeds.jsonl" --set "eval.testset=$EVOL_BUNDLE/data/testset.jsonl" "${args[@]}")
+fi
+[ -n "$config" ] || config=configs/tiny.yaml
+exec python -m pipeline run --config "$config" "${args[@]}"

@@ -111,6 +111,33 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
                f"{summary['tokens_per_second']} output tok/s)")
 
 
+# ---------------------------------------------------------------- evol run
+
+
+@main.command()
+@config_options
+@friendly_errors
+def run(config_path, overrides) -> None:
+    """The whole pipeline: evolve, train one model per round count, answer, judge, report."""
+    from pipeline.run import run_pipeline
+
+    run_pipeline(load_cli_config(config_path, overrides))
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle directory.")
+@click.option("--no-wheels", is_flag=True, help="Leave out the Python wheels (models and data only).")
+@config_options
+@friendly_errors
+def bundle(out_dir, no_wheels, config_path, overrides) -> None:
+    """Gather models, data and wheels for a machine with no internet (with SHA256SUMS)."""
+    from pipeline.bundle import make_bundle
+
+    summary = make_bundle(load_cli_config(config_path, overrides), Path(out_dir), wheels=not no_wheels)
+    click.echo(f"Bundle {out_dir}: models {', '.join(summary['models'])}, {summary['wheels']} wheels, "
+               f"{summary['files']} files checksummed. On the offline machine: ./run_all.sh --bundle {out_dir}")
+
+
 # ---------------------------------------------------------------- evol config
 
 

@@ -39,6 +39,10 @@ class RunConfig:
     name: str = "tiny"
     runs_dir: str = "runs"
     seed: int = 42
+    # The round-count ablation of `evol run`: evolve once to the largest, train and judge each C<k>.
+    rounds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # Also judge every model against the evolver's own answers (the paper's "% of ChatGPT").
+    reference: bool = True
 
 
 @dataclass

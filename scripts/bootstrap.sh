@@ -9,6 +9,16 @@
 set -euo pipefail
 
 EVOL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [ -n "${EVOL_BUNDLE:-}" ]; then
+    # An air-gapped bundle (evol bundle): check every checksum before installing anything from it.
+    [ -f "$EVOL_BUNDLE/SHA256SUMS" ] || { echo "$EVOL_BUNDLE is not a bundle: SHA256SUMS is missing." >&2; exit 2; }
+    if ! bad="$(cd "$EVOL_BUNDLE" && sha256sum --quiet -c SHA256SUMS 2>/dev/null)"; then
+        echo "Bundle check failed in $EVOL_BUNDLE: $(echo "$bad" | grep -E 'FAILED' | head -n 3 | tr '\n' ' ')- the copy is damaged or incomplete." >&2
+        exit 2
+    fi
+    export EVOL_WHEELHOUSE="$EVOL_BUNDLE/wheels" EVOL_MODELS_DIR="$EVOL_BUNDLE/models"
+fi
 VENV="$EVOL_ROOT/.venv"
 STAMP="$VENV/.evol-stamp"
 

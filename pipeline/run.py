@@ -1,0 +1,136 @@
+"""`evol run`: the whole flow, one stage per process, skipping what is finished.
+
+    evol run --config configs/tiny.yaml                  # what ./run_all.sh runs
+    evol run --config configs/paper-7b.yaml --set run.rounds=[0,2,4]
+
+Stages, each a separate `evol` process so accelerator memory is returned in between:
+  evolve    once, to the largest round count in `run.rounds`; C<k> are slices of it
+  train     one fine-tune per round count k: data/C<k>.jsonl -> sft/C<k>
+  answer    one engine for every LoRA adapter (a full fine-tune gets its own engine), plus the
+            evolver's own answers as the reference ("% of ChatGPT" in the paper)
+  judge     C<k> against C0, and every C<k> against the reference
+  report    report.md / report.html / report.json with the ablation over rounds
+Every stage command skips itself when its manifest matches, and resumes from its partial outputs
+after an interruption, so rerunning the same `evol run` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config, semantic_dict, stable_hash, to_dict, to_yaml
+from pipeline.data_paths import seeds_path, testset_path
+from pipeline.jsonio import InputError
+from pipeline.manifest import write_run_manifest
+from pipeline.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
+
+REFERENCE = "reference"
+
+
+@dataclass
+class Step:
+    stage: str
+    label: str
+    args: list[str]
+
+
+def label(k: int) -> str:
+    return f"C{k}"
+
+
+def check_run_config(config: Config) -> None:
+    """Everything that can be wrong with the run, said before any model loads."""
+    rounds = config.run.rounds
+    if not rounds:
+        raise InputError("run.rounds is empty; give the round counts to compare, e.g. --set run.rounds=[0,1].")
+    if any(k < 0 for k in rounds) or len(set(rounds)) != len(rounds):
+        raise InputError(f"run.rounds must be distinct non-negative round counts, got {rounds}.")
+    if 0 not in rounds:
+        raise InputError(f"run.rounds {rounds} must include 0: every model is judged against the C0 model.")
+    seeds = seeds_path(config.evolve.seeds)
+    if not seeds.is_file():
+        raise InputError(f"Seed file {seeds} not found (evolve.seeds).")
+    test = testset_path(config.eval.testset, quiet=True)
+    if not test.is_file():
+        raise InputError(f"Test set {test} not found (eval.testset).")
+
+
+def ensure_models(config: Config) -> dict[str, Path]:
+    """Prepare the built-in model if the config names it; check every other model exists."""
+    m = config.models
+    roles = {"evolver": m.evolver, "responder": m.responder or m.evolver, "base": m.base, "judge": m.judge}
+    paths = {}
+    for role, name in roles.items():
+        if name == SMOLLM2_ALIAS:
+            prepare_alias(name, m.dir)
+        try:
+            paths[role] = resolve_model(name, m.dir)
+        except InputError as err:
+            raise InputError(f"models.{role}: {err}") from None
+    return paths
+
+
+def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
+    """The stage commands of a run, in order (also what a test inspects for a multi-GPU config)."""
+    common = ["--config", str(config_file)]
+    rounds = sorted(config.run.rounds)
+    steps = [Step("evolve", "evolve", ["evolve", *common, "--rounds", str(max(rounds)), "--out", str(run_dir)])]
+    for k in rounds:
+        steps.append(Step("train", label(k), ["train", *common, "--data", str(run_dir / "data" / f"{label(k)}.jsonl"),
+                                              "--out", str(run_dir / "sft" / label(k))]))
+    answers = run_dir / "answers"
+    if config.train.method in ("lora", "qlora"):
+        adapters = [f"--adapter={label(k)}={run_dir / 'sft' / label(k) / 'adapter'}" for k in rounds]
+        steps.append(Step("answer", "adapters", ["answer", *common, "--model", config.models.base,
+                                                 "--adapters-only", *adapters, "--out", str(answers)]))
+    else:
+        for k in rounds:
+            steps.append(Step("answer", label(k), ["answer", *common, "--model", str(run_dir / "sft" / label(k) / "model"),
+                                                   "--label", label(k), "--out", str(answers)]))
+    if config.run.reference:
+        steps.append(Step("answer", REFERENCE, ["answer", *common, "--model", config.models.responder or config.models.evolver,
+                                                "--label", REFERENCE, "--out", str(answers)]))
+    judged = [(label(k), label(0)) for k in rounds if k != 0]
+    if config.run.reference:
+        judged += [(label(k), REFERENCE) for k in rounds]
+    for a, b in judged:
+        steps.append(Step("judge", f"{a}__vs__{b}", ["judge", *common, "--answers", str(answers / a),
+                                                     "--baseline", str(answers / b), "--out", str(run_dir / "judge")]))
+    return steps
+
+
+def run_pipeline(config: Config) -> Path:
+    check_run_config(config)
+    # One evolution to the largest round count; every smaller C<k> is a slice of it.
+    config.evolve.rounds = max(config.run.rounds)
+    ensure_models(config)
+    run_dir = Path(config.run.runs_dir) / config.run.name
+    write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+    config_file = run_dir / "config.yaml"
+    steps = plan(config, run_dir, config_file)
+    started = time.time()
+    for number, step in enumerate(steps, start=1):
+        print(f"\n=== [{number}/{len(steps)}] {step.stage} {step.label} ===", file=sys.stderr, flush=True)
+        _run_step(step)
+    from pipeline.ablation import write_run_report
+
+    report = write_run_report(run_dir, config)
+    print(f"\nDone in {time.time() - started:.0f} s: {report}", file=sys.stderr)
+    return run_dir
+
+
+def _run_step(step: Step) -> None:
+    command = [sys.executable, "-m", "pipeline", *step.args]
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.wait()
+        raise InputError(f"Interrupted during {step.stage} {step.label}; run the same command again to resume.")
+    if code != 0:
+        raise InputError(f"Stage {step.stage} {step.label} failed (exit status {code}); its message is above. "
+                         f"Finished stages are kept: fix the cause and rerun the same command to continue.")
