@@ -1,11 +1,41 @@
-"""The `evolve` section of the config (see pipeline/config.py for how configs load)."""
+"""The `evolve` section of the config (see pipeline/config.py for how configs load).
+
+    evol evolve --config configs/tiny.yaml --set evolve.rounds=2 --out runs/tiny
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "in_breadth")
 
 
 @dataclass
 class EvolveConfig:
     seeds: str = ""  # empty: the seed set shipped in evolve_local/data/
     rounds: int = 4
+    # Relative weights of the six operations; a missing operation gets weight 0. Uniform by default.
+    operation_weights: dict[str, float] = field(default_factory=lambda: {op: 1.0 for op in OPERATIONS})
+    # Seeds that carry an answer keep it unless this is on (the WizardLM paper regenerated them).
+    regenerate_seed_answers: bool = False
+    # Model for the equality (information-gain) verdict; empty: the evolver.
+    equality_model: str = ""
+    # Output budgets per step; null: engine.max_tokens. An evolved instruction needs far less
+    # room than an answer, and the verdict is one or two words.
+    evolution_max_tokens: int | None = None
+    answer_max_tokens: int | None = None
+    verdict_max_tokens: int = 8
+    # refusal_short: an answer saying "sorry" in fewer words than this is taken as a refusal.
+    refusal_max_words: int = 80
+    # Near-duplicate removal over the whole training set (MinHash over character shingles).
+    dedup: bool = True
+    dedup_threshold: float = 0.85
+    dedup_shingle_chars: int = 5
+    minhash_permutations: int = 128
+    # Decontamination against the test set of config `eval.testset`: an item is dropped when it
+    # shares a run of `decontam_ngram` words with a test instruction (or contains a whole shorter
+    # one of at least 5 words), or when its MinHash similarity to one reaches `decontam_threshold`.
+    # Off, a missing test set is no error and the count is 0.
+    decontaminate: bool = True
+    decontam_ngram: int = 8
+    decontam_threshold: float = 0.7

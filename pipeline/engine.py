@@ -157,7 +157,24 @@ class VLLMEngine:
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
-        del self.llm
+        """Stop the engine process now, so the next model never starts while this one holds memory."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
 
 
 @dataclass

@@ -1,0 +1,135 @@
+"""Near-duplicate removal and test-set decontamination of instructions, with datasketch MinHash.
+
+    evol evolve --config configs/tiny.yaml --set evolve.dedup_threshold=0.8 --out runs/tiny
+
+`NearDuplicates` holds every instruction admitted to the training set so far (seeds, then the kept
+evolutions of each round in order); a new one whose estimated Jaccard similarity over character
+shingles reaches the threshold is a `near_duplicate`. `TestSetFilter` flags an instruction that
+shares a long run of words with a test instruction, or is MinHash-similar to one: `contaminated`.
+Both are deterministic (fixed MinHash seed), so a resumed run rebuilds the same index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evolve_local.eliminate import words
+from pipeline.jsonio import InputError, iter_jsonl
+
+MINHASH_SEED = 1
+MIN_WHOLE_TEST_WORDS = 5  # a test instruction shorter than the n-gram counts only if this long
+
+
+def normalise(text: str) -> str:
+    return " ".join(words(text.lower()))
+
+
+def shingles(text: str, size: int) -> set[bytes]:
+    text = normalise(text)
+    if len(text) <= size:
+        return {text.encode("utf-8")}
+    return {text[i:i + size].encode("utf-8") for i in range(len(text) - size + 1)}
+
+
+def minhash(text: str, size: int, permutations: int):
+    from datasketch import MinHash
+
+    sketch = MinHash(num_perm=permutations, seed=MINHASH_SEED)
+    sketch.update_batch(sorted(shingles(text, size)))
+    return sketch
+
+
+class NearDuplicates:
+    """An LSH index of admitted instructions; `check_and_add` admits or names the earlier twin."""
+
+    def __init__(self, threshold: float, shingle_chars: int, permutations: int, enabled: bool = True):
+        from datasketch import MinHashLSH
+
+        self.enabled = enabled
+        self.threshold = threshold
+        self.size = shingle_chars
+        self.permutations = permutations
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=permutations)
+        self.sketches: dict[str, object] = {}
+        self.exact: dict[str, str] = {}
+
+    def check_and_add(self, item_id: str, instruction: str) -> str | None:
+        """None when admitted (and indexed); otherwise why it is a near-duplicate."""
+        if not self.enabled:
+            return None
+        key = normalise(instruction)
+        if key in self.exact:
+            return f"the same text as {self.exact[key]}"
+        sketch = minhash(instruction, self.size, self.permutations)
+        # LSH only proposes candidates; the estimated similarity decides, so the threshold is exact.
+        best = None
+        for other in sorted(self.lsh.query(sketch)):
+            similarity = sketch.jaccard(self.sketches[other])
+            if similarity >= self.threshold and (best is None or similarity > best[1]):
+                best = (other, similarity)
+        if best is not None:
+            return f"a near-duplicate of {best[0]} (similarity {best[1]:.2f})"
+        self.lsh.insert(item_id, sketch)
+        self.sketches[item_id] = sketch
+        self.exact[key] = item_id
+        return None
+
+
+def load_test_instructions(path: Path) -> list[tuple[str, str]]:
+    """(id, instruction) pairs of a test-set JSONL whose instruction is in `Instruction`."""
+    if not path.is_file():
+        raise InputError(f"Test set {path} not found, so evolved data cannot be decontaminated: point "
+                         f"eval.testset at the test-set JSONL, or set evolve.decontaminate=false to skip.")
+    items = []
+    for lineno, record in iter_jsonl(path):
+        text = record.get("Instruction", record.get("instruction"))
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{path}:{lineno}: a test item needs a non-empty \"Instruction\" string.")
+        items.append((str(record.get("idx", record.get("id", lineno))), text))
+    return items
+
+
+class TestSetFilter:
+    """Flags instructions overlapping any test instruction."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+    def __init__(self, tests: list[tuple[str, str]], ngram: int, threshold: float, shingle_chars: int,
+                 permutations: int):
+        from datasketch import MinHashLSH
+
+        self.ngram = ngram
+        self.threshold = threshold
+        self.size = shingle_chars
+        self.permutations = permutations
+        self.grams: dict[tuple[str, ...], str] = {}
+        self.lengths = {ngram}
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=permutations)
+        self.sketches = {}
+        for test_id, text in tests:
+            tokens = words(text.lower())
+            if len(tokens) >= ngram:
+                for i in range(len(tokens) - ngram + 1):
+                    self.grams.setdefault(tuple(tokens[i:i + ngram]), test_id)
+            elif len(tokens) >= MIN_WHOLE_TEST_WORDS:
+                self.grams.setdefault(tuple(tokens), test_id)
+                self.lengths.add(len(tokens))
+            sketch = minhash(text, shingle_chars, permutations)
+            if test_id not in self.sketches:
+                self.lsh.insert(test_id, sketch)
+                self.sketches[test_id] = sketch
+        self.size_of_set = len(tests)
+
+    def overlap(self, instruction: str) -> str | None:
+        tokens = words(instruction.lower())
+        for length in sorted(self.lengths):
+            for i in range(len(tokens) - length + 1):
+                test_id = self.grams.get(tuple(tokens[i:i + length]))
+                if test_id is not None:
+                    return f"shares {length} words in a row with test item {test_id}"
+        sketch = minhash(instruction, self.size, self.permutations)
+        for test_id in sorted(self.lsh.query(sketch)):
+            similarity = sketch.jaccard(self.sketches[test_id])
+            if similarity >= self.threshold:
+                return f"similar to test item {test_id} (similarity {similarity:.2f})"
+        return None

@@ -1,0 +1,118 @@
+"""The elimination rules of Evol-Instruct, each a small named function that returns why it fired
+(a short sentence) or None.
+
+    evol evolve --config configs/tiny.yaml --out runs/tiny      # applies these after each step
+
+Rules on the evolved instruction run before anything else is generated for it, the model's
+equality verdict next, rules on the answer last, and an item records the first rule that fired:
+
+    too_long             the evolution prompt, the verdict prompt or the answer prompt did not fit
+    no_information_gain  empty or unchanged evolution, or the model judged it EQUAL to its parent
+    copied_prompt_words  the instruction repeats our prompt's labels or phrases ("given prompt"...)
+    refusal_short        the answer contains "sorry" and has fewer than `refusal_max_words` words
+    stopwords_only       the answer is nothing but punctuation and stop words (maintained list)
+
+A verdict that says neither EQUAL nor DIFFERENT is counted as unparsed and eliminates nothing.
+Near-duplicates and test-set overlaps (`near_duplicate`, `contaminated`) are decided in dedup.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from evolve_local.prompts import MARKER_PHRASES
+from pipeline.engine import TOO_LONG
+
+TOO_LONG_RULE = "too_long"
+NO_INFORMATION_GAIN = "no_information_gain"
+COPIED_PROMPT_WORDS = "copied_prompt_words"
+REFUSAL_SHORT = "refusal_short"
+STOPWORDS_ONLY = "stopwords_only"
+NEAR_DUPLICATE = "near_duplicate"
+CONTAMINATED = "contaminated"
+RULES = (TOO_LONG_RULE, NO_INFORMATION_GAIN, COPIED_PROMPT_WORDS, REFUSAL_SHORT, STOPWORDS_ONLY,
+         NEAR_DUPLICATE, CONTAMINATED)
+
+EQUAL, DIFFERENT, UNPARSED = "equal", "different", "unparsed"
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def _normal(text: str) -> str:
+    return " ".join(words(text.lower()))
+
+
+# ---------------------------------------------------------------- rules on the instruction
+
+
+def too_long(finish_reason: str, step: str) -> str | None:
+    return f"the {step} prompt does not fit the context" if finish_reason == TOO_LONG else None
+
+
+def unchanged_evolution(parent: str, evolved: str) -> str | None:
+    """The cheap half of no_information_gain: nothing came back, or the same words came back."""
+    if not words(evolved):
+        return "the evolution is empty"
+    if _normal(evolved) == _normal(parent):
+        return "the evolution repeats its parent word for word"
+    return None
+
+
+def copied_prompt_words(instruction: str) -> str | None:
+    lowered = instruction.lower()
+    for phrase in MARKER_PHRASES:
+        if phrase in lowered:
+            return f"the instruction contains the prompt phrase {phrase!r}"
+    return None
+
+
+# ---------------------------------------------------------------- the equality verdict
+
+_DIFFERENT = re.compile(r"\b(different|differ|not\s+equal|unequal|not\s+the\s+same)\b")
+_EQUAL = re.compile(r"\b(equal|same|identical|equivalent)\b")
+
+
+def parse_verdict(text: str) -> str:
+    """EQUAL / DIFFERENT from the first line of the reply; anything else is UNPARSED."""
+    head = text.strip().lower().split("\n", 1)[0][:80] if text.strip() else ""
+    different, equal = _DIFFERENT.search(head), _EQUAL.search(head)
+    if different and (not equal or different.start() <= equal.start()):
+        return DIFFERENT  # "not equal" holds "equal" too: the earlier match is the verdict
+    if equal:
+        return EQUAL
+    return UNPARSED
+
+
+def judged_equal(verdict: str, verdict_text: str) -> str | None:
+    if verdict == EQUAL:
+        return f"the model judged it equal to its parent ({verdict_text.strip()[:40]!r})"
+    return None
+
+
+# ---------------------------------------------------------------- rules on the answer
+
+
+def refusal_short(answer: str, max_words: int = 80) -> str | None:
+    count = len(words(answer))
+    if "sorry" in answer.lower() and count < max_words:
+        return f"the answer says 'sorry' in {count} words (< {max_words})"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def stop_words() -> frozenset[str]:
+    from stop_words import get_stop_words
+
+    return frozenset(w.lower() for w in get_stop_words("en"))
+
+
+def stopwords_only(answer: str) -> str | None:
+    tokens = [w.lower() for w in words(answer)]
+    if all(t in stop_words() for t in tokens):
+        return "the answer is empty" if not tokens else "the answer holds only stop words and punctuation"
+    return None

@@ -1,0 +1,183 @@
+"""The machinery under each evolution step: one engine alive at a time, chunked resumable
+generation, and streaming atomic JSONL writers.
+
+    evol evolve --config configs/tiny.yaml --out runs/tiny      # every step of every round uses it
+
+A step (evolve, check, answer) appends each finished chunk to `evolve/work/round_<k>.<step>.jsonl`
+and its timing to `round_<k>.timing.jsonl`; a rerun reads what is there and sends only the missing
+requests, so nothing is generated twice and nothing finished is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.jsonio import append_jsonl, read_jsonl_tolerant
+
+ROLES = ("evolver", "equality", "responder")
+
+
+@dataclass
+class ModelSet:
+    """Who plays each role: the name recorded in outputs, a content hash for the stage key, and a
+    factory that starts the engine for a role (called lazily, so a finished run starts none)."""
+
+    names: dict[str, str]
+    hashes: dict[str, str]
+    make: Callable[[str], Engine]
+
+    def identity(self, role: str) -> tuple[str, str]:
+        return self.names[role], self.hashes[role]
+
+
+class Engines:
+    """Keeps at most one engine alive. Asking for a role played by another model closes the current
+    engine first, so an evolver and a different responder never share accelerator memory."""
+
+    def __init__(self, models: ModelSet):
+        self.models = models
+        self.engine: Engine | None = None
+        self.identity: tuple[str, str] | None = None
+        self.starts = 0
+
+    def get(self, role: str) -> Engine:
+        wanted = self.models.identity(role)
+        if self.engine is not None and wanted == self.identity:
+            return self.engine
+        if self.engine is not None:
+            print(f"[evolve] switching engine from {self.identity[0]} to {wanted[0]} for the {role}",
+                  file=sys.stderr)
+        self.close()
+        self.engine = self.models.make(role)
+        self.identity = wanted
+        self.starts += 1
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is None:
+            return
+        # VLLMEngine.close stops vLLM's engine process and frees its memory before the next start.
+        self.engine.close()
+        self.engine = None
+        self.identity = None
+
+
+class _Timed:
+    """Wraps an engine to measure each chunk's generation time for the persisted timing log."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.model_name = engine.model_name
+        self.last_seconds = 0.0
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        started = time.perf_counter()
+        results = self.engine.generate(requests)
+        self.last_seconds = time.perf_counter() - started
+        return results
+
+
+def step_record(request: ChatRequest, result: ChatResult) -> dict:
+    return {"id": request.id, "text": result.text, "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "seed": request.seed}
+
+
+def load_step(path: Path) -> dict[str, dict]:
+    """Finished records of a step by id (a torn last line from a crash is dropped)."""
+    return {record["id"]: record for record in read_jsonl_tolerant(path)}
+
+
+def run_step(engines: Engines, role: str, step: str, label: str, out: Path, timing: Path,
+             requests: Iterable[ChatRequest], total: int, chunk_size: int,
+             passes: Callable[[dict], bool]) -> None:
+    """Generate `requests` in chunks, appending each chunk to `out` as soon as it is done.
+
+    `passes` says whether a finished record survives this step; its share is the bar's kept%.
+    """
+    if total == 0:
+        return  # nothing left: do not even start an engine
+    timed = _Timed(engines.get(role))
+    seen = [0, 0]
+
+    def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
+        records = [step_record(request, result) for request, result in zip(chunk, results)]
+        append_jsonl(out, records)
+        append_jsonl(timing, [{
+            "step": step, "requests": len(records), "seconds": round(timed.last_seconds, 3),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+            "completion_tokens": sum(r["completion_tokens"] for r in records),
+        }])
+        seen[0] += len(records)
+        seen[1] += sum(passes(r) for r in records)
+
+    generate_in_chunks(timed, requests, chunk_size, save, total=total, desc=label,
+                       postfix=lambda: {"kept%": f"{100 * seen[1] / max(seen[0], 1):.0f}"})
+
+
+def timing_totals(path: Path) -> dict[str, dict]:
+    """Requests, seconds and tokens per step, summed over every process that worked on the round."""
+    totals: dict[str, dict] = {}
+    for row in read_jsonl_tolerant(path):
+        step = totals.setdefault(row["step"], {"requests": 0, "seconds": 0.0, "prompt_tokens": 0,
+                                               "completion_tokens": 0})
+        for key in ("requests", "seconds", "prompt_tokens", "completion_tokens"):
+            step[key] += row[key]
+    for step in totals.values():
+        step["seconds"] = round(step["seconds"], 2)
+        step["tokens_per_second"] = round(step["completion_tokens"] / step["seconds"], 1) if step["seconds"] else 0.0
+    return totals
+
+
+class JsonlWriter:
+    """Streams records to a temp file and renames it into place on success: readers only ever see
+    a complete file, and a crash leaves the previous version (or nothing) behind."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.count = 0
+
+    def __enter__(self) -> "JsonlWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o644)
+        self.handle = os.fdopen(fd, "w", encoding="utf-8")
+        return self
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def copy_lines(self, path: Path) -> None:
+        """Append another JSONL file verbatim (the previous cumulative training set)."""
+        with Path(path).open("r", encoding="utf-8") as source:
+            for line in source:
+                if line.strip():
+                    self.handle.write(line if line.endswith("\n") else line + "\n")
+                    self.count += 1
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.handle.close()
+            Path(self.tmp).unlink(missing_ok=True)
+            return
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+
+
+def iter_pool(path: Path) -> Iterator[dict]:
+    """The pool of a round, one item at a time (never the whole file in memory)."""
+    with Path(path).open("r", encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
