@@ -25,6 +25,9 @@ class EvolveConfig:
     evolution_max_tokens: int | None = None
     answer_max_tokens: int | None = None
     verdict_max_tokens: int = 8
+    # Constrain the verdict to exactly EQUAL or DIFFERENT with the engine's structured outputs, so
+    # a small evolver cannot answer off-format. Off: free text, read by the tolerant parser.
+    constrained_verdict: bool = True
     # refusal_short: an answer saying "sorry" in fewer words than this is taken as a refusal.
     refusal_max_words: int = 80
     # Near-duplicate removal over the whole training set (MinHash over character shingles).

@@ -231,6 +231,7 @@ def evolve_round(run: Run, k: int) -> None:
     total = sum(wants_check(item, done) for item in iter_pool(pool_in))
     requests = (
         ChatRequest(id=attempt_id(item, k), temperature=0.0, max_tokens=e.verdict_max_tokens,
+                    choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
                     messages=messages(equality_prompt(item["instruction"], evolutions[attempt_id(item, k)]["text"].strip())),
                     seed=derive_seed(run.seed, item["id"], k, "equality"))
         for item in iter_pool(pool_in) if wants_check(item, done)

@@ -32,6 +32,10 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None  # per-request seed: same seed, same text
     adapter: str | None = None  # name of a LoRA adapter given to the engine; None: the base model
+    # Constrained decoding, for answers a program must read (a verdict, two scores): the text is
+    # forced to match the regular expression, or to be one of the choices. None: free text.
+    regex: str | None = None
+    choice: list[str] | None = None
 
     @property
     def prompt_text(self) -> str:
@@ -124,6 +128,7 @@ class VLLMEngine:
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
 
         settings = self.settings
         results: list[ChatResult | None] = [None] * len(requests)
@@ -140,6 +145,8 @@ class VLLMEngine:
                 temperature=settings.temperature if request.temperature is None else request.temperature,
                 top_p=settings.top_p if request.top_p is None else request.top_p,
                 seed=request.seed,
+                structured_outputs=StructuredOutputsParams(regex=request.regex, choice=request.choice)
+                if request.regex or request.choice else None,
             ))
             loras.append(self._lora(request.adapter))
             slots.append(index)

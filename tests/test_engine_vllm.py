@@ -41,3 +41,20 @@ def test_prompt_longer_than_context_is_reported_not_raised(engine):
     results = engine.generate([long, short])
     assert results[0].finish_reason == "too_long" and results[0].text == ""
     assert results[1].text.strip()
+
+
+def test_constrained_decoding_follows_the_choice_and_the_regex(engine):
+    import re
+
+    from eval.judge import SCORE_LINE_REGEX
+
+    ask = [{"role": "user", "content": "Is 'a red car' the same task as 'a car'? Say EQUAL or DIFFERENT."}]
+    judge = [{"role": "user", "content": "Score two replies to 'What is 2+2?': reply 1 says 4, reply 2 says 5. "
+                                         "Give two scores from 1 to 10 and a reason."}]
+    results = engine.generate([
+        ChatRequest(id="verdict", messages=ask, temperature=0.0, choice=["EQUAL", "DIFFERENT"]),
+        ChatRequest(id="scores", messages=judge, temperature=0.0, max_tokens=64, regex=SCORE_LINE_REGEX),
+    ])
+    assert results[0].text in ("EQUAL", "DIFFERENT")
+    first_line = results[1].text.split("\n")[0]
+    assert re.fullmatch(r"(10|[1-9]) (10|[1-9])", first_line), results[1].text

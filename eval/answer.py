@@ -1,0 +1,220 @@
+"""`evol answer`: answers on the test set from a base model and its LoRA adapters, one engine for all.
+
+    evol answer --model smollm2-135m --label base --adapter C1=runs/tiny/sft/C1/adapter \\
+        --out runs/tiny/answers
+
+Writes `<out>/<label>/answers.jsonl` (one line per test item, in test set order:
+`{"id", "label", "instruction", "category", "difficulty", "reference", "answer", "finish_reason",
+"prompt_tokens", "completion_tokens", "model", "adapter", "seed"}`) and `<out>/<label>/manifest.json`
+last, with the generation settings and the test set hash. Every label is a stage of its own: a
+finished one is skipped, an interrupted one resumes from the chunks it already appended. All labels
+share one vLLM engine (adapters served through vLLM's LoRA support), so an ablation over four
+adapters costs one engine start, not five.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.testset import TestItem
+from pipeline.config import Config, semantic_dict
+from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.jsonio import InputError, append_jsonl, read_json, read_jsonl_tolerant, write_jsonl
+from pipeline.manifest import Stage, begin_stage, file_hash, finish_stage
+from pipeline.models import content_hash
+from pipeline.seeds import derive_seed
+
+ANSWERS_FILE = "answers.jsonl"
+# Labels become directory names and `A__vs__B` judge names: keep them plain.
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_label(label: str, option: str) -> str:
+    if not LABEL_PATTERN.match(label) or "__" in label:
+        raise InputError(f"{option}: label {label!r} must be letters, digits, '.', '-' or '_' "
+                         f"(no '__', no leading punctuation), since it names a directory.")
+    return label
+
+
+def parse_adapters(specs: tuple[str, ...] | list[str], max_rank: int) -> dict[str, Path]:
+    """`LABEL=PATH` pairs to {label: adapter dir}, each checked to be a PEFT LoRA adapter vLLM can serve."""
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, raw = spec.partition("=")
+        if not sep or not label.strip() or not raw.strip():
+            raise InputError(f"--adapter {spec!r} must look like LABEL=PATH, e.g. C1=runs/tiny/sft/C1/adapter.")
+        label = check_label(label.strip(), "--adapter")
+        if label in adapters:
+            raise InputError(f"--adapter: label {label!r} is given twice.")
+        path = Path(raw.strip()).expanduser()
+        config_file = path / "adapter_config.json"
+        if not config_file.is_file():
+            raise InputError(f"--adapter {label}: {path} is not a PEFT adapter directory (no adapter_config.json); "
+                             f"for a full or merged model answer with --model instead.")
+        adapter_config = read_json(config_file)
+        if adapter_config.get("peft_type", "LORA") != "LORA":
+            raise InputError(f"--adapter {label}: {path} is a {adapter_config.get('peft_type')} adapter; "
+                             f"vLLM serves LoRA adapters only (merge it and pass the merged model with --model).")
+        rank = int(adapter_config.get("r") or 0)
+        if rank > max_rank:
+            raise InputError(f"--adapter {label}: LoRA rank {rank} exceeds engine.max_lora_rank={max_rank}; "
+                             f"raise it with --set engine.max_lora_rank={rank}.")
+        adapters[label] = path.resolve()
+    return adapters
+
+
+def generation_settings(config: Config) -> dict:
+    """What the answers depend on besides model and test set; recorded in every manifest."""
+    e, v = config.eval, config.engine
+    greedy = e.answer_temperature == 0
+    return {
+        "temperature": e.answer_temperature,
+        "top_p": 1.0 if greedy else e.answer_top_p,  # top_p means nothing for greedy decoding
+        "max_tokens": e.answer_max_tokens,
+        "max_model_len": v.max_model_len,
+        "dtype": v.dtype,
+        "seed": config.run.seed,
+        "system_prompt": e.system_prompt,
+        "chat_template": "the model's own",
+    }
+
+
+@dataclass
+class AnswerJob:
+    label: str
+    adapter: str | None  # adapter name given to the engine; None: the base model
+    adapter_path: Path | None
+    stage: Stage
+    done: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.stage.dir / ANSWERS_FILE
+
+
+def _hash_of(path: Path) -> str:
+    return content_hash(path) if path.is_dir() else str(path)
+
+
+def plan_answers(config: Config, testset_file: Path, items: list[TestItem], model_path: Path,
+                 out_dir: Path, base_label: str, adapters: dict[str, Path],
+                 adapters_only: bool = False) -> list[AnswerJob]:
+    """One job per label; finished labels come back done, partial ones with what they already hold."""
+    if adapters_only and not adapters:
+        raise InputError("--adapters-only needs at least one --adapter LABEL=PATH.")
+    check_label(base_label, "--label")
+    if not adapters_only and base_label in adapters:
+        raise InputError(f"--label {base_label!r} is also an --adapter label; give the base model another --label.")
+    testset = {"path": str(testset_file), "hash": file_hash(testset_file), "items": len(items),
+               "limit": config.eval.limit,
+               "mapping": {k: v for k, v in semantic_dict(config.eval).items() if k.endswith("_field")}}
+    common = {"testset": testset, "model": _hash_of(model_path), "generation": generation_settings(config)}
+    targets = [] if adapters_only else [(base_label, None, None)]
+    targets += [(label, label, path) for label, path in adapters.items()]
+    jobs = []
+    for label, adapter, path in targets:
+        material = {**common, "adapter": _hash_of(path) if path else None}
+        stage = begin_stage(out_dir, label, material)
+        job = AnswerJob(label, adapter, path, stage)
+        if not stage.done:
+            wanted = {item.id for item in items}
+            job.done = {r["id"]: r for r in read_jsonl_tolerant(job.path) if r.get("id") in wanted}
+        jobs.append(job)
+    return jobs
+
+
+def answer_messages(item: TestItem, system_prompt: str) -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": item.instruction}]
+
+
+def run_answers(engine: Engine, jobs: list[AnswerJob], items: list[TestItem], config: Config,
+                model_path: Path) -> dict[str, dict]:
+    """Answer everything the jobs still miss in mixed chunks, then close each finished label."""
+    settings = generation_settings(config)
+    by_id = {item.id: item for item in items}
+    todo = [(job, item) for job in jobs if not job.stage.done for item in items if item.id not in job.done]
+    requests = (
+        ChatRequest(id=f"{job.label}\x1f{item.id}", messages=answer_messages(item, settings["system_prompt"]),
+                    max_tokens=settings["max_tokens"], temperature=settings["temperature"],
+                    top_p=settings["top_p"], seed=derive_seed(config.run.seed, item.id, "answer"),
+                    adapter=job.adapter)
+        for job, item in todo
+    )
+    job_of = {job.label: job for job in jobs}
+
+    def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
+        grouped: dict[str, list[dict]] = {}
+        for request, result in zip(chunk, results):
+            label, _, item_id = request.id.partition("\x1f")
+            job = job_of[label]
+            record = {
+                **by_id[item_id].to_dict(), "label": label, "answer": result.text.strip(),
+                "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens, "model": str(model_path),
+                "adapter": str(job.adapter_path) if job.adapter_path else None, "seed": request.seed,
+            }
+            grouped.setdefault(label, []).append(record)
+            job.done[item_id] = record
+        for label, records in grouped.items():
+            append_jsonl(job_of[label].path, records)
+
+    chunk_size = config.eval.chunk_size or config.engine.chunk_size
+    stats = generate_in_chunks(engine, requests, chunk_size, save, total=len(todo), desc="answer")
+    summaries = {}
+    for job in jobs:
+        if job.stage.done:
+            summaries[job.label] = {"skipped": True, "dir": str(job.stage.dir)}
+            continue
+        records = [job.done[item.id] for item in items]
+        write_jsonl(job.path, records)  # a resumed run appended out of order: rewrite in test set order
+        counts = {
+            "answers": len(records),
+            "empty": sum(not r["answer"] for r in records),
+            "too_long": sum(r["finish_reason"] == "too_long" for r in records),
+            "hit_max_tokens": sum(r["finish_reason"] == "length" for r in records),
+            "completion_tokens": sum(r["completion_tokens"] for r in records),
+        }
+        finish_stage(job.stage, config=semantic_dict(config.eval), rows=counts,
+                     models={"model": str(model_path), "adapter": str(job.adapter_path) if job.adapter_path else None},
+                     seeds={"run": config.run.seed},
+                     extra={"label": job.label, "generation": settings,
+                            "testset": job.stage.material["testset"],
+                            "throughput": {"requests": stats.requests, "seconds": round(stats.seconds, 1),
+                                           "output_tokens_per_second": round(stats.tokens_per_second, 1)}})
+        summaries[job.label] = {"skipped": False, "dir": str(job.stage.dir), **counts}
+        if counts["empty"]:
+            print(f"[answer] {job.label}: {counts['empty']} of {len(records)} answers are empty "
+                  f"({counts['too_long']} prompts too long for the context)", file=sys.stderr)
+    return summaries
+
+
+def answer_testset(config: Config, out_dir: str | Path, model_path: str | Path, testset_file: str | Path | None = None,
+                   adapters: dict[str, Path] | None = None, base_label: str | None = None,
+                   adapters_only: bool = False, engine: Engine | None = None) -> dict[str, dict]:
+    """Everything `evol answer` does; the engine is started only when some label still has work."""
+    from eval.testset import load_testset
+    from pipeline.data_paths import testset_path
+
+    testset_file = Path(testset_file) if testset_file else testset_path(config.eval.testset)
+    items = load_testset(testset_file, config.eval)
+    model_path = Path(model_path)
+    jobs = plan_answers(config, testset_file, items, model_path, Path(out_dir),
+                        base_label or model_path.name, adapters or {}, adapters_only)
+    if all(job.stage.done for job in jobs):
+        return {job.label: {"skipped": True, "dir": str(job.stage.dir)} for job in jobs}
+    own_engine = engine is None
+    if own_engine:
+        from pipeline.engine import VLLMEngine
+
+        engine = VLLMEngine(model_path, config.engine, seed=config.run.seed,
+                            adapters={job.label: job.adapter_path for job in jobs if job.adapter_path and not job.stage.done},
+                            trust_remote_code=config.models.trust_remote_code)
+    try:
+        return run_answers(engine, jobs, items, config, model_path)
+    finally:
+        if own_engine:
+            engine.close()

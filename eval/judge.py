@@ -1,0 +1,245 @@
+"""`evol judge`: a local model compares two answer sets item by item, in both orders, at temperature 0.
+
+    evol judge --answers runs/tiny/answers/C1 --baseline runs/tiny/answers/base --judge smollm2-135m \\
+        --out runs/tiny/judge
+
+Writes `<out>/<A>__vs__<B>/` (A, B: the answer labels):
+  orders.jsonl     one line per (item, order) as it is judged: raw judge text, parsed scores, parser
+                   rule or failure reason; appended per chunk, so an interrupted run resumes
+  judgments.jsonl  one line per item: both orders, averaged scores, final verdict for A
+                   ("win" / "tie" / "lose", null when unjudged), status, position consistency
+  scores.json      the aggregate numbers (eval/scores.py); manifest.json last
+
+Order "AB" shows A as Assistant 1 and B as Assistant 2; order "BA" swaps them. Per order, the
+higher score wins and equal scores tie. Both orders must give the same verdict for it to stand:
+a verdict that flips with the order, or a win in one order and a tie in the other, is a tie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.answer import ANSWERS_FILE
+from eval.judge_parse import parse_scores
+from eval.judge_prompt import PROMPT_VERSION, clip, judge_messages
+from eval.scores import aggregate
+from pipeline.config import Config
+from pipeline.engine import TOO_LONG, ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.jsonio import (InputError, append_jsonl, read_json, read_jsonl, read_jsonl_tolerant, write_json,
+                             write_jsonl)
+from pipeline.manifest import Stage, begin_stage, file_hash, finish_stage
+from pipeline.seeds import derive_seed
+
+ORDERS = ("AB", "BA")
+ORDERS_FILE, JUDGMENTS_FILE, SCORES_FILE = "orders.jsonl", "judgments.jsonl", "scores.json"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass
+class AnswerSet:
+    label: str
+    dir: Path
+    records: dict[str, dict]  # id -> answer record
+    order: list[str]  # ids in test set order
+    testset_hash: str | None
+
+
+def load_answer_set(path: str | Path, option: str) -> AnswerSet:
+    """A finished `evol answer` output directory; anything else is refused before the judge loads."""
+    path = Path(path)
+    answers, manifest = path / ANSWERS_FILE, path / "manifest.json"
+    if not answers.is_file():
+        raise InputError(f"{option} {path}: no {ANSWERS_FILE} there; point at a label directory written by "
+                         f"`evol answer` (e.g. runs/tiny/answers/base).")
+    if not manifest.is_file():
+        raise InputError(f"{option} {path}: the answers are unfinished (no manifest.json); rerun the same "
+                         f"`evol answer` command to complete them.")
+    meta = read_json(manifest)
+    records: dict[str, dict] = {}
+    for lineno, record in enumerate(read_jsonl(answers), start=1):
+        missing = [k for k in ("id", "instruction", "answer") if k not in record]
+        if missing:
+            raise InputError(f"{answers}:{lineno}: missing {', '.join(missing)}; not an `evol answer` output.")
+        records[str(record["id"])] = record
+    label = meta.get("label") or path.name
+    return AnswerSet(label, path, records, list(records), (meta.get("testset") or {}).get("hash"))
+
+
+def pair_items(a: AnswerSet, b: AnswerSet) -> list[str]:
+    if a.dir.resolve() == b.dir.resolve():
+        raise InputError(f"--answers and --baseline are the same directory ({a.dir}); compare two answer sets.")
+    if a.label == b.label:
+        raise InputError(f"--answers and --baseline both carry the label {a.label!r}; "
+                         f"answer them with distinct --label / --adapter names.")
+    if a.testset_hash and b.testset_hash and a.testset_hash != b.testset_hash:
+        raise InputError(f"{a.dir} and {b.dir} answer different test sets (hash {a.testset_hash} vs "
+                         f"{b.testset_hash}); answer both on the same --testset.")
+    shared = [item_id for item_id in a.order if item_id in b.records]
+    if not shared:
+        raise InputError(f"{a.dir} and {b.dir} have no test item id in common.")
+    if len(shared) != len(a.order) or len(shared) != len(b.records):
+        raise InputError(f"{a.dir} ({len(a.order)} items) and {b.dir} ({len(b.records)} items) do not cover the "
+                         f"same items ({len(shared)} shared); answer both with the same eval.limit.")
+    return shared
+
+
+def judge_settings(config: Config) -> dict:
+    e = config.eval
+    return {"prompt_version": PROMPT_VERSION, "temperature": 0.0, "max_tokens": e.judge_max_tokens,
+            "use_reference": e.use_reference, "answer_max_chars": e.judge_answer_max_chars,
+            "single_order_fallback": e.single_order_fallback, "high_difficulty": e.high_difficulty,
+            "constrained_judge": e.constrained_judge,
+            "max_model_len": config.engine.max_model_len, "seed": config.run.seed}
+
+
+def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_model: str, judge_hash: str,
+                out_dir: Path) -> Stage:
+    material = {"a": {"label": a.label, "answers": file_hash(a.dir / ANSWERS_FILE)},
+                "b": {"label": b.label, "answers": file_hash(b.dir / ANSWERS_FILE)},
+                "judge_model": judge_hash, "settings": judge_settings(config)}
+    return begin_stage(out_dir, f"{a.label}__vs__{b.label}", material)
+
+
+# ---------------------------------------------------------------- one order, then the pair
+
+# With constrained_judge: "<score 1> <score 2>", a newline, then one to three lines of reasons.
+SCORE_LINE_REGEX = r"(10|[1-9]) (10|[1-9])\n[^\n]{10,400}(\n[^\n]{1,400}){0,2}"
+
+
+def order_request(item_id: str, order: str, a: dict, b: dict, config: Config) -> tuple[ChatRequest, bool]:
+    """The judge request for one order; also says whether an answer had to be cut to fit."""
+    limit = config.eval.judge_answer_max_chars
+    text_a, cut_a = clip(a.get("answer") or "", limit)
+    text_b, cut_b = clip(b.get("answer") or "", limit)
+    first, second = (text_a, text_b) if order == "AB" else (text_b, text_a)
+    reference = a.get("reference") if config.eval.use_reference else None
+    request = ChatRequest(
+        id=f"{item_id}\x1f{order}", messages=judge_messages(a["instruction"], first, second, reference),
+        max_tokens=config.eval.judge_max_tokens, temperature=0.0, top_p=1.0,
+        seed=derive_seed(config.run.seed, item_id, order, "judge"),
+        regex=SCORE_LINE_REGEX if config.eval.constrained_judge else None,
+    )
+    return request, cut_a or cut_b
+
+
+def read_order(item_id: str, order: str, result: ChatResult, clipped: bool) -> dict:
+    """Parse one order and map 'Assistant 1/2' back to A and B."""
+    parsed = parse_scores(result.text)
+    error = parsed.error
+    if result.finish_reason == TOO_LONG:
+        error = "the pair does not fit the judge's context (lower eval.judge_answer_max_chars)"
+    first, second = (parsed.first, parsed.second) if error is None else (None, None)
+    score_a, score_b = (first, second) if order == "AB" else (second, first)
+    return {
+        "id": item_id, "order": order, "raw": result.text, "finish_reason": result.finish_reason,
+        "score_a": score_a, "score_b": score_b, "verdict": verdict_of(score_a, score_b),
+        "method": parsed.method if error is None else None, "error": error,
+        "explanation": parsed.explanation, "answers_clipped": clipped,
+    }
+
+
+def verdict_of(score_a: float | None, score_b: float | None) -> str | None:
+    if score_a is None or score_b is None:
+        return None
+    return "win" if score_a > score_b else "lose" if score_a < score_b else "tie"
+
+
+def combine(ab: dict, ba: dict, single_order_fallback: bool) -> dict:
+    """The pair's verdict from its two orders (see the module docstring for the rule)."""
+    parsed = [o for o in (ab, ba) if o["verdict"] is not None]
+    if len(parsed) == 2:
+        consistent = ab["verdict"] == ba["verdict"]
+        return {"status": "judged", "verdict": ab["verdict"] if consistent else "tie", "consistent": consistent,
+                "score_a": (ab["score_a"] + ba["score_a"]) / 2, "score_b": (ab["score_b"] + ba["score_b"]) / 2}
+    if len(parsed) == 1 and single_order_fallback:
+        (only,) = parsed
+        return {"status": "single_order", "verdict": only["verdict"], "consistent": None,
+                "score_a": only["score_a"], "score_b": only["score_b"]}
+    return {"status": "failed", "verdict": None, "consistent": None, "score_a": None, "score_b": None}
+
+
+def judgment(item: dict, ab: dict, ba: dict, single_order_fallback: bool) -> dict:
+    return {
+        "id": item["id"], "category": item.get("category"), "difficulty": item.get("difficulty"),
+        "instruction": item["instruction"], "has_reference": bool(item.get("reference")),
+        **combine(ab, ba, single_order_fallback),
+        "orders": {"AB": {k: v for k, v in ab.items() if k != "id"}, "BA": {k: v for k, v in ba.items() if k != "id"}},
+        "prompt_version": PROMPT_VERSION,
+    }
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run_judge(engine: Engine, stage: Stage, a: AnswerSet, b: AnswerSet, item_ids: list[str], config: Config,
+              judge_model: str) -> dict:
+    """Judge every pair in both orders (resuming from orders.jsonl), then write judgments and scores."""
+    orders_path = stage.dir / ORDERS_FILE
+    done = {(r["id"], r["order"]): r for r in read_jsonl_tolerant(orders_path)}
+    clipped: dict[str, bool] = {}
+
+    def requests():
+        for item_id in item_ids:
+            for order in ORDERS:
+                if (item_id, order) in done:
+                    continue
+                request, cut = order_request(item_id, order, a.records[item_id], b.records[item_id], config)
+                clipped[request.id] = cut
+                yield request
+
+    def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
+        records = []
+        for request, result in zip(chunk, results):
+            item_id, _, order = request.id.partition("\x1f")
+            records.append(read_order(item_id, order, result, clipped[request.id]))
+        append_jsonl(orders_path, records)
+        done.update(((r["id"], r["order"]), r) for r in records)
+
+    todo = sum((item_id, order) not in done for item_id in item_ids for order in ORDERS)
+    chunk_size = config.eval.chunk_size or config.engine.chunk_size
+    stats = generate_in_chunks(engine, requests(), chunk_size, save, total=todo, desc="judge")
+
+    judgments = [judgment(a.records[i], done[(i, "AB")], done[(i, "BA")], config.eval.single_order_fallback)
+                 for i in item_ids]
+    write_jsonl(stage.dir / JUDGMENTS_FILE, judgments)
+    meta = {"a": a.label, "b": b.label, "answers_a": str(a.dir), "answers_b": str(b.dir),
+            "judge_model": judge_model, "prompt_version": PROMPT_VERSION,
+            "single_order_fallback": config.eval.single_order_fallback}
+    scores = aggregate(judgments, meta, high_difficulty=config.eval.high_difficulty)
+    write_json(stage.dir / SCORES_FILE, scores)
+    finish_stage(stage, config=judge_settings(config), models={"judge": judge_model},
+                 rows={"items": len(judgments), "judged": scores["overall"]["n"],
+                       "orders_unparsed": scores["judge_failures"]["orders_unparsed"]},
+                 seeds={"run": config.run.seed},
+                 extra={"throughput": {"requests": stats.requests, "seconds": round(stats.seconds, 1),
+                                       "output_tokens_per_second": round(stats.tokens_per_second, 1)}})
+    return scores
+
+
+def judge_answers(config: Config, answers_dir: str | Path, baseline_dir: str | Path, out_dir: str | Path,
+                  judge_model: str | Path, engine: Engine | None = None) -> tuple[Path, dict]:
+    """Everything `evol judge` does: (judge dir, scores). The engine starts only if work remains."""
+    from pipeline.models import content_hash
+
+    a = load_answer_set(answers_dir, "--answers")
+    b = load_answer_set(baseline_dir, "--baseline")
+    item_ids = pair_items(a, b)
+    judge_model = Path(judge_model)
+    judge_hash = content_hash(judge_model) if judge_model.is_dir() else str(judge_model)
+    stage = begin_judge(config, a, b, str(judge_model), judge_hash, Path(out_dir))
+    if stage.done:
+        return stage.dir, read_json(stage.dir / SCORES_FILE)
+    own_engine = engine is None
+    if own_engine:
+        from pipeline.engine import VLLMEngine
+
+        engine = VLLMEngine(judge_model, config.engine, seed=config.run.seed,
+                            trust_remote_code=config.models.trust_remote_code)
+    try:
+        return stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)
+    finally:
+        if own_engine:
+            engine.close()

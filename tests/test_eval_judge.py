@@ -1,0 +1,178 @@
+"""Swap logic and tie rules on scripted verdicts; the judge stage end to end on a FakeEngine."""
+
+import re
+
+import pytest
+
+from eval.judge import combine, judge_answers, read_order
+from eval.judge_prompt import PROMPT_VERSION
+from pipeline.config import Config
+from pipeline.engine import ChatResult
+from pipeline.fake_engine import FakeEngine
+from pipeline.jsonio import InputError, read_json, read_jsonl, write_json, write_jsonl
+
+
+def order(item_order, text, finish="stop"):
+    return read_order("q1", item_order, ChatResult("q1", text, 10, 5, finish), clipped=False)
+
+
+def test_scores_are_mapped_back_to_a_and_b_by_order():
+    ab, ba = order("AB", "8 3"), order("BA", "3 8")
+    assert (ab["score_a"], ab["score_b"]) == (8, 3)
+    assert (ba["score_a"], ba["score_b"]) == (8, 3)  # in BA, Assistant 1 is B
+    assert ab["verdict"] == ba["verdict"] == "win"
+
+
+@pytest.mark.parametrize("ab_text, ba_text, verdict, consistent, score_a, score_b", [
+    ("8 3", "3 8", "win", True, 8, 3),        # A better in both orders
+    ("2 9", "9 2", "lose", True, 2, 9),       # B better in both orders
+    ("5 5", "6 6", "tie", True, 5.5, 5.5),    # tie in both orders
+    ("8 3", "8 3", "tie", False, 5.5, 5.5),   # the first position always wins: flips, so a tie
+    ("7 5", "6 6", "tie", False, 6.5, 5.5),   # win in one order, tie in the other: a tie
+    ("9 4", "5 7", "win", True, 8, 4.5),      # scores averaged over the two orders
+])
+def test_tie_rules(ab_text, ba_text, verdict, consistent, score_a, score_b):
+    pair = combine(order("AB", ab_text), order("BA", ba_text), single_order_fallback=True)
+    assert pair["status"] == "judged"
+    assert (pair["verdict"], pair["consistent"]) == (verdict, consistent)
+    assert (pair["score_a"], pair["score_b"]) == (score_a, score_b)
+
+
+def test_one_unparseable_order_falls_back_or_fails_by_config():
+    ab, ba = order("AB", "no idea"), order("BA", "3 8")
+    fallback = combine(ab, ba, single_order_fallback=True)
+    assert fallback == {"status": "single_order", "verdict": "win", "consistent": None, "score_a": 8, "score_b": 3}
+    strict = combine(ab, ba, single_order_fallback=False)
+    assert strict["status"] == "failed" and strict["verdict"] is None
+
+
+def test_prompt_too_long_is_a_recorded_failure():
+    too_long = order("AB", "", finish="too_long")
+    assert too_long["verdict"] is None and "context" in too_long["error"]
+
+
+# ---------------------------------------------------------------- the stage on a FakeEngine
+
+
+def write_answers(directory, label, answers, items):
+    write_jsonl(directory / "answers.jsonl", [
+        {"id": i["id"], "instruction": i["instruction"], "category": i["category"], "difficulty": i["difficulty"],
+         "reference": i.get("reference"), "label": label, "answer": answers[i["id"]]} for i in items])
+    write_json(directory / "manifest.json", {"label": label, "testset": {"hash": "same"}})
+    return directory
+
+
+ITEMS = [
+    {"id": "1", "instruction": "Add 2 and 2.", "category": "Math", "difficulty": 1},
+    {"id": "2", "instruction": "Name a colour.", "category": "Common-Sense", "difficulty": 9},
+    {"id": "3", "instruction": "Say hi.", "category": "Writting", "difficulty": 9, "reference": "Hi!"},
+]
+
+
+def shown(prompt, slot):
+    return re.search(rf"\[Assistant {slot}\]\n(.*?)\n\[End of Assistant {slot}\]", prompt, re.S).group(1)
+
+
+def scripted_judge(request):
+    """Scores by content: 'good' answers get 8, others 4; item 3's judge babbles in order AB only."""
+    prompt = request.messages[-1]["content"]
+    first, second = shown(prompt, 1), shown(prompt, 2)
+    if "Say hi." in prompt and first.startswith("good"):
+        return "I cannot decide."
+    return f"{8 if first.startswith('good') else 4} {8 if second.startswith('good') else 4}\nbecause"
+
+
+@pytest.fixture
+def answer_dirs(tmp_path):
+    a = write_answers(tmp_path / "ans" / "C1", "C1", {"1": "good four", "2": "good red", "3": "good hi"}, ITEMS)
+    b = write_answers(tmp_path / "ans" / "base", "base", {"1": "bad", "2": "good blue", "3": "bad"}, ITEMS)
+    return a, b
+
+
+def test_judge_stage_writes_judgments_scores_and_skips_when_done(tmp_path, answer_dirs):
+    a, b = answer_dirs
+    config = Config()
+    config.engine.chunk_size = 4
+    engine = FakeEngine(scripted_judge, model_name="fake-judge")
+    judge_dir, scores = judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=engine)
+    assert judge_dir.name == "C1__vs__base"
+    requests = engine.requests_seen
+    assert len(requests) == 6 and all(r.temperature == 0.0 for r in requests)
+    assert "Hi!" in requests[-1].messages[-1]["content"]  # reference-guided for item 3
+    assert [len(batch) for batch in engine.batches] == [4, 2]
+
+    judgments = read_jsonl(judge_dir / "judgments.jsonl")
+    assert [j["verdict"] for j in judgments] == ["win", "tie", "win"]
+    assert [j["status"] for j in judgments] == ["judged", "judged", "single_order"]
+    assert judgments[2]["orders"]["AB"]["raw"] == "I cannot decide."  # raw text kept beside the failure
+    assert scores["overall"]["win"] == 2 and scores["overall"]["tie"] == 1
+    assert scores["judge_failures"]["orders_unparsed"] == 1 and scores["judge_failures"]["pairs_single_order"] == 1
+    assert scores["position_consistency"] == {"pairs_with_both_orders": 2, "consistent": 2, "rate": 1.0}
+    assert scores["prompt_version"] == PROMPT_VERSION and scores["judge_model"] == "fake-judge"
+    assert read_json(judge_dir / "manifest.json")["rows"]["items"] == 3
+
+    again = FakeEngine(scripted_judge)
+    judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=again)
+    assert again.calls == 0
+
+
+def test_judge_resumes_from_orders_already_written(tmp_path, answer_dirs):
+    a, b = answer_dirs
+    config = Config()
+    config.engine.chunk_size = 2
+
+    class Crash(RuntimeError):
+        pass
+
+    def crashing(request):
+        if "Say hi." in request.messages[-1]["content"]:
+            raise Crash
+        return scripted_judge(request)
+
+    with pytest.raises(Crash):
+        judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=FakeEngine(crashing))
+    engine = FakeEngine(scripted_judge)
+    _, scores = judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=engine)
+    assert len(engine.requests_seen) == 2  # only item 3's two orders were left
+    assert scores["overall"]["n"] == 3
+
+
+def test_bad_answer_directories_are_refused_before_any_model(tmp_path, answer_dirs):
+    a, b = answer_dirs
+    with pytest.raises(InputError, match="same directory"):
+        judge_answers(Config(), a, a, tmp_path / "j", "x", engine=FakeEngine())
+    unfinished = tmp_path / "unfinished"
+    write_answers(unfinished, "u", {"1": "x", "2": "y", "3": "z"}, ITEMS)
+    (unfinished / "manifest.json").unlink()
+    with pytest.raises(InputError, match="unfinished"):
+        judge_answers(Config(), unfinished, b, tmp_path / "j", "x", engine=FakeEngine())
+    other = write_answers(tmp_path / "other", "other", {"1": "x", "2": "y"}, ITEMS[:2])
+    with pytest.raises(InputError, match="same items"):
+        judge_answers(Config(), a, other, tmp_path / "j", "x", engine=FakeEngine())
+    write_json(other / "manifest.json", {"label": "other", "testset": {"hash": "different"}})
+    with pytest.raises(InputError, match="different test sets"):
+        judge_answers(Config(), a, other, tmp_path / "j", "x", engine=FakeEngine())
+
+
+def test_prompt_shows_reference_only_when_given_and_marks_cut_answers():
+    from eval.judge_prompt import CUT_MARK, clip, judge_messages
+
+    plain = judge_messages("Q?", "one", "two")[-1]["content"]
+    assert "[Reference answer]" not in plain and "[Assistant 1]\none\n" in plain and "[Assistant 2]\ntwo\n" in plain
+    guided = judge_messages("Q?", "one", "", reference="42")[-1]["content"]
+    assert "[Reference answer]\n42\n" in guided and "[Assistant 2]\n(no reply)\n" in guided
+    text, cut = clip("x" * 50, 10)
+    assert cut and text == "x" * 10 + CUT_MARK
+    assert clip("short", 10) == ("short", False) and clip("x" * 50, 0) == ("x" * 50, False)
+
+
+def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):
+    a, b = answer_dirs
+    long_answers = write_answers(tmp_path / "long" / "L", "L", {"1": "good " * 400, "2": "good", "3": "good"}, ITEMS)
+    config = Config()
+    config.eval.judge_answer_max_chars = 100
+    engine = FakeEngine(scripted_judge)
+    judge_dir, _ = judge_answers(config, long_answers, b, tmp_path / "judge", "fake-judge", engine=engine)
+    assert "cut for length" in engine.requests_seen[0].messages[-1]["content"]
+    first = read_jsonl(judge_dir / "judgments.jsonl")[0]
+    assert first["orders"]["AB"]["answers_clipped"] and not read_jsonl(judge_dir / "judgments.jsonl")[1]["orders"]["AB"]["answers_clipped"]

@@ -1,0 +1,90 @@
+"""Report building from judge directories on disk, and the eval commands' error handling."""
+
+import base64
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from eval.judge import judge_answers
+from eval.report import Section, build_report, find_judge_dirs
+from pipeline.cli import main
+from pipeline.config import Config
+from pipeline.fake_engine import FakeEngine
+from pipeline.jsonio import InputError, read_json
+from tests.test_eval_judge import ITEMS, scripted_judge, write_answers
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    base = write_answers(run / "answers" / "base", "base", {"1": "bad", "2": "good blue", "3": "bad"}, ITEMS)
+    for label, answers in (("C1", {"1": "good", "2": "good", "3": "good"}), ("C2", {"1": "bad", "2": "bad", "3": "x"})):
+        a = write_answers(run / "answers" / label, label, answers, ITEMS)
+        judge_answers(Config(), a, base, run / "judge", "fake-judge", engine=FakeEngine(scripted_judge))
+    return run
+
+
+def test_report_over_several_comparisons_with_extra_section(run_dir, tmp_path):
+    dirs, out = find_judge_dirs(run_dir)
+    assert [d.name for d in dirs] == ["C1__vs__base", "C2__vs__base"] and out == run_dir
+    extra_png = (run_dir / "plots" / "win_tie_lose.png")
+    paths = build_report(dirs, out)  # first build makes a PNG to reuse as the "extra" image below
+    extra = Section("Ablation over rounds", paragraphs=["capacity grows with rounds"],
+                    images=[(extra_png, "ablation curve")])
+    paths = build_report(dirs, out, extra_sections=[extra])
+    md = paths["md"].read_text()
+    assert "C1 vs base" in md and "C2 vs base" in md and "Ablation over rounds" in md
+    assert "![Win / tie / lose per comparison](plots/win_tie_lose.png)" in md
+    for name in ("win_tie_lose", "win_rate_by_difficulty", "capacity_per_skill_C1__vs__base"):
+        assert (run_dir / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    page = paths["html"].read_text()
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert "src='plots/" not in page  # self-contained: nothing linked
+    report = read_json(paths["json"])
+    assert [c["a"] for c in report["comparisons"]] == ["C1", "C2"]
+    assert "I cannot decide." in md  # raw judge text of an unparseable verdict is visible
+
+
+def test_report_command_on_a_judge_dir_and_on_nonsense(run_dir, tmp_path):
+    runner = CliRunner()
+    judge_dir = run_dir / "judge" / "C1__vs__base"
+    result = runner.invoke(main, ["report", str(judge_dir)])
+    assert result.exit_code == 0, result.output
+    assert (judge_dir / "report.html").is_file() and (judge_dir / "plots" / "win_tie_lose.png").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(main, ["report", str(empty)])
+    assert result.exit_code == 2 and "run `evol judge` first" in result.output
+    with pytest.raises(InputError):
+        find_judge_dirs(empty)
+
+
+def test_answer_and_judge_commands_fail_cleanly_before_loading_a_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOL_MODELS_DIR", str(tmp_path / "store"))
+    runner = CliRunner()
+    result = runner.invoke(main, ["answer", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "neither a local model directory" in result.output
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    result = runner.invoke(main, ["answer", "--model", str(model), "--adapter", "C1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "LABEL=PATH" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"idx": 1}\n')
+    result = runner.invoke(main, ["answer", "--model", str(model), "--testset", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "bad.jsonl:1: missing field" in result.output
+    result = runner.invoke(main, ["judge", "--answers", str(tmp_path), "--baseline", str(tmp_path),
+                                  "--judge", str(model), "--out", str(tmp_path / "j")])
+    assert result.exit_code == 2 and "no answers.jsonl" in result.output
+
+
+def test_report_command_on_a_run_keeps_the_run_stage_ablation(run_dir):
+    from pipeline.config import Config, to_yaml
+
+    (run_dir / "config.yaml").write_text(to_yaml(Config()))
+    result = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    report = read_json(run_dir / "report.json")
+    assert "ablation" in report and [c["a"] for c in report["comparisons"]] == ["C1", "C2"]
