@@ -50,29 +50,34 @@ def answer(model_name, adapter_specs, base_label, adapters_only, testset, out_di
 
 
 @click.command("judge")
-@click.option("--answers", "answers_dir", required=True, type=click.Path(file_okay=False),
-              help="Answers of the model under test (A): a label directory written by `evol answer`.")
-@click.option("--baseline", "baseline_dir", required=True, type=click.Path(file_okay=False),
-              help="Answers of the baseline (B) to compare against.")
+@click.option("--answers", "answers_dirs", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Answers of the model under test (A): a label directory written by `evol answer`. "
+                   "Repeat together with --baseline to judge several pairs with one judge engine.")
+@click.option("--baseline", "baseline_dirs", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Answers of the baseline (B) to compare against (the n-th --baseline goes with the n-th --answers).")
 @click.option("--judge", "judge_name", default=None, help="Judge model: local directory or prepared name "
               "(default: models.judge).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory that receives <A>__vs__<B>/ (judgments.jsonl, scores.json, manifest.json).")
 @config_options
 @friendly_errors
-def judge(answers_dir, baseline_dir, judge_name, out_dir, config_path, overrides) -> None:
+def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrides) -> None:
     """Judge two answer sets pairwise, in both orders, at temperature 0; write scores.json."""
-    from eval.judge import judge_answers
+    from eval.judge import judge_pairs
+    from pipeline.jsonio import InputError
     from pipeline.models import resolve_model
 
+    if len(answers_dirs) != len(baseline_dirs):
+        raise InputError(f"--answers was given {len(answers_dirs)} times and --baseline {len(baseline_dirs)} times; "
+                         f"give one --baseline per --answers.")
     config = load_cli_config(config_path, overrides)
     judge_path = resolve_model(judge_name or config.models.judge, config.models.dir)
-    judge_dir, scores = judge_answers(config, answers_dir, baseline_dir, out_dir, judge_path)
-    o, f = scores["overall"], scores["judge_failures"]
-    capacity = "-" if o["capacity_pct"] is None else f"{o['capacity_pct']}%"
-    click.echo(f"{scores['a']} vs {scores['b']}: win {o['win']} / tie {o['tie']} / lose {o['lose']} of {o['n']} judged "
-               f"(of {scores['items']}), capacity {capacity}; {f['orders_unparsed']} of {f['orders_total']} judge "
-               f"outputs unparseable; {judge_dir / 'scores.json'}")
+    for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
+        o, f = scores["overall"], scores["judge_failures"]
+        capacity = "-" if o["capacity_pct"] is None else f"{o['capacity_pct']}%"
+        click.echo(f"{scores['a']} vs {scores['b']}: win {o['win']} / tie {o['tie']} / lose {o['lose']} of {o['n']} "
+                   f"judged (of {scores['items']}), capacity {capacity}; {f['orders_unparsed']} of {f['orders_total']} "
+                   f"judge outputs unparseable; {judge_dir / 'scores.json'}")
 
 
 @click.command("report")

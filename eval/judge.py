@@ -221,25 +221,40 @@ def run_judge(engine: Engine, stage: Stage, a: AnswerSet, b: AnswerSet, item_ids
 
 def judge_answers(config: Config, answers_dir: str | Path, baseline_dir: str | Path, out_dir: str | Path,
                   judge_model: str | Path, engine: Engine | None = None) -> tuple[Path, dict]:
-    """Everything `evol judge` does: (judge dir, scores). The engine starts only if work remains."""
+    """Everything `evol judge` does for one pair: (judge dir, scores)."""
+    return judge_pairs(config, [(answers_dir, baseline_dir)], out_dir, judge_model, engine)[0]
+
+
+def judge_pairs(config: Config, pairs: list[tuple[str | Path, str | Path]], out_dir: str | Path,
+                judge_model: str | Path, engine: Engine | None = None) -> list[tuple[Path, dict]]:
+    """Judge several (answers, baseline) pairs with one judge engine, started only if work remains.
+
+    Every pair is checked before the engine starts; finished pairs are read back from disk.
+    """
     from pipeline.models import content_hash
 
-    a = load_answer_set(answers_dir, "--answers")
-    b = load_answer_set(baseline_dir, "--baseline")
-    item_ids = pair_items(a, b)
     judge_model = Path(judge_model)
     judge_hash = content_hash(judge_model) if judge_model.is_dir() else str(judge_model)
-    stage = begin_judge(config, a, b, str(judge_model), judge_hash, Path(out_dir))
-    if stage.done:
-        return stage.dir, read_json(stage.dir / SCORES_FILE)
+    loaded = []
+    for answers_dir, baseline_dir in pairs:
+        a = load_answer_set(answers_dir, "--answers")
+        b = load_answer_set(baseline_dir, "--baseline")
+        loaded.append((a, b, pair_items(a, b)))
+    results: list[tuple[Path, dict]] = []
     own_engine = engine is None
-    if own_engine:
-        from pipeline.engine import VLLMEngine
-
-        engine = VLLMEngine(judge_model, config.engine, seed=config.run.seed,
-                            trust_remote_code=config.models.trust_remote_code)
     try:
-        return stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)
+        for a, b, item_ids in loaded:
+            stage = begin_judge(config, a, b, str(judge_model), judge_hash, Path(out_dir))
+            if stage.done:
+                results.append((stage.dir, read_json(stage.dir / SCORES_FILE)))
+                continue
+            if engine is None:
+                from pipeline.engine import VLLMEngine
+
+                engine = VLLMEngine(judge_model, config.engine, seed=config.run.seed,
+                                    trust_remote_code=config.models.trust_remote_code)
+            results.append((stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)))
     finally:
-        if own_engine:
+        if own_engine and engine is not None:
             engine.close()
+    return results

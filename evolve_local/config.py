@@ -14,6 +14,8 @@ OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "
 class EvolveConfig:
     seeds: str = ""  # empty: the seed set shipped in evolve_local/data/
     rounds: int = 4
+    # Evolve only the first N seeds of the file (0: all): a small CPU run or a quick trial.
+    max_seeds: int = 0
     # Relative weights of the six operations; a missing operation gets weight 0. Uniform by default.
     operation_weights: dict[str, float] = field(default_factory=lambda: {op: 1.0 for op in OPERATIONS})
     # Seeds that carry an answer keep it unless this is on (the WizardLM paper regenerated them).

@@ -39,6 +39,8 @@ def check_config(config: Config) -> None:
     for name in ("evolution_max_tokens", "answer_max_tokens"):
         if getattr(e, name) is not None and getattr(e, name) < 1:
             raise InputError(f"evolve.{name} must be at least 1 or null, got {getattr(e, name)}.")
+    if e.max_seeds < 0:
+        raise InputError(f"evolve.max_seeds must be 0 (all seeds) or more, got {e.max_seeds}.")
     if config.engine.chunk_size < 1:
         raise InputError(f"engine.chunk_size must be at least 1, got {config.engine.chunk_size}.")
 
@@ -57,6 +59,8 @@ def load_inputs(config: Config) -> Inputs:
     check_config(config)
     path = seeds_path(config.evolve.seeds)
     seeds, fmt = load_seeds(path)
+    if config.evolve.max_seeds:
+        seeds = seeds[: config.evolve.max_seeds]
     testset, tests = None, []
     if config.evolve.decontaminate:
         testset = testset_path(config.eval.testset)

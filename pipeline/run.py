@@ -83,23 +83,29 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
         steps.append(Step("train", label(k), ["train", *common, "--data", str(run_dir / "data" / f"{label(k)}.jsonl"),
                                               "--out", str(run_dir / "sft" / label(k))]))
     answers = run_dir / "answers"
+    reference_model = config.models.responder or config.models.evolver
+    # When the reference model is the base model (the tiny default), its answers come from the
+    # same engine as the adapters': one start instead of two.
+    reference_with_base = config.run.reference and reference_model == config.models.base
     if config.train.method in ("lora", "qlora"):
         adapters = [f"--adapter={label(k)}={run_dir / 'sft' / label(k) / 'adapter'}" for k in rounds]
-        steps.append(Step("answer", "adapters", ["answer", *common, "--model", config.models.base,
-                                                 "--adapters-only", *adapters, "--out", str(answers)]))
+        base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
+        steps.append(Step("answer", "adapters", ["answer", *common, "--model", config.models.base, *base,
+                                                 *adapters, "--out", str(answers)]))
     else:
+        reference_with_base = False
         for k in rounds:
             steps.append(Step("answer", label(k), ["answer", *common, "--model", str(run_dir / "sft" / label(k) / "model"),
                                                    "--label", label(k), "--out", str(answers)]))
-    if config.run.reference:
-        steps.append(Step("answer", REFERENCE, ["answer", *common, "--model", config.models.responder or config.models.evolver,
+    if config.run.reference and not reference_with_base:
+        steps.append(Step("answer", REFERENCE, ["answer", *common, "--model", reference_model,
                                                 "--label", REFERENCE, "--out", str(answers)]))
     judged = [(label(k), label(0)) for k in rounds if k != 0]
     if config.run.reference:
         judged += [(label(k), REFERENCE) for k in rounds]
-    for a, b in judged:
-        steps.append(Step("judge", f"{a}__vs__{b}", ["judge", *common, "--answers", str(answers / a),
-                                                     "--baseline", str(answers / b), "--out", str(run_dir / "judge")]))
+    if judged:  # one judge process, one engine start, for every comparison
+        pairs = [arg for a, b in judged for arg in ("--answers", str(answers / a), "--baseline", str(answers / b))]
+        steps.append(Step("judge", f"{len(judged)} comparisons", ["judge", *common, *pairs, "--out", str(run_dir / "judge")]))
     return steps
 
 

@@ -176,3 +176,26 @@ def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):
     assert "cut for length" in engine.requests_seen[0].messages[-1]["content"]
     first = read_jsonl(judge_dir / "judgments.jsonl")[0]
     assert first["orders"]["AB"]["answers_clipped"] and not read_jsonl(judge_dir / "judgments.jsonl")[1]["orders"]["AB"]["answers_clipped"]
+
+
+def test_several_pairs_share_one_engine_and_are_all_checked_first(tmp_path, answer_dirs, monkeypatch):
+    from eval import judge as judge_module
+
+    a, b = answer_dirs
+    c = write_answers(tmp_path / "ans" / "C2", "C2", {"1": "good", "2": "bad", "3": "good"}, ITEMS)
+    started = []
+
+    def fake_vllm(*args, **kwargs):
+        engine = FakeEngine(scripted_judge, model_name="fake-judge")
+        started.append(engine)
+        return engine
+
+    monkeypatch.setattr("pipeline.engine.VLLMEngine", fake_vllm)
+    results = judge_module.judge_pairs(Config(), [(a, b), (c, b)], tmp_path / "judge", "fake-judge")
+    assert [d.name for d, _ in results] == ["C1__vs__base", "C2__vs__base"]
+    assert len(started) == 1 and len(started[0].requests_seen) == 12
+    # a bad pair anywhere in the list is refused before any engine starts
+    started.clear()
+    with pytest.raises(InputError):
+        judge_module.judge_pairs(Config(), [(c, b), (a, a)], tmp_path / "judge2", "fake-judge")
+    assert not started

@@ -108,3 +108,15 @@ def test_missing_and_broken_json_array(tmp_path):
     path.write_text('[{"instruction": "a"},\n')
     with pytest.raises(InputError, match=r"broken\.json:\d+: not valid JSON"):
         load_seeds(path)
+
+
+def test_max_seeds_keeps_the_first_n(tmp_path):
+    from evolve_local.inputs import load_inputs
+    from pipeline.config import load_config
+
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(f'{{"instruction": "Task number {i}."}}\n' for i in range(6)))
+    inputs = load_inputs(load_config(None, [f"evolve.seeds={path}", "evolve.max_seeds=2", "evolve.decontaminate=false"]))
+    assert [s.instruction for s in inputs.seeds] == ["Task number 0.", "Task number 1."]
+    with pytest.raises(InputError, match="max_seeds"):
+        load_inputs(load_config(None, [f"evolve.seeds={path}", "evolve.max_seeds=-1"]))
