@@ -179,6 +179,11 @@ def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
         raise fail()
     if hint is str:
         if isinstance(value, str):

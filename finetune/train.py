@@ -1,0 +1,335 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: full, LoRA or QLoRA, resumable, one run per directory.
+
+    evol train --config configs/tiny.yaml --data runs/tiny/data/C1.jsonl --out runs/tiny/sft/C1
+    evol train --config configs/paper-7b.yaml --data runs/paper-7b/data/C4.jsonl \
+        --out runs/paper-7b/sft/C4 --method qlora --merge
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m pipeline.cli train ...   (multi-GPU)
+
+Read top to bottom: check options and hardware, read and tokenize the data (bad rows counted),
+decide skip/resume/start, load the model, train, save, write metrics, card and manifest last.
+
+DIR/ gets adapter/ (LoRA, QLoRA) or model/ (full), merged/ with --merge, metrics.jsonl, loss.png,
+model_card.md, config.yaml and manifest.json (last: its presence means done). Checkpoints go to
+DIR/checkpoints/ while training; rerunning the same command resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from finetune.card import MetricsCallback, peak_memory, plot_loss, trim_metrics, write_model_card
+from finetune.config import BAD_ROW_POLICIES, METHODS, PRECISIONS, TEMPLATES
+from finetune.data import check_bad_rows, file_sha256, load_conversations, resolve_template, tokenize_conversations
+from pipeline.config import Config, semantic_dict, stable_hash, to_yaml
+from pipeline.jsonio import InputError, atomic_write_text, read_json, write_json
+from pipeline.manifest import begin_stage, finish_stage
+from pipeline.models import content_hash, resolve_model
+
+
+def log(message: str) -> None:
+    print(f"[train] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- options and hardware
+
+
+def check_options(config: Config, method: str, merge: bool) -> None:
+    train = config.train
+    for name, value, allowed in (("--method / train.method", method, METHODS),
+                                 ("train.template", train.template, TEMPLATES),
+                                 ("train.precision", train.precision, PRECISIONS),
+                                 ("train.on_bad_rows", train.on_bad_rows, BAD_ROW_POLICIES)):
+        if value not in allowed:
+            raise InputError(f"{name} is '{value}'; choose one of {', '.join(allowed)}.")
+    if merge and method == "full":
+        raise InputError("--merge merges a LoRA adapter into its base; --method full already writes a "
+                         "complete model in model/, so drop --merge or use --method lora.")
+    if train.max_length < 16:
+        raise InputError(f"train.max_length is {train.max_length}; give at least 16 tokens.")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    step = train.per_device_train_batch_size * world
+    if train.per_device_train_batch_size < 1 or train.effective_batch_size % step:
+        raise InputError(
+            f"train.effective_batch_size ({train.effective_batch_size}) must be a multiple of "
+            f"train.per_device_train_batch_size ({train.per_device_train_batch_size}) x {world} process(es); "
+            f"change one of them.")
+
+
+def check_hardware(method: str, precision: str) -> str:
+    """The training precision for this machine; impossible combinations fail before anything loads."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if method == "qlora":
+        if not cuda:
+            raise InputError("--method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine "
+                             "use --method lora or --method full.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InputError("--method qlora needs the bitsandbytes package; install the `gpu` extra "
+                             "(pip install -e .[gpu]) or use --method lora.")
+        if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+            raise InputError("QLoRA computes in bf16, which this GPU lacks; use --method lora with "
+                             "train.precision=fp16.")
+    if precision in ("bf16", "fp16") and not cuda:
+        raise InputError(f"train.precision={precision} needs a CUDA GPU; on CPU use train.precision=fp32 "
+                         f"(or auto).")
+    if precision == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    return precision
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_train(config: Config, data_path: str | Path, out_dir: str | Path, base: str | None = None,
+              method: str | None = None, merge: bool = False, callbacks: list | None = None) -> dict:
+    """Fine-tune `base` on `data_path` into `out_dir`; returns the stage manifest."""
+    train = config.train
+    method = method or train.method
+    data_path, out_dir = Path(data_path), Path(out_dir)
+
+    # ---- check everything the user can get wrong, before any model loads
+    check_options(config, method, merge)
+    precision = check_hardware(method, train.precision)
+    base_path = resolve_model(base or config.models.base, config.models.dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=config.models.trust_remote_code)
+    template = resolve_template(tokenizer, train.template)
+    rows, bad = load_conversations(data_path)
+    examples = tokenize_conversations(rows, tokenizer, template, train.response_marker, train.max_length, bad)
+    note = check_bad_rows(data_path, bad, len(examples), train.on_bad_rows)
+    if note:
+        log(note)
+
+    # ---- skip, resume or start
+    data_sha = file_sha256(data_path)
+    key_material = {
+        "data_sha256": data_sha,
+        "base_model": content_hash(base_path),
+        "method": method,
+        "template": template,
+        "train": semantic_dict(train),
+        "seed": train.seed if train.seed is not None else config.run.seed,
+    }
+    seed = key_material["seed"]
+    ckpt_dir = out_dir / "checkpoints"
+    metrics_path = out_dir / "metrics.jsonl"
+    args = sft_args(train, precision, seed, ckpt_dir)  # sets up the processes under accelerate launch
+    main = args.process_index == 0
+    # Only the main process touches the stage directory; the others wait, then read what it decided.
+    with args.main_process_first(desc="stage bookkeeping"):
+        if main:
+            stage = begin_stage(out_dir.parent, out_dir.name, key_material)
+            done = stage.done
+        else:
+            manifest_path = out_dir / "manifest.json"
+            done = manifest_path.is_file() and read_json(manifest_path).get("key") == stable_hash(key_material)
+    if done:
+        if not main:
+            return {}
+        manifest = read_json(stage.manifest_path)
+        if merge and not (out_dir / "merged" / "config.json").is_file():
+            merge_adapter(base_path, out_dir / "adapter", out_dir / "merged", tokenizer)
+            manifest.setdefault("outputs", {})["merged"] = str(out_dir / "merged")
+            write_json(stage.manifest_path, manifest)
+        return manifest
+    resume_from = last_checkpoint(ckpt_dir)
+    if main:
+        atomic_write_text(out_dir / "config.yaml", to_yaml(config))
+        if resume_from:
+            step = int(resume_from.name.split("-")[-1])
+            trim_metrics(metrics_path, step)
+            log(f"resuming from {resume_from} (step {step})")
+        else:
+            metrics_path.unlink(missing_ok=True)
+
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    # ---- load the model
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    model = load_model(base_path, method, compute_dtype, config.models.trust_remote_code)
+    peft_config = None
+    if method in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        targets = train.lora_target_modules
+        peft_config = LoraConfig(
+            r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout, bias="none",
+            task_type="CAUSAL_LM",
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+        )
+
+    # ---- train
+    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    metrics = MetricsCallback(metrics_path)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[metrics, *(callbacks or [])])
+    log(f"{method} fine-tune of {base_path.name} on {len(examples)} rows, {precision}, "
+        f"{trainer.args.gradient_accumulation_steps} accumulation step(s) of {train.per_device_train_batch_size}")
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    # ---- save (every rank takes part: DeepSpeed ZeRO-3 and FSDP gather sharded weights here)
+    target = out_dir / ("model" if method == "full" else "adapter")
+    trainer.save_model(str(target))  # a PEFT model saves only its adapter; the tokenizer goes along
+    if not trainer.is_world_process_zero():
+        return {}
+    outputs = {target.name: str(target)}
+    if merge:
+        del trainer, model
+        outputs["merged"] = merge_adapter(base_path, target, out_dir / "merged", tokenizer)
+
+    # ---- metrics, card, manifest (last)
+    records = _read_metrics(metrics_path)
+    runtime = metrics.summary.get("train_runtime") or result.metrics.get("train_runtime")
+    performance = {
+        "global_step": result.global_step,
+        "first_loss": records[0]["loss"] if records else None,
+        "last_loss": records[-1]["loss"] if records else None,
+        "train_loss": round(result.training_loss, 6),
+        "train_runtime_s": runtime,
+        "train_tokens_this_process": metrics.max_tokens,
+        "train_tokens_per_second": round(metrics.max_tokens / runtime, 1) if runtime else None,
+        "resumed_from": resume_from.name if resume_from else None,
+        "memory": peak_memory(),
+    }
+    plot_loss(metrics_path, out_dir / "loss.png", f"{out_dir.name}: {method} on {data_path.name}")
+    token_count = sum(len(e["input_ids"]) for e in examples)
+    trained_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
+    data_info = {
+        "path": str(data_path), "sha256": data_sha, "rows": bad.total, "trained_rows": len(examples),
+        "bad_rows": bad.bad, "bad_by_reason": dict(sorted(bad.counts.items())), "on_bad_rows": train.on_bad_rows,
+        "tokens": token_count, "trained_tokens": trained_tokens,
+    }
+    hyper = {
+        "learning_rate": train.learning_rate, "epochs": train.num_train_epochs, "max_steps": train.max_steps,
+        "effective_batch_size": train.effective_batch_size,
+        "per_device_batch_x_accumulation": f"{train.per_device_train_batch_size} x "
+                                           f"{args.gradient_accumulation_steps} x {args.world_size} process(es)",
+        "scheduler": f"{train.lr_scheduler_type}, warmup ratio {train.warmup_ratio}",
+        "max_length": train.max_length, "packing": train.packing, "precision": precision, "seed": seed,
+    }
+    if method != "full":
+        hyper["lora"] = (f"r={train.lora_r}, alpha={train.lora_alpha}, dropout={train.lora_dropout}, "
+                         f"targets={','.join(train.lora_target_modules)}")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    write_model_card(out_dir / "model_card.md", {
+        "name": out_dir.name, "base_model": str(base_path), "method": method, "template": template,
+        "response_marker": train.response_marker, "data": data_info, "hyperparameters": hyper,
+        "performance": performance, "outputs": outputs, "device": device,
+    })
+    if not train.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return finish_stage(
+        stage, config=semantic_dict(config), rows={"train_rows": len(examples), "bad_rows": bad.bad},
+        models={"base": str(base_path)}, seeds={"train": seed},
+        extra={"method": method, "template": template, "response_marker": train.response_marker,
+               "data": data_info, "bad_rows": bad.as_dict(), "outputs": outputs,
+               "performance": performance, "hyperparameters": hyper},
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def sft_args(train, precision: str, seed: int, ckpt_dir: Path):
+    """TRL's SFTConfig from the `train` section. Built before the model loads: under DeepSpeed
+    ZeRO-3 the arguments must exist first so the weights are sharded as they load."""
+    from trl import SFTConfig
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return SFTConfig(
+        output_dir=str(ckpt_dir),
+        learning_rate=train.learning_rate,
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.effective_batch_size // (train.per_device_train_batch_size * world),
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,  # transformers 5: a float below 1 is a share of all steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        max_length=train.max_length,
+        packing=train.packing,
+        gradient_checkpointing=train.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=seed,
+        data_seed=seed,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        dataloader_num_workers=train.dataloader_num_workers,
+        report_to="none",
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint; a half-written one (killed mid-save) has no trainer_state.json."""
+    if not ckpt_dir.is_dir():
+        return None
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+            and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def load_model(base_path: Path, method: str, compute_dtype, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig  # bitsandbytes itself is imported only here, lazily
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        kwargs["dtype"] = torch.bfloat16
+    elif method == "lora":
+        kwargs["dtype"] = compute_dtype  # the base is frozen: keep it in the compute dtype
+    else:
+        kwargs["dtype"] = torch.float32  # full fine-tune: fp32 master weights, mixed precision on top
+    return AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+
+
+def _base_dtype(base_path: Path):
+    import json
+
+    import torch
+
+    config = json.loads((base_path / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, name, torch.float32)
+
+
+def merge_adapter(base_path: Path, adapter: Path, target: Path, tokenizer) -> str:
+    """Base model (unquantised, its own dtype) + adapter folded in: a plain HF directory for vLLM."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    log(f"merging {adapter} into {base_path.name} -> {target}")
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=_base_dtype(base_path))
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return str(target)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    from pipeline.jsonio import read_jsonl_tolerant
+
+    return [r for r in read_jsonl_tolerant(path) if "loss" in r]
