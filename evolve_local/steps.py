@@ -11,16 +11,14 @@ requests, so nothing is generated twice and nothing finished is lost.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
-from pipeline.jsonio import append_jsonl, read_jsonl_tolerant
+from pipeline.jsonio import append_jsonl, atomic_open, read_jsonl_tolerant
 
 ROLES = ("evolver", "equality", "responder")
 
@@ -138,18 +136,16 @@ def timing_totals(path: Path) -> dict[str, dict]:
 
 
 class JsonlWriter:
-    """Streams records to a temp file and renames it into place on success: readers only ever see
-    a complete file, and a crash leaves the previous version (or nothing) behind."""
+    """Streams records to a temp file and renames it into place on success (pipeline.jsonio.atomic_open):
+    readers only ever see a complete file, and a crash leaves the previous version (or nothing) behind."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.count = 0
 
     def __enter__(self) -> "JsonlWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o644)
-        self.handle = os.fdopen(fd, "w", encoding="utf-8")
+        self._context = atomic_open(self.path)
+        self.handle = self._context.__enter__()
         return self
 
     def write(self, record: dict) -> None:
@@ -164,15 +160,8 @@ class JsonlWriter:
                     self.handle.write(line if line.endswith("\n") else line + "\n")
                     self.count += 1
 
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is not None:
-            self.handle.close()
-            Path(self.tmp).unlink(missing_ok=True)
-            return
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.path)
+    def __exit__(self, kind, value, traceback) -> bool | None:
+        return self._context.__exit__(kind, value, traceback)
 
 
 def iter_pool(path: Path) -> Iterator[dict]:

@@ -13,7 +13,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Iterable, Iterator
 
 
 class InputError(ValueError):
@@ -46,25 +47,27 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic_open(path: Path):
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[str]]:
+    """A text handle on a temp file beside `path`, renamed over it only if the block completes."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
-    return os.fdopen(fd, "w", encoding="utf-8"), tmp
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    handle, tmp = _atomic_open(path)
     try:
-        with handle:
-            handle.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path) as handle:
+        handle.write(text)
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -82,21 +85,12 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
-    """Write records atomically; returns the number written."""
-    path = Path(path)
-    handle, tmp = _atomic_open(path)
+    """Write records atomically, streaming; returns the number written."""
     count = 0
-    try:
-        with handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bundle import CHECKSUMS, make_bundle, verify_checksums
+from pipeline.bundle import make_bundle, verify_checksums
 from pipeline.config import load_config
 from pipeline.jsonio import InputError
 from pipeline.models import resolve_model
