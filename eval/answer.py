@@ -208,9 +208,9 @@ def answer_testset(config: Config, out_dir: str | Path, model_path: str | Path, 
         return {job.label: {"skipped": True, "dir": str(job.stage.dir)} for job in jobs}
     own_engine = engine is None
     if own_engine:
-        from pipeline.engine import VLLMEngine
+        from pipeline.engine import make_engine
 
-        engine = VLLMEngine(model_path, config.engine, seed=config.run.seed,
+        engine = make_engine(model_path, config.engine, seed=config.run.seed,
                             adapters={job.label: job.adapter_path for job in jobs if job.adapter_path and not job.stage.done},
                             trust_remote_code=config.models.trust_remote_code)
     try:

@@ -249,9 +249,9 @@ def judge_pairs(config: Config, pairs: list[tuple[str | Path, str | Path]], out_
                 results.append((stage.dir, read_json(stage.dir / SCORES_FILE)))
                 continue
             if engine is None:
-                from pipeline.engine import VLLMEngine
+                from pipeline.engine import make_engine
 
-                engine = VLLMEngine(judge_model, config.engine, seed=config.run.seed,
+                engine = make_engine(judge_model, config.engine, seed=config.run.seed,
                                     trust_remote_code=config.models.trust_remote_code)
             results.append((stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)))
     finally:

@@ -32,9 +32,9 @@ def vllm_models(config):
     hashes = {role: content_hash(path, cache) for role, path in paths.items()}
 
     def make(role: str):
-        from pipeline.engine import VLLMEngine
+        from pipeline.engine import make_engine
 
-        return VLLMEngine(paths[role], config.engine, seed=config.run.seed, trust_remote_code=m.trust_remote_code)
+        return make_engine(paths[role], config.engine, seed=config.run.seed, trust_remote_code=m.trust_remote_code)
 
     return ModelSet(names={role: path.name for role, path in paths.items()}, hashes=hashes, make=make)
 

@@ -91,7 +91,7 @@ def models_list(models_dir, as_json, config_path, overrides) -> None:
 @friendly_errors
 def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     """Answer every prompt of a JSONL file with the local vLLM engine."""
-    from pipeline.engine import VLLMEngine
+    from pipeline.engine import make_engine
     from pipeline.generate import load_prompts, run_generate, settings_of
     from pipeline.models import resolve_model
 
@@ -103,7 +103,7 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     from pipeline.generate import check_resumable
 
     check_resumable(Path(out_path), settings)
-    engine = VLLMEngine(model_path, config.engine, seed=config.run.seed,
+    engine = make_engine(model_path, config.engine, seed=config.run.seed,
                         trust_remote_code=config.models.trust_remote_code)
     summary = run_generate(engine, rows, Path(out_path), config, settings)
     click.echo(f"{summary['requests']} answers in {out_path} ({summary['generated']} generated, "

@@ -43,6 +43,10 @@ class RunConfig:
     rounds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     # Also judge every model against the evolver's own answers (the paper's "% of ChatGPT").
     reference: bool = True
+    # Training processes per fine-tune: above 1, `evol run` starts `accelerate launch` with
+    # accelerate_config (see configs/accelerate/) instead of a single process.
+    train_processes: int = throughput(1)
+    accelerate_config: str = throughput("configs/accelerate/ddp.yaml")
 
 
 @dataclass
@@ -64,6 +68,8 @@ class EngineConfig:
     temperature: float = 0.7
     top_p: float = 0.95
     tensor_parallel_size: int = throughput(1)
+    # Engine processes for data-parallel generation (one per group of tensor_parallel_size GPUs).
+    data_parallel_size: int = throughput(1)
     gpu_memory_utilization: float = throughput(0.4)  # on CPU: share of one NUMA node's RAM for vLLM
     # KV cache size in GiB; set, it wins over gpu_memory_utilization. On CPU this is the robust
     # choice: the utilization share counts the worker's own memory and fails on small machines.

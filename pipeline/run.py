@@ -36,6 +36,11 @@ class Step:
     stage: str
     label: str
     args: list[str]
+    launcher: list[str] | None = None  # None: this Python, `-m pipeline`
+
+    @property
+    def command(self) -> list[str]:
+        return [*(self.launcher or [sys.executable, "-m", "pipeline"]), *self.args]
 
 
 def label(k: int) -> str:
@@ -57,6 +62,11 @@ def check_run_config(config: Config) -> None:
     test = testset_path(config.eval.testset, quiet=True)
     if not test.is_file():
         raise InputError(f"Test set {test} not found (eval.testset).")
+    if config.run.train_processes > 1 and not Path(config.run.accelerate_config).is_file():
+        raise InputError(f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
+                         f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/.")
+    if config.engine.data_parallel_size < 1 or config.engine.tensor_parallel_size < 1:
+        raise InputError("engine.data_parallel_size and engine.tensor_parallel_size must be at least 1.")
 
 
 def ensure_models(config: Config) -> dict[str, Path]:
@@ -79,9 +89,13 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
     common = ["--config", str(config_file)]
     rounds = sorted(config.run.rounds)
     steps = [Step("evolve", "evolve", ["evolve", *common, "--rounds", str(max(rounds)), "--out", str(run_dir)])]
+    launcher = None
+    if config.run.train_processes > 1:  # multi-GPU training: the same command under accelerate
+        launcher = ["accelerate", "launch", "--config_file", config.run.accelerate_config,
+                    "--num_processes", str(config.run.train_processes), "-m", "pipeline"]
     for k in rounds:
         steps.append(Step("train", label(k), ["train", *common, "--data", str(run_dir / "data" / f"{label(k)}.jsonl"),
-                                              "--out", str(run_dir / "sft" / label(k))]))
+                                              "--out", str(run_dir / "sft" / label(k))], launcher))
     answers = run_dir / "answers"
     reference_model = config.models.responder or config.models.evolver
     # When the reference model is the base model (the tiny default), its answers come from the
@@ -130,8 +144,7 @@ def run_pipeline(config: Config) -> Path:
 
 
 def _run_step(step: Step) -> None:
-    command = [sys.executable, "-m", "pipeline", *step.args]
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(step.command)
     try:
         code = process.wait()
     except KeyboardInterrupt:
