@@ -71,4 +71,6 @@ def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
                f"C{config.evolve.rounds} has {last['training_set_size']} items in {Path(run_dir) / 'data'}")
 
 
-COMMANDS = [evolve]
+from evolve_local.analyze import analyze  # noqa: E402  (`evol analyze RUN_DIR`, issue 8)
+
+COMMANDS = [evolve, analyze]

@@ -145,11 +145,14 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         tables=[(header, table)],
         images=images,
     )
+    from evolve_local.analysis_report import analysis_report_json, analysis_section
+
     judge_dirs, _ = find_judge_dirs(run_dir)
-    build_report(judge_dirs, run_dir, extra_sections=[section])
+    analysis = analysis_section(run_dir)
+    build_report(judge_dirs, run_dir, extra_sections=[section] + ([analysis] if analysis else []))
     # eval's report.json describes the comparisons; the run adds its ablation and survival rows.
     report_json = run_dir / "report.json"
     report = read_json(report_json) if report_json.is_file() else {}
-    report.update({"run": run_dir.name, "ablation": rows, "survival": survival_rows})
+    report.update({"run": run_dir.name, "ablation": rows, "survival": survival_rows, **analysis_report_json(run_dir)})
     write_json(report_json, report)
     return run_dir / "report.md"

@@ -7,7 +7,8 @@ so tuning speed never invalidates finished results.
     evol generate --config configs/tiny.yaml --set engine.max_tokens=64 ...
 
 Each stage owns its section: `engine` and `models` live here, `evolve` in evolve_local/config.py,
-`train` in finetune/config.py, `eval` in eval/config.py.
+`train` in finetune/config.py, `eval` in eval/config.py, `analysis` in
+evolve_local/analysis_config.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from evolve_local.analysis_config import AnalysisConfig
 from evolve_local.config import EvolveConfig
 from eval.config import EvalConfig
 from finetune.config import TrainConfig
@@ -89,6 +91,7 @@ class Config:
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 # ---------------------------------------------------------------- loading and overriding

@@ -9,6 +9,7 @@ Stages, each a separate `evol` process so accelerator memory is returned in betw
   answer    one engine for every LoRA adapter (a full fine-tune gets its own engine), plus the
             evolver's own answers as the reference ("% of ChatGPT" in the paper)
   judge     C<k> against C0, and every C<k> against the reference
+  analyze   judge-rated difficulty and embedding diversity per round (evol analyze)
   report    report.md / report.html / report.json with the ablation over rounds
 Every stage command skips itself when its manifest matches, and resumes from its partial outputs
 after an interruption, so rerunning the same `evol run` continues where it stopped.
@@ -120,6 +121,8 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
     if judged:  # one judge process, one engine start, for every comparison
         pairs = [arg for a, b in judged for arg in ("--answers", str(answers / a), "--baseline", str(answers / b))]
         steps.append(Step("judge", f"{len(judged)} comparisons", ["judge", *common, *pairs, "--out", str(run_dir / "judge")]))
+    # Complexity and diversity per round (evol analyze): last, so it never delays the models.
+    steps.append(Step("analyze", "analysis", ["analyze", *common, str(run_dir)]))
     return steps
 
 

@@ -18,7 +18,7 @@ CFG = RUN / "config.yaml"
 
 def test_tiny_plan_evolves_once_trains_each_round_and_shares_engines():
     steps = plan(load_config(ROOT / "configs" / "tiny.yaml", ["run.rounds=[0,1,2]"]), RUN, CFG)
-    assert [s.stage for s in steps] == ["evolve", "train", "train", "train", "answer", "judge"]
+    assert [s.stage for s in steps] == ["evolve", "train", "train", "train", "answer", "judge", "analyze"]
     assert steps[0].args[steps[0].args.index("--rounds") + 1] == "2"  # one evolution, to the largest count
     assert [s.args[s.args.index("--data") + 1] for s in steps[1:4]] == [str(RUN / "data" / f"C{k}.jsonl") for k in range(3)]
     answer = steps[4].args
@@ -46,7 +46,8 @@ def test_four_gpu_config_launches_accelerate_and_parallel_engines():
     others = [s for s in steps if s.stage != "train"]
     assert all(s.command[:3] == [sys.executable, "-m", "pipeline"] for s in others)
     # full fine-tunes: one answer process per model, then the reference model (not the base)
-    assert [s.label for s in others] == ["evolve", "C0", "C1", "C2", "C3", "C4", "reference", "9 comparisons"]
+    assert [s.label for s in others] == ["evolve", "C0", "C1", "C2", "C3", "C4", "reference", "9 comparisons",
+                                         "analysis"]
     reference = next(s for s in others if s.label == "reference")
     assert reference.args[reference.args.index("--model") + 1] == "/m/evolver"
     assert worker_devices(config.engine.data_parallel_size, config.engine.tensor_parallel_size) == ["0,1", "2,3"]
