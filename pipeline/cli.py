@@ -158,8 +158,9 @@ def _register_stage_commands() -> None:
     from eval.commands import COMMANDS as eval_commands
     from evolve_local.commands import COMMANDS as evolve_commands
     from finetune.commands import COMMANDS as train_commands
+    from pipeline.bench import bench_command
 
-    for command in (*evolve_commands, *train_commands, *eval_commands):
+    for command in (*evolve_commands, *train_commands, *eval_commands, bench_command):
         main.add_command(command)
 
 
