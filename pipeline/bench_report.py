@@ -8,10 +8,7 @@ Everything here is a pure function of the results dict, so tests check it withou
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-from pathlib import Path
 
 TARGETS = {
     "stage_vs_raw": 0.85,  # evolve stage output tok/s over the raw engine's
@@ -34,34 +31,10 @@ def ratio(a, b, digits: int = 3):
     return round(a / b, digits) if a is not None and b else None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict:
-    from pipeline.manifest import git_sha, now, package_versions
+    from pipeline.manifest import git_sha, machine, now, package_versions
 
-    info = {"date": now(), "cpu": cpu_model(), "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)), "platform": platform.platform(), "gpus": [],
-            "git_sha": git_sha(), "versions": package_versions()}
-    try:
-        info["ram_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
-    return info
+    return {"date": now(), **machine(), "git_sha": git_sha(), "versions": package_versions()}
 
 
 def config_sizes(config) -> dict:

@@ -52,28 +52,9 @@ class RecordingEngine:
 
 
 def raw_inputs(engine, requests: list[ChatRequest]):
-    """Token prompts and SamplingParams built the way VLLMEngine.generate builds them, ahead of
-    the clock, so the timed part is the engine call alone."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-    from vllm.sampling_params import StructuredOutputsParams
-
-    settings = engine.settings
-    prompts, params = [], []
-    for request in requests:
-        ids = engine.prompt_ids(request.messages)
-        room = settings.max_model_len - len(ids)
-        if room <= 0:
-            continue  # the stage skipped it too (finish_reason too_long, nothing generated)
-        prompts.append(TokensPrompt(prompt_token_ids=ids))
-        params.append(SamplingParams(
-            max_tokens=min(request.max_tokens or settings.max_tokens, room),
-            temperature=settings.temperature if request.temperature is None else request.temperature,
-            top_p=settings.top_p if request.top_p is None else request.top_p,
-            seed=request.seed,
-            structured_outputs=StructuredOutputsParams(regex=request.regex, choice=request.choice)
-            if request.regex or request.choice else None,
-        ))
+    """Token prompts and SamplingParams built exactly as VLLMEngine.generate builds them, ahead of
+    the clock, so the timed part is the engine call alone (too-long requests are skipped, as in the stage)."""
+    prompts, params, _, _, _ = engine.build_inputs(requests)
     return prompts, params
 
 

@@ -127,7 +127,9 @@ class VLLMEngine:
             ids = ids["input_ids"]
         return list(ids)
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def build_inputs(self, requests: list[ChatRequest]):
+        """(token prompts, SamplingParams, LoRA requests, request indices) for the requests that fit
+        the context; the rest get a `too_long` result in `results` right away."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
@@ -152,6 +154,10 @@ class VLLMEngine:
             ))
             loras.append(self._lora(request.adapter))
             slots.append(index)
+        return prompts, params, loras, slots, results
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        prompts, params, loras, slots, results = self.build_inputs(requests)
         if prompts:
             outputs = self.llm.generate(
                 prompts, sampling_params=params,

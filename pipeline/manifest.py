@@ -64,8 +64,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or None}
+    """What a number was measured on: CPU, cores, memory, GPUs."""
+    import os
+
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu_model(), "logical_cores": os.cpu_count(),
+                            "usable_cores": len(os.sched_getaffinity(0)), "gpus": []}
+    try:
+        info["ram_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
     try:
         import torch
 
