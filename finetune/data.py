@@ -21,7 +21,6 @@ drops them, `fail` stops with the counts before any model loads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,14 +69,6 @@ class Conversation:
 
 
 # ---------------------------------------------------------------- reading and validating
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _records(path: Path, bad: BadRows):

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from finetune.card import MetricsCallback, peak_memory, plot_loss, trim_metrics, write_model_card
 from finetune.config import BAD_ROW_POLICIES, METHODS, PRECISIONS, TEMPLATES
-from finetune.data import check_bad_rows, file_sha256, load_conversations, resolve_template, tokenize_conversations
+from finetune.data import check_bad_rows, load_conversations, resolve_template, tokenize_conversations
 from pipeline.config import Config, semantic_dict, stable_hash, to_yaml
 from pipeline.jsonio import InputError, atomic_write_text, read_json, write_json
-from pipeline.manifest import begin_stage, finish_stage
+from pipeline.manifest import begin_stage, file_sha256, finish_stage
 from pipeline.models import content_hash, resolve_model
 
 

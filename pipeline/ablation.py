@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.jsonio import read_json, read_jsonl, write_json
+from pipeline.run import REFERENCE
 
-REFERENCE = "reference"
 
 
 def _comparison(run_dir: Path, a: str, b: str) -> dict | None:

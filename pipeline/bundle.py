@@ -14,7 +14,6 @@ The bundle holds:
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from pipeline.config import Config, to_yaml
 from pipeline.data_paths import ROOT, seeds_path, testset_path
 from pipeline.jsonio import InputError, atomic_write_text, write_json
+from pipeline.manifest import file_sha256
 from pipeline.models import MARKER, resolve_model
 
 CHECKSUMS = "SHA256SUMS"
@@ -30,17 +30,9 @@ CHECKSUMS = "SHA256SUMS"
 SKIP_PACKAGES = ("evol-local", "evol_local")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_checksums(bundle: Path) -> int:
     files = sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != CHECKSUMS)
-    lines = [f"{sha256(p)}  {p.relative_to(bundle).as_posix()}" for p in files]
+    lines = [f"{file_sha256(p)}  {p.relative_to(bundle).as_posix()}" for p in files]
     atomic_write_text(bundle / CHECKSUMS, "\n".join(lines) + "\n")
     return len(lines)
 
@@ -58,7 +50,7 @@ def verify_checksums(bundle: Path) -> int:
         path = bundle / name
         if not path.is_file():
             raise InputError(f"Bundle file {name} is missing ({CHECKSUMS} line {lineno}).")
-        if sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise InputError(f"Bundle file {name} does not match its checksum: the copy is damaged.")
         count += 1
     return count

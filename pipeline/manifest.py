@@ -94,12 +94,18 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def file_hash(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Full sha256 of a file, read in 4 MiB blocks (model weights can be many GB)."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    """The short form used in stage keys."""
+    return file_sha256(path)[:16]
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.jsonio import InputError, read_json, write_json
+from pipeline.manifest import file_sha256
 
 MARKER = "evol_model.json"
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -187,11 +188,7 @@ def content_hash(path: Path, cache_dir: str | Path | None = None) -> str:
         stat = f.stat()
         key = f"{f}|{stat.st_size}|{stat.st_mtime_ns}"
         if key not in cache:
-            h = hashlib.sha256()
-            with f.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    h.update(block)
-            cache[key] = h.hexdigest()
+            cache[key] = file_sha256(f)
             changed = True
         digest.update(f.relative_to(path).as_posix().encode() + b"\0" + cache[key].encode())
     if changed:

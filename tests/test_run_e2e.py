@@ -79,7 +79,7 @@ def test_run_is_interrupted_between_stages_then_resumes_and_reports(tmp_path, ti
     assert sorted(rows) == [0, 1]
     assert rows[0]["training_rows"] == 2 and rows[0]["evolved_share"] == 0
     assert rows[1]["training_rows"] >= 2
-    assert rows[1]["vs_C0"]["n"] + 0 <= 3 and rows[0]["vs_C0"] is None
+    assert rows[1]["vs_C0"]["n"] == 3 and rows[0]["vs_C0"] is None  # constrained judge: every pair readable
     assert all(rows[k]["vs_reference"] is not None for k in rows)
     assert (run / "judge" / "C1__vs__C0" / "scores.json").is_file()
     manifest = read_json(run / "manifest.json")
