@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.fields import throughput
+
 OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "in_breadth")
 
 
@@ -30,6 +32,10 @@ class EvolveConfig:
     # Constrain the verdict to exactly EQUAL or DIFFERENT with the engine's structured outputs, so
     # a small evolver cannot answer off-format. Off: free text, read by the tolerant parser.
     constrained_verdict: bool = True
+    # With one model in every role, run evolve, check and answer as chains on one engine (an item's
+    # next request is sent when its last one ends) instead of one step after the other over the
+    # pool. Same requests, same seeds; only the engine's batches differ.
+    overlap_steps: bool = throughput(True)
     # refusal_short: an answer saying "sorry" in fewer words than this is taken as a refusal.
     refusal_max_words: int = 80
     # Near-duplicate removal over the whole training set (MinHash over character shingles).

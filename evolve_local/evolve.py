@@ -3,14 +3,19 @@
     evol evolve --config configs/tiny.yaml --rounds 2 --out runs/tiny
 
 Round 0 answers the seeds (or keeps their answers) and writes the seed pool. Each round k >= 1:
-  1. pick one of six operations per pool item (seeded RNG), evolve all items in batched chunks;
-  2. ask the equality model whether each surviving evolution gained anything over its parent;
+  1. pick one of six operations per pool item (seeded RNG) and evolve the item;
+  2. ask the equality model whether an evolution that passed the instruction rules gained
+     anything over its parent;
   3. answer the survivors with the responder;
   4. eliminate (eliminate.py, then near-duplicates and test-set overlap, dedup.py): a kept
      evolution replaces its parent in the pool, a failed item goes back unchanged.
 The verdict comes before the answer, although the paper lists them the other way round: it
 needs no answer, and answering only instructions that passed it skips the largest generation
 for every rejected item (and, with a separate responder, one engine swap per round).
+When one model plays every role (the default) steps 1-3 run as chains on one engine: an item's
+check is sent the moment its evolution ends, so the engine never waits for a step's slowest
+request (`evolve.overlap_steps`). With different models, each step runs over the whole pool in
+chunks, so each model starts once per round.
 
 Outputs (the run-directory contract): evolve/round_<k>.jsonl (one record per attempt),
 evolve/stats.json, evolve/manifest.json, data/C<k>.jsonl (seeds + kept evolutions of rounds 1..k,
@@ -25,6 +30,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from evolve_local import eliminate as rules
 from evolve_local.config import OPERATIONS
@@ -33,7 +39,7 @@ from evolve_local.inputs import Inputs, key_material, load_inputs
 from evolve_local.prompts import equality_prompt, evolution_prompt, messages
 from evolve_local.records import RoundTally, c_record, write_stats
 from evolve_local.seeds import Seed
-from evolve_local.steps import Engines, JsonlWriter, ModelSet, iter_pool, load_step, run_step
+from evolve_local.steps import Engines, JsonlWriter, ModelSet, iter_pool, load_step, run_chained, run_step
 from pipeline.config import Config, semantic_dict
 from pipeline.engine import ChatRequest
 from pipeline.jsonio import read_json, write_json
@@ -204,69 +210,118 @@ def instruction_problem(item: dict, evolved: dict) -> tuple[str, str] | None:
     return None
 
 
+STEPS = ("evolve", "check", "answer")  # an attempt's requests, each needing the one before
+ROLE_OF = {"evolve": "evolver", "check": "equality", "answer": "responder"}
+
+
+def next_step(k: int, item: dict, done: dict[str, dict]) -> str | None:
+    """The attempt's next missing request, or None when it needs no more: an evolution that broke
+    an instruction rule is never checked, one the verdict rejected is never answered."""
+    aid = attempt_id(item, k)
+    evolved = done["evolve"].get(aid)
+    if evolved is None:
+        return "evolve"
+    if instruction_problem(item, evolved) is not None:
+        return None
+    check = done["check"].get(aid)
+    if check is None:
+        return "check"
+    if check["finish_reason"] == "too_long" or rules.parse_verdict(check["text"]) == rules.EQUAL:
+        return None
+    return None if aid in done["answer"] else "answer"
+
+
+def step_request(run: Run, k: int, item: dict, step: str, done: dict[str, dict]) -> ChatRequest:
+    e, aid = run.config.evolve, attempt_id(item, k)
+    if step == "evolve":
+        operation = choose_operation(run.seed, item["id"], k, e.operation_weights)
+        return ChatRequest(id=aid, purpose=step, max_tokens=e.evolution_max_tokens,
+                           messages=messages(evolution_prompt(operation, item["instruction"])),
+                           seed=derive_seed(run.seed, item["id"], k, "evolve"))
+    evolved = done["evolve"][aid]["text"].strip()
+    if step == "check":
+        return ChatRequest(id=aid, purpose=step, temperature=0.0, max_tokens=e.verdict_max_tokens,
+                           choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
+                           messages=messages(equality_prompt(item["instruction"], evolved)),
+                           seed=derive_seed(run.seed, item["id"], k, "equality"))
+    return ChatRequest(id=aid, purpose=step, max_tokens=e.answer_max_tokens, messages=messages(evolved),
+                       seed=derive_seed(run.seed, item["id"], k, "answer"))
+
+
+def step_passes(e) -> dict:
+    """Whether a finished record survives its step (the progress bar's kept%)."""
+    return {
+        "evolve": lambda r: bool(rules.words(r["text"])),
+        "check": lambda r: rules.parse_verdict(r["text"]) != rules.EQUAL,
+        "answer": lambda r: not (rules.refusal_short(r["text"], e.refusal_max_words) or rules.stopwords_only(r["text"])),
+    }
+
+
+def overlapped(run: Run) -> bool:
+    """One model in every role: the steps can share one engine and run as chains."""
+    return (run.config.evolve.overlap_steps
+            and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1)
+
+
 def evolve_round(run: Run, k: int) -> None:
-    e, chunk = run.config.evolve, run.config.engine.chunk_size
     pool_in = run.pool(k - 1)
+    if overlapped(run):
+        generate_chained(run, k, pool_in)
+    else:
+        generate_by_step(run, k, pool_in)
+    done = {step: load_step(run.work(k, step)) for step in STEPS}
+    eliminate_round(run, k, pool_in, done)
 
-    # 1. evolutions, all of the round in large chunks
-    done = load_step(run.work(k, "evolve"))
-    todo = [item["id"] for item in iter_pool(pool_in) if attempt_id(item, k) not in done]
-    requests = (
-        ChatRequest(id=attempt_id(item, k), max_tokens=e.evolution_max_tokens,
-                    messages=messages(evolution_prompt(
-                        choose_operation(run.seed, item["id"], k, e.operation_weights), item["instruction"])),
-                    seed=derive_seed(run.seed, item["id"], k, "evolve"))
-        for item in iter_pool(pool_in) if attempt_id(item, k) not in done
-    )
-    run_step(run.engines, "evolver", "evolve", f"round {k} evolve", run.work(k, "evolve"), run.work(k, "timing"),
-             requests, len(todo), chunk, passes=lambda r: bool(rules.words(r["text"])))
-    evolutions = load_step(run.work(k, "evolve"))
 
-    # 2. information-gain verdicts for evolutions that passed the instruction rules
-    def wants_check(item: dict, done: dict) -> bool:
-        aid = attempt_id(item, k)
-        return aid not in done and instruction_problem(item, evolutions[aid]) is None
+def generate_by_step(run: Run, k: int, pool_in: Path) -> None:
+    """Each step over the whole pool in large chunks, then the next: with a different model per role,
+    each model's engine starts once per round."""
+    chunk, passes = run.config.engine.chunk_size, step_passes(run.config.evolve)
+    for step in STEPS:
+        done = {s: load_step(run.work(k, s)) for s in STEPS}
+        total = sum(next_step(k, item, done) == step for item in iter_pool(pool_in))
+        requests = (step_request(run, k, item, step, done) for item in iter_pool(pool_in)
+                    if next_step(k, item, done) == step)
+        run_step(run.engines, ROLE_OF[step], step, f"round {k} {step}", run.work(k, step), run.work(k, "timing"),
+                 requests, total, chunk, passes=passes[step])
 
-    done = load_step(run.work(k, "check"))
-    total = sum(wants_check(item, done) for item in iter_pool(pool_in))
-    requests = (
-        ChatRequest(id=attempt_id(item, k), temperature=0.0, max_tokens=e.verdict_max_tokens,
-                    choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
-                    messages=messages(equality_prompt(item["instruction"], evolutions[attempt_id(item, k)]["text"].strip())),
-                    seed=derive_seed(run.seed, item["id"], k, "equality"))
-        for item in iter_pool(pool_in) if wants_check(item, done)
-    )
-    run_step(run.engines, "equality", "check", f"round {k} check", run.work(k, "check"), run.work(k, "timing"),
-             requests, total, chunk, passes=lambda r: rules.parse_verdict(r["text"]) != rules.EQUAL)
-    checks = load_step(run.work(k, "check"))
 
-    # 3. answers for evolutions the verdict did not reject
-    def wants_answer(item: dict, done: dict) -> bool:
-        aid = attempt_id(item, k)
-        check = checks.get(aid)
-        return (aid not in done and check is not None and check["finish_reason"] != "too_long"
-                and rules.parse_verdict(check["text"]) != rules.EQUAL)
+def generate_chained(run: Run, k: int, pool_in: Path) -> None:
+    """Every step at once on the one engine: an item's check is sent as soon as its evolution ends,
+    its answer as soon as its check does, so the engine's batch stays full across the steps."""
+    done = {step: load_step(run.work(k, step)) for step in STEPS}
+    active: dict[str, dict] = {}  # pool items with a request in flight, by attempt id
 
-    done = load_step(run.work(k, "answer"))
-    total = sum(wants_answer(item, done) for item in iter_pool(pool_in))
-    requests = (
-        ChatRequest(id=attempt_id(item, k), max_tokens=e.answer_max_tokens,
-                    messages=messages(evolutions[attempt_id(item, k)]["text"].strip()),
-                    seed=derive_seed(run.seed, item["id"], k, "answer"))
-        for item in iter_pool(pool_in) if wants_answer(item, done)
-    )
-    run_step(run.engines, "responder", "answer", f"round {k} answer", run.work(k, "answer"), run.work(k, "timing"),
-             requests, total, chunk,
-             passes=lambda r: not (rules.refusal_short(r["text"], e.refusal_max_words) or rules.stopwords_only(r["text"])))
-    answers = load_step(run.work(k, "answer"))
+    def first() -> Iterator[ChatRequest]:
+        for item in iter_pool(pool_in):
+            step = next_step(k, item, done)
+            if step is not None:
+                active[attempt_id(item, k)] = item
+                yield step_request(run, k, item, step, done)
 
-    # 4. eliminate, write the round, the next pool and C_k
+    def follow_up(request: ChatRequest, record: dict) -> ChatRequest | None:
+        done[request.purpose][request.id] = record
+        item = active[request.id]
+        step = next_step(k, item, done)
+        if step is None:
+            del active[request.id]
+            return None
+        return step_request(run, k, item, step, done)
+
+    total = sum(next_step(k, item, done) is not None for item in iter_pool(pool_in))
+    run_chained(run.engines, "evolver", f"round {k}", {step: run.work(k, step) for step in STEPS},
+                run.work(k, "timing"), first(), follow_up, total, run.config.engine.chunk_size,
+                step_passes(run.config.evolve))
+
+
+def eliminate_round(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
+    """Apply the rules, then write the round, the next pool and C_k."""
     tally = RoundTally(k)
     with JsonlWriter(run.stage_dir / f"round_{k}.jsonl") as out, \
             JsonlWriter(run.training_set(k)) as training, JsonlWriter(run.pool(k).with_suffix(".tmp-pool")) as pool:
         training.copy_lines(run.training_set(k - 1))
         for item in iter_pool(pool_in):
-            record = attempt_record(run, k, item, evolutions, checks, answers)
+            record = attempt_record(run, k, item, done["evolve"], done["check"], done["answer"])
             tally.add(record, operation=record["operation"])
             out.write(record)
             if record["status"] == "kept":

@@ -1,11 +1,13 @@
 """The machinery under each evolution step: one engine alive at a time, chunked resumable
-generation, and streaming atomic JSONL writers.
+generation, chained (overlapped) generation, and streaming atomic JSONL writers.
 
     evol evolve --config configs/tiny.yaml --out runs/tiny      # every step of every round uses it
 
-A step (evolve, check, answer) appends each finished chunk to `evolve/work/round_<k>.<step>.jsonl`
+A step (evolve, check, answer) appends its finished records to `evolve/work/round_<k>.<step>.jsonl`
 and its timing to `round_<k>.timing.jsonl`; a rerun reads what is there and sends only the missing
-requests, so nothing is generated twice and nothing finished is lost.
+requests, so nothing is generated twice and nothing finished is lost. `run_step` runs one step
+over the pool in chunks; `run_chained` runs every step at once on one engine, each item's next
+request sent as soon as its last one finished (see `pipeline.engine.run_dataflow`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks, run_dataflow
 from pipeline.jsonio import append_jsonl, atomic_open, read_jsonl_tolerant
 
 ROLES = ("evolver", "equality", "responder")
@@ -69,18 +71,36 @@ class Engines:
 
 
 class _Timed:
-    """Wraps an engine to measure each chunk's generation time for the persisted timing log."""
+    """Wraps an engine to measure its generation time for the persisted timing log: `last_seconds`
+    of the last `generate` call, `seconds` in all calls (submit and poll included)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.model_name = engine.model_name
+        self.streams = getattr(engine, "streams", False)
         self.last_seconds = 0.0
+        self.seconds = 0.0
+
+    def _timed(self, call, *args):
+        started = time.perf_counter()
+        try:
+            return call(*args)
+        finally:
+            self.last_seconds = time.perf_counter() - started
+            self.seconds += self.last_seconds
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        started = time.perf_counter()
-        results = self.engine.generate(requests)
-        self.last_seconds = time.perf_counter() - started
-        return results
+        return self._timed(self.engine.generate, requests)
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        self._timed(self.engine.submit, requests)
+
+    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
+        return self._timed(self.engine.poll)
+
+    @property
+    def pending(self) -> int:
+        return self.engine.pending
 
 
 def step_record(request: ChatRequest, result: ChatResult) -> dict:
@@ -119,6 +139,87 @@ def run_step(engines: Engines, role: str, step: str, label: str, out: Path, timi
 
     generate_in_chunks(timed, requests, chunk_size, save, total=total, desc=label,
                        postfix=lambda: {"kept%": f"{100 * seen[1] / max(seen[0], 1):.0f}"})
+
+
+class _ChainLog:
+    """Buffers the records of chained steps and appends them every `every` records (or `seconds`
+    seconds), in step order, so a persisted record's predecessors are always persisted too.
+
+    Steps overlap in one engine, so the engine time between two flushes is shared out to the steps
+    by their output tokens; the timing rows' seconds still sum to the engine time exactly."""
+
+    def __init__(self, outs: dict[str, Path], timing: Path, timed: _Timed, every: int, seconds: float = 10.0):
+        self.outs, self.timing, self.timed = outs, timing, timed
+        self.every, self.seconds = every, seconds
+        self.buffer: dict[str, list[dict]] = {step: [] for step in outs}
+        self.engine_mark, self.wall_mark = timed.seconds, time.monotonic()
+
+    def add(self, step: str, record: dict) -> None:
+        self.buffer[step].append(record)
+        if (sum(map(len, self.buffer.values())) >= self.every
+                or time.monotonic() - self.wall_mark >= self.seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        engine_seconds = self.timed.seconds - self.engine_mark
+        self.engine_mark, self.wall_mark = self.timed.seconds, time.monotonic()
+        rows = {step: records for step, records in self.buffer.items() if records}
+        if not rows:
+            return
+        tokens = {step: sum(r["completion_tokens"] for r in records) for step, records in rows.items()}
+        weight = tokens if sum(tokens.values()) else {step: len(records) for step, records in rows.items()}
+        for step, records in rows.items():
+            append_jsonl(self.outs[step], records)
+        append_jsonl(self.timing, [{
+            "step": step, "requests": len(records),
+            "seconds": round(engine_seconds * weight[step] / sum(weight.values()), 3),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+            "completion_tokens": sum(r["completion_tokens"] for r in records), "overlapped": True,
+        } for step, records in rows.items()])
+        self.buffer = {step: [] for step in self.outs}
+
+
+def run_chained(engines: Engines, role: str, label: str, outs: dict[str, Path], timing: Path,
+                first: Iterable[ChatRequest], follow_up: Callable[[ChatRequest, dict], ChatRequest | None],
+                total: int, chunk_size: int, passes: dict[str, Callable[[dict], bool]]) -> None:
+    """Run chains of requests (one chain per pool item) on one engine, up to `chunk_size` in flight.
+
+    `first` holds each chain's first missing request, its step in `request.purpose`; `follow_up`
+    gets a finished request and its record and returns the chain's next request, or None when the
+    chain is done. Records go to `outs[step]` as in `run_step`; the bar counts finished chains.
+    """
+    if total == 0:
+        return
+    from tqdm import tqdm
+
+    timed = _Timed(engines.get(role))
+    log = _ChainLog(outs, timing, timed, every=chunk_size)
+    seen = {step: [0, 0] for step in outs}
+    tokens = [0]
+    bar = tqdm(total=total, desc=label, unit="item", dynamic_ncols=True, mininterval=1.0)
+
+    def on_results(pairs: list[tuple[ChatRequest, ChatResult]]) -> list[ChatRequest]:
+        following = []
+        for request, result in pairs:
+            record = step_record(request, result)
+            log.add(request.purpose, record)
+            seen[request.purpose][0] += 1
+            seen[request.purpose][1] += passes[request.purpose](record)
+            tokens[0] += result.completion_tokens
+            after = follow_up(request, record)
+            if after is None:
+                bar.update(1)
+            else:
+                following.append(after)
+        bar.set_postfix({"tok/s": f"{tokens[0] / max(timed.seconds, 1e-9):.0f}",
+                         **{f"{step} kept%": f"{100 * n[1] / n[0]:.0f}" for step, n in seen.items() if n[0]}})
+        return following
+
+    try:
+        run_dataflow(timed, first, on_results, window=chunk_size)
+    finally:
+        log.flush()  # finished records survive an error in a later request too
+        bar.close()
 
 
 def timing_totals(path: Path) -> dict[str, dict]:

@@ -6,8 +6,9 @@
 Every measurement runs in its own process (an `evol` stage command, or pipeline/bench_worker.py),
 watched by a sampler that sums the resident memory of the whole process tree (vLLM's engine core
 is a child process), so each figure carries its own wall time and peak memory:
-  1. throughput  evolve stage vs the same requests in one raw vllm.LLM.generate call (repeated)
-  2. naive       one Hugging Face generate per prompt on an evenly spread subset of those requests
+  1. throughput  an evolve round vs the same requests in one raw vllm.LLM.generate call, per pool
+                 size, steps chained and by step (repeated)
+  2. naive       one Hugging Face generate per prompt on those requests (all, or an evenly spread subset)
   3. resume      a second run of a finished evolve; a run killed halfway, then resumed
   4. ablation    generations of the 0..M ablation of `evol run`'s plan vs one M-round evolution
   5. training    LoRA vs full, packing on vs off, a few optimizer steps on the evolved data
@@ -99,21 +100,24 @@ def bench_throughput(ctx: dict) -> dict:
     work = ctx["work"] / "throughput"
     result = work / "result.json"
     proc = watched([sys.executable, "-m", "pipeline.bench_worker", "throughput", *ctx["args"], "--work", str(work),
-                    "--repeats", str(ctx["repeats"]), "--result", str(result)], work / "log.txt")
+                    "--repeats", str(ctx["repeats"]), "--seeds", ",".join(map(str, ctx["throughput_seeds"])),
+                    "--result", str(result)], work / "log.txt")
     return {"process": proc, **read_json(result)}
 
 
 def bench_naive(ctx: dict) -> dict:
+    throughput = ctx["work"] / "throughput" / "result.json"
     requests = ctx["work"] / "throughput" / "requests.jsonl"
-    if not requests.is_file():
+    if not (requests.is_file() and throughput.is_file()):
         raise InputError(f"{requests} is missing: the naive baseline replays the throughput requests; "
                          f"run with --only throughput,naive.")
+    source = read_json(throughput).get("requests_file", {})
     work = ctx["work"] / "naive"
     result = work / "result.json"
     proc = watched([sys.executable, "-m", "pipeline.bench_worker", "naive", *ctx["args"], "--requests", str(requests),
                     "--limit", str(ctx["naive_prompts"]), "--dtype", ctx["naive_dtype"], "--result", str(result)],
                    work / "log.txt")
-    return {"process": proc, **read_json(result)}
+    return {"process": proc, **read_json(result), "stage_seeds": source.get("seeds"), "stage_mode": source.get("mode")}
 
 
 def timing_rows(run_dir: Path) -> list[dict]:
@@ -260,13 +264,13 @@ def parse_only(only: str) -> list[str]:
     return [n for n in MEASUREMENTS if n in names]
 
 
-def parse_scales(text: str) -> list[int]:
+def parse_scales(text: str, option: str = "--scales") -> list[int]:
     try:
         scales = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"--scales must be comma-separated seed counts like 4,8,16, got {text!r}.") from None
+        raise InputError(f"{option} must be comma-separated seed counts like 4,8,16, got {text!r}.") from None
     if not scales or any(s < 1 for s in scales):
-        raise InputError(f"--scales needs at least one positive seed count, got {text!r}.")
+        raise InputError(f"{option} needs at least one positive seed count, got {text!r}.")
     return scales
 
 
@@ -279,7 +283,8 @@ def parse_scales(text: str) -> list[int]:
 @click.option("--repeats", type=int, default=3, help="Repetitions of stage-vs-raw throughput.")
 @click.option("--rounds", type=int, default=2, help="Evolution rounds M for the resume, ablation and training runs.")
 @click.option("--resume-chunk", type=int, default=4, help="engine.chunk_size of the resume runs (chunks to kill between).")
-@click.option("--naive-prompts", type=int, default=4, help="Requests replayed one HF generate at a time.")
+@click.option("--throughput-seeds", default="8,32", help="Pool sizes of the stage-vs-raw throughput runs.")
+@click.option("--naive-prompts", type=int, default=0, help="Requests replayed one HF generate at a time (0: all).")
 @click.option("--naive-dtype", default="float32", help="torch dtype of the naive baseline (float32 is fastest on most CPUs).")
 @click.option("--train-steps", type=int, default=4, help="Optimizer steps per training variant.")
 @click.option("--train-repeats", type=int, default=1, help="Repetitions of the four training variants.")
@@ -288,7 +293,7 @@ def parse_scales(text: str) -> list[int]:
 @click.option("--render-only", is_flag=True, help="Measure nothing: rewrite the markdown from the results file.")
 @config_options
 @friendly_errors
-def bench_command(work_dir, results_path, markdown_path, only, repeats, rounds, resume_chunk, naive_prompts,
+def bench_command(work_dir, results_path, markdown_path, only, repeats, rounds, resume_chunk, throughput_seeds, naive_prompts,
                   naive_dtype, train_steps, train_repeats, judge_items, scales, render_only, config_path, overrides) -> None:
     """Measure evolve-stage vs raw-engine throughput, the naive baseline, resume, ablation, training,
     judge and scaling costs; write the JSON results and BENCHMARKS.md."""
@@ -307,17 +312,20 @@ def bench_command(work_dir, results_path, markdown_path, only, repeats, rounds, 
     if config_path is None:
         raise InputError("evol bench needs --config (e.g. configs/bench-tiny.yaml): every figure names its config.")
     for option, value in (("--repeats", repeats), ("--rounds", rounds), ("--resume-chunk", resume_chunk),
-                          ("--naive-prompts", naive_prompts), ("--train-steps", train_steps), ("--train-repeats", train_repeats),
+                          ("--train-steps", train_steps), ("--train-repeats", train_repeats),
                           ("--judge-items", judge_items)):
         if value < 1:
             raise InputError(f"{option} must be at least 1, got {value}.")
+    if naive_prompts < 0:
+        raise InputError(f"--naive-prompts must be 0 (all) or more, got {naive_prompts}.")
     config = load_cli_config(config_path, overrides)  # checked here, before any process starts
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ctx = {"work": work, "config_file": Path(config_path), "overrides": list(overrides),
            "args": sets(Path(config_path), overrides), "repeats": repeats, "rounds": rounds,
            "resume_chunk": resume_chunk, "naive_prompts": naive_prompts, "naive_dtype": naive_dtype,
-           "train_steps": train_steps, "train_repeats": train_repeats, "judge_items": judge_items, "scales": parse_scales(scales)}
+           "train_steps": train_steps, "train_repeats": train_repeats, "judge_items": judge_items, "scales": parse_scales(scales),
+           "throughput_seeds": parse_scales(throughput_seeds, "--throughput-seeds")}
     results_path = Path(results_path)
     results = read_json(results_path) if results_path.is_file() else {}
     results.update(machine=machine_info(), config_file=str(config_path), overrides=list(overrides),

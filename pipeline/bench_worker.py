@@ -1,15 +1,17 @@
 """The in-process measurements of `evol bench`, each run as its own process by pipeline/bench.py.
 
     python -m pipeline.bench_worker throughput --config configs/bench-tiny.yaml --work runs/bench/throughput \
-        --repeats 3 --result runs/bench/throughput/result.json
+        --repeats 3 --seeds 8,32 --result runs/bench/throughput/result.json
     python -m pipeline.bench_worker naive --config configs/bench-tiny.yaml \
-        --requests runs/bench/throughput/requests.jsonl --limit 8 --result runs/bench/naive/result.json
+        --requests runs/bench/throughput/requests.jsonl --limit 0 --result runs/bench/naive/result.json
 
-throughput: one vLLM engine serves both sides of the comparison. Each repetition runs the evolve
-  stage (`run_evolve`) in a fresh directory with an engine wrapper that records every request,
-  then replays exactly those requests (same token ids, sampling settings, per-request seeds,
-  max_tokens and constrained choices) to `vllm.LLM.generate` in ONE call. Output tokens/s of both.
-naive: the same requests, one Hugging Face `model.generate` per prompt, the way many scripts do it.
+throughput: one vLLM engine serves both sides of the comparison. For each pool size, round 0 runs
+  once; each repetition runs round 1 of the evolve stage (`run_evolve`) on a copy of it, chained
+  and by step, with an engine wrapper that records every request, then replays exactly those
+  requests (same token ids, sampling settings, per-request seeds, max_tokens and constrained
+  choices) to `vllm.LLM.generate` in ONE call. Output tokens/s of both.
+naive: the same requests (the first size's chained round), one Hugging Face `model.generate` per
+  prompt, the way many scripts do it; --limit 0 replays all of them.
 """
 
 from __future__ import annotations
@@ -27,25 +29,45 @@ from pipeline.jsonio import write_json
 
 
 class RecordingEngine:
-    """Passes batches to the real engine and keeps them; `close` is a no-op so the engine (and its
-    warm start) survives `run_evolve`'s cleanup and serves every repetition."""
+    """Passes work to the real engine and keeps every request; `close` is a no-op so the engine (and
+    its warm start) survives `run_evolve`'s cleanup and serves every repetition. It has the
+    engine's streaming interface too, so the stage runs its steps as chains, as it does for real."""
 
     def __init__(self, engine):
         self.engine = engine
         self.model_name = engine.model_name
+        self.streams = getattr(engine, "streams", False)
         self.requests: list[ChatRequest] = []
         self.completion_tokens = 0
         self.generate_seconds = 0.0
         self.calls = 0
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def _timed(self, call, *args):
         started = time.perf_counter()
-        results = self.engine.generate(requests)
-        self.generate_seconds += time.perf_counter() - started
+        try:
+            return call(*args)
+        finally:
+            self.generate_seconds += time.perf_counter() - started
+            self.calls += 1
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         self.requests.extend(requests)
+        results = self._timed(self.engine.generate, requests)
         self.completion_tokens += sum(r.completion_tokens for r in results)
-        self.calls += 1
         return results
+
+    @property
+    def pending(self) -> int:
+        return self.engine.pending
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        self.requests.extend(requests)
+        self._timed(self.engine.submit, requests)
+
+    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
+        finished = self._timed(self.engine.poll)
+        self.completion_tokens += sum(result.completion_tokens for _, result in finished)
+        return finished
 
     def close(self) -> None:
         pass
@@ -58,14 +80,19 @@ def raw_inputs(engine, requests: list[ChatRequest]):
     return prompts, params
 
 
-def measure_throughput(config, work: Path, repeats: int) -> dict:
+MODES = {"chained": True, "by_step": False}  # evolve.overlap_steps
+
+
+def measure_throughput(config_file: str, overrides: list[str], work: Path, repeats: int, seed_counts: list[int]) -> dict:
+    """Round 1 of the evolve stage against its own requests in one raw call, for each pool size and
+    both ways of running the steps (chained on one engine, or one step after the other)."""
     from evolve_local.commands import vllm_models
     from evolve_local.evolve import load_inputs, run_evolve
     from evolve_local.steps import ModelSet
     from pipeline.engine import VLLMEngine
     from pipeline.models import resolve_model
 
-    inputs = load_inputs(config)
+    config = load_config(config_file, overrides)
     named = vllm_models(config)
     if len(set(named.hashes.values())) != 1:
         raise SystemExit("bench throughput needs one model for evolver, equality check and responder.")
@@ -74,36 +101,58 @@ def measure_throughput(config, work: Path, repeats: int) -> dict:
                         seed=config.run.seed, trust_remote_code=config.models.trust_remote_code)
     start_seconds = time.perf_counter() - started
     # Warm-up: the first batches of a fresh engine pay one-off costs that belong to neither side.
-    engine.generate([ChatRequest(id="warm", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16)])
+    # A constrained request too: the first one compiles the grammar backend.
+    hello = [{"role": "user", "content": "Say hello."}]
+    engine.generate([ChatRequest(id="warm", messages=hello, max_tokens=16),
+                     ChatRequest(id="warm-choice", messages=hello, max_tokens=4, choice=["EQUAL", "DIFFERENT"])])
 
-    stage_runs, raw_runs = [], []
-    for rep in range(repeats):
-        run_dir = work / f"rep_{rep}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        recorder = RecordingEngine(engine)
-        models = ModelSet(names=named.names, hashes=named.hashes, make=lambda role: recorder)
-        started = time.perf_counter()
-        run_evolve(config, run_dir, models, inputs, quiet=True)
-        stage_seconds = time.perf_counter() - started
-        stage_runs.append({"seconds": round(stage_seconds, 3), "completion_tokens": recorder.completion_tokens,
-                           "requests": len(recorder.requests), "engine_calls": recorder.calls,
-                           "generate_seconds": round(recorder.generate_seconds, 3),
-                           "tokens_per_second": round(recorder.completion_tokens / stage_seconds, 2)})
-        if rep == 0:
-            _write_requests(work / "requests.jsonl", recorder.requests)
+    def models(recorder: RecordingEngine) -> ModelSet:
+        return ModelSet(names=named.names, hashes=named.hashes, make=lambda role: recorder)
 
-        prompts, params = raw_inputs(engine, recorder.requests)
-        started = time.perf_counter()
-        outputs = engine.llm.generate(prompts, sampling_params=params, use_tqdm=False)
-        raw_seconds = time.perf_counter() - started
-        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        raw_runs.append({"seconds": round(raw_seconds, 3), "completion_tokens": tokens, "requests": len(prompts),
-                         "engine_calls": 1, "tokens_per_second": round(tokens / raw_seconds, 2)})
-        print(f"[bench] rep {rep}: stage {stage_runs[-1]['tokens_per_second']} tok/s, "
-              f"raw {raw_runs[-1]['tokens_per_second']} tok/s", file=sys.stderr)
+    sizes = []
+    for seeds in seed_counts:
+        def sized(*more: str):
+            return load_config(config_file, [*overrides, f"evolve.max_seeds={seeds}", *more])
+
+        # Round 0 (the seed answers) once per size; every measured run continues a copy of it.
+        base = work / f"seeds_{seeds}"
+        shutil.rmtree(base, ignore_errors=True)
+        inputs = load_inputs(sized())
+        run_evolve(sized("evolve.rounds=0"), base / "round_0", models(RecordingEngine(engine)), inputs, quiet=True)
+        runs = []
+        for rep in range(repeats):
+            for mode, overlap in MODES.items():  # interleaved, so a burst of load hits both modes alike
+                run_dir = base / f"{mode}_{rep}"
+                shutil.copytree(base / "round_0", run_dir)
+                recorder = RecordingEngine(engine)
+                engine.llm.reset_prefix_cache()  # both sides start cold: no prompt is cached from the other
+                started = time.perf_counter()
+                run_evolve(sized("evolve.rounds=1", f"evolve.overlap_steps={str(overlap).lower()}"), run_dir,
+                           models(recorder), inputs, quiet=True)
+                stage_seconds = time.perf_counter() - started
+                stage = {"seconds": round(stage_seconds, 3), "completion_tokens": recorder.completion_tokens,
+                         "requests": len(recorder.requests), "engine_calls": recorder.calls,
+                         "generate_seconds": round(recorder.generate_seconds, 3),
+                         "tokens_per_second": round(recorder.completion_tokens / stage_seconds, 2)}
+                if rep == 0 and mode == "chained" and seeds == seed_counts[0]:
+                    _write_requests(work / "requests.jsonl", recorder.requests)
+                    requests_from = {"seeds": len(inputs.seeds), "mode": mode, "rep": rep}
+                prompts, params = raw_inputs(engine, recorder.requests)
+                engine.llm.reset_prefix_cache()
+                started = time.perf_counter()
+                outputs = engine.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+                raw_seconds = time.perf_counter() - started
+                tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+                raw = {"seconds": round(raw_seconds, 3), "completion_tokens": tokens, "requests": len(prompts),
+                       "engine_calls": 1, "tokens_per_second": round(tokens / raw_seconds, 2)}
+                runs.append({"mode": mode, "rep": rep, "stage": stage, "raw": raw})
+                print(f"[bench] {seeds} seeds, {mode}, rep {rep}: stage {stage['tokens_per_second']} tok/s, "
+                      f"raw {raw['tokens_per_second']} tok/s, ratio {stage['tokens_per_second'] / raw['tokens_per_second']:.3f}",
+                      file=sys.stderr)
+        sizes.append({"seeds": len(inputs.seeds), "runs": runs})
     engine.close()
-    return {"engine_start_seconds": round(start_seconds, 1), "stage": stage_runs, "raw": raw_runs,
-            "seeds": len(inputs.seeds), "rounds": config.evolve.rounds}
+    return {"engine_start_seconds": round(start_seconds, 1), "round": 1, "modes": list(MODES), "sizes": sizes,
+            "requests_file": {"path": str(work / "requests.jsonl"), **requests_from}}
 
 
 def _write_requests(path: Path, requests: list[ChatRequest]) -> None:
@@ -117,7 +166,7 @@ def _write_requests(path: Path, requests: list[ChatRequest]) -> None:
 def spread_sample(rows: list[dict], limit: int) -> list[dict]:
     """`limit` rows evenly spread over the list, so every step of the round (seed answers,
     evolutions, verdicts, answers) is in the naive subset, not only the first step's prompts."""
-    if limit >= len(rows):
+    if limit <= 0 or limit >= len(rows):
         return list(rows)
     return [rows[round(i * (len(rows) - 1) / max(limit - 1, 1))] for i in range(limit)]
 
@@ -172,16 +221,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", default=None)
-    parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=0, help="requests replayed; 0: all")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seeds", default="8", help="comma-separated pool sizes of the throughput runs")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
     if args.measure == "throughput":
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
-        result = measure_throughput(config, work, args.repeats)
+        result = measure_throughput(args.config, args.overrides, work, args.repeats,
+                                    [int(n) for n in args.seeds.split(",")])
     else:
-        result = measure_naive(config, Path(args.requests), args.limit, args.dtype)
+        result = measure_naive(load_config(args.config, args.overrides), Path(args.requests), args.limit, args.dtype)
     write_json(Path(args.result), result)
 
 

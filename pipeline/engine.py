@@ -6,14 +6,17 @@
 The chat template is applied here, with the model's own tokenizer, so a prompt that does not fit
 the context is reported per request (`finish_reason == "too_long"`) instead of failing the batch.
 `generate_in_chunks` feeds large chunks to the engine and hands each finished chunk to a callback,
-which is how stages persist work and resume after a crash. `pipeline/fake_engine.py` has the same
-interface for unit tests.
+which is how stages persist work and resume after a crash. `run_dataflow` is for work whose next
+request depends on the last one's result (evolve, then check, then answer): it keeps the engine's
+continuous batching full by sending each follow-up as soon as its predecessor finishes.
+`pipeline/fake_engine.py` has the same interface for unit tests.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -36,6 +39,7 @@ class ChatRequest:
     # forced to match the regular expression, or to be one of the choices. None: free text.
     regex: str | None = None
     choice: list[str] | None = None
+    purpose: str | None = None  # the caller's tag (which step asked); engines ignore it
 
     @property
     def prompt_text(self) -> str:
@@ -76,6 +80,8 @@ def configure_cpu_threads(bind: str) -> None:
 
 
 class VLLMEngine:
+    streams = True  # has submit/poll/pending, for run_dataflow
+
     def __init__(self, model_path: str | Path, settings: EngineConfig, seed: int = 0,
                  adapters: dict[str, str | Path] | None = None, trust_remote_code: bool = False):
         cpu = on_cpu()
@@ -109,6 +115,9 @@ class VLLMEngine:
                            max_lora_rank=settings.max_lora_rank)
         self.llm = LLM(**options)
         self._lora_requests: dict[str, object] = {}
+        self._in_flight: dict[str, ChatRequest] = {}  # submitted requests by engine request id
+        self._ready: list[tuple[ChatRequest, ChatResult]] = []  # too long: finished without the engine
+        self._submitted = 0
 
     def _lora(self, name: str | None):
         if name is None:
@@ -164,12 +173,38 @@ class VLLMEngine:
                 lora_request=loras if any(loras) else None, use_tqdm=False,
             )
             for index, output in zip(slots, outputs):
-                completion = output.outputs[0]
-                results[index] = ChatResult(
-                    requests[index].id, completion.text, len(output.prompt_token_ids),
-                    len(completion.token_ids), completion.finish_reason or "stop",
-                )
+                results[index] = _result(requests[index], output)
         return results  # type: ignore[return-value]
+
+    # The streaming interface: vLLM's continuous batching admits new requests between decoding
+    # steps, so a follow-up joins the running batch instead of waiting for a whole batch to end.
+
+    @property
+    def pending(self) -> int:
+        return len(self._in_flight) + len(self._ready)
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        prompts, params, loras, slots, results = self.build_inputs(requests)
+        self._ready += [(requests[i], r) for i, r in enumerate(results) if r is not None]
+        engine = self.llm.llm_engine
+        for prompt, param, lora, index in zip(prompts, params, loras, slots):
+            param.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it ends
+            self._submitted += 1
+            request_id = f"evol-{self._submitted}"
+            engine.add_request(request_id, prompt, param, lora_request=lora)
+            self._in_flight[request_id] = requests[index]
+
+    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
+        """One decoding step; the requests that finished in it (in no particular order)."""
+        finished, self._ready = self._ready, []
+        if self._in_flight:
+            for output in self.llm.llm_engine.step():
+                if output.finished:
+                    request = self._in_flight.pop(output.request_id)
+                    finished.append((request, _result(request, output)))
+        return finished
 
     def close(self) -> None:
         """Stop the engine process now, so the next model never starts while this one holds memory."""
@@ -190,6 +225,12 @@ class VLLMEngine:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _result(request: ChatRequest, output) -> ChatResult:
+    completion = output.outputs[0]
+    return ChatResult(request.id, completion.text, len(output.prompt_token_ids), len(completion.token_ids),
+                      completion.finish_reason or "stop")
 
 
 def make_engine(model_path: str | Path, settings: EngineConfig, seed: int = 0,
@@ -258,3 +299,39 @@ def generate_in_chunks(engine: Engine, requests: Iterable[ChatRequest], chunk_si
     finally:
         bar.close()
     return stats
+
+
+def run_dataflow(engine: Engine, fresh: Iterable[ChatRequest],
+                 on_results: Callable[[list[tuple[ChatRequest, ChatResult]]], list[ChatRequest]],
+                 window: int) -> None:
+    """Generate requests whose follow-ups depend on their results, keeping the engine busy.
+
+    Up to `window` requests are in the engine at once. Each batch of finished (request, result)
+    pairs goes to `on_results`, which returns the follow-up requests; these are sent before any
+    further fresh ones, so chains finish early and the batch stays full to the end. An engine
+    without `submit`/`poll` (data-parallel workers) gets waves: one `generate` call per window.
+    """
+    fresh = iter(fresh)
+    follow: deque[ChatRequest] = deque()
+
+    def take(n: int) -> list[ChatRequest]:
+        batch = []
+        while len(batch) < n and follow:
+            batch.append(follow.popleft())
+        for request in fresh if len(batch) < n else ():
+            batch.append(request)
+            if len(batch) >= n:
+                break
+        return batch
+
+    if not getattr(engine, "streams", False):
+        while batch := take(window):
+            follow.extend(on_results(list(zip(batch, engine.generate(batch)))))
+        return
+    while True:
+        engine.submit(take(window - engine.pending))
+        if not engine.pending:
+            return
+        finished = engine.poll()
+        if finished:
+            follow.extend(on_results(finished))

@@ -5,6 +5,9 @@
 
 Tokens are counted as whitespace-separated words. Every batch it receives is recorded in
 `engine.batches`, so tests can check that callers send large batches, not one request per call.
+With `streaming=True` it also has the submit/poll interface of `VLLMEngine` (for
+`pipeline.engine.run_dataflow`): each poll finishes the `finish_per_poll` oldest requests in
+flight, and `engine.polls` records which requests were in flight at each poll.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from pipeline.engine import ChatRequest, ChatResult
 
 class FakeEngine:
     def __init__(self, respond: Callable[[ChatRequest], str] | dict[str, str] | str = "",
-                 max_model_len: int = 2048, max_tokens: int = 512, model_name: str = "fake-model"):
+                 max_model_len: int = 2048, max_tokens: int = 512, model_name: str = "fake-model",
+                 streaming: bool = False, finish_per_poll: int = 1):
         self._respond = respond
         self.max_model_len = max_model_len
         self.max_tokens = max_tokens
         self.model_name = model_name
         self.batches: list[list[ChatRequest]] = []
+        self.streams = streaming
+        self.finish_per_poll = finish_per_poll
+        self.in_flight: list[ChatRequest] = []
+        self.polls: list[list[ChatRequest]] = []
 
     @property
     def calls(self) -> int:
@@ -40,18 +48,30 @@ class FakeEngine:
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         self.batches.append(list(requests))
-        results = []
-        for request in requests:
-            prompt_tokens = len(request.prompt_text.split())
-            if prompt_tokens >= self.max_model_len:
-                results.append(ChatResult(request.id, "", prompt_tokens, 0, "too_long"))
-                continue
-            words = self._text_for(request).split(" ")
-            budget = min(request.max_tokens or self.max_tokens, self.max_model_len - prompt_tokens)
-            finish = "length" if len(words) > budget else "stop"
-            text = " ".join(words[:budget])
-            results.append(ChatResult(request.id, text, prompt_tokens, len(text.split()), finish))
-        return results
+        return [self._result(request) for request in requests]
+
+    @property
+    def pending(self) -> int:
+        return len(self.in_flight)
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        self.in_flight += requests
+
+    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
+        self.polls.append(list(self.in_flight))
+        done, self.in_flight = self.in_flight[:self.finish_per_poll], self.in_flight[self.finish_per_poll:]
+        self.batches.append(done)
+        return [(request, self._result(request)) for request in done]
+
+    def _result(self, request: ChatRequest) -> ChatResult:
+        prompt_tokens = len(request.prompt_text.split())
+        if prompt_tokens >= self.max_model_len:
+            return ChatResult(request.id, "", prompt_tokens, 0, "too_long")
+        words = self._text_for(request).split(" ")
+        budget = min(request.max_tokens or self.max_tokens, self.max_model_len - prompt_tokens)
+        finish = "length" if len(words) > budget else "stop"
+        text = " ".join(words[:budget])
+        return ChatResult(request.id, text, prompt_tokens, len(text.split()), finish)
 
     def close(self) -> None:
         pass

@@ -21,11 +21,19 @@ def proc(seconds=10.0, rss=1000.0):
             "killed": False, "log": "x.log"}
 
 
+def throughput_runs(stage_seconds, raw_seconds) -> list[dict]:
+    runs = []
+    for rep, (a, b) in enumerate(zip(stage_seconds, raw_seconds)):
+        for mode, slower in (("chained", 0.0), ("by_step", 2.0)):
+            stage = {"seconds": a + slower, "completion_tokens": 900, "requests": 30, "engine_calls": 4,
+                     "generate_seconds": a + slower - 1, "tokens_per_second": round(900 / (a + slower), 2)}
+            raw = {"seconds": b, "completion_tokens": 900, "requests": 30, "engine_calls": 1,
+                   "tokens_per_second": round(900 / b, 2)}
+            runs.append({"mode": mode, "rep": rep, "stage": stage, "raw": raw})
+    return runs
+
+
 def results_fixture() -> dict:
-    stage = [{"seconds": s, "completion_tokens": 900, "requests": 30, "engine_calls": 4, "generate_seconds": s - 1,
-              "tokens_per_second": round(900 / s, 2)} for s in (10.0, 12.0, 9.0)]
-    raw = [{"seconds": s, "completion_tokens": 900, "requests": 30, "engine_calls": 1,
-            "tokens_per_second": round(900 / s, 2)} for s in (9.0, 10.0, 9.0)]
     gen = {"chunks": 10, "requests": 40, "seconds": 50.0, "completion_tokens": 3000}
     return {
         "machine": {"cpu": "Test CPU", "usable_cores": 2, "logical_cores": 2, "ram_gb": 8, "gpus": [],
@@ -35,10 +43,14 @@ def results_fixture() -> dict:
         "sizes": {"repeats": 3, "rounds": 2},
         "measurements": {
             "throughput": {"load_average_at_start": [1, 1, 1], "process": proc(), "engine_start_seconds": 30.0,
-                           "stage": stage, "raw": raw, "seeds": 8, "rounds": 1},
+                           "round": 1, "modes": ["chained", "by_step"],
+                           "sizes": [{"seeds": 8, "runs": throughput_runs((10.0, 12.0, 9.0), (9.0, 10.0, 9.0))},
+                                     {"seeds": 32, "runs": throughput_runs((20.0, 21.0, 22.0), (20.0, 20.0, 20.0))}],
+                           "requests_file": {"path": "requests.jsonl", "seeds": 8, "mode": "chained", "rep": 0}},
             "naive": {"load_average_at_start": [1, 1, 1], "process": proc(), "dtype": "float32", "prompts": 3,
                       "of_requests": 30, "seconds": 90.0, "completion_tokens": 180, "tokens_per_second": 2.0,
-                      "seconds_per_prompt": 30.0, "extrapolated_round_seconds": 900.0, "torch_threads": 2},
+                      "seconds_per_prompt": 30.0, "extrapolated_round_seconds": 900.0, "torch_threads": 2,
+                      "stage_seeds": 8, "stage_mode": "chained"},
             "resume": {"rounds": 2, "chunk_size": 4, "first": proc(100.0), "second": proc(4.0),
                        "killed": {**proc(50.0), "killed": True}, "resumed": proc(70.0),
                        "uninterrupted_generation": gen, "generation_before_kill": {**gen, "requests": 20},
@@ -69,11 +81,16 @@ def test_spread_is_median_min_max_and_relative_range():
 
 def test_summaries_compare_against_the_issue_targets():
     s = measurement_summaries(results_fixture()["measurements"])
-    # per-repetition ratios 0.9, 0.833, 1.0 -> median 0.9
-    assert s["throughput"]["stage_vs_raw"]["median"] == pytest.approx(0.9, abs=1e-3)
-    assert s["throughput"]["meets_target"] is True
+    small, large = s["throughput"]["sizes"]
+    # chained, per-repetition ratios 0.9, 0.833, 1.0 -> median 0.9; by step 2 s slower each
+    assert small["modes"]["chained"]["stage_vs_raw"]["median"] == pytest.approx(0.9, abs=1e-3)
+    assert small["modes"]["chained"]["meets_target"] is True
+    assert small["modes"]["by_step"]["stage_vs_raw"]["median"] == pytest.approx(0.75, abs=1e-3)  # 9/12
+    assert small["modes"]["by_step"]["meets_target"] is False
+    assert large["seeds"] == 32 and large["modes"]["chained"]["stage_vs_raw"]["median"] == pytest.approx(20 / 21, abs=1e-3)
     assert s["naive"]["speedup_tokens_per_second"] == pytest.approx(45.0, abs=0.1)  # 90 tok/s median vs 2
     assert s["naive"]["speedup_wall"] == pytest.approx(90.0)  # 900 s extrapolated vs 10 s
+    assert s["naive"]["measured_all"] is False and s["naive"]["stage_seeds"] == 8
     assert s["resume"]["rerun_fraction"] == pytest.approx(0.04)
     assert s["resume"]["rerun_meets_target"] is True
     assert s["resume"]["interrupted_generation_ratio"] == pytest.approx(1.04)
@@ -126,7 +143,7 @@ def test_results_schema_survives_json():
 def test_spread_sample_covers_first_and_last():
     rows = [{"id": i} for i in range(10)]
     assert [r["id"] for r in spread_sample(rows, 3)] == [0, 4, 9]
-    assert len(spread_sample(rows, 50)) == 10
+    assert len(spread_sample(rows, 50)) == 10 and len(spread_sample(rows, 0)) == 10  # 0: all
 
 
 def write_timing(run: Path, k: int, rows: list[dict]) -> None:
@@ -202,8 +219,12 @@ def test_render_only_rewrites_the_markdown_from_the_results_file(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(results.read_text())["summary"]
     # each repetition spent exactly 1 s outside engine calls: 1/10, 1/12, 1/9 -> median 0.1
-    assert summary["throughput"]["stage_outside_engine_share"]["median"] == pytest.approx(0.1, abs=1e-3)
-    assert "outside engine calls" in markdown.read_text()
-    assert "evolve.max_seeds=8" in markdown.read_text()  # stage sizes read back from the bench config
+    chained = summary["throughput"]["sizes"][0]["modes"]["chained"]
+    assert chained["stage_outside_engine_share"]["median"] == pytest.approx(0.1, abs=1e-3)
+    text = markdown.read_text()
+    assert "outside engine calls" in text
+    assert "evolve.max_seeds (resume, training)=8" in text  # stage sizes read back from the bench config
+    assert "8 seeds: 0.9 chained, 0.75 by step; 32 seeds:" in text
+    assert "chained, 8 seeds: met; by step, 8 seeds: **missed**" in text
     missing = CliRunner().invoke(bench_command, ["--render-only", "--results", str(tmp_path / "none.json")])
     assert missing.exit_code == 2 and "earlier `evol bench` run" in missing.output

@@ -58,3 +58,31 @@ def test_constrained_decoding_follows_the_choice_and_the_regex(engine):
     assert results[0].text in ("EQUAL", "DIFFERENT")
     first_line = results[1].text.split("\n")[0]
     assert re.fullmatch(r"(10|[1-9]) (10|[1-9])", first_line), results[1].text
+
+
+def test_dataflow_sends_follow_ups_into_the_running_batch(engine):
+    from pipeline.engine import run_dataflow
+
+    fresh = requests(100) + [ChatRequest(id="long", messages=[{"role": "user", "content": "word " * 2000}])]
+    finished, in_flight = [], []
+
+    def on_results(pairs):
+        in_flight.append(engine.pending)
+        follow = []
+        for request, result in pairs:
+            finished.append((request.id, request.purpose, result))
+            if request.purpose is None and result.finish_reason != "too_long":
+                follow.append(ChatRequest(id=request.id, purpose="verdict", temperature=0.0,
+                                          messages=[{"role": "user", "content": f"Is this polite? {result.text}"}],
+                                          choice=["YES", "NO"]))
+        return follow
+
+    run_dataflow(engine, fresh, on_results, window=3)
+    firsts = {rid: result for rid, purpose, result in finished if purpose is None}
+    verdicts = {rid: result.text for rid, purpose, result in finished if purpose == "verdict"}
+    assert firsts["long"].finish_reason == "too_long" and set(verdicts) == {"q0", "q1", "q2", "q3"}
+    assert set(verdicts.values()) <= {"YES", "NO"}
+    assert all(firsts[f"q{i}"].text.strip() and firsts[f"q{i}"].completion_tokens > 0 for i in range(4))
+    # (texts need not equal one generate call's: vLLM is not batch-invariant, and here the
+    # batches hold other requests)
+    assert max(in_flight) <= 3 and engine.pending == 0

@@ -149,16 +149,20 @@ def test_rules_lineage_and_pool_replacement(tmp_path):
     assert sum(stats["rounds"][1]["operations"].values()) == stats["rounds"][1]["attempted"] == len(SEEDS)
 
 
+def kind(request) -> str:
+    text = request.prompt_text
+    return "evolve" if ORIGINAL_LABEL in text else "check" if "EQUAL or DIFFERENT" in text else "answer"
+
+
 def test_steps_are_batched_in_order_evolve_check_answer(tmp_path):
-    config = make_config(tmp_path, rounds=1)
+    config = make_config(tmp_path, "evolve.overlap_steps=false", rounds=1)
     factory = Factory()
     run_evolve(config, tmp_path / "run", factory.models, quiet=True)
     (_, engine), = factory.started  # one model plays every role: one engine start for the run
     kinds = []
     for batch in engine.batches:
-        assert len(batch) <= 4
-        text = batch[0].prompt_text
-        kinds.append("evolve" if ORIGINAL_LABEL in text else "check" if "EQUAL or DIFFERENT" in text else "answer")
+        assert len(batch) <= 4 and len({kind(r) for r in batch}) == 1
+        kinds.append(kind(batch[0]))
     # seed answers (9 = 4+4+1), then round 1: evolve 9, check 6 survivors, answer 5
     assert kinds == ["answer"] * 3 + ["evolve"] * 3 + ["check"] * 2 + ["answer"] * 2
     checks = [r for b in engine.batches for r in b if "EQUAL or DIFFERENT" in r.prompt_text]
@@ -197,8 +201,9 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path):
         return scripted(request)
 
     run_dir = tmp_path / "run"
+    by_step = "evolve.overlap_steps=false"
     with pytest.raises(Crash):
-        run_evolve(make_config(tmp_path), run_dir, Factory(crash_in_round_two).models, quiet=True)
+        run_evolve(make_config(tmp_path, by_step), run_dir, Factory(crash_in_round_two).models, quiet=True)
     work = run_dir / "evolve" / "work"
     done_before = {r["id"] for r in read_jsonl(work / "round_2.check.jsonl")}
     assert done_before and not (work / "pool_2.jsonl").exists()
@@ -207,7 +212,7 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path):
         handle.write('{"id": "s0@r2", "text": "DIFF')
 
     resumed = Factory()
-    run_evolve(make_config(tmp_path), run_dir, resumed.models, quiet=True)
+    run_evolve(make_config(tmp_path, by_step), run_dir, resumed.models, quiet=True)
     seen = [r.id for r in resumed.requests]
     assert not any(r.endswith("@r1") for r in seen)  # round 1 was finished
     assert not any(ORIGINAL_LABEL in r.prompt_text for r in resumed.requests)  # round 2 evolutions kept
@@ -220,6 +225,72 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path):
     run_evolve(make_config(tmp_path), clean, Factory().models, quiet=True)
     for name in ("evolve/round_1.jsonl", "evolve/round_2.jsonl", "data/C2.jsonl"):
         assert (run_dir / name).read_text() == (clean / name).read_text()
+
+
+OUTPUTS = ("evolve/round_1.jsonl", "evolve/round_2.jsonl", "evolve/work/pool_2.jsonl", "data/C2.jsonl")
+
+
+def test_chained_steps_overlap_and_write_what_step_by_step_writes(tmp_path):
+    run_evolve(make_config(tmp_path, "evolve.overlap_steps=false"), tmp_path / "by_step", Factory().models, quiet=True)
+    chained = Factory(streaming=True, finish_per_poll=1)
+    stats = run_evolve(make_config(tmp_path), tmp_path / "chained", chained.models, quiet=True)
+    waves = Factory()  # an engine with no submit/poll (the data-parallel one) gets mixed waves
+    run_evolve(make_config(tmp_path), tmp_path / "waves", waves.models, quiet=True)
+    for name in OUTPUTS:
+        expected = (tmp_path / "by_step" / name).read_text()
+        assert (tmp_path / "chained" / name).read_text() == expected
+        assert (tmp_path / "waves" / name).read_text() == expected
+
+    (_, engine), = chained.started
+    rounds = [[r for r in batch if "@r" in r.id] for batch in engine.polls]
+    assert max(map(len, engine.polls)) <= 4  # engine.chunk_size requests in flight at most
+    assert any({"evolve", "check"} <= {kind(r) for r in batch} for batch in rounds)  # steps overlap
+    assert any({"evolve", "answer"} <= {kind(r) for r in batch} for batch in rounds)
+    order: dict[str, list[str]] = {}
+    for batch in engine.batches:  # finished requests, in the order they finished
+        for request in batch:
+            if "@r" in request.id:
+                assert request.purpose == kind(request)
+                order.setdefault(request.id, []).append(request.purpose)
+    assert all(steps == ["evolve", "check", "answer"][:len(steps)] for steps in order.values())
+    assert any(len({kind(r) for r in batch}) > 1 for batch in waves.started[0][1].batches)
+
+    # the timing rows share the engine time out to the steps; counts stay per step
+    one = stats["rounds"][1]["generation"]
+    assert (one["evolve"]["requests"], one["check"]["requests"], one["answer"]["requests"]) == (9, 6, 5)
+    rows = read_jsonl(tmp_path / "chained" / "evolve" / "work" / "round_1.timing.jsonl")
+    assert rows and all(row["overlapped"] for row in rows)
+
+
+def test_chained_round_resumes_after_a_crash_with_nothing_redone(tmp_path):
+    class Crash(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def crash_in_round_two(request):
+        if "@r2" in request.id:
+            calls["n"] += 1
+            if calls["n"] > 12:
+                raise Crash()
+        return scripted(request)
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(Crash):
+        run_evolve(make_config(tmp_path), run_dir, Factory(crash_in_round_two, streaming=True).models, quiet=True)
+    work = run_dir / "evolve" / "work"
+    persisted = {(step, r["id"]) for step in ("evolve", "check", "answer")
+                 for r in read_jsonl(work / f"round_2.{step}.jsonl") if (work / f"round_2.{step}.jsonl").exists()}
+    assert len(persisted) == 12  # every finished request was saved, the buffered ones too
+    assert not (work / "pool_2.jsonl").exists()
+
+    resumed = Factory(streaming=True)
+    run_evolve(make_config(tmp_path), run_dir, resumed.models, quiet=True)
+    redone = {(r.purpose, r.id) for r in resumed.requests}
+    assert redone and not redone & persisted and all(r.id.endswith("@r2") for r in resumed.requests)
+    run_evolve(make_config(tmp_path), tmp_path / "clean", Factory(streaming=True).models, quiet=True)
+    for name in OUTPUTS:
+        assert (run_dir / name).read_text() == (tmp_path / "clean" / name).read_text()
 
 
 def test_rerun_from_scratch_is_identical_and_seeds_matter(tmp_path):
