@@ -85,6 +85,19 @@ def check_hardware(method: str, precision: str) -> str:
 # ---------------------------------------------------------------- the run
 
 
+def train_key_material(config: Config, method: str, template: str, data_sha256: str, base_hash: str) -> dict:
+    """What a finished fine-tune depends on: its stage key (throughput knobs left out)."""
+    train = config.train
+    return {
+        "data_sha256": data_sha256,
+        "base_model": base_hash,
+        "method": method,
+        "template": template,
+        "train": semantic_dict(train),
+        "seed": train.seed if train.seed is not None else config.run.seed,
+    }
+
+
 def run_train(config: Config, data_path: str | Path, out_dir: str | Path, base: str | None = None,
               method: str | None = None, merge: bool = False, callbacks: list | None = None) -> dict:
     """Fine-tune `base` on `data_path` into `out_dir`; returns the stage manifest."""
@@ -108,14 +121,7 @@ def run_train(config: Config, data_path: str | Path, out_dir: str | Path, base: 
 
     # ---- skip, resume or start
     data_sha = file_sha256(data_path)
-    key_material = {
-        "data_sha256": data_sha,
-        "base_model": content_hash(base_path),
-        "method": method,
-        "template": template,
-        "train": semantic_dict(train),
-        "seed": train.seed if train.seed is not None else config.run.seed,
-    }
+    key_material = train_key_material(config, method, template, data_sha, content_hash(base_path))
     seed = key_material["seed"]
     ckpt_dir = out_dir / "checkpoints"
     metrics_path = out_dir / "metrics.jsonl"

@@ -92,7 +92,7 @@ def models_list(models_dir, as_json, config_path, overrides) -> None:
 def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     """Answer every prompt of a JSONL file with the local vLLM engine."""
     from pipeline.engine import make_engine
-    from pipeline.generate import load_prompts, run_generate, settings_of
+    from pipeline.generate import check_resumable, load_prompts, run_generate, settings_of
     from pipeline.models import resolve_model
 
     config = load_cli_config(config_path, overrides)
@@ -100,12 +100,10 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     rows = load_prompts(in_path)
     model_path = resolve_model(model_name or config.models.evolver, config.models.dir)
     settings = settings_of(config, str(model_path))
-    from pipeline.generate import check_resumable
-
-    check_resumable(Path(out_path), settings)
+    finished = check_resumable(Path(out_path), settings)
     engine = make_engine(model_path, config.engine, seed=config.run.seed,
                         trust_remote_code=config.models.trust_remote_code)
-    summary = run_generate(engine, rows, Path(out_path), config, settings)
+    summary = run_generate(engine, rows, Path(out_path), config, settings, finished)
     click.echo(f"{summary['requests']} answers in {out_path} ({summary['generated']} generated, "
                f"{summary['reused']} reused, {summary['too_long']} too long for the context, "
                f"{summary['tokens_per_second']} output tok/s)")

@@ -76,8 +76,10 @@ def check_resumable(out: Path, settings: dict) -> list[dict]:
     return read_jsonl_tolerant(out)
 
 
-def run_generate(engine: Engine, rows: list[dict], out: Path, config: Config, settings: dict) -> dict:
-    done = {record["id"]: record for record in check_resumable(out, settings)}
+def run_generate(engine: Engine, rows: list[dict], out: Path, config: Config, settings: dict,
+                 finished: list[dict]) -> dict:
+    """Generate what `finished` (from `check_resumable`, read before the model loaded) lacks."""
+    done = {record["id"]: record for record in finished}
     todo = [row for row in rows if row["id"] not in done]
     requests = (
         ChatRequest(id=row["id"], messages=row["messages"],

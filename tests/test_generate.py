@@ -52,11 +52,11 @@ def test_generate_resumes_without_redoing_and_keeps_input_order(tmp_path):
         return f"answer {request.id}"
 
     with pytest.raises(Crash):
-        run_generate(FakeEngine(crash_on_third), rows, out, config, settings)
+        run_generate(FakeEngine(crash_on_third), rows, out, config, settings, check_resumable(out, settings))
     assert [r["id"] for r in read_jsonl(out)] == ["0", "1"]  # the first chunk survived the crash
 
     engine = FakeEngine(lambda r: f"answer {r.id}")
-    summary = run_generate(engine, rows, out, config, settings)
+    summary = run_generate(engine, rows, out, config, settings, check_resumable(out, settings))
     assert [r.id for r in engine.requests_seen] == ["2", "3", "4"]
     assert summary["reused"] == 2 and summary["generated"] == 3
     records = read_jsonl(out)

@@ -9,7 +9,8 @@ from eval.answer import generation_settings
 from eval.judge import judge_settings
 from evolve_local.inputs import Inputs, key_material
 from evolve_local.steps import ModelSet
-from pipeline.config import load_config, semantic_dict, stable_hash
+from finetune.train import train_key_material
+from pipeline.config import load_config, stable_hash
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ MODELS = ModelSet({r: "m" for r in ("evolver", "equality", "responder")}, {r: "h
 def keys(config, inputs):
     return {
         "evolve": stable_hash(key_material(config, inputs, MODELS)),
-        "train": stable_hash(semantic_dict(config.train)),
+        "train": stable_hash(train_key_material(config, config.train.method, "chat", "data-sha", "base-hash")),
         "answer": stable_hash(generation_settings(config)),
         "judge": stable_hash(judge_settings(config)),
     }
@@ -37,12 +38,14 @@ def keys(config, inputs):
     ("engine.gpu_memory_utilization=0.8", set()),
     ("engine.data_parallel_size=4", set()),
     ("train.per_device_train_batch_size=1", set()),
+    ("evolve.overlap_steps=false", set()),
     ("run.rounds=[0,1,2,3]", set()),                       # more rounds continue the same evolution
     ("evolve.dedup_threshold=0.5", {"evolve"}),
     ("train.learning_rate=0.001", {"train"}),
     ("eval.answer_max_tokens=7", {"answer"}),
     ("eval.judge_max_tokens=7", {"judge"}),
-    ("run.seed=7", {"evolve", "answer", "judge"}),          # training takes run.seed too, at run time
+    ("train.seed=7", {"train"}),
+    ("run.seed=7", {"evolve", "train", "answer", "judge"}),  # training's seed is run.seed unless train.seed
 ])
 def test_one_change_moves_only_the_keys_of_the_stages_it_affects(override, moved, inputs):
     before = keys(load_config(), inputs)
