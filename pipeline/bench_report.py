@@ -319,7 +319,7 @@ def _details(m: dict, s: dict) -> list[str]:
                 "with the pool size (compare the batch effect in section 7).", ""]
     if "naive" in m:
         n, ns = m["naive"], s["naive"]
-        which = (f"all {n['of_requests']} requests" if ns["measured_all"] else
+        which = (f"All {n['of_requests']} requests" if ns["measured_all"] else
                  f"{n['prompts']} of the {n['of_requests']} requests (evenly spread over the steps)")
         wall = (f"{n['seconds']} s for the whole round, measured" if ns["measured_all"] else
                 f"~{n['extrapolated_round_seconds']} s for the whole round (extrapolated, not measured)")
@@ -344,7 +344,11 @@ def _details(m: dict, s: dict) -> list[str]:
                 f"in {u['seconds']} s; killed + resumed {i['requests']} requests in {i['seconds']} s "
                 f"({r['generation_before_kill']['requests']} persisted before the kill; the chunk in flight at the "
                 f"kill is lost and not in the logs, so the wall ratio is the fuller cost). Training sets identical "
-                f"to the uninterrupted run: {r['same_training_sets']}.", ""]
+                f"to the uninterrupted run: {r['same_training_sets']}"
+                + ("" if r["same_training_sets"] else
+                   " (nothing was lost or generated twice, but the requests sent after the resume met other "
+                   "requests in the engine's batches than in the uninterrupted run, and vLLM's outputs are "
+                   "not batch-invariant, so some texts differ)") + ".", ""]
     if "ablation" in m:
         a = m["ablation"]
         out += ["## 4. Ablation cost", "",

@@ -87,6 +87,10 @@ class VLLMEngine:
         cpu = on_cpu()
         if cpu:
             configure_cpu_threads(settings.cpu_threads_bind)
+        if settings.core_process is not None:  # an explicit setting wins; automatic respects the environment
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if settings.core_process else "0"
+        else:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if cpu else "1")
         from transformers import AutoTokenizer
         from vllm import LLM
 
