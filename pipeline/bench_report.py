@@ -325,7 +325,8 @@ def _details(m: dict, s: dict) -> list[str]:
                 f"~{n['extrapolated_round_seconds']} s for the whole round (extrapolated, not measured)")
         out += ["## 2. Versus one Hugging Face `generate` per prompt", "",
                 f"Load at start: {_load(n)}. {which} of the {ns['stage_seeds']}-seed round "
-                f"({MODE_NAMES.get(ns['stage_mode'], ns['stage_mode'])}, repetition 0), {n['dtype']} weights, "
+                f"({MODE_NAMES.get(ns['stage_mode'], ns['stage_mode'])}, repetition 0), {n['dtype']} weights on "
+                f"{n.get('device', 'cpu')}, "
                 f"{n['torch_threads']} torch threads, the same max_tokens, temperature and top_p (constrained "
                 f"choices are not applied: HF generates free text up to the same budget). {n['completion_tokens']} "
                 f"tokens in {n['seconds']} s = {n['tokens_per_second']} tok/s, {n['seconds_per_prompt']} s per prompt; "

@@ -183,7 +183,8 @@ def measure_naive(config, requests_path: Path, limit: int, dtype_name: str) -> d
     dtype = getattr(torch, dtype_name)
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the naive way on the same hardware
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     load_seconds = time.perf_counter() - started
     e = config.engine
@@ -191,7 +192,7 @@ def measure_naive(config, requests_path: Path, limit: int, dtype_name: str) -> d
     started = time.perf_counter()
     for row in subset:
         ids = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
+                                            return_dict=True).to(device)
         temperature = e.temperature if row["temperature"] is None else row["temperature"]
         torch.manual_seed(row["seed"] or 0)
         sampling = dict(do_sample=True, temperature=temperature, top_p=e.top_p if row["top_p"] is None else row["top_p"]) \
@@ -204,7 +205,7 @@ def measure_naive(config, requests_path: Path, limit: int, dtype_name: str) -> d
         per_prompt.append({"id": row["id"], "seconds": round(time.perf_counter() - one, 3), "completion_tokens": new})
         tokens += new
     seconds = time.perf_counter() - started
-    return {"dtype": dtype_name, "load_seconds": round(load_seconds, 1), "prompts": len(subset),
+    return {"dtype": dtype_name, "device": device, "load_seconds": round(load_seconds, 1), "prompts": len(subset),
             "of_requests": len(rows), "seconds": round(seconds, 3), "completion_tokens": tokens,
             "tokens_per_second": round(tokens / seconds, 2) if seconds else 0.0,
             "seconds_per_prompt": round(seconds / max(len(subset), 1), 3),

@@ -39,6 +39,7 @@ def keys(config, inputs):
     ("engine.data_parallel_size=4", set()),
     ("train.per_device_train_batch_size=1", set()),
     ("evolve.overlap_steps=false", set()),
+    ("engine.core_process=true", set()),
     ("run.rounds=[0,1,2,3]", set()),                       # more rounds continue the same evolution
     ("evolve.dedup_threshold=0.5", {"evolve"}),
     ("train.learning_rate=0.001", {"train"}),
