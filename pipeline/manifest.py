@@ -84,14 +84,30 @@ def machine() -> dict[str, Any]:
         info["ram_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
+    info["gpus"] = gpu_names()
     return info
+
+
+def gpu_names() -> list[str]:
+    """The GPUs' names, without importing torch when nothing has yet (it costs ~1 s, most of the
+    time a finished stage's skip takes): torch if loaded, else `nvidia-smi`."""
+    import shutil
+    import subprocess
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if torch.cuda.is_available():
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return []
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.splitlines() if line.strip()]
 
 
 def file_sha256(path: str | Path) -> str:
