@@ -70,7 +70,7 @@ class Engines:
         self.identity = None
 
 
-class _Timed:
+class TimedEngine:
     """Wraps an engine to measure its generation time for the persisted timing log: `last_seconds`
     of the last `generate` call, `seconds` in all calls (submit and poll included)."""
 
@@ -123,7 +123,7 @@ def run_step(engines: Engines, role: str, step: str, label: str, out: Path, timi
     """
     if total == 0:
         return  # nothing left: do not even start an engine
-    timed = _Timed(engines.get(role))
+    timed = TimedEngine(engines.get(role))
     seen = [0, 0]
 
     def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
@@ -148,7 +148,7 @@ class _ChainLog:
     Steps overlap in one engine, so the engine time between two flushes is shared out to the steps
     by their output tokens; the timing rows' seconds still sum to the engine time exactly."""
 
-    def __init__(self, outs: dict[str, Path], timing: Path, timed: _Timed, every: int, seconds: float = 10.0):
+    def __init__(self, outs: dict[str, Path], timing: Path, timed: TimedEngine, every: int, seconds: float = 10.0):
         self.outs, self.timing, self.timed = outs, timing, timed
         self.every, self.seconds = every, seconds
         self.buffer: dict[str, list[dict]] = {step: [] for step in outs}
@@ -192,7 +192,7 @@ def run_chained(engines: Engines, role: str, label: str, outs: dict[str, Path], 
         return
     from tqdm import tqdm
 
-    timed = _Timed(engines.get(role))
+    timed = TimedEngine(engines.get(role))
     log = _ChainLog(outs, timing, timed, every=chunk_size)
     seen = {step: [0, 0] for step in outs}
     tokens = [0]

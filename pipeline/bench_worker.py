@@ -24,48 +24,38 @@ import time
 from pathlib import Path
 
 from pipeline.config import load_config
+from evolve_local.steps import TimedEngine
 from pipeline.engine import ChatRequest, ChatResult
 from pipeline.jsonio import write_json
 
 
-class RecordingEngine:
-    """Passes work to the real engine and keeps every request; `close` is a no-op so the engine (and
-    its warm start) survives `run_evolve`'s cleanup and serves every repetition. It has the
-    engine's streaming interface too, so the stage runs its steps as chains, as it does for real."""
+class RecordingEngine(TimedEngine):
+    """Passes work to the real engine, timing it (`seconds`) and keeping every request; `close` is
+    a no-op so the engine (and its warm start) survives `run_evolve`'s cleanup and serves every
+    repetition. It streams like the engine, so the stage runs its steps as chains, as it does for real."""
 
     def __init__(self, engine):
-        self.engine = engine
-        self.model_name = engine.model_name
-        self.streams = getattr(engine, "streams", False)
+        super().__init__(engine)
         self.requests: list[ChatRequest] = []
         self.completion_tokens = 0
-        self.generate_seconds = 0.0
         self.calls = 0
 
     def _timed(self, call, *args):
-        started = time.perf_counter()
-        try:
-            return call(*args)
-        finally:
-            self.generate_seconds += time.perf_counter() - started
-            self.calls += 1
+        self.calls += 1
+        return super()._timed(call, *args)
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         self.requests.extend(requests)
-        results = self._timed(self.engine.generate, requests)
+        results = super().generate(requests)
         self.completion_tokens += sum(r.completion_tokens for r in results)
         return results
 
-    @property
-    def pending(self) -> int:
-        return self.engine.pending
-
     def submit(self, requests: list[ChatRequest]) -> None:
         self.requests.extend(requests)
-        self._timed(self.engine.submit, requests)
+        super().submit(requests)
 
     def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
-        finished = self._timed(self.engine.poll)
+        finished = super().poll()
         self.completion_tokens += sum(result.completion_tokens for _, result in finished)
         return finished
 
@@ -132,7 +122,7 @@ def measure_throughput(config_file: str, overrides: list[str], work: Path, repea
                 stage_seconds = time.perf_counter() - started
                 stage = {"seconds": round(stage_seconds, 3), "completion_tokens": recorder.completion_tokens,
                          "requests": len(recorder.requests), "engine_calls": recorder.calls,
-                         "generate_seconds": round(recorder.generate_seconds, 3),
+                         "generate_seconds": round(recorder.seconds, 3),
                          "tokens_per_second": round(recorder.completion_tokens / stage_seconds, 2)}
                 if rep == 0 and mode == "chained" and seeds == seed_counts[0]:
                     _write_requests(work / "requests.jsonl", recorder.requests)
