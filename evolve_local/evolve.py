@@ -265,31 +265,31 @@ def overlapped(run: Run) -> bool:
 
 def evolve_round(run: Run, k: int) -> None:
     pool_in = run.pool(k - 1)
+    done = {step: load_step(run.work(k, step)) for step in STEPS}  # what an earlier process finished
     if overlapped(run):
-        generate_chained(run, k, pool_in)
+        generate_chained(run, k, pool_in, done)
     else:
-        generate_by_step(run, k, pool_in)
-    done = {step: load_step(run.work(k, step)) for step in STEPS}
+        generate_by_step(run, k, pool_in, done)
     eliminate_round(run, k, pool_in, done)
 
 
-def generate_by_step(run: Run, k: int, pool_in: Path) -> None:
+def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
     """Each step over the whole pool in large chunks, then the next: with a different model per role,
-    each model's engine starts once per round."""
+    each model's engine starts once per round. `done` gains each step's records as it ends."""
     chunk, passes = run.config.engine.chunk_size, step_passes(run.config.evolve)
     for step in STEPS:
-        done = {s: load_step(run.work(k, s)) for s in STEPS}
         total = sum(next_step(k, item, done) == step for item in iter_pool(pool_in))
         requests = (step_request(run, k, item, step, done) for item in iter_pool(pool_in)
                     if next_step(k, item, done) == step)
         run_step(run.engines, ROLE_OF[step], step, f"round {k} {step}", run.work(k, step), run.work(k, "timing"),
                  requests, total, chunk, passes=passes[step])
+        done[step] = load_step(run.work(k, step))
 
 
-def generate_chained(run: Run, k: int, pool_in: Path) -> None:
+def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
     """Every step at once on the one engine: an item's check is sent as soon as its evolution ends,
-    its answer as soon as its check does, so the engine's batch stays full across the steps."""
-    done = {step: load_step(run.work(k, step)) for step in STEPS}
+    its answer as soon as its check does, so the engine's batch stays full across the steps.
+    `done` gains every record as it finishes (and is saved)."""
     active: dict[str, dict] = {}  # pool items with a request in flight, by attempt id
 
     def first() -> Iterator[ChatRequest]:
