@@ -21,11 +21,11 @@ from pathlib import Path
 
 from eval.testset import TestItem
 from pipeline.config import Config, semantic_dict
+from pipeline.core.jsonio import InputError, append_jsonl, read_json, read_jsonl_tolerant, write_jsonl
+from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
+from pipeline.core.models import content_hash
+from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
-from pipeline.jsonio import InputError, append_jsonl, read_json, read_jsonl_tolerant, write_jsonl
-from pipeline.manifest import Stage, begin_stage, file_hash, finish_stage
-from pipeline.models import content_hash
-from pipeline.seeds import derive_seed
 
 ANSWERS_FILE = "answers.jsonl"
 # Labels become directory names and `A__vs__B` judge names: keep them plain.
@@ -34,8 +34,10 @@ LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def check_label(label: str, option: str) -> str:
     if not LABEL_PATTERN.match(label) or "__" in label:
-        raise InputError(f"{option}: label {label!r} must be letters, digits, '.', '-' or '_' "
-                         f"(no '__', no leading punctuation), since it names a directory.")
+        raise InputError(
+            f"{option}: label {label!r} must be letters, digits, '.', '-' or '_' "
+            f"(no '__', no leading punctuation), since it names a directory."
+        )
     return label
 
 
@@ -52,16 +54,22 @@ def parse_adapters(specs: tuple[str, ...] | list[str], max_rank: int) -> dict[st
         path = Path(raw.strip()).expanduser()
         config_file = path / "adapter_config.json"
         if not config_file.is_file():
-            raise InputError(f"--adapter {label}: {path} is not a PEFT adapter directory (no adapter_config.json); "
-                             f"for a full or merged model answer with --model instead.")
+            raise InputError(
+                f"--adapter {label}: {path} is not a PEFT adapter directory (no adapter_config.json); "
+                f"for a full or merged model answer with --model instead."
+            )
         adapter_config = read_json(config_file)
         if adapter_config.get("peft_type", "LORA") != "LORA":
-            raise InputError(f"--adapter {label}: {path} is a {adapter_config.get('peft_type')} adapter; "
-                             f"vLLM serves LoRA adapters only (merge it and pass the merged model with --model).")
+            raise InputError(
+                f"--adapter {label}: {path} is a {adapter_config.get('peft_type')} adapter; "
+                f"vLLM serves LoRA adapters only (merge it and pass the merged model with --model)."
+            )
         rank = int(adapter_config.get("r") or 0)
         if rank > max_rank:
-            raise InputError(f"--adapter {label}: LoRA rank {rank} exceeds engine.max_lora_rank={max_rank}; "
-                             f"raise it with --set engine.max_lora_rank={rank}.")
+            raise InputError(
+                f"--adapter {label}: LoRA rank {rank} exceeds engine.max_lora_rank={max_rank}; "
+                f"raise it with --set engine.max_lora_rank={rank}."
+            )
         adapters[label] = path.resolve()
     return adapters
 
@@ -99,18 +107,29 @@ def _hash_of(path: Path) -> str:
     return content_hash(path) if path.is_dir() else str(path)
 
 
-def plan_answers(config: Config, testset_file: Path, items: list[TestItem], model_path: Path,
-                 out_dir: Path, base_label: str, adapters: dict[str, Path],
-                 adapters_only: bool = False) -> list[AnswerJob]:
+def plan_answers(
+    config: Config,
+    testset_file: Path,
+    items: list[TestItem],
+    model_path: Path,
+    out_dir: Path,
+    base_label: str,
+    adapters: dict[str, Path],
+    adapters_only: bool = False,
+) -> list[AnswerJob]:
     """One job per label; finished labels come back done, partial ones with what they already hold."""
     if adapters_only and not adapters:
         raise InputError("--adapters-only needs at least one --adapter LABEL=PATH.")
     check_label(base_label, "--label")
     if not adapters_only and base_label in adapters:
         raise InputError(f"--label {base_label!r} is also an --adapter label; give the base model another --label.")
-    testset = {"path": str(testset_file), "hash": file_hash(testset_file), "items": len(items),
-               "limit": config.eval.limit,
-               "mapping": {k: v for k, v in semantic_dict(config.eval).items() if k.endswith("_field")}}
+    testset = {
+        "path": str(testset_file),
+        "hash": file_hash(testset_file),
+        "items": len(items),
+        "limit": config.eval.limit,
+        "mapping": {k: v for k, v in semantic_dict(config.eval).items() if k.endswith("_field")},
+    }
     common = {"testset": testset, "model": _hash_of(model_path), "generation": generation_settings(config)}
     targets = [] if adapters_only else [(base_label, None, None)]
     targets += [(label, label, path) for label, path in adapters.items()]
@@ -131,17 +150,23 @@ def answer_messages(item: TestItem, system_prompt: str) -> list[dict]:
     return messages + [{"role": "user", "content": item.instruction}]
 
 
-def run_answers(engine: Engine, jobs: list[AnswerJob], items: list[TestItem], config: Config,
-                model_path: Path) -> dict[str, dict]:
+def run_answers(
+    engine: Engine, jobs: list[AnswerJob], items: list[TestItem], config: Config, model_path: Path
+) -> dict[str, dict]:
     """Answer everything the jobs still miss in mixed chunks, then close each finished label."""
     settings = generation_settings(config)
     by_id = {item.id: item for item in items}
     todo = [(job, item) for job in jobs if not job.stage.done for item in items if item.id not in job.done]
     requests = (
-        ChatRequest(id=f"{job.label}\x1f{item.id}", messages=answer_messages(item, settings["system_prompt"]),
-                    max_tokens=settings["max_tokens"], temperature=settings["temperature"],
-                    top_p=settings["top_p"], seed=derive_seed(config.run.seed, item.id, "answer"),
-                    adapter=job.adapter)
+        ChatRequest(
+            id=f"{job.label}\x1f{item.id}",
+            messages=answer_messages(item, settings["system_prompt"]),
+            max_tokens=settings["max_tokens"],
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+            seed=derive_seed(config.run.seed, item.id, "answer"),
+            adapter=job.adapter,
+        )
         for job, item in todo
     )
     job_of = {job.label: job for job in jobs}
@@ -152,10 +177,15 @@ def run_answers(engine: Engine, jobs: list[AnswerJob], items: list[TestItem], co
             label, _, item_id = request.id.partition("\x1f")
             job = job_of[label]
             record = {
-                **by_id[item_id].to_dict(), "label": label, "answer": result.text.strip(),
-                "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens, "model": str(model_path),
-                "adapter": str(job.adapter_path) if job.adapter_path else None, "seed": request.seed,
+                **by_id[item_id].to_dict(),
+                "label": label,
+                "answer": result.text.strip(),
+                "finish_reason": result.finish_reason,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "model": str(model_path),
+                "adapter": str(job.adapter_path) if job.adapter_path else None,
+                "seed": request.seed,
             }
             grouped.setdefault(label, []).append(record)
             job.done[item_id] = record
@@ -178,41 +208,73 @@ def run_answers(engine: Engine, jobs: list[AnswerJob], items: list[TestItem], co
             "hit_max_tokens": sum(r["finish_reason"] == "length" for r in records),
             "completion_tokens": sum(r["completion_tokens"] for r in records),
         }
-        finish_stage(job.stage, config=semantic_dict(config.eval), rows=counts,
-                     models={"model": str(model_path), "adapter": str(job.adapter_path) if job.adapter_path else None},
-                     seeds={"run": config.run.seed},
-                     extra={"label": job.label, "generation": settings,
-                            "testset": job.stage.material["testset"],
-                            "throughput": {"requests": stats.requests, "seconds": round(stats.seconds, 1),
-                                           "output_tokens_per_second": round(stats.tokens_per_second, 1)}})
+        finish_stage(
+            job.stage,
+            config=semantic_dict(config.eval),
+            rows=counts,
+            models={"model": str(model_path), "adapter": str(job.adapter_path) if job.adapter_path else None},
+            seeds={"run": config.run.seed},
+            extra={
+                "label": job.label,
+                "generation": settings,
+                "testset": job.stage.material["testset"],
+                "throughput": {
+                    "requests": stats.requests,
+                    "seconds": round(stats.seconds, 1),
+                    "output_tokens_per_second": round(stats.tokens_per_second, 1),
+                },
+            },
+        )
         summaries[job.label] = {"skipped": False, "dir": str(job.stage.dir), **counts}
         if counts["empty"]:
-            print(f"[answer] {job.label}: {counts['empty']} of {len(records)} answers are empty "
-                  f"({counts['too_long']} prompts too long for the context)", file=sys.stderr)
+            print(
+                f"[answer] {job.label}: {counts['empty']} of {len(records)} answers are empty "
+                f"({counts['too_long']} prompts too long for the context)",
+                file=sys.stderr,
+            )
     return summaries
 
 
-def answer_testset(config: Config, out_dir: str | Path, model_path: str | Path, testset_file: str | Path | None = None,
-                   adapters: dict[str, Path] | None = None, base_label: str | None = None,
-                   adapters_only: bool = False, engine: Engine | None = None) -> dict[str, dict]:
+def answer_testset(
+    config: Config,
+    out_dir: str | Path,
+    model_path: str | Path,
+    testset_file: str | Path | None = None,
+    adapters: dict[str, Path] | None = None,
+    base_label: str | None = None,
+    adapters_only: bool = False,
+    engine: Engine | None = None,
+) -> dict[str, dict]:
     """Everything `evol answer` does; the engine is started only when some label still has work."""
     from eval.testset import load_testset
-    from pipeline.data_paths import testset_path
+    from pipeline.core.paths import testset_path
 
     testset_file = Path(testset_file) if testset_file else testset_path(config.eval.testset)
     items = load_testset(testset_file, config.eval)
     model_path = Path(model_path)
-    jobs = plan_answers(config, testset_file, items, model_path, Path(out_dir),
-                        base_label or model_path.name, adapters or {}, adapters_only)
+    jobs = plan_answers(
+        config,
+        testset_file,
+        items,
+        model_path,
+        Path(out_dir),
+        base_label or model_path.name,
+        adapters or {},
+        adapters_only,
+    )
     if all(job.stage.done for job in jobs):
         return {job.label: {"skipped": True, "dir": str(job.stage.dir)} for job in jobs}
     own_engine = engine is None
     if own_engine:
         from pipeline.engine import make_engine
 
-        engine = make_engine(model_path, config.engine, seed=config.run.seed,
-                            adapters={job.label: job.adapter_path for job in jobs if job.adapter_path and not job.stage.done},
-                            trust_remote_code=config.models.trust_remote_code)
+        engine = make_engine(
+            model_path,
+            config.engine,
+            seed=config.run.seed,
+            adapters={job.label: job.adapter_path for job in jobs if job.adapter_path and not job.stage.done},
+            trust_remote_code=config.models.trust_remote_code,
+        )
     try:
         return run_answers(engine, jobs, items, config, model_path)
     finally:

@@ -25,11 +25,18 @@ from eval.judge_parse import parse_scores
 from eval.judge_prompt import PROMPT_VERSION, clip, judge_messages
 from eval.scores import aggregate
 from pipeline.config import Config
+from pipeline.core.jsonio import (
+    InputError,
+    append_jsonl,
+    read_json,
+    read_jsonl,
+    read_jsonl_tolerant,
+    write_json,
+    write_jsonl,
+)
+from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
+from pipeline.core.seeds import derive_seed
 from pipeline.engine import TOO_LONG, ChatRequest, ChatResult, Engine, generate_in_chunks
-from pipeline.jsonio import (InputError, append_jsonl, read_json, read_jsonl, read_jsonl_tolerant, write_json,
-                             write_jsonl)
-from pipeline.manifest import Stage, begin_stage, file_hash, finish_stage
-from pipeline.seeds import derive_seed
 
 ORDERS = ("AB", "BA")
 ORDERS_FILE, JUDGMENTS_FILE, SCORES_FILE = "orders.jsonl", "judgments.jsonl", "scores.json"
@@ -52,11 +59,15 @@ def load_answer_set(path: str | Path, option: str) -> AnswerSet:
     path = Path(path)
     answers, manifest = path / ANSWERS_FILE, path / "manifest.json"
     if not answers.is_file():
-        raise InputError(f"{option} {path}: no {ANSWERS_FILE} there; point at a label directory written by "
-                         f"`evol answer` (e.g. runs/tiny/answers/base).")
+        raise InputError(
+            f"{option} {path}: no {ANSWERS_FILE} there; point at a label directory written by "
+            f"`evol answer` (e.g. runs/tiny/answers/base)."
+        )
     if not manifest.is_file():
-        raise InputError(f"{option} {path}: the answers are unfinished (no manifest.json); rerun the same "
-                         f"`evol answer` command to complete them.")
+        raise InputError(
+            f"{option} {path}: the answers are unfinished (no manifest.json); rerun the same "
+            f"`evol answer` command to complete them."
+        )
     meta = read_json(manifest)
     records: dict[str, dict] = {}
     for lineno, record in enumerate(read_jsonl(answers), start=1):
@@ -72,34 +83,49 @@ def pair_items(a: AnswerSet, b: AnswerSet) -> list[str]:
     if a.dir.resolve() == b.dir.resolve():
         raise InputError(f"--answers and --baseline are the same directory ({a.dir}); compare two answer sets.")
     if a.label == b.label:
-        raise InputError(f"--answers and --baseline both carry the label {a.label!r}; "
-                         f"answer them with distinct --label / --adapter names.")
+        raise InputError(
+            f"--answers and --baseline both carry the label {a.label!r}; "
+            f"answer them with distinct --label / --adapter names."
+        )
     if a.testset_hash and b.testset_hash and a.testset_hash != b.testset_hash:
-        raise InputError(f"{a.dir} and {b.dir} answer different test sets (hash {a.testset_hash} vs "
-                         f"{b.testset_hash}); answer both on the same --testset.")
+        raise InputError(
+            f"{a.dir} and {b.dir} answer different test sets (hash {a.testset_hash} vs "
+            f"{b.testset_hash}); answer both on the same --testset."
+        )
     shared = [item_id for item_id in a.order if item_id in b.records]
     if not shared:
         raise InputError(f"{a.dir} and {b.dir} have no test item id in common.")
     if len(shared) != len(a.order) or len(shared) != len(b.records):
-        raise InputError(f"{a.dir} ({len(a.order)} items) and {b.dir} ({len(b.records)} items) do not cover the "
-                         f"same items ({len(shared)} shared); answer both with the same eval.limit.")
+        raise InputError(
+            f"{a.dir} ({len(a.order)} items) and {b.dir} ({len(b.records)} items) do not cover the "
+            f"same items ({len(shared)} shared); answer both with the same eval.limit."
+        )
     return shared
 
 
 def judge_settings(config: Config) -> dict:
     e = config.eval
-    return {"prompt_version": PROMPT_VERSION, "temperature": 0.0, "max_tokens": e.judge_max_tokens,
-            "use_reference": e.use_reference, "answer_max_chars": e.judge_answer_max_chars,
-            "single_order_fallback": e.single_order_fallback, "high_difficulty": e.high_difficulty,
-            "constrained_judge": e.constrained_judge,
-            "max_model_len": config.engine.max_model_len, "seed": config.run.seed}
+    return {
+        "prompt_version": PROMPT_VERSION,
+        "temperature": 0.0,
+        "max_tokens": e.judge_max_tokens,
+        "use_reference": e.use_reference,
+        "answer_max_chars": e.judge_answer_max_chars,
+        "single_order_fallback": e.single_order_fallback,
+        "high_difficulty": e.high_difficulty,
+        "constrained_judge": e.constrained_judge,
+        "max_model_len": config.engine.max_model_len,
+        "seed": config.run.seed,
+    }
 
 
-def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_model: str, judge_hash: str,
-                out_dir: Path) -> Stage:
-    material = {"a": {"label": a.label, "answers": file_hash(a.dir / ANSWERS_FILE)},
-                "b": {"label": b.label, "answers": file_hash(b.dir / ANSWERS_FILE)},
-                "judge_model": judge_hash, "settings": judge_settings(config)}
+def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_model: str, judge_hash: str, out_dir: Path) -> Stage:
+    material = {
+        "a": {"label": a.label, "answers": file_hash(a.dir / ANSWERS_FILE)},
+        "b": {"label": b.label, "answers": file_hash(b.dir / ANSWERS_FILE)},
+        "judge_model": judge_hash,
+        "settings": judge_settings(config),
+    }
     return begin_stage(out_dir, f"{a.label}__vs__{b.label}", material)
 
 
@@ -117,8 +143,11 @@ def order_request(item_id: str, order: str, a: dict, b: dict, config: Config) ->
     first, second = (text_a, text_b) if order == "AB" else (text_b, text_a)
     reference = a.get("reference") if config.eval.use_reference else None
     request = ChatRequest(
-        id=f"{item_id}\x1f{order}", messages=judge_messages(a["instruction"], first, second, reference),
-        max_tokens=config.eval.judge_max_tokens, temperature=0.0, top_p=1.0,
+        id=f"{item_id}\x1f{order}",
+        messages=judge_messages(a["instruction"], first, second, reference),
+        max_tokens=config.eval.judge_max_tokens,
+        temperature=0.0,
+        top_p=1.0,
         seed=derive_seed(config.run.seed, item_id, order, "judge"),
         regex=SCORE_LINE_REGEX if config.eval.constrained_judge else None,
     )
@@ -134,10 +163,17 @@ def read_order(item_id: str, order: str, result: ChatResult, clipped: bool) -> d
     first, second = (parsed.first, parsed.second) if error is None else (None, None)
     score_a, score_b = (first, second) if order == "AB" else (second, first)
     return {
-        "id": item_id, "order": order, "raw": result.text, "finish_reason": result.finish_reason,
-        "score_a": score_a, "score_b": score_b, "verdict": verdict_of(score_a, score_b),
-        "method": parsed.method if error is None else None, "error": error,
-        "explanation": parsed.explanation, "answers_clipped": clipped,
+        "id": item_id,
+        "order": order,
+        "raw": result.text,
+        "finish_reason": result.finish_reason,
+        "score_a": score_a,
+        "score_b": score_b,
+        "verdict": verdict_of(score_a, score_b),
+        "method": parsed.method if error is None else None,
+        "error": error,
+        "explanation": parsed.explanation,
+        "answers_clipped": clipped,
     }
 
 
@@ -152,19 +188,32 @@ def combine(ab: dict, ba: dict, single_order_fallback: bool) -> dict:
     parsed = [o for o in (ab, ba) if o["verdict"] is not None]
     if len(parsed) == 2:
         consistent = ab["verdict"] == ba["verdict"]
-        return {"status": "judged", "verdict": ab["verdict"] if consistent else "tie", "consistent": consistent,
-                "score_a": (ab["score_a"] + ba["score_a"]) / 2, "score_b": (ab["score_b"] + ba["score_b"]) / 2}
+        return {
+            "status": "judged",
+            "verdict": ab["verdict"] if consistent else "tie",
+            "consistent": consistent,
+            "score_a": (ab["score_a"] + ba["score_a"]) / 2,
+            "score_b": (ab["score_b"] + ba["score_b"]) / 2,
+        }
     if len(parsed) == 1 and single_order_fallback:
         (only,) = parsed
-        return {"status": "single_order", "verdict": only["verdict"], "consistent": None,
-                "score_a": only["score_a"], "score_b": only["score_b"]}
+        return {
+            "status": "single_order",
+            "verdict": only["verdict"],
+            "consistent": None,
+            "score_a": only["score_a"],
+            "score_b": only["score_b"],
+        }
     return {"status": "failed", "verdict": None, "consistent": None, "score_a": None, "score_b": None}
 
 
 def judgment(item: dict, ab: dict, ba: dict, single_order_fallback: bool) -> dict:
     return {
-        "id": item["id"], "category": item.get("category"), "difficulty": item.get("difficulty"),
-        "instruction": item["instruction"], "has_reference": bool(item.get("reference")),
+        "id": item["id"],
+        "category": item.get("category"),
+        "difficulty": item.get("difficulty"),
+        "instruction": item["instruction"],
+        "has_reference": bool(item.get("reference")),
         **combine(ab, ba, single_order_fallback),
         "orders": {"AB": {k: v for k, v in ab.items() if k != "id"}, "BA": {k: v for k, v in ba.items() if k != "id"}},
         "prompt_version": PROMPT_VERSION,
@@ -174,8 +223,9 @@ def judgment(item: dict, ab: dict, ba: dict, single_order_fallback: bool) -> dic
 # ---------------------------------------------------------------- the stage
 
 
-def run_judge(engine: Engine, stage: Stage, a: AnswerSet, b: AnswerSet, item_ids: list[str], config: Config,
-              judge_model: str) -> dict:
+def run_judge(
+    engine: Engine, stage: Stage, a: AnswerSet, b: AnswerSet, item_ids: list[str], config: Config, judge_model: str
+) -> dict:
     """Judge every pair in both orders (resuming from orders.jsonl), then write judgments and scores."""
     orders_path = stage.dir / ORDERS_FILE
     done = {(r["id"], r["order"]): r for r in read_jsonl_tolerant(orders_path)}
@@ -202,36 +252,66 @@ def run_judge(engine: Engine, stage: Stage, a: AnswerSet, b: AnswerSet, item_ids
     chunk_size = config.eval.chunk_size or config.engine.chunk_size
     stats = generate_in_chunks(engine, requests(), chunk_size, save, total=todo, desc="judge")
 
-    judgments = [judgment(a.records[i], done[(i, "AB")], done[(i, "BA")], config.eval.single_order_fallback)
-                 for i in item_ids]
+    judgments = [
+        judgment(a.records[i], done[(i, "AB")], done[(i, "BA")], config.eval.single_order_fallback) for i in item_ids
+    ]
     write_jsonl(stage.dir / JUDGMENTS_FILE, judgments)
-    meta = {"a": a.label, "b": b.label, "answers_a": str(a.dir), "answers_b": str(b.dir),
-            "judge_model": judge_model, "prompt_version": PROMPT_VERSION,
-            "single_order_fallback": config.eval.single_order_fallback}
+    meta = {
+        "a": a.label,
+        "b": b.label,
+        "answers_a": str(a.dir),
+        "answers_b": str(b.dir),
+        "judge_model": judge_model,
+        "prompt_version": PROMPT_VERSION,
+        "single_order_fallback": config.eval.single_order_fallback,
+    }
     scores = aggregate(judgments, meta, high_difficulty=config.eval.high_difficulty)
     write_json(stage.dir / SCORES_FILE, scores)
-    finish_stage(stage, config=judge_settings(config), models={"judge": judge_model},
-                 rows={"items": len(judgments), "judged": scores["overall"]["n"],
-                       "orders_unparsed": scores["judge_failures"]["orders_unparsed"]},
-                 seeds={"run": config.run.seed},
-                 extra={"throughput": {"requests": stats.requests, "seconds": round(stats.seconds, 1),
-                                       "output_tokens_per_second": round(stats.tokens_per_second, 1)}})
+    finish_stage(
+        stage,
+        config=judge_settings(config),
+        models={"judge": judge_model},
+        rows={
+            "items": len(judgments),
+            "judged": scores["overall"]["n"],
+            "orders_unparsed": scores["judge_failures"]["orders_unparsed"],
+        },
+        seeds={"run": config.run.seed},
+        extra={
+            "throughput": {
+                "requests": stats.requests,
+                "seconds": round(stats.seconds, 1),
+                "output_tokens_per_second": round(stats.tokens_per_second, 1),
+            }
+        },
+    )
     return scores
 
 
-def judge_answers(config: Config, answers_dir: str | Path, baseline_dir: str | Path, out_dir: str | Path,
-                  judge_model: str | Path, engine: Engine | None = None) -> tuple[Path, dict]:
+def judge_answers(
+    config: Config,
+    answers_dir: str | Path,
+    baseline_dir: str | Path,
+    out_dir: str | Path,
+    judge_model: str | Path,
+    engine: Engine | None = None,
+) -> tuple[Path, dict]:
     """Everything `evol judge` does for one pair: (judge dir, scores)."""
     return judge_pairs(config, [(answers_dir, baseline_dir)], out_dir, judge_model, engine)[0]
 
 
-def judge_pairs(config: Config, pairs: list[tuple[str | Path, str | Path]], out_dir: str | Path,
-                judge_model: str | Path, engine: Engine | None = None) -> list[tuple[Path, dict]]:
+def judge_pairs(
+    config: Config,
+    pairs: list[tuple[str | Path, str | Path]],
+    out_dir: str | Path,
+    judge_model: str | Path,
+    engine: Engine | None = None,
+) -> list[tuple[Path, dict]]:
     """Judge several (answers, baseline) pairs with one judge engine, started only if work remains.
 
     Every pair is checked before the engine starts; finished pairs are read back from disk.
     """
-    from pipeline.models import content_hash
+    from pipeline.core.models import content_hash
 
     judge_model = Path(judge_model)
     judge_hash = content_hash(judge_model) if judge_model.is_dir() else str(judge_model)
@@ -251,8 +331,9 @@ def judge_pairs(config: Config, pairs: list[tuple[str | Path, str | Path]], out_
             if engine is None:
                 from pipeline.engine import make_engine
 
-                engine = make_engine(judge_model, config.engine, seed=config.run.seed,
-                                    trust_remote_code=config.models.trust_remote_code)
+                engine = make_engine(
+                    judge_model, config.engine, seed=config.run.seed, trust_remote_code=config.models.trust_remote_code
+                )
             results.append((stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)))
     finally:
         if own_engine and engine is not None:

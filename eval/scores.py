@@ -28,11 +28,16 @@ def block(judgments: list[dict]) -> dict:
     sum_b = sum(j["score_b"] for j in scored)
     return {
         "n": n,
-        "win": counts["win"], "tie": counts["tie"], "lose": counts["lose"],
-        "win_rate": _rate(counts["win"], n), "tie_rate": _rate(counts["tie"], n),
+        "win": counts["win"],
+        "tie": counts["tie"],
+        "lose": counts["lose"],
+        "win_rate": _rate(counts["win"], n),
+        "tie_rate": _rate(counts["tie"], n),
         "lose_rate": _rate(counts["lose"], n),
-        "score_a_sum": round(sum_a, 2), "score_b_sum": round(sum_b, 2),
-        "mean_a": round(sum_a / n, 3) if n else None, "mean_b": round(sum_b / n, 3) if n else None,
+        "score_a_sum": round(sum_a, 2),
+        "score_b_sum": round(sum_b, 2),
+        "mean_a": round(sum_a / n, 3) if n else None,
+        "mean_b": round(sum_b / n, 3) if n else None,
         "capacity_pct": round(sum_a / sum_b * 100, 2) if sum_b else None,
     }
 
@@ -58,8 +63,12 @@ def aggregate(judgments: list[dict], meta: dict | None = None, high_difficulty: 
         "items": len(judgments),
         "overall": block(judgments),
         "per_skill": {skill: block(rows) for skill, rows in sorted(by_skill.items())},
-        "per_difficulty": {key: block(rows) for key, rows in sorted(
-            by_difficulty.items(), key=lambda kv: (kv[0] == "unknown", int(kv[0]) if kv[0].isdigit() else 0))},
+        "per_difficulty": {
+            key: block(rows)
+            for key, rows in sorted(
+                by_difficulty.items(), key=lambda kv: (kv[0] == "unknown", int(kv[0]) if kv[0].isdigit() else 0)
+            )
+        },
         "high_difficulty": {"threshold": high_difficulty, **block(high)},
         "position_consistency": {
             "pairs_with_both_orders": len(both),

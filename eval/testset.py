@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eval.config import EvalConfig
-from pipeline.jsonio import InputError, iter_jsonl
+from pipeline.config.eval import EvalConfig
+from pipeline.core.jsonio import InputError, iter_jsonl
 
 # A test instruction this long is a broken file (e.g. a whole document in one field), not a question.
 MAX_INSTRUCTION_CHARS = 100_000
@@ -40,14 +40,16 @@ def _text(record: dict, key: str, where: str, option: str, required: bool) -> st
         return None
     if key not in record or record[key] is None:
         if required:
-            raise InputError(f"{where}: missing field \"{key}\" (set eval.{option} to the right key "
-                             f"if this test set uses another name).")
+            raise InputError(
+                f'{where}: missing field "{key}" (set eval.{option} to the right key '
+                f"if this test set uses another name)."
+            )
         return None
     value = record[key]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise InputError(f"{where}: field \"{key}\" must be a string, got {type(value).__name__}.")
+        raise InputError(f'{where}: field "{key}" must be a string, got {type(value).__name__}.')
     return value
 
 
@@ -60,7 +62,7 @@ def _difficulty(record: dict, key: str, where: str) -> int | None:
     except (TypeError, ValueError):
         number = None
     if number is None or (isinstance(value, float) and value != number):
-        raise InputError(f"{where}: field \"{key}\" must be a whole number (a difficulty level), got {value!r}.")
+        raise InputError(f'{where}: field "{key}" must be a whole number (a difficulty level), got {value!r}.')
     return number
 
 
@@ -68,8 +70,9 @@ def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
     """Every item of the file, validated; `settings.limit` keeps N evenly spaced items, in file order."""
     path = Path(path)
     if not settings.id_field or not settings.instruction_field:
-        raise InputError("eval.id_field and eval.instruction_field must name keys of the test set; "
-                         "they cannot be empty.")
+        raise InputError(
+            "eval.id_field and eval.instruction_field must name keys of the test set; they cannot be empty."
+        )
     if settings.limit < 0:
         raise InputError(f"eval.limit must be 0 (all items) or a positive count, got {settings.limit}.")
     items: list[TestItem] = []
@@ -78,25 +81,29 @@ def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
         where = f"{path}:{lineno}"
         item_id = _text(record, settings.id_field, where, "id_field", required=True).strip()
         if not item_id:
-            raise InputError(f"{where}: empty id in field \"{settings.id_field}\".")
+            raise InputError(f'{where}: empty id in field "{settings.id_field}".')
         if item_id in seen:
             raise InputError(f"{where}: duplicate id {item_id!r} (first seen on line {seen[item_id]}).")
         seen[item_id] = lineno
         instruction = _text(record, settings.instruction_field, where, "instruction_field", required=True)
         if not instruction.strip():
-            raise InputError(f"{where}: empty instruction in field \"{settings.instruction_field}\".")
+            raise InputError(f'{where}: empty instruction in field "{settings.instruction_field}".')
         if len(instruction) > MAX_INSTRUCTION_CHARS:
-            raise InputError(f"{where}: the instruction has {len(instruction)} characters (more than "
-                             f"{MAX_INSTRUCTION_CHARS}); this does not look like a test question.")
+            raise InputError(
+                f"{where}: the instruction has {len(instruction)} characters (more than "
+                f"{MAX_INSTRUCTION_CHARS}); this does not look like a test question."
+            )
         category = _text(record, settings.category_field, where, "category_field", required=False)
         reference = _text(record, settings.reference_field, where, "reference_field", required=False)
-        items.append(TestItem(
-            id=item_id,
-            instruction=instruction,
-            category=(category or "").strip() or "uncategorised",
-            difficulty=_difficulty(record, settings.difficulty_field, where),
-            reference=reference if reference and reference.strip() else None,
-        ))
+        items.append(
+            TestItem(
+                id=item_id,
+                instruction=instruction,
+                category=(category or "").strip() or "uncategorised",
+                difficulty=_difficulty(record, settings.difficulty_field, where),
+                reference=reference if reference and reference.strip() else None,
+            )
+        )
     if not items:
         raise InputError(f"{path}: the test set has no items.")
     if not settings.limit or settings.limit >= len(items):

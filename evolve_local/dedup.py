@@ -13,22 +13,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evolve_local.eliminate import words
-from pipeline.jsonio import InputError, iter_jsonl
+from pipeline.core.jsonio import InputError, iter_jsonl
+from pipeline.core.text import normalise, words
 
 MINHASH_SEED = 1
 MIN_WHOLE_TEST_WORDS = 5  # a test instruction shorter than the n-gram counts only if this long
-
-
-def normalise(text: str) -> str:
-    return " ".join(words(text.lower()))
 
 
 def shingles(text: str, size: int) -> set[bytes]:
     text = normalise(text)
     if len(text) <= size:
         return {text.encode("utf-8")}
-    return {text[i:i + size].encode("utf-8") for i in range(len(text) - size + 1)}
+    return {text[i : i + size].encode("utf-8") for i in range(len(text) - size + 1)}
 
 
 def minhash(text: str, size: int, permutations: int):
@@ -78,13 +74,15 @@ class NearDuplicates:
 def load_test_instructions(path: Path) -> list[tuple[str, str]]:
     """(id, instruction) pairs of a test-set JSONL whose instruction is in `Instruction`."""
     if not path.is_file():
-        raise InputError(f"Test set {path} not found, so evolved data cannot be decontaminated: point "
-                         f"eval.testset at the test-set JSONL, or set evolve.decontaminate=false to skip.")
+        raise InputError(
+            f"Test set {path} not found, so evolved data cannot be decontaminated: point "
+            f"eval.testset at the test-set JSONL, or set evolve.decontaminate=false to skip."
+        )
     items = []
     for lineno, record in iter_jsonl(path):
         text = record.get("Instruction", record.get("instruction"))
         if not isinstance(text, str) or not text.strip():
-            raise InputError(f"{path}:{lineno}: a test item needs a non-empty \"Instruction\" string.")
+            raise InputError(f'{path}:{lineno}: a test item needs a non-empty "Instruction" string.')
         items.append((str(record.get("idx", record.get("id", lineno))), text))
     return items
 
@@ -94,8 +92,9 @@ class TestSetFilter:
 
     __test__ = False  # not a pytest class, despite the name
 
-    def __init__(self, tests: list[tuple[str, str]], ngram: int, threshold: float, shingle_chars: int,
-                 permutations: int):
+    def __init__(
+        self, tests: list[tuple[str, str]], ngram: int, threshold: float, shingle_chars: int, permutations: int
+    ):
         from datasketch import MinHashLSH
 
         self.ngram = ngram
@@ -110,7 +109,7 @@ class TestSetFilter:
             tokens = words(text.lower())
             if len(tokens) >= ngram:
                 for i in range(len(tokens) - ngram + 1):
-                    self.grams.setdefault(tuple(tokens[i:i + ngram]), test_id)
+                    self.grams.setdefault(tuple(tokens[i : i + ngram]), test_id)
             elif len(tokens) >= MIN_WHOLE_TEST_WORDS:
                 self.grams.setdefault(tuple(tokens), test_id)
                 self.lengths.add(len(tokens))
@@ -124,7 +123,7 @@ class TestSetFilter:
         tokens = words(instruction.lower())
         for length in sorted(self.lengths):
             for i in range(len(tokens) - length + 1):
-                test_id = self.grams.get(tuple(tokens[i:i + length]))
+                test_id = self.grams.get(tuple(tokens[i : i + length]))
                 if test_id is not None:
                     return f"shares {length} words in a row with test item {test_id}"
         sketch = minhash(instruction, self.size, self.permutations)

@@ -22,30 +22,22 @@ import functools
 import re
 
 from evolve_local.prompts import MARKER_PHRASES
+from pipeline.core.records import (  # noqa: F401  (the rule names, re-exported for the rules' callers)
+    CONTAMINATED,
+    COPIED_PROMPT_WORDS,
+    DIFFERENT,
+    EQUAL,
+    NEAR_DUPLICATE,
+    NO_INFORMATION_GAIN,
+    REFUSAL_SHORT,
+    RULES,
+    STOPWORDS_ONLY,
+    TOO_LONG_RULE,
+    UNPARSED,
+)
+from pipeline.core.text import normalise as _normal
+from pipeline.core.text import words
 from pipeline.engine import TOO_LONG
-
-TOO_LONG_RULE = "too_long"
-NO_INFORMATION_GAIN = "no_information_gain"
-COPIED_PROMPT_WORDS = "copied_prompt_words"
-REFUSAL_SHORT = "refusal_short"
-STOPWORDS_ONLY = "stopwords_only"
-NEAR_DUPLICATE = "near_duplicate"
-CONTAMINATED = "contaminated"
-RULES = (TOO_LONG_RULE, NO_INFORMATION_GAIN, COPIED_PROMPT_WORDS, REFUSAL_SHORT, STOPWORDS_ONLY,
-         NEAR_DUPLICATE, CONTAMINATED)
-
-EQUAL, DIFFERENT, UNPARSED = "equal", "different", "unparsed"
-
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text)
-
-
-def _normal(text: str) -> str:
-    return " ".join(words(text.lower()))
-
 
 # ---------------------------------------------------------------- rules on the instruction
 

@@ -28,12 +28,11 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from evolve_local import eliminate as rules
-from evolve_local.config import OPERATIONS
 from evolve_local.dedup import NearDuplicates, TestSetFilter
 from evolve_local.inputs import Inputs, key_material, load_inputs
 from evolve_local.prompts import equality_prompt, evolution_prompt, messages
@@ -41,10 +40,11 @@ from evolve_local.records import RoundTally, c_record, write_stats
 from evolve_local.seeds import Seed
 from evolve_local.steps import Engines, JsonlWriter, ModelSet, iter_pool, load_step, run_chained, run_step
 from pipeline.config import Config, semantic_dict
+from pipeline.config.evolve import OPERATIONS
+from pipeline.core.jsonio import read_json, write_json
+from pipeline.core.manifest import begin_stage, finish_stage
+from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest
-from pipeline.jsonio import read_json, write_json
-from pipeline.manifest import begin_stage, finish_stage
-from pipeline.seeds import derive_seed
 
 STAGE = "evolve"
 
@@ -79,8 +79,9 @@ class Run:
         return self.data_dir / f"C{k}.jsonl"
 
 
-def run_evolve(config: Config, run_dir: str | Path, models: ModelSet, inputs: Inputs | None = None,
-               quiet: bool = False) -> dict:
+def run_evolve(
+    config: Config, run_dir: str | Path, models: ModelSet, inputs: Inputs | None = None, quiet: bool = False
+) -> dict:
     """Evolve for `config.evolve.rounds` rounds into `run_dir`; returns the stats written."""
     inputs = inputs or load_inputs(config)
     run_dir = Path(run_dir)
@@ -91,16 +92,24 @@ def run_evolve(config: Config, run_dir: str | Path, models: ModelSet, inputs: In
         finished = read_json(stage.manifest_path)
         if finished.get("rounds_done", -1) >= rounds:
             return read_json(stage.dir / "stats.json")
-        print(f"[evolve] {finished.get('rounds_done')} rounds were done; continuing to round {rounds}",
-              file=sys.stderr)
+        print(
+            f"[evolve] {finished.get('rounds_done')} rounds were done; continuing to round {rounds}", file=sys.stderr
+        )
         stage.manifest_path.unlink()
         stage = begin_stage(run_dir, STAGE, material, quiet=True)
 
     e = config.evolve
-    run = Run(config, models, Engines(models), stage.dir, run_dir / "data",
-              NearDuplicates(e.dedup_threshold, e.dedup_shingle_chars, e.minhash_permutations, e.dedup),
-              TestSetFilter(inputs.tests, e.decontam_ngram, e.decontam_threshold, e.dedup_shingle_chars,
-                            e.minhash_permutations))
+    run = Run(
+        config,
+        models,
+        Engines(models),
+        stage.dir,
+        run_dir / "data",
+        NearDuplicates(e.dedup_threshold, e.dedup_shingle_chars, e.minhash_permutations, e.dedup),
+        TestSetFilter(
+            inputs.tests, e.decontam_ngram, e.decontam_threshold, e.dedup_shingle_chars, e.minhash_permutations
+        ),
+    )
     if not run.pool(0).exists():
         for stale in run.data_dir.glob("C*.jsonl"):  # from an earlier evolution with other inputs
             stale.unlink()
@@ -119,10 +128,12 @@ def run_evolve(config: Config, run_dir: str | Path, models: ModelSet, inputs: In
         run.engines.close()
     stats = read_json(stage.dir / "stats.json")
     finish_stage(
-        stage, config=semantic_dict(config),
+        stage,
+        config=semantic_dict(config),
         rows={f"C{k}": s["training_set_size"] for k, s in enumerate(all_stats)},
         models={role: models.names[role] for role in ("evolver", "equality", "responder")},
-        seeds={"run_seed": config.run.seed}, extra={"rounds_done": rounds},
+        seeds={"run_seed": config.run.seed},
+        extra={"rounds_done": rounds},
     )
     return stats
 
@@ -144,36 +155,69 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
     regenerate = e.regenerate_seed_answers
 
     def needs_answer(seed: Seed) -> bool:
-        return ((seed.output is None or regenerate) and len(rules.words(seed.instruction)) < limit
-                and run.tests.overlap(seed.instruction) is None)
+        return (
+            (seed.output is None or regenerate)
+            and len(rules.words(seed.instruction)) < limit
+            and run.tests.overlap(seed.instruction) is None
+        )
 
     done = load_step(run.work(0, "answer"))
     todo = [s for s in seeds if s.id not in done and needs_answer(s)]
-    requests = (ChatRequest(id=s.id, messages=messages(s.instruction), max_tokens=e.answer_max_tokens,
-                            seed=derive_seed(run.seed, s.id, 0, "answer")) for s in todo)
-    run_step(run.engines, "responder", "answer", "round 0 seed answers", run.work(0, "answer"),
-             run.work(0, "timing"), requests, len(todo), run.config.engine.chunk_size,
-             passes=lambda r: r["finish_reason"] != "too_long")
+    requests = (
+        ChatRequest(
+            id=s.id,
+            messages=messages(s.instruction),
+            max_tokens=e.answer_max_tokens,
+            seed=derive_seed(run.seed, s.id, 0, "answer"),
+        )
+        for s in todo
+    )
+    run_step(
+        run.engines,
+        "responder",
+        "answer",
+        "round 0 seed answers",
+        run.work(0, "answer"),
+        run.work(0, "timing"),
+        requests,
+        len(todo),
+        run.config.engine.chunk_size,
+        passes=lambda r: r["finish_reason"] != "too_long",
+    )
 
     answers = load_step(run.work(0, "answer"))
     tally = RoundTally(0)
-    with JsonlWriter(run.stage_dir / "round_0.jsonl") as out, \
-            JsonlWriter(run.training_set(0)) as training, JsonlWriter(run.pool(0).with_suffix(".tmp-pool")) as pool:
+    with (
+        JsonlWriter(run.stage_dir / "round_0.jsonl") as out,
+        JsonlWriter(run.training_set(0)) as training,
+        JsonlWriter(run.pool(0).with_suffix(".tmp-pool")) as pool,
+    ):
         for seed in seeds:
             answer = answers.get(seed.id)
             generated = answer is not None
             record = {
-                "id": seed.id, "parent_id": None, "root_id": seed.id, "round": 0, "operation": "seed",
+                "id": seed.id,
+                "parent_id": None,
+                "root_id": seed.id,
+                "round": 0,
+                "operation": "seed",
                 "instruction": seed.instruction,
                 "response": answer["text"].strip() if generated else seed.output,
-                "status": "kept", "elimination_rule": None, "elimination_detail": None,
+                "status": "kept",
+                "elimination_rule": None,
+                "elimination_detail": None,
                 "evolver_model": None,
                 "responder_model": run.models.names["responder"] if generated else "seed file",
                 "tokens": {"answer": _tokens(answer)} if generated else {},
                 "seeds": {"answer": answer["seed"]} if generated else {},
             }
-            too_long = (rules.too_long("too_long", "answer") if len(rules.words(seed.instruction)) >= limit
-                        else rules.too_long(answer["finish_reason"], "answer") if generated else None)
+            too_long = (
+                rules.too_long("too_long", "answer")
+                if len(rules.words(seed.instruction)) >= limit
+                else rules.too_long(answer["finish_reason"], "answer")
+                if generated
+                else None
+            )
             decide(run, record, [(rules.TOO_LONG_RULE, too_long)])
             tally.add(record, operation=None)
             out.write(record)
@@ -235,17 +279,31 @@ def step_request(run: Run, k: int, item: dict, step: str, done: dict[str, dict])
     e, aid = run.config.evolve, attempt_id(item, k)
     if step == "evolve":
         operation = choose_operation(run.seed, item["id"], k, e.operation_weights)
-        return ChatRequest(id=aid, purpose=step, max_tokens=e.evolution_max_tokens,
-                           messages=messages(evolution_prompt(operation, item["instruction"])),
-                           seed=derive_seed(run.seed, item["id"], k, "evolve"))
+        return ChatRequest(
+            id=aid,
+            purpose=step,
+            max_tokens=e.evolution_max_tokens,
+            messages=messages(evolution_prompt(operation, item["instruction"])),
+            seed=derive_seed(run.seed, item["id"], k, "evolve"),
+        )
     evolved = done["evolve"][aid]["text"].strip()
     if step == "check":
-        return ChatRequest(id=aid, purpose=step, temperature=0.0, max_tokens=e.verdict_max_tokens,
-                           choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
-                           messages=messages(equality_prompt(item["instruction"], evolved)),
-                           seed=derive_seed(run.seed, item["id"], k, "equality"))
-    return ChatRequest(id=aid, purpose=step, max_tokens=e.answer_max_tokens, messages=messages(evolved),
-                       seed=derive_seed(run.seed, item["id"], k, "answer"))
+        return ChatRequest(
+            id=aid,
+            purpose=step,
+            temperature=0.0,
+            max_tokens=e.verdict_max_tokens,
+            choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
+            messages=messages(equality_prompt(item["instruction"], evolved)),
+            seed=derive_seed(run.seed, item["id"], k, "equality"),
+        )
+    return ChatRequest(
+        id=aid,
+        purpose=step,
+        max_tokens=e.answer_max_tokens,
+        messages=messages(evolved),
+        seed=derive_seed(run.seed, item["id"], k, "answer"),
+    )
 
 
 def step_passes(e) -> dict:
@@ -253,14 +311,15 @@ def step_passes(e) -> dict:
     return {
         "evolve": lambda r: bool(rules.words(r["text"])),
         "check": lambda r: rules.parse_verdict(r["text"]) != rules.EQUAL,
-        "answer": lambda r: not (rules.refusal_short(r["text"], e.refusal_max_words) or rules.stopwords_only(r["text"])),
+        "answer": lambda r: (
+            not (rules.refusal_short(r["text"], e.refusal_max_words) or rules.stopwords_only(r["text"]))
+        ),
     }
 
 
 def overlapped(run: Run) -> bool:
     """One model in every role: the steps can share one engine and run as chains."""
-    return (run.config.evolve.overlap_steps
-            and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1)
+    return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 
 def evolve_round(run: Run, k: int) -> None:
@@ -279,10 +338,21 @@ def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> 
     chunk, passes = run.config.engine.chunk_size, step_passes(run.config.evolve)
     for step in STEPS:
         total = sum(next_step(k, item, done) == step for item in iter_pool(pool_in))
-        requests = (step_request(run, k, item, step, done) for item in iter_pool(pool_in)
-                    if next_step(k, item, done) == step)
-        run_step(run.engines, ROLE_OF[step], step, f"round {k} {step}", run.work(k, step), run.work(k, "timing"),
-                 requests, total, chunk, passes=passes[step])
+        requests = (
+            step_request(run, k, item, step, done) for item in iter_pool(pool_in) if next_step(k, item, done) == step
+        )
+        run_step(
+            run.engines,
+            ROLE_OF[step],
+            step,
+            f"round {k} {step}",
+            run.work(k, step),
+            run.work(k, "timing"),
+            requests,
+            total,
+            chunk,
+            passes=passes[step],
+        )
         done[step] = load_step(run.work(k, step))
 
 
@@ -309,16 +379,28 @@ def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> 
         return step_request(run, k, item, step, done)
 
     total = sum(next_step(k, item, done) is not None for item in iter_pool(pool_in))
-    run_chained(run.engines, "evolver", f"round {k}", {step: run.work(k, step) for step in STEPS},
-                run.work(k, "timing"), first(), follow_up, total, run.config.engine.chunk_size,
-                step_passes(run.config.evolve))
+    run_chained(
+        run.engines,
+        "evolver",
+        f"round {k}",
+        {step: run.work(k, step) for step in STEPS},
+        run.work(k, "timing"),
+        first(),
+        follow_up,
+        total,
+        run.config.engine.chunk_size,
+        step_passes(run.config.evolve),
+    )
 
 
 def eliminate_round(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
     """Apply the rules, then write the round, the next pool and C_k."""
     tally = RoundTally(k)
-    with JsonlWriter(run.stage_dir / f"round_{k}.jsonl") as out, \
-            JsonlWriter(run.training_set(k)) as training, JsonlWriter(run.pool(k).with_suffix(".tmp-pool")) as pool:
+    with (
+        JsonlWriter(run.stage_dir / f"round_{k}.jsonl") as out,
+        JsonlWriter(run.training_set(k)) as training,
+        JsonlWriter(run.pool(k).with_suffix(".tmp-pool")) as pool,
+    ):
         training.copy_lines(run.training_set(k - 1))
         for item in iter_pool(pool_in):
             record = attempt_record(run, k, item, done["evolve"], done["check"], done["answer"])
@@ -338,12 +420,18 @@ def attempt_record(run: Run, k: int, item: dict, evolutions: dict, checks: dict,
     evolved, check, answer = evolutions[aid], checks.get(aid), answers.get(aid)
     verdict = rules.parse_verdict(check["text"]) if check and check["finish_reason"] != "too_long" else None
     record = {
-        "id": aid, "parent_id": item["id"], "root_id": item["root_id"], "round": k,
+        "id": aid,
+        "parent_id": item["id"],
+        "root_id": item["root_id"],
+        "round": k,
         "operation": choose_operation(run.seed, item["id"], k, e.operation_weights),
         "instruction": evolved["text"].strip(),
         "response": answer["text"].strip() if answer else None,
-        "status": "kept", "elimination_rule": None, "elimination_detail": None,
-        "verdict": verdict, "verdict_text": check["text"] if check else None,
+        "status": "kept",
+        "elimination_rule": None,
+        "elimination_detail": None,
+        "verdict": verdict,
+        "verdict_text": check["text"] if check else None,
         "evolver_model": run.models.names["evolver"],
         "equality_model": run.models.names["equality"] if check else None,
         "responder_model": run.models.names["responder"] if answer else None,
@@ -393,8 +481,12 @@ def _commit_round(run: Run, k: int, tally: RoundTally, training_size: int, pool_
 
 
 def _pool_item(record: dict) -> dict:
-    return {"id": record["id"], "root_id": record["root_id"], "instruction": record["instruction"],
-            "round": record["round"]}
+    return {
+        "id": record["id"],
+        "root_id": record["root_id"],
+        "instruction": record["instruction"],
+        "round": record["round"],
+    }
 
 
 def _tokens(result: dict) -> dict:

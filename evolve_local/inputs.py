@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evolve_local.config import OPERATIONS
 from evolve_local.dedup import load_test_instructions
 from evolve_local.seeds import Seed, load_seeds
 from evolve_local.steps import ModelSet
 from pipeline.config import Config, semantic_dict
-from pipeline.data_paths import seeds_path, testset_path
-from pipeline.jsonio import InputError
-from pipeline.manifest import file_hash
+from pipeline.config.evolve import OPERATIONS
+from pipeline.core.jsonio import InputError
+from pipeline.core.manifest import file_hash
+from pipeline.core.paths import seeds_path, testset_path
 
 
 def check_config(config: Config) -> None:
@@ -25,15 +25,21 @@ def check_config(config: Config) -> None:
         raise InputError(f"evolve.rounds is {e.rounds}; give 0 (seeds only) or more rounds.")
     unknown = sorted(set(e.operation_weights) - set(OPERATIONS))
     if unknown:
-        raise InputError(f"evolve.operation_weights names unknown operations {unknown}; "
-                         f"known: {', '.join(OPERATIONS)}.")
+        raise InputError(
+            f"evolve.operation_weights names unknown operations {unknown}; known: {', '.join(OPERATIONS)}."
+        )
     if any(w < 0 for w in e.operation_weights.values()) or sum(e.operation_weights.values()) <= 0:
         raise InputError("evolve.operation_weights must be non-negative with at least one above 0.")
     for name in ("dedup_threshold", "decontam_threshold"):
         if not 0 < getattr(e, name) <= 1:
             raise InputError(f"evolve.{name} must lie in (0, 1], got {getattr(e, name)}.")
-    for name in ("dedup_shingle_chars", "minhash_permutations", "decontam_ngram", "verdict_max_tokens",
-                 "refusal_max_words"):
+    for name in (
+        "dedup_shingle_chars",
+        "minhash_permutations",
+        "decontam_ngram",
+        "verdict_max_tokens",
+        "refusal_max_words",
+    ):
         if getattr(e, name) < 1:
             raise InputError(f"evolve.{name} must be at least 1, got {getattr(e, name)}.")
     for name in ("evolution_max_tokens", "answer_max_tokens"):

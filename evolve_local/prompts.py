@@ -11,7 +11,7 @@ frames ask for nothing else; a reply that echoes the frame's own labels is caugh
 
 from __future__ import annotations
 
-from evolve_local.config import OPERATIONS
+from pipeline.config.evolve import OPERATIONS
 
 IN_DEPTH = OPERATIONS[:5]
 IN_BREADTH = "in_breadth"
@@ -22,8 +22,13 @@ ORIGINAL_LABEL = "#Original Task#"
 REWRITTEN_LABEL = "#Rewritten Task#"
 NEW_LABEL = "#New Task#"
 MARKER_PHRASES = (
-    "given prompt", "rewritten prompt", "created prompt",
-    "original task", "rewritten task", "new task#", "#new task",
+    "given prompt",
+    "rewritten prompt",
+    "created prompt",
+    "original task",
+    "rewritten task",
+    "new task#",
+    "#new task",
 )
 
 IN_DEPTH_FRAME = """\
@@ -88,8 +93,8 @@ COMPLICATE_INPUT_DEMOS = (
     (
         "Summarise the order.",
         "Summarise the order described by this XML in one sentence, including the total price.\n\n"
-        "<order><item qty=\"2\" price=\"4.50\">notebook</item>"
-        "<item qty=\"1\" price=\"12.00\">pen set</item></order>",
+        '<order><item qty="2" price="4.50">notebook</item>'
+        '<item qty="1" price="12.00">pen set</item></order>',
     ),
 )
 
@@ -122,22 +127,23 @@ Answer with one word, EQUAL or DIFFERENT."""
 
 
 def _demos() -> str:
-    return "\n\n".join(f"{ORIGINAL_LABEL}\n{before}\n{REWRITTEN_LABEL}\n{after}"
-                       for before, after in COMPLICATE_INPUT_DEMOS)
+    return "\n\n".join(
+        f"{ORIGINAL_LABEL}\n{before}\n{REWRITTEN_LABEL}\n{after}" for before, after in COMPLICATE_INPUT_DEMOS
+    )
 
 
 def evolution_prompt(operation: str, instruction: str) -> str:
     """The user message that asks the evolver to apply `operation` to `instruction`."""
     if operation == IN_BREADTH:
-        return IN_BREADTH_FRAME.format(original_label=ORIGINAL_LABEL, instruction=instruction,
-                                       new_label=NEW_LABEL)
+        return IN_BREADTH_FRAME.format(original_label=ORIGINAL_LABEL, instruction=instruction, new_label=NEW_LABEL)
     if operation not in METHODS:
         raise ValueError(f"Unknown operation {operation!r}; known: {', '.join(OPERATIONS)}.")
     method = METHODS[operation]
     if operation == "complicate_input":
         method = method.format(demos=_demos())
-    return IN_DEPTH_FRAME.format(method=method, original_label=ORIGINAL_LABEL, instruction=instruction,
-                                 rewritten_label=REWRITTEN_LABEL)
+    return IN_DEPTH_FRAME.format(
+        method=method, original_label=ORIGINAL_LABEL, instruction=instruction, rewritten_label=REWRITTEN_LABEL
+    )
 
 
 def equality_prompt(parent: str, evolved: str) -> str:

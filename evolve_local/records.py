@@ -13,18 +13,22 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from evolve_local.config import OPERATIONS
 from evolve_local.eliminate import CONTAMINATED, NEAR_DUPLICATE, RULES, UNPARSED, words
 from evolve_local.steps import timing_totals
-from pipeline.jsonio import write_json
+from pipeline.config.evolve import OPERATIONS
+from pipeline.core.jsonio import write_json
 
 
 def c_record(record: dict) -> dict:
     return {
         "id": record["id"],
-        "messages": [{"role": "user", "content": record["instruction"]},
-                     {"role": "assistant", "content": record["response"] or ""}],
-        "round": record["round"], "root_id": record["root_id"], "parent_id": record["parent_id"],
+        "messages": [
+            {"role": "user", "content": record["instruction"]},
+            {"role": "assistant", "content": record["response"] or ""},
+        ],
+        "round": record["round"],
+        "root_id": record["root_id"],
+        "parent_id": record["parent_id"],
         "operation": record["operation"],
     }
 
@@ -88,14 +92,22 @@ class RoundTally:
         eliminated = {rule: n for rule, n in stats["eliminated"].items() if n}
         top = max(eliminated.items(), key=lambda kv: kv[1]) if eliminated else None
         what = "seeds" if self.k == 0 else "evolutions"
-        return (f"[evolve] round {self.k}: kept {stats['kept']}/{stats['attempted']} {what} "
-                f"({stats['kept_pct']}%), top elimination: {f'{top[0]} ({top[1]})' if top else 'none'}; "
-                f"C{self.k} has {stats['training_set_size']} items")
+        return (
+            f"[evolve] round {self.k}: kept {stats['kept']}/{stats['attempted']} {what} "
+            f"({stats['kept_pct']}%), top elimination: {f'{top[0]} ({top[1]})' if top else 'none'}; "
+            f"C{self.k} has {stats['training_set_size']} items"
+        )
 
 
 def write_stats(path: Path, rounds: list[dict], inputs, models, tests) -> None:
-    totals = {"attempted": 0, "kept": 0, "eliminated": Counter(), "unparsed_verdicts": 0,
-              "generation_seconds": 0.0, "generation_tokens": 0}
+    totals = {
+        "attempted": 0,
+        "kept": 0,
+        "eliminated": Counter(),
+        "unparsed_verdicts": 0,
+        "generation_seconds": 0.0,
+        "generation_tokens": 0,
+    }
     for stats in rounds[1:]:  # evolution rounds only; round 0 is the seed pool
         totals["attempted"] += stats["attempted"]
         totals["kept"] += stats["kept"]
@@ -106,14 +118,17 @@ def write_stats(path: Path, rounds: list[dict], inputs, models, tests) -> None:
         totals["generation_tokens"] += stats["generation_tokens"]
     totals["eliminated"] = {rule: totals["eliminated"].get(rule, 0) for rule in RULES}
     totals["generation_seconds"] = round(totals["generation_seconds"], 2)
-    write_json(path, {
-        "seeds_file": str(inputs.seeds_file),
-        "seed_format": inputs.seed_format,
-        "seeds": len(inputs.seeds),
-        "testset": str(inputs.testset_file) if inputs.testset_file else None,
-        "test_instructions": tests.size_of_set,
-        "models": dict(models.names),
-        "rounds_done": len(rounds) - 1,
-        "evolution_totals": totals,
-        "rounds": rounds,
-    })
+    write_json(
+        path,
+        {
+            "seeds_file": str(inputs.seeds_file),
+            "seed_format": inputs.seed_format,
+            "seeds": len(inputs.seeds),
+            "testset": str(inputs.testset_file) if inputs.testset_file else None,
+            "test_instructions": tests.size_of_set,
+            "models": dict(models.names),
+            "rounds_done": len(rounds) - 1,
+            "evolution_totals": totals,
+            "rounds": rounds,
+        },
+    )

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.jsonio import InputError, iter_jsonl
+from pipeline.core.jsonio import InputError, iter_jsonl
 
 FORMATS = {
     "alpaca": '{"instruction", "input", "output"}',
@@ -78,7 +78,7 @@ def _text(value, where: str, field: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise InputError(f"{where}: \"{field}\" must be a string.")
+        raise InputError(f'{where}: "{field}" must be a string.')
     return value.strip()
 
 
@@ -88,14 +88,13 @@ def _join(instruction: str, extra: str) -> str:
 
 def _from_turns(turns, where: str, field: str, role_key: str, text_key: str) -> tuple[str, str | None]:
     if not isinstance(turns, list) or not turns:
-        raise InputError(f"{where}: \"{field}\" must be a non-empty list of turns.")
+        raise InputError(f'{where}: "{field}" must be a non-empty list of turns.')
     for position, turn in enumerate(turns):
         if not isinstance(turn, dict) or role_key not in turn or not isinstance(turn.get(text_key), str):
-            raise InputError(f"{where}: turn {position} of \"{field}\" needs \"{role_key}\" and a string "
-                             f"\"{text_key}\".")
+            raise InputError(f'{where}: turn {position} of "{field}" needs "{role_key}" and a string "{text_key}".')
     first = next((i for i, t in enumerate(turns) if str(t[role_key]).lower() in _HUMAN), None)
     if first is None:
-        raise InputError(f"{where}: \"{field}\" has no user turn to use as the instruction.")
+        raise InputError(f'{where}: "{field}" has no user turn to use as the instruction.')
     answer = None
     if first + 1 < len(turns) and str(turns[first + 1][role_key]).lower() in _BOT:
         answer = turns[first + 1][text_key].strip() or None
@@ -109,17 +108,21 @@ def parse_record(record: dict, fmt: str, where: str) -> tuple[str, str | None]:
     if fmt == "chat":
         return _from_turns(record.get("messages"), where, "messages", "role", "content")
     if "instruction" not in record:
-        raise InputError(f"{where}: missing \"instruction\" (the file is in {fmt} format, {FORMATS[fmt]}).")
+        raise InputError(f'{where}: missing "instruction" (the file is in {fmt} format, {FORMATS[fmt]}).')
     instruction = _text(record["instruction"], where, "instruction")
     if fmt == "self-instruct":
         instances = record.get("instances")
         if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict):
-            raise InputError(f"{where}: \"instances\" must be a non-empty list of {{input, output}} objects.")
+            raise InputError(f'{where}: "instances" must be a non-empty list of {{input, output}} objects.')
         first = instances[0]
-        return (_join(instruction, _text(first.get("input"), where, "instances[0].input")),
-                _text(first.get("output"), where, "instances[0].output") or None)
-    return (_join(instruction, _text(record.get("input"), where, "input")),
-            _text(record.get("output"), where, "output") or None)
+        return (
+            _join(instruction, _text(first.get("input"), where, "instances[0].input")),
+            _text(first.get("output"), where, "instances[0].output") or None,
+        )
+    return (
+        _join(instruction, _text(record.get("input"), where, "input")),
+        _text(record.get("output"), where, "output") or None,
+    )
 
 
 def load_seeds(path: str | Path) -> tuple[list[Seed], str]:
@@ -132,12 +135,16 @@ def load_seeds(path: str | Path) -> tuple[list[Seed], str]:
         found = detect_format(record)
         if fmt is None:
             if found is None:
-                raise InputError(f"{where}: unknown seed format (keys: {', '.join(sorted(record)) or 'none'}); "
-                                 f"accepted formats: {accepted_formats()}.")
+                raise InputError(
+                    f"{where}: unknown seed format (keys: {', '.join(sorted(record)) or 'none'}); "
+                    f"accepted formats: {accepted_formats()}."
+                )
             fmt = found
         elif found != fmt and not {found, fmt} <= {"alpaca", "plain"}:
-            raise InputError(f"{where}: looks like {found or 'an unknown format'} but the file started as {fmt}; "
-                             f"use one format per file.")
+            raise InputError(
+                f"{where}: looks like {found or 'an unknown format'} but the file started as {fmt}; "
+                f"use one format per file."
+            )
         instruction, output = parse_record(record, fmt if fmt not in ("alpaca", "plain") else "alpaca", where)
         if not instruction:
             raise InputError(f"{where}: the instruction is empty.")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks, run_dataflow
-from pipeline.jsonio import append_jsonl, atomic_open, read_jsonl_tolerant
+from pipeline.core.jsonio import append_jsonl, atomic_open, read_jsonl_tolerant
+from pipeline.engine import ChatRequest, ChatResult, Engine, StreamingEngine, generate_in_chunks, run_dataflow
 
 ROLES = ("evolver", "equality", "responder")
 
@@ -53,8 +53,7 @@ class Engines:
         if self.engine is not None and wanted == self.identity:
             return self.engine
         if self.engine is not None:
-            print(f"[evolve] switching engine from {self.identity[0]} to {wanted[0]} for the {role}",
-                  file=sys.stderr)
+            print(f"[evolve] switching engine from {self.identity[0]} to {wanted[0]} for the {role}", file=sys.stderr)
         self.close()
         self.engine = self.models.make(role)
         self.identity = wanted
@@ -72,12 +71,12 @@ class Engines:
 
 class TimedEngine:
     """Wraps an engine to measure its generation time for the persisted timing log: `last_seconds`
-    of the last `generate` call, `seconds` in all calls (submit and poll included)."""
+    of the last `generate` call, `seconds` in all calls. `timed(engine)` picks the wrapper that
+    offers what the engine offers."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.model_name = engine.model_name
-        self.streams = getattr(engine, "streams", False)
         self.last_seconds = 0.0
         self.seconds = 0.0
 
@@ -92,6 +91,13 @@ class TimedEngine:
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         return self._timed(self.engine.generate, requests)
 
+    def close(self) -> None:
+        self.engine.close()
+
+
+class TimedStreamingEngine(TimedEngine):
+    """A `TimedEngine` around a `StreamingEngine`: submit and poll are timed too."""
+
     def submit(self, requests: list[ChatRequest]) -> None:
         self._timed(self.engine.submit, requests)
 
@@ -103,10 +109,19 @@ class TimedEngine:
         return self.engine.pending
 
 
+def timed_engine(engine: Engine) -> TimedEngine:
+    return TimedStreamingEngine(engine) if isinstance(engine, StreamingEngine) else TimedEngine(engine)
+
+
 def step_record(request: ChatRequest, result: ChatResult) -> dict:
-    return {"id": request.id, "text": result.text, "finish_reason": result.finish_reason,
-            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "seed": request.seed}
+    return {
+        "id": request.id,
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "seed": request.seed,
+    }
 
 
 def load_step(path: Path) -> dict[str, dict]:
@@ -114,31 +129,54 @@ def load_step(path: Path) -> dict[str, dict]:
     return {record["id"]: record for record in read_jsonl_tolerant(path)}
 
 
-def run_step(engines: Engines, role: str, step: str, label: str, out: Path, timing: Path,
-             requests: Iterable[ChatRequest], total: int, chunk_size: int,
-             passes: Callable[[dict], bool]) -> None:
+def run_step(
+    engines: Engines,
+    role: str,
+    step: str,
+    label: str,
+    out: Path,
+    timing: Path,
+    requests: Iterable[ChatRequest],
+    total: int,
+    chunk_size: int,
+    passes: Callable[[dict], bool],
+) -> None:
     """Generate `requests` in chunks, appending each chunk to `out` as soon as it is done.
 
     `passes` says whether a finished record survives this step; its share is the bar's kept%.
     """
     if total == 0:
         return  # nothing left: do not even start an engine
-    timed = TimedEngine(engines.get(role))
+    timed = timed_engine(engines.get(role))
     seen = [0, 0]
 
     def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
         records = [step_record(request, result) for request, result in zip(chunk, results)]
         append_jsonl(out, records)
-        append_jsonl(timing, [{
-            "step": step, "requests": len(records), "seconds": round(timed.last_seconds, 3),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in records),
-            "completion_tokens": sum(r["completion_tokens"] for r in records),
-        }])
+        append_jsonl(
+            timing,
+            [
+                {
+                    "step": step,
+                    "requests": len(records),
+                    "seconds": round(timed.last_seconds, 3),
+                    "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+                    "completion_tokens": sum(r["completion_tokens"] for r in records),
+                }
+            ],
+        )
         seen[0] += len(records)
         seen[1] += sum(passes(r) for r in records)
 
-    generate_in_chunks(timed, requests, chunk_size, save, total=total, desc=label,
-                       postfix=lambda: {"kept%": f"{100 * seen[1] / max(seen[0], 1):.0f}"})
+    generate_in_chunks(
+        timed,
+        requests,
+        chunk_size,
+        save,
+        total=total,
+        desc=label,
+        postfix=lambda: {"kept%": f"{100 * seen[1] / max(seen[0], 1):.0f}"},
+    )
 
 
 class _ChainLog:
@@ -156,8 +194,7 @@ class _ChainLog:
 
     def add(self, step: str, record: dict) -> None:
         self.buffer[step].append(record)
-        if (sum(map(len, self.buffer.values())) >= self.every
-                or time.monotonic() - self.wall_mark >= self.seconds):
+        if sum(map(len, self.buffer.values())) >= self.every or time.monotonic() - self.wall_mark >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -170,18 +207,35 @@ class _ChainLog:
         weight = tokens if sum(tokens.values()) else {step: len(records) for step, records in rows.items()}
         for step, records in rows.items():
             append_jsonl(self.outs[step], records)
-        append_jsonl(self.timing, [{
-            "step": step, "requests": len(records),
-            "seconds": round(engine_seconds * weight[step] / sum(weight.values()), 3),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in records),
-            "completion_tokens": sum(r["completion_tokens"] for r in records), "overlapped": True,
-        } for step, records in rows.items()])
+        append_jsonl(
+            self.timing,
+            [
+                {
+                    "step": step,
+                    "requests": len(records),
+                    "seconds": round(engine_seconds * weight[step] / sum(weight.values()), 3),
+                    "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+                    "completion_tokens": sum(r["completion_tokens"] for r in records),
+                    "overlapped": True,
+                }
+                for step, records in rows.items()
+            ],
+        )
         self.buffer = {step: [] for step in self.outs}
 
 
-def run_chained(engines: Engines, role: str, label: str, outs: dict[str, Path], timing: Path,
-                first: Iterable[ChatRequest], follow_up: Callable[[ChatRequest, dict], ChatRequest | None],
-                total: int, chunk_size: int, passes: dict[str, Callable[[dict], bool]]) -> None:
+def run_chained(
+    engines: Engines,
+    role: str,
+    label: str,
+    outs: dict[str, Path],
+    timing: Path,
+    first: Iterable[ChatRequest],
+    follow_up: Callable[[ChatRequest, dict], ChatRequest | None],
+    total: int,
+    chunk_size: int,
+    passes: dict[str, Callable[[dict], bool]],
+) -> None:
     """Run chains of requests (one chain per pool item) on one engine, up to `chunk_size` in flight.
 
     `first` holds each chain's first missing request, its step in `request.purpose`; `follow_up`
@@ -192,7 +246,7 @@ def run_chained(engines: Engines, role: str, label: str, outs: dict[str, Path], 
         return
     from tqdm import tqdm
 
-    timed = TimedEngine(engines.get(role))
+    timed = timed_engine(engines.get(role))
     log = _ChainLog(outs, timing, timed, every=chunk_size)
     seen = {step: [0, 0] for step in outs}
     tokens = [0]
@@ -211,8 +265,12 @@ def run_chained(engines: Engines, role: str, label: str, outs: dict[str, Path], 
                 bar.update(1)
             else:
                 following.append(after)
-        bar.set_postfix({"tok/s": f"{tokens[0] / max(timed.seconds, 1e-9):.0f}",
-                         **{f"{step} kept%": f"{100 * n[1] / n[0]:.0f}" for step, n in seen.items() if n[0]}})
+        bar.set_postfix(
+            {
+                "tok/s": f"{tokens[0] / max(timed.seconds, 1e-9):.0f}",
+                **{f"{step} kept%": f"{100 * n[1] / n[0]:.0f}" for step, n in seen.items() if n[0]},
+            }
+        )
         return following
 
     try:
@@ -226,8 +284,9 @@ def timing_totals(path: Path) -> dict[str, dict]:
     """Requests, seconds and tokens per step, summed over every process that worked on the round."""
     totals: dict[str, dict] = {}
     for row in read_jsonl_tolerant(path):
-        step = totals.setdefault(row["step"], {"requests": 0, "seconds": 0.0, "prompt_tokens": 0,
-                                               "completion_tokens": 0})
+        step = totals.setdefault(
+            row["step"], {"requests": 0, "seconds": 0.0, "prompt_tokens": 0, "completion_tokens": 0}
+        )
         for key in ("requests", "seconds", "prompt_tokens", "completion_tokens"):
             step[key] += row[key]
     for step in totals.values():
@@ -237,14 +296,14 @@ def timing_totals(path: Path) -> dict[str, dict]:
 
 
 class JsonlWriter:
-    """Streams records to a temp file and renames it into place on success (pipeline.jsonio.atomic_open):
+    """Streams records to a temp file and renames it into place on success (pipeline.core.jsonio.atomic_open):
     readers only ever see a complete file, and a crash leaves the previous version (or nothing) behind."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.count = 0
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         self._context = atomic_open(self.path)
         self.handle = self._context.__enter__()
         return self

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pipeline.jsonio import append_jsonl, atomic_write_text, read_jsonl_tolerant, write_jsonl
+from pipeline.core.jsonio import append_jsonl, atomic_write_text, read_jsonl_tolerant, write_jsonl
 
 
 class MetricsCallback(TrainerCallback):
@@ -107,8 +107,11 @@ def write_model_card(path: Path, info: dict) -> None:
         f"({data['bad_by_reason'] or 'none'}; policy `{data['on_bad_rows']}`)",
         f"- tokens per epoch: {data['tokens']} ({data['trained_tokens']} of them assistant tokens in the loss)",
         f"- prompt format: `{info['template']}`"
-        + (f" with response marker `{info['response_marker']}`" if info["template"] == "instruction" else
-           " (the base tokenizer's chat template)"),
+        + (
+            f" with response marker `{info['response_marker']}`"
+            if info["template"] == "instruction"
+            else " (the base tokenizer's chat template)"
+        ),
         "- loss: on assistant tokens only (prompt and template tokens carry label -100)",
         "",
         "## Training",
@@ -127,7 +130,7 @@ def write_model_card(path: Path, info: dict) -> None:
         lines += [
             "## Use",
             "Serve the adapter over the base model with vLLM "
-            "(`LoRARequest(name, 1, \"<this dir>/adapter\")`, `enable_lora=True`), or pass "
+            '(`LoRARequest(name, 1, "<this dir>/adapter")`, `enable_lora=True`), or pass '
             "`--merge` to get a full model in `merged/`.",
             "",
         ]

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.jsonio import InputError
+from pipeline.core.jsonio import InputError
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100  # the label PyTorch's cross-entropy skips
@@ -57,8 +57,12 @@ class BadRows:
         return "; ".join(parts)
 
     def as_dict(self) -> dict:
-        return {"rows": self.total, "bad": self.bad, "by_reason": dict(sorted(self.counts.items())),
-                "first_lines": self.examples}
+        return {
+            "rows": self.total,
+            "bad": self.bad,
+            "by_reason": dict(sorted(self.counts.items())),
+            "first_lines": self.examples,
+        }
 
 
 @dataclass
@@ -77,8 +81,10 @@ def _records(path: Path, bad: BadRows):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json data file must "
-                             f"hold one list of records (use .jsonl for one record per line).") from None
+            raise InputError(
+                f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json data file must "
+                f"hold one list of records (use .jsonl for one record per line)."
+            ) from None
         if not isinstance(data, list):
             raise InputError(f"{path}: a .json data file must hold a list of records.")
         yield from enumerate(data, start=1)
@@ -101,8 +107,11 @@ def _to_messages(record: dict) -> tuple[list | None, str | None]:
         if not isinstance(messages, list) or not messages:
             return None, "malformed_messages"
         for message in messages:
-            if (not isinstance(message, dict) or message.get("role") not in ROLES
-                    or not isinstance(message.get("content"), str)):
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in ROLES
+                or not isinstance(message.get("content"), str)
+            ):
                 return None, "malformed_messages"
         return [{"role": m["role"], "content": m["content"]} for m in messages], None
     if "instruction" in record or "output" in record:  # Alpaca
@@ -131,8 +140,10 @@ def load_conversations(path: str | Path) -> tuple[list[Conversation], BadRows]:
     """Every row of a chat JSONL or Alpaca JSON/JSONL file, with the bad ones counted by reason."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"Training data {path} not found; pass --data with a chat-messages JSONL "
-                         f"(runs/<name>/data/C<k>.jsonl) or an Alpaca JSON/JSONL file.")
+        raise InputError(
+            f"Training data {path} not found; pass --data with a chat-messages JSONL "
+            f"(runs/<name>/data/C<k>.jsonl) or an Alpaca JSON/JSONL file."
+        )
     bad = BadRows()
     rows: list[Conversation] = []
     for line, record in _records(path, bad):
@@ -158,8 +169,10 @@ def resolve_template(tokenizer, choice: str) -> str:
     if choice == "auto":
         return "chat" if has_chat else "instruction"
     if choice == "chat" and not has_chat:
-        raise InputError("train.template=chat, but the base model's tokenizer has no chat template; "
-                         "set train.template=instruction (or auto).")
+        raise InputError(
+            "train.template=chat, but the base model's tokenizer has no chat template; "
+            "set train.template=instruction (or auto)."
+        )
     return choice
 
 
@@ -189,8 +202,10 @@ class ChatEncoder:
         self.template = template
         self.marker = marker
         if template == "instruction" and not tokenizer.eos_token:
-            raise InputError("The base tokenizer has no EOS token, so the instruction template cannot "
-                             "mark where an answer ends; use a tokenizer with an EOS token.")
+            raise InputError(
+                "The base tokenizer has no EOS token, so the instruction template cannot "
+                "mark where an answer ends; use a tokenizer with an EOS token."
+            )
 
     def ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:
         if self.template == "chat":
@@ -227,8 +242,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def tokenize_conversations(rows: list[Conversation], tokenizer, template: str, marker: str,
-                           max_length: int, bad: BadRows) -> list[dict]:
+def tokenize_conversations(
+    rows: list[Conversation], tokenizer, template: str, marker: str, max_length: int, bad: BadRows
+) -> list[dict]:
     """Token ids and masked labels per row; rows longer than max_length become `too_long` bad rows.
 
     A too-long row is dropped rather than truncated: cutting it would train on an answer with
@@ -252,12 +268,13 @@ def check_bad_rows(path: str | Path, bad: BadRows, kept: int, policy: str) -> st
     """Stop (policy fail, or nothing left) or return the one-line report of what was dropped."""
     if kept == 0:
         detail = f" ({bad.summary()})" if bad.bad else ""
-        raise InputError(f"{path}: no usable training rows out of {bad.total}{detail}; fix the file "
-                         f"or raise train.max_length if rows are too long.")
+        raise InputError(
+            f"{path}: no usable training rows out of {bad.total}{detail}; fix the file "
+            f"or raise train.max_length if rows are too long."
+        )
     if not bad.bad:
         return None
     message = f"{path}: {bad.bad} of {bad.total} rows are bad ({bad.summary()})"
     if policy == "fail":
-        raise InputError(f"{message}; fix them or set train.on_bad_rows=skip to train on the "
-                         f"{kept} good rows.")
+        raise InputError(f"{message}; fix them or set train.on_bad_rows=skip to train on the {kept} good rows.")
     return f"{message}; skipped them (train.on_bad_rows=skip), training on {kept} rows."

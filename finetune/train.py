@@ -22,12 +22,12 @@ import sys
 from pathlib import Path
 
 from finetune.card import MetricsCallback, peak_memory, plot_loss, trim_metrics, write_model_card
-from finetune.config import BAD_ROW_POLICIES, METHODS, PRECISIONS, TEMPLATES
 from finetune.data import check_bad_rows, load_conversations, resolve_template, tokenize_conversations
 from pipeline.config import Config, semantic_dict, stable_hash, to_yaml
-from pipeline.jsonio import InputError, atomic_write_text, read_json, write_json
-from pipeline.manifest import begin_stage, file_sha256, finish_stage
-from pipeline.models import content_hash, resolve_model
+from pipeline.config.train import BAD_ROW_POLICIES, METHODS, PRECISIONS, TEMPLATES
+from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
+from pipeline.core.manifest import begin_stage, file_sha256, finish_stage
+from pipeline.core.models import content_hash, resolve_model
 
 
 def log(message: str) -> None:
@@ -39,15 +39,19 @@ def log(message: str) -> None:
 
 def check_options(config: Config, method: str, merge: bool) -> None:
     train = config.train
-    for name, value, allowed in (("--method / train.method", method, METHODS),
-                                 ("train.template", train.template, TEMPLATES),
-                                 ("train.precision", train.precision, PRECISIONS),
-                                 ("train.on_bad_rows", train.on_bad_rows, BAD_ROW_POLICIES)):
+    for name, value, allowed in (
+        ("--method / train.method", method, METHODS),
+        ("train.template", train.template, TEMPLATES),
+        ("train.precision", train.precision, PRECISIONS),
+        ("train.on_bad_rows", train.on_bad_rows, BAD_ROW_POLICIES),
+    ):
         if value not in allowed:
             raise InputError(f"{name} is '{value}'; choose one of {', '.join(allowed)}.")
     if merge and method == "full":
-        raise InputError("--merge merges a LoRA adapter into its base; --method full already writes a "
-                         "complete model in model/, so drop --merge or use --method lora.")
+        raise InputError(
+            "--merge merges a LoRA adapter into its base; --method full already writes a "
+            "complete model in model/, so drop --merge or use --method lora."
+        )
     if train.max_length < 16:
         raise InputError(f"train.max_length is {train.max_length}; give at least 16 tokens.")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -56,7 +60,8 @@ def check_options(config: Config, method: str, merge: bool) -> None:
         raise InputError(
             f"train.effective_batch_size ({train.effective_batch_size}) must be a multiple of "
             f"train.per_device_train_batch_size ({train.per_device_train_batch_size}) x {world} process(es); "
-            f"change one of them.")
+            f"change one of them."
+        )
 
 
 def check_hardware(method: str, precision: str) -> str:
@@ -66,17 +71,21 @@ def check_hardware(method: str, precision: str) -> str:
     cuda = torch.cuda.is_available()
     if method == "qlora":
         if not cuda:
-            raise InputError("--method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine "
-                             "use --method lora or --method full.")
+            raise InputError(
+                "--method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine "
+                "use --method lora or --method full."
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise InputError("--method qlora needs the bitsandbytes package; install the `gpu` extra "
-                             "(pip install -e .[gpu]) or use --method lora.")
+            raise InputError(
+                "--method qlora needs the bitsandbytes package; install the `gpu` extra "
+                "(pip install -e .[gpu]) or use --method lora."
+            )
         if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-            raise InputError("QLoRA computes in bf16, which this GPU lacks; use --method lora with "
-                             "train.precision=fp16.")
+            raise InputError(
+                "QLoRA computes in bf16, which this GPU lacks; use --method lora with train.precision=fp16."
+            )
     if precision in ("bf16", "fp16") and not cuda:
-        raise InputError(f"train.precision={precision} needs a CUDA GPU; on CPU use train.precision=fp32 "
-                         f"(or auto).")
+        raise InputError(f"train.precision={precision} needs a CUDA GPU; on CPU use train.precision=fp32 (or auto).")
     if precision == "auto":
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
     return precision
@@ -98,8 +107,15 @@ def train_key_material(config: Config, method: str, template: str, data_sha256: 
     }
 
 
-def run_train(config: Config, data_path: str | Path, out_dir: str | Path, base: str | None = None,
-              method: str | None = None, merge: bool = False, callbacks: list | None = None) -> dict:
+def run_train(
+    config: Config,
+    data_path: str | Path,
+    out_dir: str | Path,
+    base: str | None = None,
+    method: str | None = None,
+    merge: bool = False,
+    callbacks: list | None = None,
+) -> dict:
     """Fine-tune `base` on `data_path` into `out_dir`; returns the stage manifest."""
     train = config.train
     method = method or train.method
@@ -167,7 +183,10 @@ def run_train(config: Config, data_path: str | Path, out_dir: str | Path, base: 
 
         targets = train.lora_target_modules
         peft_config = LoraConfig(
-            r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout, bias="none",
+            r=train.lora_r,
+            lora_alpha=train.lora_alpha,
+            lora_dropout=train.lora_dropout,
+            bias="none",
             task_type="CAUSAL_LM",
             target_modules="all-linear" if targets == ["all-linear"] else targets,
         )
@@ -175,10 +194,18 @@ def run_train(config: Config, data_path: str | Path, out_dir: str | Path, base: 
     # ---- train
     dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     metrics = MetricsCallback(metrics_path)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[metrics, *(callbacks or [])])
-    log(f"{method} fine-tune of {base_path.name} on {len(examples)} rows, {precision}, "
-        f"{trainer.args.gradient_accumulation_steps} accumulation step(s) of {train.per_device_train_batch_size}")
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[metrics, *(callbacks or [])],
+    )
+    log(
+        f"{method} fine-tune of {base_path.name} on {len(examples)} rows, {precision}, "
+        f"{trainer.args.gradient_accumulation_steps} accumulation step(s) of {train.per_device_train_batch_size}"
+    )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     # ---- save (every rank takes part: DeepSpeed ZeRO-3 and FSDP gather sharded weights here)
@@ -209,35 +236,68 @@ def run_train(config: Config, data_path: str | Path, out_dir: str | Path, base: 
     token_count = sum(len(e["input_ids"]) for e in examples)
     trained_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
     data_info = {
-        "path": str(data_path), "sha256": data_sha, "rows": bad.total, "trained_rows": len(examples),
-        "bad_rows": bad.bad, "bad_by_reason": dict(sorted(bad.counts.items())), "on_bad_rows": train.on_bad_rows,
-        "tokens": token_count, "trained_tokens": trained_tokens,
+        "path": str(data_path),
+        "sha256": data_sha,
+        "rows": bad.total,
+        "trained_rows": len(examples),
+        "bad_rows": bad.bad,
+        "bad_by_reason": dict(sorted(bad.counts.items())),
+        "on_bad_rows": train.on_bad_rows,
+        "tokens": token_count,
+        "trained_tokens": trained_tokens,
     }
     hyper = {
-        "learning_rate": train.learning_rate, "epochs": train.num_train_epochs, "max_steps": train.max_steps,
+        "learning_rate": train.learning_rate,
+        "epochs": train.num_train_epochs,
+        "max_steps": train.max_steps,
         "effective_batch_size": train.effective_batch_size,
         "per_device_batch_x_accumulation": f"{train.per_device_train_batch_size} x "
-                                           f"{args.gradient_accumulation_steps} x {args.world_size} process(es)",
+        f"{args.gradient_accumulation_steps} x {args.world_size} process(es)",
         "scheduler": f"{train.lr_scheduler_type}, warmup ratio {train.warmup_ratio}",
-        "max_length": train.max_length, "packing": train.packing, "precision": precision, "seed": seed,
+        "max_length": train.max_length,
+        "packing": train.packing,
+        "precision": precision,
+        "seed": seed,
     }
     if method != "full":
-        hyper["lora"] = (f"r={train.lora_r}, alpha={train.lora_alpha}, dropout={train.lora_dropout}, "
-                         f"targets={','.join(train.lora_target_modules)}")
+        hyper["lora"] = (
+            f"r={train.lora_r}, alpha={train.lora_alpha}, dropout={train.lora_dropout}, "
+            f"targets={','.join(train.lora_target_modules)}"
+        )
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    write_model_card(out_dir / "model_card.md", {
-        "name": out_dir.name, "base_model": str(base_path), "method": method, "template": template,
-        "response_marker": train.response_marker, "data": data_info, "hyperparameters": hyper,
-        "performance": performance, "outputs": outputs, "device": device,
-    })
+    write_model_card(
+        out_dir / "model_card.md",
+        {
+            "name": out_dir.name,
+            "base_model": str(base_path),
+            "method": method,
+            "template": template,
+            "response_marker": train.response_marker,
+            "data": data_info,
+            "hyperparameters": hyper,
+            "performance": performance,
+            "outputs": outputs,
+            "device": device,
+        },
+    )
     if not train.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return finish_stage(
-        stage, config=semantic_dict(config), rows={"train_rows": len(examples), "bad_rows": bad.bad},
-        models={"base": str(base_path)}, seeds={"train": seed},
-        extra={"method": method, "template": template, "response_marker": train.response_marker,
-               "data": data_info, "bad_rows": bad.as_dict(), "outputs": outputs,
-               "performance": performance, "hyperparameters": hyper},
+        stage,
+        config=semantic_dict(config),
+        rows={"train_rows": len(examples), "bad_rows": bad.bad},
+        models={"base": str(base_path)},
+        seeds={"train": seed},
+        extra={
+            "method": method,
+            "template": template,
+            "response_marker": train.response_marker,
+            "data": data_info,
+            "bad_rows": bad.as_dict(),
+            "outputs": outputs,
+            "performance": performance,
+            "hyperparameters": hyper,
+        },
     )
 
 
@@ -282,8 +342,11 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
     """The newest complete checkpoint; a half-written one (killed mid-save) has no trainer_state.json."""
     if not ckpt_dir.is_dir():
         return None
-    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
-            and p.name.split("-")[-1].isdigit()]
+    done = [
+        p
+        for p in ckpt_dir.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()
+    ]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
@@ -296,7 +359,9 @@ def load_model(base_path: Path, method: str, compute_dtype, trust_remote_code: b
         from transformers import BitsAndBytesConfig  # bitsandbytes itself is imported only here, lazily
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
@@ -336,6 +401,6 @@ def merge_adapter(base_path: Path, adapter: Path, target: Path, tokenizer) -> st
 
 
 def _read_metrics(path: Path) -> list[dict]:
-    from pipeline.jsonio import read_jsonl_tolerant
+    from pipeline.core.jsonio import read_jsonl_tolerant
 
     return [r for r in read_jsonl_tolerant(path) if "loss" in r]

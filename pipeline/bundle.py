@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Config, to_yaml
-from pipeline.data_paths import ROOT, seeds_path, testset_path
-from pipeline.jsonio import InputError, atomic_write_text, write_json
-from pipeline.manifest import file_sha256
-from pipeline.models import MARKER, resolve_model
+from pipeline.core.jsonio import InputError, atomic_write_text, write_json
+from pipeline.core.manifest import file_sha256
+from pipeline.core.models import MARKER, resolve_model
+from pipeline.core.paths import ROOT, seeds_path, testset_path
 
 CHECKSUMS = "SHA256SUMS"
 # The project itself is built as a wheel separately, not downloaded.
@@ -69,14 +69,23 @@ def _copy_model(name: str, config: Config, target_root: Path) -> str:
 def _download_wheels(wheels: Path) -> int:
     wheels.mkdir(parents=True, exist_ok=True)
     # --all keeps pip and setuptools: an offline install needs the build backend as a wheel too.
-    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
-                            capture_output=True, text=True, check=True).stdout.splitlines()
-    requirements = [line for line in freeze
-                    if line and not line.startswith("#") and line.split("==")[0].lower() not in SKIP_PACKAGES]
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    requirements = [
+        line
+        for line in freeze
+        if line and not line.startswith("#") and line.split("==")[0].lower() not in SKIP_PACKAGES
+    ]
     req_file = wheels / "requirements.txt"
     req_file.write_text("\n".join(requirements) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), "-r", str(req_file)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), "-r", str(req_file)],
+        check=True,
+    )
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)], check=True)
     return len(list(wheels.glob("*.whl")))
 
@@ -84,8 +93,11 @@ def _download_wheels(wheels: Path) -> int:
 def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     """Copy models, data and wheels into `out` and write the checksums last."""
     m = config.models
-    names = {role: name for role, name in
-             {"evolver": m.evolver, "responder": m.responder, "base": m.base, "judge": m.judge}.items() if name}
+    names = {
+        role: name
+        for role, name in {"evolver": m.evolver, "responder": m.responder, "base": m.base, "judge": m.judge}.items()
+        if name
+    }
     for role, name in names.items():  # every model must exist before anything is copied
         try:
             resolve_model(name, m.dir)

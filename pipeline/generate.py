@@ -14,10 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, stable_hash
+from pipeline.core.jsonio import (
+    InputError,
+    append_jsonl,
+    iter_jsonl,
+    read_json,
+    read_jsonl_tolerant,
+    write_json,
+    write_jsonl,
+)
+from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, Engine, generate_in_chunks
-from pipeline.jsonio import (InputError, append_jsonl, iter_jsonl, read_json, read_jsonl_tolerant,
-                             write_json, write_jsonl)
-from pipeline.seeds import derive_seed
 
 ROLES = {"system", "user", "assistant"}
 
@@ -28,7 +35,7 @@ def load_prompts(path: str | Path) -> list[dict]:
     for lineno, record in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if "id" not in record or record["id"] in (None, ""):
-            raise InputError(f"{where}: missing \"id\".")
+            raise InputError(f'{where}: missing "id".')
         item_id = str(record["id"])
         if item_id in seen:
             raise InputError(f"{where}: duplicate id {item_id!r} (first seen on line {seen[item_id]}).")
@@ -36,12 +43,16 @@ def load_prompts(path: str | Path) -> list[dict]:
         if "messages" in record:
             messages = record["messages"]
             if not isinstance(messages, list) or not messages:
-                raise InputError(f"{where}: \"messages\" must be a non-empty list.")
+                raise InputError(f'{where}: "messages" must be a non-empty list.')
             for message in messages:
-                if not isinstance(message, dict) or message.get("role") not in ROLES \
-                        or not isinstance(message.get("content"), str):
-                    raise InputError(f"{where}: each message needs a role ({', '.join(sorted(ROLES))}) "
-                                     f"and a string content.")
+                if (
+                    not isinstance(message, dict)
+                    or message.get("role") not in ROLES
+                    or not isinstance(message.get("content"), str)
+                ):
+                    raise InputError(
+                        f"{where}: each message needs a role ({', '.join(sorted(ROLES))}) and a string content."
+                    )
             if not any(m["content"].strip() for m in messages):
                 raise InputError(f"{where}: all messages are empty.")
         elif "prompt" in record:
@@ -50,7 +61,7 @@ def load_prompts(path: str | Path) -> list[dict]:
                 raise InputError(f"{where}: empty prompt.")
             messages = [{"role": "user", "content": prompt}]
         else:
-            raise InputError(f"{where}: needs a \"prompt\" string or a \"messages\" list.")
+            raise InputError(f'{where}: needs a "prompt" string or a "messages" list.')
         rows.append({"id": item_id, "messages": messages})
     if not rows:
         raise InputError(f"{path}: no prompts in the file.")
@@ -59,9 +70,15 @@ def load_prompts(path: str | Path) -> list[dict]:
 
 def settings_of(config: Config, model_path: str) -> dict:
     e = config.engine
-    return {"model": model_path, "seed": config.run.seed, "max_tokens": e.max_tokens,
-            "temperature": e.temperature, "top_p": e.top_p, "max_model_len": e.max_model_len,
-            "dtype": e.dtype}
+    return {
+        "model": model_path,
+        "seed": config.run.seed,
+        "max_tokens": e.max_tokens,
+        "temperature": e.temperature,
+        "top_p": e.top_p,
+        "max_model_len": e.max_model_len,
+        "dtype": e.dtype,
+    }
 
 
 def check_resumable(out: Path, settings: dict) -> list[dict]:
@@ -71,36 +88,50 @@ def check_resumable(out: Path, settings: dict) -> list[dict]:
         write_json(meta_path, settings)
         return []
     if not meta_path.exists() or read_json(meta_path) != settings:
-        raise InputError(f"{out} already exists and was not written with these settings; "
-                         f"pass another --out or remove it (nothing was overwritten).")
+        raise InputError(
+            f"{out} already exists and was not written with these settings; "
+            f"pass another --out or remove it (nothing was overwritten)."
+        )
     return read_jsonl_tolerant(out)
 
 
-def run_generate(engine: Engine, rows: list[dict], out: Path, config: Config, settings: dict,
-                 finished: list[dict]) -> dict:
+def run_generate(
+    engine: Engine, rows: list[dict], out: Path, config: Config, settings: dict, finished: list[dict]
+) -> dict:
     """Generate what `finished` (from `check_resumable`, read before the model loaded) lacks."""
     done = {record["id"]: record for record in finished}
     todo = [row for row in rows if row["id"] not in done]
     requests = (
-        ChatRequest(id=row["id"], messages=row["messages"],
-                    seed=derive_seed(config.run.seed, row["id"], "generate"))
+        ChatRequest(id=row["id"], messages=row["messages"], seed=derive_seed(config.run.seed, row["id"], "generate"))
         for row in todo
     )
 
     def save(chunk: list[ChatRequest], results) -> None:
-        records = [{
-            "id": result.id, "text": result.text, "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
-            "model": engine.model_name, "seed": request.seed,
-        } for request, result in zip(chunk, results)]
+        records = [
+            {
+                "id": result.id,
+                "text": result.text,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "finish_reason": result.finish_reason,
+                "model": engine.model_name,
+                "seed": request.seed,
+            }
+            for request, result in zip(chunk, results)
+        ]
         append_jsonl(out, records)
         done.update((record["id"], record) for record in records)
 
-    stats = generate_in_chunks(engine, requests, config.engine.chunk_size, save, total=len(todo),
-                               desc="generate")
+    stats = generate_in_chunks(engine, requests, config.engine.chunk_size, save, total=len(todo), desc="generate")
     # All chunks are in: rewrite once in input order (a resumed run appended out of order).
     write_jsonl(out, (done[row["id"]] for row in rows))
-    return {"requests": len(rows), "generated": stats.requests, "reused": len(rows) - len(todo),
-            "completion_tokens": stats.completion_tokens, "too_long": stats.too_long,
-            "seconds": round(stats.seconds, 1), "tokens_per_second": round(stats.tokens_per_second, 1),
-            "settings_hash": stable_hash(settings)}
+    return {
+        "requests": len(rows),
+        "generated": stats.requests,
+        "reused": len(rows) - len(todo),
+        "completion_tokens": stats.completion_tokens,
+        "too_long": stats.too_long,
+        "seconds": round(stats.seconds, 1),
+        "tokens_per_second": round(stats.tokens_per_second, 1),
+        "settings_hash": stable_hash(settings),
+    }

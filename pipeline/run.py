@@ -24,12 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config, semantic_dict, stable_hash, to_dict, to_yaml
-from pipeline.data_paths import seeds_path, testset_path
-from pipeline.jsonio import InputError
-from pipeline.manifest import write_run_manifest
-from pipeline.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
-
-REFERENCE = "reference"
+from pipeline.core.jsonio import InputError
+from pipeline.core.manifest import write_run_manifest
+from pipeline.core.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
+from pipeline.core.paths import REFERENCE, label, seeds_path, testset_path
 
 
 @dataclass
@@ -42,10 +40,6 @@ class Step:
     @property
     def command(self) -> list[str]:
         return [*(self.launcher or [sys.executable, "-m", "pipeline"]), *self.args]
-
-
-def label(k: int) -> str:
-    return f"C{k}"
 
 
 def check_run_config(config: Config) -> None:
@@ -64,8 +58,10 @@ def check_run_config(config: Config) -> None:
     if not test.is_file():
         raise InputError(f"Test set {test} not found (eval.testset).")
     if config.run.train_processes > 1 and not Path(config.run.accelerate_config).is_file():
-        raise InputError(f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
-                         f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/.")
+        raise InputError(
+            f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
+            f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/."
+        )
     if config.engine.data_parallel_size < 1 or config.engine.tensor_parallel_size < 1:
         raise InputError("engine.data_parallel_size and engine.tensor_parallel_size must be at least 1.")
 
@@ -92,11 +88,32 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
     steps = [Step("evolve", "evolve", ["evolve", *common, "--rounds", str(max(rounds)), "--out", str(run_dir)])]
     launcher = None
     if config.run.train_processes > 1:  # multi-GPU training: the same command under accelerate
-        launcher = ["accelerate", "launch", "--config_file", config.run.accelerate_config,
-                    "--num_processes", str(config.run.train_processes), "-m", "pipeline"]
+        launcher = [
+            "accelerate",
+            "launch",
+            "--config_file",
+            config.run.accelerate_config,
+            "--num_processes",
+            str(config.run.train_processes),
+            "-m",
+            "pipeline",
+        ]
     for k in rounds:
-        steps.append(Step("train", label(k), ["train", *common, "--data", str(run_dir / "data" / f"{label(k)}.jsonl"),
-                                              "--out", str(run_dir / "sft" / label(k))], launcher))
+        steps.append(
+            Step(
+                "train",
+                label(k),
+                [
+                    "train",
+                    *common,
+                    "--data",
+                    str(run_dir / "data" / f"{label(k)}.jsonl"),
+                    "--out",
+                    str(run_dir / "sft" / label(k)),
+                ],
+                launcher,
+            )
+        )
     answers = run_dir / "answers"
     reference_model = config.models.responder or config.models.evolver
     # When the reference model is the base model (the tiny default), its answers come from the
@@ -105,22 +122,48 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
     if config.train.method in ("lora", "qlora"):
         adapters = [f"--adapter={label(k)}={run_dir / 'sft' / label(k) / 'adapter'}" for k in rounds]
         base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
-        steps.append(Step("answer", "adapters", ["answer", *common, "--model", config.models.base, *base,
-                                                 *adapters, "--out", str(answers)]))
+        steps.append(
+            Step(
+                "answer",
+                "adapters",
+                ["answer", *common, "--model", config.models.base, *base, *adapters, "--out", str(answers)],
+            )
+        )
     else:
         reference_with_base = False
         for k in rounds:
-            steps.append(Step("answer", label(k), ["answer", *common, "--model", str(run_dir / "sft" / label(k) / "model"),
-                                                   "--label", label(k), "--out", str(answers)]))
+            steps.append(
+                Step(
+                    "answer",
+                    label(k),
+                    [
+                        "answer",
+                        *common,
+                        "--model",
+                        str(run_dir / "sft" / label(k) / "model"),
+                        "--label",
+                        label(k),
+                        "--out",
+                        str(answers),
+                    ],
+                )
+            )
     if config.run.reference and not reference_with_base:
-        steps.append(Step("answer", REFERENCE, ["answer", *common, "--model", reference_model,
-                                                "--label", REFERENCE, "--out", str(answers)]))
+        steps.append(
+            Step(
+                "answer",
+                REFERENCE,
+                ["answer", *common, "--model", reference_model, "--label", REFERENCE, "--out", str(answers)],
+            )
+        )
     judged = [(label(k), label(0)) for k in rounds if k != 0]
     if config.run.reference:
         judged += [(label(k), REFERENCE) for k in rounds]
     if judged:  # one judge process, one engine start, for every comparison
         pairs = [arg for a, b in judged for arg in ("--answers", str(answers / a), "--baseline", str(answers / b))]
-        steps.append(Step("judge", f"{len(judged)} comparisons", ["judge", *common, *pairs, "--out", str(run_dir / "judge")]))
+        steps.append(
+            Step("judge", f"{len(judged)} comparisons", ["judge", *common, *pairs, "--out", str(run_dir / "judge")])
+        )
     # Complexity and diversity per round (evol analyze): last, so it never delays the models.
     steps.append(Step("analyze", "analysis", ["analyze", *common, str(run_dir)]))
     return steps
@@ -139,7 +182,7 @@ def run_pipeline(config: Config) -> Path:
     for number, step in enumerate(steps, start=1):
         print(f"\n=== [{number}/{len(steps)}] {step.stage} {step.label} ===", file=sys.stderr, flush=True)
         _run_step(step)
-    from pipeline.ablation import write_run_report
+    from pipeline.report import write_run_report
 
     report = write_run_report(run_dir, config)
     print(f"\nDone in {time.time() - started:.0f} s: {report}", file=sys.stderr)
@@ -152,7 +195,10 @@ def _run_step(step: Step) -> None:
         code = process.wait()
     except KeyboardInterrupt:
         process.wait()
-        raise InputError(f"Interrupted during {step.stage} {step.label}; run the same command again to resume.")
+        message = f"Interrupted during {step.stage} {step.label}; run the same command again to resume."
+        raise InputError(message) from None  # the interruption is the message; its traceback helps no one
     if code != 0:
-        raise InputError(f"Stage {step.stage} {step.label} failed (exit status {code}); its message is above. "
-                         f"Finished stages are kept: fix the cause and rerun the same command to continue.")
+        raise InputError(
+            f"Stage {step.stage} {step.label} failed (exit status {code}); its message is above. "
+            f"Finished stages are kept: fix the cause and rerun the same command to continue."
+        )

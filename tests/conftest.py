@@ -40,6 +40,6 @@ def real_seed_tasks() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """SmolLM2-135M-Instruct as a plain HF directory in the project's model store (prepared once)."""
-    from pipeline.models import prepare_alias
+    from pipeline.core.models import prepare_alias
 
     return prepare_alias("smollm2-135m", os.environ.get("EVOL_MODELS_DIR") or ROOT / "models").path

@@ -4,34 +4,45 @@ import re
 
 import pytest
 
-from evolve_local.analysis_config import AnalysisConfig
-from evolve_local.complexity import (DIFFICULTY_PROMPT, SCORE_REGEX, difficulty_request, parse_difficulty,
-                                     rating_record)
+from eval.analysis.complexity import (
+    DIFFICULTY_PROMPT,
+    SCORE_REGEX,
+    difficulty_request,
+    parse_difficulty,
+    rating_record,
+)
+from pipeline.config.analysis import AnalysisConfig
 from pipeline.engine import ChatResult
 
 
-@pytest.mark.parametrize("text, score, method", [
-    ("7\nSeveral constraints must be met at once.", 7, "first_line"),
-    ("10\nExpert knowledge.", 10, "first_line"),
-    ("**6**\nTwo parts.", 6, "first_line"),
-    ("Difficulty: 4\nOne step.", 4, "first_line"),
-    ("8/10", 8, "first_line"),
-    ("3 - a single everyday step", 3, "leading"),
-    ("I would rate this task a difficulty of 5 because it has parts.", 5, "labelled"),
-    ("This is about a 6 out of 10 overall.", 6, "out_of_ten"),
-])
+@pytest.mark.parametrize(
+    "text, score, method",
+    [
+        ("7\nSeveral constraints must be met at once.", 7, "first_line"),
+        ("10\nExpert knowledge.", 10, "first_line"),
+        ("**6**\nTwo parts.", 6, "first_line"),
+        ("Difficulty: 4\nOne step.", 4, "first_line"),
+        ("8/10", 8, "first_line"),
+        ("3 - a single everyday step", 3, "leading"),
+        ("I would rate this task a difficulty of 5 because it has parts.", 5, "labelled"),
+        ("This is about a 6 out of 10 overall.", 6, "out_of_ten"),
+    ],
+)
 def test_parse_difficulty_readable_forms(text, score, method):
     parsed = parse_difficulty(text)
     assert (parsed.score, parsed.method, parsed.error) == (score, method, None)
 
 
-@pytest.mark.parametrize("text, error", [
-    ("", "empty judge output"),
-    ("1. Open the file.\n2. Read it.", "no score found"),  # the judge did the task instead
-    ("Snow falls softly on the hill.", "no score found"),
-    ("Difficulty: 12", "score 12 is outside 1-10 (first_line)"),
-    ("0\nTrivial.", "score 0 is outside 1-10 (first_line)"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("", "empty judge output"),
+        ("1. Open the file.\n2. Read it.", "no score found"),  # the judge did the task instead
+        ("Snow falls softly on the hill.", "no score found"),
+        ("Difficulty: 12", "score 12 is outside 1-10 (first_line)"),
+        ("0\nTrivial.", "score 0 is outside 1-10 (first_line)"),
+    ],
+)
 def test_parse_difficulty_failures_are_reasons_not_crashes(text, error):
     parsed = parse_difficulty(text)
     assert parsed.score is None and parsed.error == error
@@ -60,6 +71,12 @@ def test_request_is_greedy_constrained_and_clips_long_instructions():
 def test_rating_record_keeps_raw_text_and_marks_too_long():
     item = {"id": "x", "round": 2, "operation": "deepen"}
     ok = rating_record(item, ChatResult("x", "6\nTwo parts.", 10, 4, "stop"), False, "k")
-    assert (ok["score"], ok["method"], ok["raw"], ok["round"], ok["rating_key"]) == (6, "first_line", "6\nTwo parts.", 2, "k")
+    assert (ok["score"], ok["method"], ok["raw"], ok["round"], ok["rating_key"]) == (
+        6,
+        "first_line",
+        "6\nTwo parts.",
+        2,
+        "k",
+    )
     long = rating_record(item, ChatResult("x", "", 3000, 0, "too_long"), True, "k")
     assert long["score"] is None and "instruction_max_chars" in long["error"] and long["instruction_clipped"]

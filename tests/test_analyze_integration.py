@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from evolve_local.analysis_config import AnalysisConfig
-from evolve_local.analyze import analyze_run
-from evolve_local.embed import MiniLMEmbedder
+from eval.analysis.analyze import analyze_run
+from eval.analysis.embed import MiniLMEmbedder
+from eval.analysis.metrics import mean_pairwise_cosine_distance
 from evolve_local.evolve import run_evolve
-from evolve_local.metrics import mean_pairwise_cosine_distance
-from pipeline.jsonio import read_jsonl
+from pipeline.config.analysis import AnalysisConfig
+from pipeline.core.jsonio import read_jsonl
 from tests.test_evolve_loop import Factory, make_config
 
 pytestmark = pytest.mark.integration
@@ -23,8 +23,13 @@ def embedder():
 
 def test_minilm_loads_offline_and_measures_meaning(embedder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    vectors = embedder(["How do I bake bread at home?", "What is a simple recipe for homemade bread?",
-                        "Explain how a transistor amplifies a signal."])
+    vectors = embedder(
+        [
+            "How do I bake bread at home?",
+            "What is a simple recipe for homemade bread?",
+            "Explain how a transistor amplifies a signal.",
+        ]
+    )
     assert vectors.shape == (3, 384)
     close = mean_pairwise_cosine_distance(vectors[:2])
     far = mean_pairwise_cosine_distance(vectors[[0, 2]])
@@ -34,8 +39,15 @@ def test_minilm_loads_offline_and_measures_meaning(embedder, monkeypatch):
 
 
 def test_analysis_with_the_real_judge_and_embedder(tmp_path, tiny_model, embedder):
-    config = make_config(tmp_path, "engine.kv_cache_gb=0.5", "engine.enforce_eager=true", "engine.max_model_len=512",
-                         "engine.dtype=bfloat16", f"models.judge={tiny_model}", rounds=1)
+    config = make_config(
+        tmp_path,
+        "engine.kv_cache_gb=0.5",
+        "engine.enforce_eager=true",
+        "engine.max_model_len=512",
+        "engine.dtype=bfloat16",
+        f"models.judge={tiny_model}",
+        rounds=1,
+    )
     run_evolve(config, tmp_path / "run", Factory().models, quiet=True)
     config.analysis = AnalysisConfig(difficulty_per_round=3, difficulty_max_tokens=24, projection="tsne", clusters=4)
     result = analyze_run(config, tmp_path / "run", embedder=embedder)  # starts the real judge

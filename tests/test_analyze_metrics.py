@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from evolve_local import metrics
-from evolve_local.analyze import sample
+from eval.analysis import metrics
+from eval.analysis.analyze import sample
 
 
 def test_word_count_matches_the_elimination_rules():
@@ -14,18 +14,21 @@ def test_word_count_matches_the_elimination_rules():
     assert metrics.word_count("") == 0
 
 
-@pytest.mark.parametrize("text, kinds", [
-    ("Find the best month.\n\n| month | sales |\n|---|---|\n| Jan | 120 |", ["table"]),
-    ("Explain this:\n```python\ndef f(x):\n    return x\n```", ["code_block", "code"]),
-    ('Given the record {"id": 17, "city": "Lyon"}, find the customers in the same city.', ["json"]),
-    ('Summarise <order><item qty="2">pen</item></order> in one line.', ["xml"]),
-    ("Optimise SELECT name FROM customers WHERE city = 'Lyon'.", ["sql"]),
-    ("Plot these rows:\nyear,sales,cost\n2021,10,4\n2022,12,5\n2023,15,7", ["csv"]),
-    ("Print the list of planets and return the biggest one.", []),  # prose words, not code
-    ("The model learns to select the best sentences from each report.", []),  # prose, not SQL
-    ("Fix this: select name, city from customers where id = 3", ["sql"]),
-    ("Write a poem about snow {and ice}.", []),  # braces that are not JSON
-])
+@pytest.mark.parametrize(
+    "text, kinds",
+    [
+        ("Find the best month.\n\n| month | sales |\n|---|---|\n| Jan | 120 |", ["table"]),
+        ("Explain this:\n```python\ndef f(x):\n    return x\n```", ["code_block", "code"]),
+        ('Given the record {"id": 17, "city": "Lyon"}, find the customers in the same city.', ["json"]),
+        ('Summarise <order><item qty="2">pen</item></order> in one line.', ["xml"]),
+        ("Optimise SELECT name FROM customers WHERE city = 'Lyon'.", ["sql"]),
+        ("Plot these rows:\nyear,sales,cost\n2021,10,4\n2022,12,5\n2023,15,7", ["csv"]),
+        ("Print the list of planets and return the biggest one.", []),  # prose words, not code
+        ("The model learns to select the best sentences from each report.", []),  # prose, not SQL
+        ("Fix this: select name, city from customers where id = 3", ["sql"]),
+        ("Write a poem about snow {and ice}.", []),  # braces that are not JSON
+    ],
+)
 def test_attached_data_kinds(text, kinds):
     assert metrics.attached_data_kinds(text) == kinds
     assert metrics.has_attached_data(text) == bool(kinds)
@@ -33,8 +36,10 @@ def test_attached_data_kinds(text, kinds):
 
 def test_constraint_clauses_counts_clauses_not_cue_words():
     assert metrics.constraint_clauses("Write a poem about snow.") == 0
-    text = ("Write a poem about snow. It must have exactly four lines and must not rhyme. "
-            "Do not mention winter; use at most 40 words.")
+    text = (
+        "Write a poem about snow. It must have exactly four lines and must not rhyme. "
+        "Do not mention winter; use at most 40 words."
+    )
     assert metrics.constraint_clauses(text) == 3  # the second sentence counts once, the two halves of the last twice
     # words inside attached data are data, not demands
     assert metrics.constraint_clauses("Explain:\n```\nif x must: only()\n```") == 0
@@ -68,7 +73,9 @@ def test_two_far_clusters_give_two_clusters():
     assert metrics.clusters_covered(labels) == 2
     assert metrics.clusters_covered(labels[:15]) == 1  # one blob alone covers one cluster
     assert metrics.cluster_entropy(labels) == pytest.approx(1.0)  # two equal halves: one bit
-    assert metrics.cluster_entropy([0, 0, 0, 1]) == pytest.approx(-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)), abs=1e-4)
+    assert metrics.cluster_entropy([0, 0, 0, 1]) == pytest.approx(
+        -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)), abs=1e-4
+    )
     assert metrics.cluster_entropy([]) is None
 
 
@@ -85,8 +92,12 @@ def test_summaries():
     assert metrics.score_summary([])["mean"] is None
     t = metrics.text_summary(["Write two words.", "Use this table:\n| a |\n| b |"])
     assert t["n"] == 2 and t["attached_data_share"] == 0.5 and t["attached_data_kinds"] == {"table": 1}
-    records = [{"status": "kept"}, {"status": "eliminated", "elimination_rule": "too_long"},
-               {"status": "eliminated", "elimination_rule": "too_long"}, {"status": "kept"}]
+    records = [
+        {"status": "kept"},
+        {"status": "eliminated", "elimination_rule": "too_long"},
+        {"status": "eliminated", "elimination_rule": "too_long"},
+        {"status": "kept"},
+    ]
     surv = metrics.survival(records)
     assert (surv["attempted"], surv["kept"], surv["kept_rate"], surv["eliminated"]["too_long"]) == (4, 2, 0.5, 2)
     rows = [{"round": 0}] * 3 + [{"round": 1}]

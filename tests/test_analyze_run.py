@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from evolve_local.analysis_config import AnalysisConfig
-from evolve_local.analysis_report import analysis_report_json, analysis_section
-from evolve_local.analyze import analyze_run
-from evolve_local.complexity import SCORE_REGEX
+from eval.analysis.analyze import analyze_run
+from eval.analysis.complexity import SCORE_REGEX
+from eval.report.analysis import analysis_report_json, analysis_section
 from evolve_local.evolve import run_evolve
 from pipeline.cli import main
-from pipeline.fake_engine import FakeEngine
-from pipeline.jsonio import InputError, read_json, read_jsonl
+from pipeline.config.analysis import AnalysisConfig
+from pipeline.core.jsonio import InputError, read_json, read_jsonl
+from pipeline.engine.fake import FakeEngine
 from tests.test_evolve_loop import Factory, make_config
 
 
@@ -67,22 +67,30 @@ def test_analysis_numbers_match_the_round_files(evolved, tmp_path):
         survival, expected = result["per_round"][k]["survival"], stats["rounds"][k]
         assert (survival["attempted"], survival["kept"]) == (expected["attempted"], expected["kept"])
         assert survival["eliminated"] == expected["eliminated"]
-    assert [c["rows"] for c in result["cumulative"]] == [len(read_jsonl(run_dir / "data" / f"C{k}.jsonl")) for k in range(3)]
+    assert [c["rows"] for c in result["cumulative"]] == [
+        len(read_jsonl(run_dir / "data" / f"C{k}.jsonl")) for k in range(3)
+    ]
     # the fake evolver appends 13 words per round: kept instructions get longer, and the judge says harder
     words = [r["text"]["kept"]["mean_words"] for r in result["per_round"]]
     assert words[0] < words[1] < words[2]
     means = [r["difficulty"]["mean"] for r in result["per_round"]]
     assert means[0] < means[2]
     ops = result["per_operation"]
-    assert sum(v["attempted"] for v in ops.values()) == stats["rounds"][1]["attempted"] + stats["rounds"][2]["attempted"]
+    assert (
+        sum(v["attempted"] for v in ops.values()) == stats["rounds"][1]["attempted"] + stats["rounds"][2]["attempted"]
+    )
     assert all(r["diversity"]["clusters_covered"] <= 3 for r in result["cumulative"])
     assert result["cumulative"][2]["diversity"]["n"] == result["cumulative"][2]["rows"]
 
     ratings = read_jsonl(out / "ratings.jsonl")
-    kept_total = sum(len([r for r in read_jsonl(run_dir / "evolve" / f"round_{k}.jsonl") if r["status"] == "kept"])
-                     for k in range(3))
+    kept_total = sum(
+        len([r for r in read_jsonl(run_dir / "evolve" / f"round_{k}.jsonl") if r["status"] == "kept"])
+        for k in range(3)
+    )
     assert len(ratings) == kept_total  # 50 per round is more than this run has: every kept one is rated
-    instructions = {r["id"]: r["instruction"] for k in range(3) for r in read_jsonl(run_dir / "evolve" / f"round_{k}.jsonl")}
+    instructions = {
+        r["id"]: r["instruction"] for k in range(3) for r in read_jsonl(run_dir / "evolve" / f"round_{k}.jsonl")
+    }
     garbled = [r for r in ratings if "GARBLE" in instructions[r["id"]]]
     assert garbled and all(r["score"] is None and r["error"] == "no score found" and r["raw"] for r in garbled)
     assert all(r["score"] is not None and r["method"] == "first_line" for r in ratings if r not in garbled)
@@ -94,7 +102,11 @@ def test_analysis_numbers_match_the_round_files(evolved, tmp_path):
     assert read_json(out / "analysis.json") == json.loads(json.dumps(result))
     assert (out / "manifest.json").is_file() and len(read_jsonl(out / "projection.jsonl")) > 0
     assert sorted(p.split("/")[-1] for p in result["plots"]) == [
-        "difficulty_per_round.png", "diversity_per_round.png", "projection_by_round.png", "survival_per_operation.png"]
+        "difficulty_per_round.png",
+        "diversity_per_round.png",
+        "projection_by_round.png",
+        "survival_per_operation.png",
+    ]
 
     # a finished analysis is skipped: the judge is not asked again
     again = FakeEngine(judge)
@@ -190,7 +202,11 @@ def test_rounds_that_keep_nothing_give_empty_numbers_not_errors(tmp_path):
     empty = result["per_round"][2]
     assert empty["survival"]["kept"] == 0 and empty["survival"]["eliminated"]["no_information_gain"] == 3
     assert empty["difficulty"]["mean"] is None and empty["text"]["kept"]["n"] == 0
-    assert empty["diversity"] == {"n": 0, "mean_pairwise_cosine_distance": None, "clusters_covered": 0,
-                                  "cluster_entropy_bits": None}
+    assert empty["diversity"] == {
+        "n": 0,
+        "mean_pairwise_cosine_distance": None,
+        "clusters_covered": 0,
+        "cluster_entropy_bits": None,
+    }
     assert result["cumulative"][2]["diversity"] == result["cumulative"][0]["diversity"]  # C2 == C0
     assert analysis_section(tmp_path / "run").tables[0][1][2][5] == "- (0)"

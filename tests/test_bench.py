@@ -8,27 +8,44 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.bench import (bench_ablation, bench_command, generation_summary, parse_only, parse_scales, watched)
-from pipeline.bench_report import measurement_summaries, render_markdown, spread
-from pipeline.bench_worker import spread_sample
-from pipeline.jsonio import InputError
+from benchmarks.bench import bench_ablation, bench_command, generation_summary, parse_only, parse_scales, watched
+from benchmarks.report import measurement_summaries, render_markdown, spread
+from benchmarks.worker import spread_sample
+from pipeline.core.jsonio import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def proc(seconds=10.0, rss=1000.0):
-    return {"command": "x", "seconds": seconds, "peak_rss_mb": rss, "load_average_at_start": [1.0, 1.0, 1.0],
-            "killed": False, "log": "x.log"}
+    return {
+        "command": "x",
+        "seconds": seconds,
+        "peak_rss_mb": rss,
+        "load_average_at_start": [1.0, 1.0, 1.0],
+        "killed": False,
+        "log": "x.log",
+    }
 
 
 def throughput_runs(stage_seconds, raw_seconds) -> list[dict]:
     runs = []
     for rep, (a, b) in enumerate(zip(stage_seconds, raw_seconds)):
         for mode, slower in (("chained", 0.0), ("by_step", 2.0)):
-            stage = {"seconds": a + slower, "completion_tokens": 900, "requests": 30, "engine_calls": 4,
-                     "generate_seconds": a + slower - 1, "tokens_per_second": round(900 / (a + slower), 2)}
-            raw = {"seconds": b, "completion_tokens": 900, "requests": 30, "engine_calls": 1,
-                   "tokens_per_second": round(900 / b, 2)}
+            stage = {
+                "seconds": a + slower,
+                "completion_tokens": 900,
+                "requests": 30,
+                "engine_calls": 4,
+                "generate_seconds": a + slower - 1,
+                "tokens_per_second": round(900 / (a + slower), 2),
+            }
+            raw = {
+                "seconds": b,
+                "completion_tokens": 900,
+                "requests": 30,
+                "engine_calls": 1,
+                "tokens_per_second": round(900 / b, 2),
+            }
             runs.append({"mode": mode, "rep": rep, "stage": stage, "raw": raw})
     return runs
 
@@ -36,38 +53,105 @@ def throughput_runs(stage_seconds, raw_seconds) -> list[dict]:
 def results_fixture() -> dict:
     gen = {"chunks": 10, "requests": 40, "seconds": 50.0, "completion_tokens": 3000}
     return {
-        "machine": {"cpu": "Test CPU", "usable_cores": 2, "logical_cores": 2, "ram_gb": 8, "gpus": [],
-                    "platform": "linux", "versions": {"python": "3.11", "vllm": "0.32.0"}, "git_sha": "abc",
-                    "date": "2026-01-01"},
-        "config_file": "configs/bench-tiny.yaml", "overrides": [], "model": "smollm2-135m",
+        "machine": {
+            "cpu": "Test CPU",
+            "usable_cores": 2,
+            "logical_cores": 2,
+            "ram_gb": 8,
+            "gpus": [],
+            "platform": "linux",
+            "versions": {"python": "3.11", "vllm": "0.32.0"},
+            "git_sha": "abc",
+            "date": "2026-01-01",
+        },
+        "config_file": "configs/bench-tiny.yaml",
+        "overrides": [],
+        "model": "smollm2-135m",
         "sizes": {"repeats": 3, "rounds": 2},
         "measurements": {
-            "throughput": {"load_average_at_start": [1, 1, 1], "process": proc(), "engine_start_seconds": 30.0,
-                           "round": 1, "modes": ["chained", "by_step"],
-                           "sizes": [{"seeds": 8, "runs": throughput_runs((10.0, 12.0, 9.0), (9.0, 10.0, 9.0))},
-                                     {"seeds": 32, "runs": throughput_runs((20.0, 21.0, 22.0), (20.0, 20.0, 20.0))}],
-                           "requests_file": {"path": "requests.jsonl", "seeds": 8, "mode": "chained", "rep": 0}},
-            "naive": {"load_average_at_start": [1, 1, 1], "process": proc(), "dtype": "float32", "prompts": 3,
-                      "of_requests": 30, "seconds": 90.0, "completion_tokens": 180, "tokens_per_second": 2.0,
-                      "seconds_per_prompt": 30.0, "extrapolated_round_seconds": 900.0, "torch_threads": 2,
-                      "stage_seeds": 8, "stage_mode": "chained"},
-            "resume": {"rounds": 2, "chunk_size": 4, "first": proc(100.0), "second": proc(4.0),
-                       "killed": {**proc(50.0), "killed": True}, "resumed": proc(70.0),
-                       "uninterrupted_generation": gen, "generation_before_kill": {**gen, "requests": 20},
-                       "interrupted_generation": {**gen, "seconds": 52.0}, "same_training_sets": True},
-            "ablation": {"rounds": 2, "requests_per_round": {"0": {"answer": 8}}, "single_evolution_requests": 40,
-                         "plan_evolve_steps": ["evolve --rounds 2"], "ablation_requests": 40,
-                         "separate_evolutions_requests": 90},
-            "training": {"data": "C2.jsonl", "max_steps": 2, "runs": [
-                {"method": m, "packing": p, "process": proc(), "data": {},
-                 "performance": {"train_tokens_per_second": 50.0, "train_runtime_s": 5.0, "first_loss": 1.0,
-                                 "last_loss": 0.9, "memory": {"cpu_peak_rss_mb": 900.0}}}
-                for m in ("lora", "full") for p in (False, True)]},
-            "judge": {"items": 6, "pair": "tuned__vs__base", "answer_process": proc(), "judge_process": proc(40.0),
-                      "throughput": {"requests": 12, "seconds": 6.0}, "rows": {}},
-            "scaling": {"rounds": 1, "runs": [
-                {"seeds": n, "process": proc(30.0 + n), "generation": {**gen, "seconds": float(n)}}
-                for n in (4, 8, 16)]},
+            "throughput": {
+                "load_average_at_start": [1, 1, 1],
+                "process": proc(),
+                "engine_start_seconds": 30.0,
+                "round": 1,
+                "modes": ["chained", "by_step"],
+                "sizes": [
+                    {"seeds": 8, "runs": throughput_runs((10.0, 12.0, 9.0), (9.0, 10.0, 9.0))},
+                    {"seeds": 32, "runs": throughput_runs((20.0, 21.0, 22.0), (20.0, 20.0, 20.0))},
+                ],
+                "requests_file": {"path": "requests.jsonl", "seeds": 8, "mode": "chained", "rep": 0},
+            },
+            "naive": {
+                "load_average_at_start": [1, 1, 1],
+                "process": proc(),
+                "dtype": "float32",
+                "prompts": 3,
+                "of_requests": 30,
+                "seconds": 90.0,
+                "completion_tokens": 180,
+                "tokens_per_second": 2.0,
+                "seconds_per_prompt": 30.0,
+                "extrapolated_round_seconds": 900.0,
+                "torch_threads": 2,
+                "stage_seeds": 8,
+                "stage_mode": "chained",
+            },
+            "resume": {
+                "rounds": 2,
+                "chunk_size": 4,
+                "first": proc(100.0),
+                "second": proc(4.0),
+                "killed": {**proc(50.0), "killed": True},
+                "resumed": proc(70.0),
+                "uninterrupted_generation": gen,
+                "generation_before_kill": {**gen, "requests": 20},
+                "interrupted_generation": {**gen, "seconds": 52.0},
+                "same_training_sets": True,
+            },
+            "ablation": {
+                "rounds": 2,
+                "requests_per_round": {"0": {"answer": 8}},
+                "single_evolution_requests": 40,
+                "plan_evolve_steps": ["evolve --rounds 2"],
+                "ablation_requests": 40,
+                "separate_evolutions_requests": 90,
+            },
+            "training": {
+                "data": "C2.jsonl",
+                "max_steps": 2,
+                "runs": [
+                    {
+                        "method": m,
+                        "packing": p,
+                        "process": proc(),
+                        "data": {},
+                        "performance": {
+                            "train_tokens_per_second": 50.0,
+                            "train_runtime_s": 5.0,
+                            "first_loss": 1.0,
+                            "last_loss": 0.9,
+                            "memory": {"cpu_peak_rss_mb": 900.0},
+                        },
+                    }
+                    for m in ("lora", "full")
+                    for p in (False, True)
+                ],
+            },
+            "judge": {
+                "items": 6,
+                "pair": "tuned__vs__base",
+                "answer_process": proc(),
+                "judge_process": proc(40.0),
+                "throughput": {"requests": 12, "seconds": 6.0},
+                "rows": {},
+            },
+            "scaling": {
+                "rounds": 1,
+                "runs": [
+                    {"seeds": n, "process": proc(30.0 + n), "generation": {**gen, "seconds": float(n)}}
+                    for n in (4, 8, 16)
+                ],
+            },
         },
     }
 
@@ -87,7 +171,9 @@ def test_summaries_compare_against_the_issue_targets():
     assert small["modes"]["chained"]["meets_target"] is True
     assert small["modes"]["by_step"]["stage_vs_raw"]["median"] == pytest.approx(0.75, abs=1e-3)  # 9/12
     assert small["modes"]["by_step"]["meets_target"] is False
-    assert large["seeds"] == 32 and large["modes"]["chained"]["stage_vs_raw"]["median"] == pytest.approx(20 / 21, abs=1e-3)
+    assert large["seeds"] == 32 and large["modes"]["chained"]["stage_vs_raw"]["median"] == pytest.approx(
+        20 / 21, abs=1e-3
+    )
     assert s["naive"]["speedup_tokens_per_second"] == pytest.approx(45.0, abs=0.1)  # 90 tok/s median vs 2
     assert s["naive"]["speedup_wall"] == pytest.approx(90.0)  # 900 s extrapolated vs 10 s
     assert s["naive"]["measured_all"] is False and s["naive"]["stage_seeds"] == 8
@@ -110,15 +196,31 @@ def test_a_missed_target_is_reported_as_missed():
     results["measurements"]["resume"]["second"] = proc(20.0)
     results["summary"] = measurement_summaries(results["measurements"])
     assert results["summary"]["resume"]["rerun_meets_target"] is False
-    assert "| 3a | rerun of a finished evolve / first run (wall) | 0.2 | < 0.05 | **missed** |" in render_markdown(results)
+    assert "| 3a | rerun of a finished evolve / first run (wall) | 0.2 | < 0.05 | **missed** |" in render_markdown(
+        results
+    )
 
 
 def test_markdown_names_machine_versions_model_sizes_and_every_section():
     results = results_fixture()
     results["summary"] = measurement_summaries(results["measurements"])
     text = render_markdown(results)
-    for needle in ("Test CPU", "vllm 0.32.0", "smollm2-135m", "repeats=3", "GPU: none", "## 1.", "## 2.", "## 3.",
-                   "## 4.", "## 5.", "## 6.", "## 7.", "## Peak memory per process", "1/5/15"):
+    for needle in (
+        "Test CPU",
+        "vllm 0.32.0",
+        "smollm2-135m",
+        "repeats=3",
+        "GPU: none",
+        "## 1.",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+        "## 7.",
+        "## Peak memory per process",
+        "1/5/15",
+    ):
         assert needle in text, needle
     assert text.count("| lora |") == 2 and text.count("| full |") == 2
     assert "| 5 | training (median tok/s, peak RSS) | lora packing off: 50.0 tok/s, 1,000 MB;" in text
@@ -157,10 +259,21 @@ def write_timing(run: Path, k: int, rows: list[dict]) -> None:
 def test_ablation_counts_requests_from_the_stage_timing_logs(tmp_path):
     full = tmp_path / "resume" / "full"
     write_timing(full, 0, [{"step": "answer", "requests": 8}])
-    write_timing(full, 1, [{"step": "evolve", "requests": 8}, {"step": "check", "requests": 6},
-                           {"step": "answer", "requests": 5}])
-    write_timing(full, 2, [{"step": "evolve", "requests": 4}, {"step": "evolve", "requests": 4},
-                           {"step": "check", "requests": 7}, {"step": "answer", "requests": 3}])
+    write_timing(
+        full,
+        1,
+        [{"step": "evolve", "requests": 8}, {"step": "check", "requests": 6}, {"step": "answer", "requests": 5}],
+    )
+    write_timing(
+        full,
+        2,
+        [
+            {"step": "evolve", "requests": 4},
+            {"step": "evolve", "requests": 4},
+            {"step": "check", "requests": 7},
+            {"step": "answer", "requests": 3},
+        ],
+    )
     (full / "evolve" / "manifest.json").write_text("{}")
     ctx = {"work": tmp_path, "rounds": 2, "config_file": ROOT / "configs" / "bench-tiny.yaml", "overrides": []}
     result = bench_ablation(ctx)
@@ -181,8 +294,12 @@ def test_watched_reports_memory_and_kills_on_request(tmp_path):
     done = watched([sys.executable, "-c", "x = bytearray(50 * 2**20); print('ok')"], tmp_path / "a.log")
     assert not done["killed"] and done["peak_rss_mb"] >= 0 and "ok" in (tmp_path / "a.log").read_text()
     marker = tmp_path / "started"
-    killed = watched([sys.executable, "-c", f"import time, pathlib; pathlib.Path({str(marker)!r}).touch(); time.sleep(60)"],
-                     tmp_path / "b.log", kill_when=marker.exists, poll=0.05)
+    killed = watched(
+        [sys.executable, "-c", f"import time, pathlib; pathlib.Path({str(marker)!r}).touch(); time.sleep(60)"],
+        tmp_path / "b.log",
+        kill_when=marker.exists,
+        poll=0.05,
+    )
     assert killed["killed"] and killed["seconds"] < 30
     with pytest.raises(InputError, match="exit 3"):
         watched([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "c.log")
@@ -200,11 +317,15 @@ def test_option_parsing_rejects_bad_values():
 
 def test_command_fails_in_one_line_before_any_work(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(bench_command, ["--config", str(ROOT / "configs" / "bench-tiny.yaml"), "--only", "warp",
-                                           "--work", str(tmp_path / "w")])
+    result = runner.invoke(
+        bench_command,
+        ["--config", str(ROOT / "configs" / "bench-tiny.yaml"), "--only", "warp", "--work", str(tmp_path / "w")],
+    )
     assert result.exit_code == 2 and "unknown measurement" in result.output
-    result = runner.invoke(bench_command, ["--config", str(ROOT / "configs" / "bench-tiny.yaml"), "--repeats", "0",
-                                           "--work", str(tmp_path / "w")])
+    result = runner.invoke(
+        bench_command,
+        ["--config", str(ROOT / "configs" / "bench-tiny.yaml"), "--repeats", "0", "--work", str(tmp_path / "w")],
+    )
     assert result.exit_code == 2 and "--repeats" in result.output
     result = runner.invoke(bench_command, ["--work", str(tmp_path / "w")])
     assert result.exit_code == 2 and "--config" in result.output
@@ -215,7 +336,9 @@ def test_render_only_rewrites_the_markdown_from_the_results_file(tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({**results_fixture(), "config_file": str(ROOT / "configs" / "bench-tiny.yaml")}))
     markdown = tmp_path / "BENCHMARKS.md"
-    result = CliRunner().invoke(bench_command, ["--render-only", "--results", str(results), "--markdown", str(markdown)])
+    result = CliRunner().invoke(
+        bench_command, ["--render-only", "--results", str(results), "--markdown", str(markdown)]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(results.read_text())["summary"]
     # each repetition spent exactly 1 s outside engine calls: 1/10, 1/12, 1/9 -> median 0.1

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.bundle import make_bundle, verify_checksums
 from pipeline.config import load_config
-from pipeline.jsonio import InputError
-from pipeline.models import resolve_model
+from pipeline.core.jsonio import InputError
+from pipeline.core.models import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +28,16 @@ def bundle_config(tmp_path, model):
     seeds.write_text('{"instruction": "Name a colour."}\n')
     test = tmp_path / "test.jsonl"
     test.write_text('{"idx": 1, "Skill": "x", "Difficulty": 1, "Instruction": "Say hi."}\n')
-    return load_config(None, [f"models.evolver={model}", f"models.base={model}", f"models.judge={model}",
-                              f"evolve.seeds={seeds}", f"eval.testset={test}"])
+    return load_config(
+        None,
+        [
+            f"models.evolver={model}",
+            f"models.base={model}",
+            f"models.judge={model}",
+            f"evolve.seeds={seeds}",
+            f"eval.testset={test}",
+        ],
+    )
 
 
 def test_bundle_round_trip_and_damage_is_named(tmp_path):
@@ -47,8 +55,12 @@ def test_bundle_round_trip_and_damage_is_named(tmp_path):
     with pytest.raises(InputError, match=r"models/tiny-llama/model\.safetensors does not match its checksum"):
         verify_checksums(out)
     # the shell side (run_all.sh --bundle) refuses it before installing anything, naming the file
-    check = subprocess.run(["bash", str(ROOT / "scripts" / "bootstrap.sh")], capture_output=True, text=True,
-                           env={**os.environ, "EVOL_BUNDLE": str(out)})
+    check = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "bootstrap.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EVOL_BUNDLE": str(out)},
+    )
     assert check.returncode == 2
     assert "models/tiny-llama/model.safetensors" in check.stderr and "damaged" in check.stderr
 
@@ -63,11 +75,30 @@ def test_missing_model_is_refused_before_copying(tmp_path):
 def test_wheels_install_with_no_index(tmp_path):
     """The project's own wheel from a bundle installs into a fresh venv with no index."""
     wheels = tmp_path / "wheels"
-    subprocess.run([os.sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
-                   check=True)
+    subprocess.run(
+        [os.sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)], check=True
+    )
     subprocess.run([os.sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
     target = tmp_path / "site"
-    subprocess.run([os.sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                    "--find-links", str(wheels), "--target", str(target), "evol-local"], check=True)
-    assert (target / "pipeline" / "cli.py").is_file()
-    assert (target / "evolve_local" / "data" / "seeds.jsonl").is_file() or not (ROOT / "evolve_local" / "data" / "seeds.jsonl").exists()
+    subprocess.run(
+        [
+            os.sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            str(wheels),
+            "--target",
+            str(target),
+            "evol-local",
+        ],
+        check=True,
+    )
+    assert (target / "pipeline" / "cli" / "__init__.py").is_file()
+    assert (target / "benchmarks" / "bench.py").is_file() and (target / "pipeline" / "engine" / "types.py").is_file()
+    assert (target / "evolve_local" / "data" / "seeds.jsonl").is_file() or not (
+        ROOT / "evolve_local" / "data" / "seeds.jsonl"
+    ).exists()

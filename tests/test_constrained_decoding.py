@@ -22,8 +22,7 @@ def test_equality_verdict_is_constrained_to_the_two_words(tmp_path):
     assert others and all(r.choice is None and r.regex is None for r in others)
 
     free = Factory()
-    run_evolve(make_config(tmp_path, "evolve.constrained_verdict=false"), tmp_path / "run2",
-               free.models, quiet=True)
+    run_evolve(make_config(tmp_path, "evolve.constrained_verdict=false"), tmp_path / "run2", free.models, quiet=True)
     assert all(r.choice is None for r in verdict_requests(free))
 
 

@@ -3,15 +3,17 @@
 import pytest
 
 from pipeline.config import EngineConfig
-from pipeline.engine import ChatRequest, VLLMEngine
+from pipeline.engine import ChatRequest
+from pipeline.engine.vllm_backend import VLLMEngine
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    settings = EngineConfig(dtype="bfloat16", max_model_len=512, max_tokens=32, temperature=0.8,
-                            kv_cache_gb=0.5, enforce_eager=True)
+    settings = EngineConfig(
+        dtype="bfloat16", max_model_len=512, max_tokens=32, temperature=0.8, kv_cache_gb=0.5, enforce_eager=True
+    )
     engine = VLLMEngine(tiny_model, settings, seed=1)
     yield engine
     engine.close()
@@ -19,8 +21,10 @@ def engine(tiny_model):
 
 def requests(seed_base):
     questions = ["Name a fruit.", "What is 2 + 2?", "Say hello in French.", "Name a planet."]
-    return [ChatRequest(id=f"q{i}", messages=[{"role": "user", "content": q}], seed=seed_base + i)
-            for i, q in enumerate(questions)]
+    return [
+        ChatRequest(id=f"q{i}", messages=[{"role": "user", "content": q}], seed=seed_base + i)
+        for i, q in enumerate(questions)
+    ]
 
 
 def test_outputs_are_non_empty_ordered_and_reproducible(engine):
@@ -49,12 +53,19 @@ def test_constrained_decoding_follows_the_choice_and_the_regex(engine):
     from eval.judge import SCORE_LINE_REGEX
 
     ask = [{"role": "user", "content": "Is 'a red car' the same task as 'a car'? Say EQUAL or DIFFERENT."}]
-    judge = [{"role": "user", "content": "Score two replies to 'What is 2+2?': reply 1 says 4, reply 2 says 5. "
-                                         "Give two scores from 1 to 10 and a reason."}]
-    results = engine.generate([
-        ChatRequest(id="verdict", messages=ask, temperature=0.0, choice=["EQUAL", "DIFFERENT"]),
-        ChatRequest(id="scores", messages=judge, temperature=0.0, max_tokens=64, regex=SCORE_LINE_REGEX),
-    ])
+    judge = [
+        {
+            "role": "user",
+            "content": "Score two replies to 'What is 2+2?': reply 1 says 4, reply 2 says 5. "
+            "Give two scores from 1 to 10 and a reason.",
+        }
+    ]
+    results = engine.generate(
+        [
+            ChatRequest(id="verdict", messages=ask, temperature=0.0, choice=["EQUAL", "DIFFERENT"]),
+            ChatRequest(id="scores", messages=judge, temperature=0.0, max_tokens=64, regex=SCORE_LINE_REGEX),
+        ]
+    )
     assert results[0].text in ("EQUAL", "DIFFERENT")
     first_line = results[1].text.split("\n")[0]
     assert re.fullmatch(r"(10|[1-9]) (10|[1-9])", first_line), results[1].text
@@ -72,9 +83,15 @@ def test_dataflow_sends_follow_ups_into_the_running_batch(engine):
         for request, result in pairs:
             finished.append((request.id, request.purpose, result))
             if request.purpose is None and result.finish_reason != "too_long":
-                follow.append(ChatRequest(id=request.id, purpose="verdict", temperature=0.0,
-                                          messages=[{"role": "user", "content": f"Is this polite? {result.text}"}],
-                                          choice=["YES", "NO"]))
+                follow.append(
+                    ChatRequest(
+                        id=request.id,
+                        purpose="verdict",
+                        temperature=0.0,
+                        messages=[{"role": "user", "content": f"Is this polite? {result.text}"}],
+                        choice=["YES", "NO"],
+                    )
+                )
         return follow
 
     run_dataflow(engine, fresh, on_results, window=3)
@@ -93,8 +110,10 @@ def test_seeded_prompts_beyond_one_prefill_step_do_not_crash_the_engine(engine):
     # request's prompt; ~9,600 prompt tokens here need several 4,096-token steps.
     engine.llm.reset_prefix_cache()
     text = "Describe the history of the river and its bridges in detail. " * 30
-    batch = [ChatRequest(id=f"p{i}", messages=[{"role": "user", "content": f"Item {i}. {text}"}], max_tokens=4,
-                         seed=i) for i in range(24)]
+    batch = [
+        ChatRequest(id=f"p{i}", messages=[{"role": "user", "content": f"Item {i}. {text}"}], max_tokens=4, seed=i)
+        for i in range(24)
+    ]
     results = engine.generate(batch)
     assert sum(r.prompt_tokens for r in results) > 2 * 4096
     assert all(r.finish_reason in ("stop", "length") and r.completion_tokens > 0 for r in results)

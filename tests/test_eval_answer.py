@@ -6,9 +6,9 @@ import pytest
 
 from eval.answer import answer_testset, parse_adapters
 from pipeline.config import Config
-from pipeline.data_paths import SAMPLE_TESTSET
-from pipeline.fake_engine import FakeEngine
-from pipeline.jsonio import InputError, read_json, read_jsonl
+from pipeline.core.jsonio import InputError, read_json, read_jsonl
+from pipeline.core.paths import SAMPLE_TESTSET
+from pipeline.engine.fake import FakeEngine
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +71,15 @@ def test_interrupted_run_resumes_and_adapters_only(tmp_path):
 
     out = tmp_path / "answers"
     with pytest.raises(RuntimeError):
-        answer_testset(small_config(chunk=2), out, model, SAMPLE_TESTSET, adapters, adapters_only=True,
-                       engine=FakeEngine(crash_on_item_10))
+        answer_testset(
+            small_config(chunk=2),
+            out,
+            model,
+            SAMPLE_TESTSET,
+            adapters,
+            adapters_only=True,
+            engine=FakeEngine(crash_on_item_10),
+        )
     assert len(read_jsonl(out / "C1" / "answers.jsonl")) == 2 and not (out / "C1" / "manifest.json").exists()
     engine = FakeEngine(by_model)
     answer_testset(small_config(chunk=2), out, model, SAMPLE_TESTSET, adapters, adapters_only=True, engine=engine)
@@ -81,18 +88,25 @@ def test_interrupted_run_resumes_and_adapters_only(tmp_path):
     assert not (out / "model").exists()  # --adapters-only: no base answers
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("C1", "LABEL=PATH"),
-    ("C1=", "LABEL=PATH"),
-    ("C 1={a1}", "must be letters"),
-    ("a__b={a1}", "must be letters"),
-    ("C1={missing}", "not a PEFT adapter directory"),
-    ("C1={big}", "rank 128 exceeds engine.max_lora_rank=64"),
-    ("C1={prefix}", "serves LoRA adapters only"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("C1", "LABEL=PATH"),
+        ("C1=", "LABEL=PATH"),
+        ("C 1={a1}", "must be letters"),
+        ("a__b={a1}", "must be letters"),
+        ("C1={missing}", "not a PEFT adapter directory"),
+        ("C1={big}", "rank 128 exceeds engine.max_lora_rank=64"),
+        ("C1={prefix}", "serves LoRA adapters only"),
+    ],
+)
 def test_bad_adapter_options(tmp_path, spec, message):
-    paths = {"a1": make_adapter(tmp_path / "a1"), "big": make_adapter(tmp_path / "big", rank=128),
-             "prefix": make_adapter(tmp_path / "prefix", peft_type="PREFIX_TUNING"), "missing": tmp_path / "nope"}
+    paths = {
+        "a1": make_adapter(tmp_path / "a1"),
+        "big": make_adapter(tmp_path / "big", rank=128),
+        "prefix": make_adapter(tmp_path / "prefix", peft_type="PREFIX_TUNING"),
+        "missing": tmp_path / "nope",
+    }
     with pytest.raises(InputError, match=message):
         parse_adapters([spec.format(**paths)], 64)
 
@@ -104,7 +118,8 @@ def test_impossible_option_combinations(tmp_path):
     with pytest.raises(InputError, match="given twice"):
         parse_adapters([f"C1={a1}", f"C1={a1}"], 64)
     with pytest.raises(InputError, match="--adapters-only needs"):
-        answer_testset(small_config(), tmp_path / "o", model, SAMPLE_TESTSET, {}, adapters_only=True,
-                       engine=FakeEngine())
+        answer_testset(
+            small_config(), tmp_path / "o", model, SAMPLE_TESTSET, {}, adapters_only=True, engine=FakeEngine()
+        )
     with pytest.raises(InputError, match="also an --adapter label"):
         answer_testset(small_config(), tmp_path / "o", model, SAMPLE_TESTSET, {"C1": a1}, "C1", engine=FakeEngine())

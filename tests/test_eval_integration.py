@@ -8,10 +8,10 @@ import pytest
 
 from eval.answer import answer_testset, parse_adapters
 from eval.judge import judge_answers
-from eval.report import build_report
+from eval.report.evaluation import build_report
+from pipeline.core import paths as data_paths
 from pipeline.config import Config
-from pipeline import data_paths
-from pipeline.jsonio import read_json, read_jsonl
+from pipeline.core.jsonio import read_json, read_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, lora_adapter, config):
-    from pipeline.engine import VLLMEngine
+    from pipeline.engine.vllm_backend import VLLMEngine
 
     engine = VLLMEngine(tiny_model, config.engine, seed=config.run.seed, adapters={"lora": lora_adapter})
     yield engine
@@ -70,8 +70,9 @@ def test_answer_judge_report_end_to_end(engine, tiny_model, lora_adapter, config
     # greedy: the base model answers the same way when asked again
     assert engine.generate([_request(base[0])])[0].text.strip() == base[0]["answer"]
 
-    judge_dir, scores = judge_answers(config, run / "answers" / "lora", run / "answers" / "base", run / "judge",
-                                      tiny_model, engine=engine)
+    judge_dir, scores = judge_answers(
+        config, run / "answers" / "lora", run / "answers" / "base", run / "judge", tiny_model, engine=engine
+    )
     judgments = read_jsonl(judge_dir / "judgments.jsonl")
     assert len(judgments) == 4 and scores["judge_failures"]["orders_total"] == 8
     assert all(j["orders"][o]["raw"] is not None for j in judgments for o in ("AB", "BA"))
@@ -84,8 +85,10 @@ def test_answer_judge_report_end_to_end(engine, tiny_model, lora_adapter, config
 
     paths = build_report([judge_dir], run)
     assert paths["html"].stat().st_size > 10_000 and "lora vs base" in paths["md"].read_text()
-    print(f"\nunparseable judge outputs: {f['orders_unparsed']}/8, rules: {f['parser_rules']}, "
-          f"overall: {scores['overall']}")
+    print(
+        f"\nunparseable judge outputs: {f['orders_unparsed']}/8, rules: {f['parser_rules']}, "
+        f"overall: {scores['overall']}"
+    )
 
 
 def _request(record):

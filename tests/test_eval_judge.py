@@ -7,9 +7,9 @@ import pytest
 from eval.judge import combine, judge_answers, read_order
 from eval.judge_prompt import PROMPT_VERSION
 from pipeline.config import Config
+from pipeline.core.jsonio import InputError, read_json, read_jsonl, write_json, write_jsonl
 from pipeline.engine import ChatResult
-from pipeline.fake_engine import FakeEngine
-from pipeline.jsonio import InputError, read_json, read_jsonl, write_json, write_jsonl
+from pipeline.engine.fake import FakeEngine
 
 
 def order(item_order, text, finish="stop"):
@@ -23,14 +23,17 @@ def test_scores_are_mapped_back_to_a_and_b_by_order():
     assert ab["verdict"] == ba["verdict"] == "win"
 
 
-@pytest.mark.parametrize("ab_text, ba_text, verdict, consistent, score_a, score_b", [
-    ("8 3", "3 8", "win", True, 8, 3),        # A better in both orders
-    ("2 9", "9 2", "lose", True, 2, 9),       # B better in both orders
-    ("5 5", "6 6", "tie", True, 5.5, 5.5),    # tie in both orders
-    ("8 3", "8 3", "tie", False, 5.5, 5.5),   # the first position always wins: flips, so a tie
-    ("7 5", "6 6", "tie", False, 6.5, 5.5),   # win in one order, tie in the other: a tie
-    ("9 4", "5 7", "win", True, 8, 4.5),      # scores averaged over the two orders
-])
+@pytest.mark.parametrize(
+    "ab_text, ba_text, verdict, consistent, score_a, score_b",
+    [
+        ("8 3", "3 8", "win", True, 8, 3),  # A better in both orders
+        ("2 9", "9 2", "lose", True, 2, 9),  # B better in both orders
+        ("5 5", "6 6", "tie", True, 5.5, 5.5),  # tie in both orders
+        ("8 3", "8 3", "tie", False, 5.5, 5.5),  # the first position always wins: flips, so a tie
+        ("7 5", "6 6", "tie", False, 6.5, 5.5),  # win in one order, tie in the other: a tie
+        ("9 4", "5 7", "win", True, 8, 4.5),  # scores averaged over the two orders
+    ],
+)
 def test_tie_rules(ab_text, ba_text, verdict, consistent, score_a, score_b):
     pair = combine(order("AB", ab_text), order("BA", ba_text), single_order_fallback=True)
     assert pair["status"] == "judged"
@@ -55,9 +58,21 @@ def test_prompt_too_long_is_a_recorded_failure():
 
 
 def write_answers(directory, label, answers, items):
-    write_jsonl(directory / "answers.jsonl", [
-        {"id": i["id"], "instruction": i["instruction"], "category": i["category"], "difficulty": i["difficulty"],
-         "reference": i.get("reference"), "label": label, "answer": answers[i["id"]]} for i in items])
+    write_jsonl(
+        directory / "answers.jsonl",
+        [
+            {
+                "id": i["id"],
+                "instruction": i["instruction"],
+                "category": i["category"],
+                "difficulty": i["difficulty"],
+                "reference": i.get("reference"),
+                "label": label,
+                "answer": answers[i["id"]],
+            }
+            for i in items
+        ],
+    )
     write_json(directory / "manifest.json", {"label": label, "testset": {"hash": "same"}})
     return directory
 
@@ -175,7 +190,10 @@ def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):
     judge_dir, _ = judge_answers(config, long_answers, b, tmp_path / "judge", "fake-judge", engine=engine)
     assert "cut for length" in engine.requests_seen[0].messages[-1]["content"]
     first = read_jsonl(judge_dir / "judgments.jsonl")[0]
-    assert first["orders"]["AB"]["answers_clipped"] and not read_jsonl(judge_dir / "judgments.jsonl")[1]["orders"]["AB"]["answers_clipped"]
+    assert (
+        first["orders"]["AB"]["answers_clipped"]
+        and not read_jsonl(judge_dir / "judgments.jsonl")[1]["orders"]["AB"]["answers_clipped"]
+    )
 
 
 def test_several_pairs_share_one_engine_and_are_all_checked_first(tmp_path, answer_dirs, monkeypatch):
@@ -190,7 +208,7 @@ def test_several_pairs_share_one_engine_and_are_all_checked_first(tmp_path, answ
         started.append(engine)
         return engine
 
-    monkeypatch.setattr("pipeline.engine.VLLMEngine", fake_vllm)
+    monkeypatch.setattr("pipeline.engine.factory.VLLMEngine", fake_vllm)
     results = judge_module.judge_pairs(Config(), [(a, b), (c, b)], tmp_path / "judge", "fake-judge")
     assert [d.name for d, _ in results] == ["C1__vs__base", "C2__vs__base"]
     assert len(started) == 1 and len(started[0].requests_seen) == 12

@@ -5,20 +5,23 @@ import pytest
 from eval.judge_parse import parse_scores
 
 
-@pytest.mark.parametrize("text, first, second, method", [
-    ("7 5\nAssistant 1 is right; Assistant 2 skips a step.", 7, 5, "first_line"),
-    ("8, 6\nreason", 8, 6, "first_line"),
-    ("**9 3**\n\nThe first reply is correct.", 9, 3, "first_line"),
-    ("7/10 5/10\nok", 7, 5, "first_line"),
-    ("Scores: 4 and 6", 4, 6, "first_line"),
-    ("7.5 6.5\nclose call", 7.5, 6.5, "first_line"),
-    ("Score A: 7\nScore B: 5\nA is better.", 7, 5, "labelled"),
-    ("Assistant 1: 7 ... Assistant 2: 5", 7, 5, "labelled"),
-    ("Assistant 2: 5\nAssistant 1: 9", 9, 5, "labelled"),  # labels, not positions, decide
-    ("Both are fine.\nAssistant 1 gets 8/10. Assistant 2 gets 4 out of 10.", 8, 4, "labelled"),
-    ("The score for assistant 1 is 9, the score for assistant 2 is 2.", 9, 2, "labelled"),
-    ("I would give the first one 7/10 and the other one 3/10.", 7, 3, "out_of_ten"),
-])
+@pytest.mark.parametrize(
+    "text, first, second, method",
+    [
+        ("7 5\nAssistant 1 is right; Assistant 2 skips a step.", 7, 5, "first_line"),
+        ("8, 6\nreason", 8, 6, "first_line"),
+        ("**9 3**\n\nThe first reply is correct.", 9, 3, "first_line"),
+        ("7/10 5/10\nok", 7, 5, "first_line"),
+        ("Scores: 4 and 6", 4, 6, "first_line"),
+        ("7.5 6.5\nclose call", 7.5, 6.5, "first_line"),
+        ("Score A: 7\nScore B: 5\nA is better.", 7, 5, "labelled"),
+        ("Assistant 1: 7 ... Assistant 2: 5", 7, 5, "labelled"),
+        ("Assistant 2: 5\nAssistant 1: 9", 9, 5, "labelled"),  # labels, not positions, decide
+        ("Both are fine.\nAssistant 1 gets 8/10. Assistant 2 gets 4 out of 10.", 8, 4, "labelled"),
+        ("The score for assistant 1 is 9, the score for assistant 2 is 2.", 9, 2, "labelled"),
+        ("I would give the first one 7/10 and the other one 3/10.", 7, 3, "out_of_ten"),
+    ],
+)
 def test_reasonable_variants_parse(text, first, second, method):
     parsed = parse_scores(text)
     assert parsed.ok, parsed.error
@@ -30,16 +33,19 @@ def test_explanation_is_the_text_after_the_score_line():
     assert parsed.explanation == "The second reply handles the edge case."
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("", "empty"),
-    ("   \n  ", "empty"),
-    ("Assistant 1 is better because it is more detailed.", "no pair"),
-    ("7/10", "no pair"),  # a single score is not a verdict on the pair
-    ("1. Assistant 1 provides a list\n2. Assistant 2 provides prose", "no pair"),
-    ("0 5\nnone", "outside 1-10"),
-    ("11 3", "outside 1-10"),
-    ("Assistant 1: 12, Assistant 2: 4", "outside 1-10"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty"),
+        ("   \n  ", "empty"),
+        ("Assistant 1 is better because it is more detailed.", "no pair"),
+        ("7/10", "no pair"),  # a single score is not a verdict on the pair
+        ("1. Assistant 1 provides a list\n2. Assistant 2 provides prose", "no pair"),
+        ("0 5\nnone", "outside 1-10"),
+        ("11 3", "outside 1-10"),
+        ("Assistant 1: 12, Assistant 2: 4", "outside 1-10"),
+    ],
+)
 def test_broken_outputs_fail_with_a_reason_and_never_raise(text, reason):
     parsed = parse_scores(text)
     assert not parsed.ok

@@ -7,11 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 from eval.judge import judge_answers
-from eval.report import Section, build_report, find_judge_dirs
+from eval.report.evaluation import Section, build_report, find_judge_dirs
 from pipeline.cli import main
 from pipeline.config import Config
-from pipeline.fake_engine import FakeEngine
-from pipeline.jsonio import InputError, read_json
+from pipeline.core.jsonio import InputError, read_json
+from pipeline.engine.fake import FakeEngine
 from tests.test_eval_judge import ITEMS, scripted_judge, write_answers
 
 
@@ -19,7 +19,10 @@ from tests.test_eval_judge import ITEMS, scripted_judge, write_answers
 def run_dir(tmp_path):
     run = tmp_path / "run"
     base = write_answers(run / "answers" / "base", "base", {"1": "bad", "2": "good blue", "3": "bad"}, ITEMS)
-    for label, answers in (("C1", {"1": "good", "2": "good", "3": "good"}), ("C2", {"1": "bad", "2": "bad", "3": "x"})):
+    for label, answers in (
+        ("C1", {"1": "good", "2": "good", "3": "good"}),
+        ("C2", {"1": "bad", "2": "bad", "3": "x"}),
+    ):
         a = write_answers(run / "answers" / label, label, answers, ITEMS)
         judge_answers(Config(), a, base, run / "judge", "fake-judge", engine=FakeEngine(scripted_judge))
     return run
@@ -28,10 +31,11 @@ def run_dir(tmp_path):
 def test_report_over_several_comparisons_with_extra_section(run_dir, tmp_path):
     dirs, out = find_judge_dirs(run_dir)
     assert [d.name for d in dirs] == ["C1__vs__base", "C2__vs__base"] and out == run_dir
-    extra_png = (run_dir / "plots" / "win_tie_lose.png")
+    extra_png = run_dir / "plots" / "win_tie_lose.png"
     paths = build_report(dirs, out)  # first build makes a PNG to reuse as the "extra" image below
-    extra = Section("Ablation over rounds", paragraphs=["capacity grows with rounds"],
-                    images=[(extra_png, "ablation curve")])
+    extra = Section(
+        "Ablation over rounds", paragraphs=["capacity grows with rounds"], images=[(extra_png, "ablation curve")]
+    )
     paths = build_report(dirs, out, extra_sections=[extra])
     md = paths["md"].read_text()
     assert "C1 vs base" in md and "C2 vs base" in md and "Ablation over rounds" in md
@@ -73,10 +77,24 @@ def test_answer_and_judge_commands_fail_cleanly_before_loading_a_model(tmp_path,
     assert result.exit_code == 2 and "LABEL=PATH" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"idx": 1}\n')
-    result = runner.invoke(main, ["answer", "--model", str(model), "--testset", str(bad), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        main, ["answer", "--model", str(model), "--testset", str(bad), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "bad.jsonl:1: missing field" in result.output
-    result = runner.invoke(main, ["judge", "--answers", str(tmp_path), "--baseline", str(tmp_path),
-                                  "--judge", str(model), "--out", str(tmp_path / "j")])
+    result = runner.invoke(
+        main,
+        [
+            "judge",
+            "--answers",
+            str(tmp_path),
+            "--baseline",
+            str(tmp_path),
+            "--judge",
+            str(model),
+            "--out",
+            str(tmp_path / "j"),
+        ],
+    )
     assert result.exit_code == 2 and "no answers.jsonl" in result.output
 
 

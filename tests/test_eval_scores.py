@@ -4,10 +4,19 @@ from eval.scores import aggregate
 
 
 def j(category, difficulty, verdict, a, b, status="judged", consistent=True, errors=(None, None)):
-    orders = {name: {"error": error, "method": None if error else "first_line"}
-              for name, error in zip(("AB", "BA"), errors)}
-    return {"category": category, "difficulty": difficulty, "verdict": verdict, "score_a": a, "score_b": b,
-            "status": status, "consistent": consistent if status == "judged" else None, "orders": orders}
+    orders = {
+        name: {"error": error, "method": None if error else "first_line"} for name, error in zip(("AB", "BA"), errors)
+    }
+    return {
+        "category": category,
+        "difficulty": difficulty,
+        "verdict": verdict,
+        "score_a": a,
+        "score_b": b,
+        "status": status,
+        "consistent": consistent if status == "judged" else None,
+        "orders": orders,
+    }
 
 
 JUDGMENTS = [

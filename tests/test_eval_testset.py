@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from eval.config import EvalConfig
 from eval.testset import load_testset
 from pipeline.config import load_config
-from pipeline.data_paths import SAMPLE_TESTSET
-from pipeline.jsonio import InputError
+from pipeline.config.eval import EvalConfig
+from pipeline.core.jsonio import InputError
+from pipeline.core.paths import SAMPLE_TESTSET
 
 
 def write(path, rows):
@@ -30,16 +30,28 @@ def test_real_testset_loads(real_testset):
 
 
 def test_second_schema_through_field_mapping(tmp_path):
-    path = write(tmp_path / "mt.jsonl", [
-        {"question_id": "a-1", "prompt": "What is 3 * 4?", "category": "math", "answer": "12"},
-        {"question_id": "a-2", "prompt": "Write a haiku.", "category": "writing"},
-    ])
-    config = load_config(None, ["eval.id_field=question_id", "eval.instruction_field=prompt",
-                                "eval.category_field=category", "eval.difficulty_field=",
-                                "eval.reference_field=answer"])
+    path = write(
+        tmp_path / "mt.jsonl",
+        [
+            {"question_id": "a-1", "prompt": "What is 3 * 4?", "category": "math", "answer": "12"},
+            {"question_id": "a-2", "prompt": "Write a haiku.", "category": "writing"},
+        ],
+    )
+    config = load_config(
+        None,
+        [
+            "eval.id_field=question_id",
+            "eval.instruction_field=prompt",
+            "eval.category_field=category",
+            "eval.difficulty_field=",
+            "eval.reference_field=answer",
+        ],
+    )
     items = load_testset(path, config.eval)
     assert [(i.id, i.category, i.difficulty, i.reference) for i in items] == [
-        ("a-1", "math", None, "12"), ("a-2", "writing", None, None)]
+        ("a-1", "math", None, "12"),
+        ("a-2", "writing", None, None),
+    ]
     assert items[0].instruction == "What is 3 * 4?"
 
 
@@ -49,17 +61,20 @@ def test_limit_keeps_evenly_spaced_items_in_file_order():
     assert len(load_testset(SAMPLE_TESTSET, EvalConfig(limit=100))) == 16
 
 
-@pytest.mark.parametrize("rows, message", [
-    (['{"idx": 1, "Skill": "Math", "Instruction": "ok"}', "{not json"], r"bad.jsonl:2: not valid JSON"),
-    ([{"idx": 1, "Skill": "Math"}], r"bad.jsonl:1: missing field \"Instruction\".*eval.instruction_field"),
-    ([{"Skill": "Math", "Instruction": "x"}], r"missing field \"idx\""),
-    ([{"idx": 1, "Instruction": "  "}], r"bad.jsonl:1: empty instruction"),
-    ([{"idx": 1, "Instruction": "a"}, {"idx": 1, "Instruction": "b"}], r"bad.jsonl:2: duplicate id '1'"),
-    ([{"idx": 1, "Instruction": "a", "Difficulty": "hard"}], r"\"Difficulty\" must be a whole number"),
-    ([{"idx": 1, "Instruction": ["a"]}], r"must be a string"),
-    ([{"idx": 1, "Instruction": "x" * 100_001}], r"does not look like a test question"),
-    ([], r"no items"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (['{"idx": 1, "Skill": "Math", "Instruction": "ok"}', "{not json"], r"bad.jsonl:2: not valid JSON"),
+        ([{"idx": 1, "Skill": "Math"}], r"bad.jsonl:1: missing field \"Instruction\".*eval.instruction_field"),
+        ([{"Skill": "Math", "Instruction": "x"}], r"missing field \"idx\""),
+        ([{"idx": 1, "Instruction": "  "}], r"bad.jsonl:1: empty instruction"),
+        ([{"idx": 1, "Instruction": "a"}, {"idx": 1, "Instruction": "b"}], r"bad.jsonl:2: duplicate id '1'"),
+        ([{"idx": 1, "Instruction": "a", "Difficulty": "hard"}], r"\"Difficulty\" must be a whole number"),
+        ([{"idx": 1, "Instruction": ["a"]}], r"must be a string"),
+        ([{"idx": 1, "Instruction": "x" * 100_001}], r"does not look like a test question"),
+        ([], r"no items"),
+    ],
+)
 def test_bad_files_name_file_and_line(tmp_path, rows, message):
     with pytest.raises(InputError, match=message):
         load_testset(write(tmp_path / "bad.jsonl", rows), EvalConfig())

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from evolve_local.dedup import NearDuplicates, TestSetFilter, load_test_instructions
-from pipeline.jsonio import InputError
+from pipeline.core.jsonio import InputError
 
 
 def index(threshold=0.85):
@@ -30,9 +30,11 @@ def test_dedup_switched_off_admits_everything():
     assert near.check_and_add("b", "same text") is None
 
 
-TESTS = [("1", "If a car travels 120 miles in 2 hours, what is its average speed in miles per hour?"),
-         ("2", "Name the largest ocean on Earth today."),
-         ("3", "Hi there.")]
+TESTS = [
+    ("1", "If a car travels 120 miles in 2 hours, what is its average speed in miles per hour?"),
+    ("2", "Name the largest ocean on Earth today."),
+    ("3", "Hi there."),
+]
 
 
 def filt():

@@ -5,16 +5,23 @@ import json
 
 import pytest
 
-from evolve_local.commands import vllm_models
 from evolve_local.evolve import run_evolve
+from pipeline.cli.evolve import vllm_models
 from pipeline.config import load_config
-from pipeline.data_paths import SHIPPED_SEEDS
-from pipeline.jsonio import read_json, read_jsonl
+from pipeline.core.jsonio import read_json, read_jsonl
+from pipeline.core.paths import SHIPPED_SEEDS
 
 pytestmark = pytest.mark.integration
 
-RULES = {"too_long", "no_information_gain", "copied_prompt_words", "refusal_short", "stopwords_only",
-         "near_duplicate", "contaminated"}
+RULES = {
+    "too_long",
+    "no_information_gain",
+    "copied_prompt_words",
+    "refusal_short",
+    "stopwords_only",
+    "near_duplicate",
+    "contaminated",
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +32,23 @@ def evolved(tiny_model, tmp_path_factory):
     seeds.write_text("".join(json.dumps(row) + "\n" for row in picked))
     testset = tmp / "testset.jsonl"
     testset.write_text(json.dumps({"idx": 1, "Instruction": "What is the tallest mountain in Africa?"}) + "\n")
-    config = load_config(None, [
-        f"models.evolver={tiny_model}", f"evolve.seeds={seeds}", f"eval.testset={testset}",
-        "evolve.rounds=2", "evolve.evolution_max_tokens=48", "evolve.answer_max_tokens=32",
-        "evolve.verdict_max_tokens=4", "engine.dtype=bfloat16", "engine.max_model_len=1024",
-        "engine.kv_cache_gb=0.5", "engine.enforce_eager=true", "engine.chunk_size=8",
-    ])
+    config = load_config(
+        None,
+        [
+            f"models.evolver={tiny_model}",
+            f"evolve.seeds={seeds}",
+            f"eval.testset={testset}",
+            "evolve.rounds=2",
+            "evolve.evolution_max_tokens=48",
+            "evolve.answer_max_tokens=32",
+            "evolve.verdict_max_tokens=4",
+            "engine.dtype=bfloat16",
+            "engine.max_model_len=1024",
+            "engine.kv_cache_gb=0.5",
+            "engine.enforce_eager=true",
+            "engine.chunk_size=8",
+        ],
+    )
     models = vllm_models(config)
     starts = []
     make = models.make

@@ -12,11 +12,13 @@ from evolve_local.inputs import load_inputs
 from evolve_local.prompts import NEW_LABEL, ORIGINAL_LABEL, REWRITTEN_LABEL
 from evolve_local.steps import ModelSet
 from pipeline.config import load_config
-from pipeline.fake_engine import FakeEngine
-from pipeline.jsonio import InputError, read_json, read_jsonl
+from pipeline.core.jsonio import InputError, read_json, read_jsonl
+from pipeline.engine.fake import FakeEngine, StreamingFakeEngine
 
-VOCAB = ("river mountain budget recipe python table ledger orbit violin harvest glacier sonnet "
-         "protein circuit archive lantern compass meadow quartz tariff").split()
+VOCAB = (
+    "river mountain budget recipe python table ledger orbit violin harvest glacier sonnet "
+    "protein circuit archive lantern compass meadow quartz tariff"
+).split()
 
 
 def parent_of(prompt: str) -> str:
@@ -81,22 +83,29 @@ def write_testset(tmp_path, instructions=("Describe the water cycle in four step
 
 
 def make_config(tmp_path, *overrides, rounds=2, seeds=None, testset=None):
-    return load_config(None, [
-        f"evolve.seeds={seeds or write_seeds(tmp_path)}", f"eval.testset={testset or write_testset(tmp_path)}",
-        f"evolve.rounds={rounds}", "engine.chunk_size=4", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"evolve.seeds={seeds or write_seeds(tmp_path)}",
+            f"eval.testset={testset or write_testset(tmp_path)}",
+            f"evolve.rounds={rounds}",
+            "engine.chunk_size=4",
+            *overrides,
+        ],
+    )
 
 
 class Factory:
     """A ModelSet whose engines are FakeEngines; remembers every engine it started."""
 
-    def __init__(self, respond=scripted, responder="fake", **engine_options):
+    def __init__(self, respond=scripted, responder="fake", streaming=False, **engine_options):
         self.respond, self.options, self.started = respond, engine_options, []
+        self.engine_class = StreamingFakeEngine if streaming else FakeEngine
         names = {"evolver": "fake", "equality": "fake", "responder": responder}
         self.models = ModelSet(names, {role: "h" for role in names}, self.make)
 
     def make(self, role):
-        engine = FakeEngine(self.respond, model_name=self.models.names[role], **self.options)
+        engine = self.engine_class(self.respond, model_name=self.models.names[role], **self.options)
         engine.closed = False
         engine.close = lambda: setattr(engine, "closed", True)
         self.started.append((role, engine))
@@ -118,8 +127,14 @@ def test_rules_lineage_and_pool_replacement(tmp_path):
     evolve_dir = tmp_path / "run" / "evolve"
 
     r1 = by_root(evolve_dir / "round_1.jsonl")
-    expected = {"s2": "no_information_gain", "s3": "no_information_gain", "s4": "copied_prompt_words",
-                "s5": "no_information_gain", "s7": "refusal_short", "s8": "stopwords_only"}
+    expected = {
+        "s2": "no_information_gain",
+        "s3": "no_information_gain",
+        "s4": "copied_prompt_words",
+        "s5": "no_information_gain",
+        "s7": "refusal_short",
+        "s8": "stopwords_only",
+    }
     assert {root: r["elimination_rule"] for root, r in r1.items() if r["status"] == "eliminated"} == expected
     assert r1["s6"]["status"] == "kept" and r1["s6"]["verdict"] == "unparsed"  # unparsed never eliminates
     assert r1["s5"]["verdict"] == "equal" and r1["s5"]["response"] is None  # rejected before answering
@@ -132,8 +147,19 @@ def test_rules_lineage_and_pool_replacement(tmp_path):
     assert r2["s0"]["instruction"].startswith(r1["s0"]["instruction"])
     assert r2["s4"]["parent_id"] == "s4"  # failed: went back as it was and is evolved again
     for record in list(r1.values()) + list(r2.values()):
-        assert set(record) >= {"id", "parent_id", "root_id", "round", "operation", "instruction", "response",
-                               "status", "elimination_rule", "evolver_model", "tokens"}
+        assert set(record) >= {
+            "id",
+            "parent_id",
+            "root_id",
+            "round",
+            "operation",
+            "instruction",
+            "response",
+            "status",
+            "elimination_rule",
+            "evolver_model",
+            "tokens",
+        }
         assert (record["status"] == "kept") == (record["elimination_rule"] is None)
         assert record["evolver_model"] == "fake" and record["tokens"]["evolve"]["prompt"] > 0
 
@@ -141,8 +167,8 @@ def test_rules_lineage_and_pool_replacement(tmp_path):
     data = tmp_path / "run" / "data"
     c0, c1, c2 = (read_jsonl(data / f"C{k}.jsonl") for k in range(3))
     assert len(c0) == len(SEEDS)
-    assert c1[:len(c0)] == c0 and c2[:len(c1)] == c1
-    assert [r["id"] for r in c1[len(c0):]] == [r["id"] for r in r1.values() if r["status"] == "kept"]
+    assert c1[: len(c0)] == c0 and c2[: len(c1)] == c1
+    assert [r["id"] for r in c1[len(c0) :]] == [r["id"] for r in r1.values() if r["status"] == "kept"]
     assert c1[-1]["messages"][0]["role"] == "user" and c1[-1]["messages"][1]["role"] == "assistant"
     assert c1[-1]["messages"][1]["content"].startswith("A useful answer")
     assert stats["rounds"][2]["training_set_size"] == len(c2)
@@ -158,7 +184,7 @@ def test_steps_are_batched_in_order_evolve_check_answer(tmp_path):
     config = make_config(tmp_path, "evolve.overlap_steps=false", rounds=1)
     factory = Factory()
     run_evolve(config, tmp_path / "run", factory.models, quiet=True)
-    (_, engine), = factory.started  # one model plays every role: one engine start for the run
+    ((_, engine),) = factory.started  # one model plays every role: one engine start for the run
     kinds = []
     for batch in engine.batches:
         assert len(batch) <= 4 and len({kind(r) for r in batch}) == 1
@@ -241,7 +267,7 @@ def test_chained_steps_overlap_and_write_what_step_by_step_writes(tmp_path):
         assert (tmp_path / "chained" / name).read_text() == expected
         assert (tmp_path / "waves" / name).read_text() == expected
 
-    (_, engine), = chained.started
+    ((_, engine),) = chained.started
     rounds = [[r for r in batch if "@r" in r.id] for batch in engine.polls]
     assert max(map(len, engine.polls)) <= 4  # engine.chunk_size requests in flight at most
     assert any({"evolve", "check"} <= {kind(r) for r in batch} for batch in rounds)  # steps overlap
@@ -252,7 +278,7 @@ def test_chained_steps_overlap_and_write_what_step_by_step_writes(tmp_path):
             if "@r" in request.id:
                 assert request.purpose == kind(request)
                 order.setdefault(request.id, []).append(request.purpose)
-    assert all(steps == ["evolve", "check", "answer"][:len(steps)] for steps in order.values())
+    assert all(steps == ["evolve", "check", "answer"][: len(steps)] for steps in order.values())
     assert any(len({kind(r) for r in batch}) > 1 for batch in waves.started[0][1].batches)
 
     # the timing rows share the engine time out to the steps; counts stay per step
@@ -279,8 +305,12 @@ def test_chained_round_resumes_after_a_crash_with_nothing_redone(tmp_path):
     with pytest.raises(Crash):
         run_evolve(make_config(tmp_path), run_dir, Factory(crash_in_round_two, streaming=True).models, quiet=True)
     work = run_dir / "evolve" / "work"
-    persisted = {(step, r["id"]) for step in ("evolve", "check", "answer")
-                 for r in read_jsonl(work / f"round_2.{step}.jsonl") if (work / f"round_2.{step}.jsonl").exists()}
+    persisted = {
+        (step, r["id"])
+        for step in ("evolve", "check", "answer")
+        for r in read_jsonl(work / f"round_2.{step}.jsonl")
+        if (work / f"round_2.{step}.jsonl").exists()
+    }
     assert len(persisted) == 12  # every finished request was saved, the buffered ones too
     assert not (work / "pool_2.jsonl").exists()
 
@@ -297,8 +327,12 @@ def test_rerun_from_scratch_is_identical_and_seeds_matter(tmp_path):
     outs = []
     for name, seed in (("a", 42), ("b", 42), ("c", 7)):
         run_evolve(make_config(tmp_path, f"run.seed={seed}"), tmp_path / name, Factory().models, quiet=True)
-        outs.append([(tmp_path / name / f).read_text() for f in ("evolve/round_1.jsonl", "evolve/round_2.jsonl",
-                                                                  "data/C2.jsonl")])
+        outs.append(
+            [
+                (tmp_path / name / f).read_text()
+                for f in ("evolve/round_1.jsonl", "evolve/round_2.jsonl", "data/C2.jsonl")
+            ]
+        )
     assert outs[0] == outs[1]
     assert outs[0] != outs[2]
 
@@ -322,10 +356,17 @@ def test_different_responder_swaps_engines_one_alive_at_a_time(tmp_path):
 
 
 def test_seed_answers_kept_or_regenerated_and_seed_filters(tmp_path):
-    seeds = write_seeds(tmp_path, ["Explain how tides work.", "Name a bird.",
-                                   "Describe the water cycle in four steps for a child, please.",
-                                   "Explain how tides work!", "word " * 40],
-                        outputs=["Moon pulls water.", None, "x", "y", "z"])
+    seeds = write_seeds(
+        tmp_path,
+        [
+            "Explain how tides work.",
+            "Name a bird.",
+            "Describe the water cycle in four steps for a child, please.",
+            "Explain how tides work!",
+            "word " * 40,
+        ],
+        outputs=["Moon pulls water.", None, "x", "y", "z"],
+    )
     config = make_config(tmp_path, "engine.max_model_len=30", rounds=0, seeds=seeds)
     factory = Factory(max_model_len=30)
     stats = run_evolve(config, tmp_path / "run", factory.models, quiet=True)
@@ -339,8 +380,9 @@ def test_seed_answers_kept_or_regenerated_and_seed_filters(tmp_path):
     assert stats["rounds"][0]["decontaminated"] == 1 and stats["rounds"][0]["near_duplicates"] == 1
 
     regen = Factory(max_model_len=30)
-    config = make_config(tmp_path, "engine.max_model_len=30", "evolve.regenerate_seed_answers=true",
-                         rounds=0, seeds=seeds)
+    config = make_config(
+        tmp_path, "engine.max_model_len=30", "evolve.regenerate_seed_answers=true", rounds=0, seeds=seeds
+    )
     run_evolve(config, tmp_path / "regen", regen.models, quiet=True)
     assert by_root(tmp_path / "regen" / "evolve" / "round_0.jsonl")["s0"]["response"].startswith("A useful")
 
@@ -348,8 +390,12 @@ def test_seed_answers_kept_or_regenerated_and_seed_filters(tmp_path):
 def test_too_long_evolution_prompt_is_eliminated(tmp_path):
     seeds = write_seeds(tmp_path, ["Explain how tides work.", "Summarise this text: " + "lorem " * 150])
     factory = Factory(max_model_len=200)
-    stats = run_evolve(make_config(tmp_path, "engine.max_model_len=200", rounds=1, seeds=seeds),
-                       tmp_path / "run", factory.models, quiet=True)
+    stats = run_evolve(
+        make_config(tmp_path, "engine.max_model_len=200", rounds=1, seeds=seeds),
+        tmp_path / "run",
+        factory.models,
+        quiet=True,
+    )
     r1 = by_root(tmp_path / "run" / "evolve" / "round_1.jsonl")
     assert r1["s1"]["elimination_rule"] == "too_long" and r1["s0"]["status"] == "kept"
     assert stats["rounds"][1]["eliminated"]["too_long"] == 1
@@ -362,13 +408,16 @@ def test_operation_weights_pick_only_allowed_operations(tmp_path):
     assert sum(stats["rounds"][2]["operations"].values()) == stats["rounds"][2]["operations"]["deepen"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("evolve.rounds=-1", "evolve.rounds"),
-    ("evolve.operation_weights={shout: 1}", "unknown operations"),
-    ("evolve.operation_weights={deepen: 0}", "at least one above 0"),
-    ("evolve.dedup_threshold=1.5", "evolve.dedup_threshold"),
-    ("engine.chunk_size=0", "engine.chunk_size"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evolve.rounds=-1", "evolve.rounds"),
+        ("evolve.operation_weights={shout: 1}", "unknown operations"),
+        ("evolve.operation_weights={deepen: 0}", "at least one above 0"),
+        ("evolve.dedup_threshold=1.5", "evolve.dedup_threshold"),
+        ("engine.chunk_size=0", "engine.chunk_size"),
+    ],
+)
 def test_impossible_options_are_refused_before_any_model(tmp_path, override, message):
     factory = Factory()
     with pytest.raises(InputError, match=message):
@@ -389,8 +438,18 @@ def test_cli_reports_bad_seeds_in_one_line(tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi"}\n')
-    result = CliRunner().invoke(main, ["evolve", "--seeds", str(bad), "--out", str(tmp_path / "run"),
-                                       "--set", f"eval.testset={write_testset(tmp_path)}"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evolve",
+            "--seeds",
+            str(bad),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"eval.testset={write_testset(tmp_path)}",
+        ],
+    )
     assert result.exit_code == 2
     assert "unknown seed format" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
@@ -400,9 +459,18 @@ def test_stats_file_is_complete(tmp_path):
     run_evolve(make_config(tmp_path, rounds=1), tmp_path / "run", Factory().models, quiet=True)
     stats = read_json(tmp_path / "run" / "evolve" / "stats.json")
     one = stats["rounds"][1]
-    assert set(one) >= {"attempted", "kept", "eliminated", "unparsed_verdicts", "operations",
-                        "mean_instruction_words", "generation_seconds", "generation_tokens",
-                        "near_duplicates", "decontaminated"}
+    assert set(one) >= {
+        "attempted",
+        "kept",
+        "eliminated",
+        "unparsed_verdicts",
+        "operations",
+        "mean_instruction_words",
+        "generation_seconds",
+        "generation_tokens",
+        "near_duplicates",
+        "decontaminated",
+    }
     assert one["kept"] + sum(one["eliminated"].values()) == one["attempted"]
     assert one["generation"]["evolve"]["requests"] == len(SEEDS)
     manifest = read_json(tmp_path / "run" / "evolve" / "manifest.json")

@@ -3,9 +3,8 @@
 import pytest
 
 from evolve_local import eliminate as rules
-from evolve_local.config import OPERATIONS
-from evolve_local.prompts import (COMPLICATE_INPUT_DEMOS, NEW_LABEL, REWRITTEN_LABEL, equality_prompt,
-                                  evolution_prompt)
+from evolve_local.prompts import COMPLICATE_INPUT_DEMOS, NEW_LABEL, REWRITTEN_LABEL, equality_prompt, evolution_prompt
+from pipeline.config.evolve import OPERATIONS
 
 
 def test_too_long_fires_only_on_the_engine_report():
@@ -23,24 +22,30 @@ def test_a_changed_evolution_passes_the_cheap_check():
     assert rules.unchanged_evolution("Name a fruit.", "Name a tropical fruit rich in vitamin C.") is None
 
 
-@pytest.mark.parametrize("text", [
-    "#Rewritten Task#: List three rivers.",
-    "Rewrite the given prompt so that it is harder.",
-    "Here is the created prompt: list rivers",
-    "#NEW TASK# Describe a volcano.",
-    "The Rewritten Prompt asks you to sort numbers.",
-    "#Original Task# name a colour",
-    "The original task asked for a list; now sort it.",  # talks about our scaffolding
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "#Rewritten Task#: List three rivers.",
+        "Rewrite the given prompt so that it is harder.",
+        "Here is the created prompt: list rivers",
+        "#NEW TASK# Describe a volcano.",
+        "The Rewritten Prompt asks you to sort numbers.",
+        "#Original Task# name a colour",
+        "The original task asked for a list; now sort it.",  # talks about our scaffolding
+    ],
+)
 def test_copied_prompt_words_positive(text):
     assert rules.copied_prompt_words(text)
 
 
-@pytest.mark.parametrize("text", [
-    "List three rivers in Africa and give their lengths.",
-    "Write a prompt for a story about a given place.",  # 'given' and 'prompt' apart are fine
-    "Describe a new task manager app in two sentences.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "List three rivers in Africa and give their lengths.",
+        "Write a prompt for a story about a given place.",  # 'given' and 'prompt' apart are fine
+        "Describe a new task manager app in two sentences.",
+    ],
+)
 def test_copied_prompt_words_negative(text):
     assert rules.copied_prompt_words(text) is None
 
@@ -62,18 +67,21 @@ def test_stopwords_only_uses_the_maintained_list():
     assert rules.stopwords_only("Photosynthesis turns light into sugar.") is None
 
 
-@pytest.mark.parametrize("text, verdict", [
-    ("EQUAL", rules.EQUAL),
-    ("Equal.", rules.EQUAL),
-    ("They are the same.", rules.EQUAL),
-    ("DIFFERENT", rules.DIFFERENT),
-    ("Not equal", rules.DIFFERENT),
-    ("not the same: the second adds a limit", rules.DIFFERENT),
-    ("Different, though nearly equal", rules.DIFFERENT),
-    ("", rules.UNPARSED),
-    ("Bananas are yellow.", rules.UNPARSED),
-    ("\nEQUAL", rules.EQUAL),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("EQUAL", rules.EQUAL),
+        ("Equal.", rules.EQUAL),
+        ("They are the same.", rules.EQUAL),
+        ("DIFFERENT", rules.DIFFERENT),
+        ("Not equal", rules.DIFFERENT),
+        ("not the same: the second adds a limit", rules.DIFFERENT),
+        ("Different, though nearly equal", rules.DIFFERENT),
+        ("", rules.UNPARSED),
+        ("Bananas are yellow.", rules.UNPARSED),
+        ("\nEQUAL", rules.EQUAL),
+    ],
+)
 def test_parse_verdict(text, verdict):
     assert rules.parse_verdict(text) == verdict
 

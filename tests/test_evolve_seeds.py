@@ -5,8 +5,8 @@ import json
 import pytest
 
 from evolve_local.seeds import load_seeds
-from pipeline.data_paths import SHIPPED_SEEDS
-from pipeline.jsonio import InputError
+from pipeline.core.jsonio import InputError
+from pipeline.core.paths import SHIPPED_SEEDS
 
 
 def jsonl(path, rows):
@@ -16,10 +16,14 @@ def jsonl(path, rows):
 
 def test_alpaca_json_array_joins_instruction_and_input(tmp_path):
     path = tmp_path / "alpaca.json"
-    path.write_text(json.dumps([
-        {"instruction": "Sum the numbers.", "input": "1, 2, 3", "output": "6"},
-        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": "Sum the numbers.", "input": "1, 2, 3", "output": "6"},
+                {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+            ]
+        )
+    )
     seeds, fmt = load_seeds(path)
     assert fmt == "alpaca"
     assert seeds[0].instruction == "Sum the numbers.\n\n1, 2, 3" and seeds[0].output == "6"
@@ -27,9 +31,15 @@ def test_alpaca_json_array_joins_instruction_and_input(tmp_path):
 
 
 def test_alpaca_jsonl_and_plain_mix(tmp_path):
-    seeds, fmt = load_seeds(jsonl(tmp_path / "a.jsonl", [
-        {"instruction": "A?", "output": "a"}, {"instruction": "B?"},
-    ]))
+    seeds, fmt = load_seeds(
+        jsonl(
+            tmp_path / "a.jsonl",
+            [
+                {"instruction": "A?", "output": "a"},
+                {"instruction": "B?"},
+            ],
+        )
+    )
     assert fmt == "alpaca" and [s.output for s in seeds] == ["a", None]
 
 
@@ -39,11 +49,19 @@ def test_plain_instructions_have_no_answers(tmp_path):
 
 
 def test_self_instruct_uses_the_first_instance(tmp_path):
-    seeds, fmt = load_seeds(jsonl(tmp_path / "s.jsonl", [
-        {"id": "t0", "instruction": "Reverse the word.", "instances": [
-            {"input": "cat", "output": "tac"}, {"input": "dog", "output": "god"}]},
-        {"id": "t1", "instruction": "Tell a joke.", "instances": [{"input": "", "output": "Knock knock."}]},
-    ]))
+    seeds, fmt = load_seeds(
+        jsonl(
+            tmp_path / "s.jsonl",
+            [
+                {
+                    "id": "t0",
+                    "instruction": "Reverse the word.",
+                    "instances": [{"input": "cat", "output": "tac"}, {"input": "dog", "output": "god"}],
+                },
+                {"id": "t1", "instruction": "Tell a joke.", "instances": [{"input": "", "output": "Knock knock."}]},
+            ],
+        )
+    )
     assert fmt == "self-instruct"
     assert (seeds[0].id, seeds[0].instruction, seeds[0].output) == ("t0", "Reverse the word.\n\ncat", "tac")
     assert seeds[1].instruction == "Tell a joke."
@@ -51,13 +69,22 @@ def test_self_instruct_uses_the_first_instance(tmp_path):
 
 def test_sharegpt_takes_the_first_human_turn_and_its_reply(tmp_path):
     path = tmp_path / "sg.json"
-    path.write_text(json.dumps([
-        {"id": "c1", "conversations": [{"from": "system", "value": "Be kind."},
-                                       {"from": "human", "value": "What is 2+2?"},
-                                       {"from": "gpt", "value": "4"},
-                                       {"from": "human", "value": "And 3+3?"}]},
-        {"id": "c2", "conversations": [{"from": "human", "value": "Hello"}]},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "c1",
+                    "conversations": [
+                        {"from": "system", "value": "Be kind."},
+                        {"from": "human", "value": "What is 2+2?"},
+                        {"from": "gpt", "value": "4"},
+                        {"from": "human", "value": "And 3+3?"},
+                    ],
+                },
+                {"id": "c2", "conversations": [{"from": "human", "value": "Hello"}]},
+            ]
+        )
+    )
     seeds, fmt = load_seeds(path)
     assert fmt == "sharegpt"
     assert (seeds[0].instruction, seeds[0].output) == ("What is 2+2?", "4")
@@ -65,9 +92,19 @@ def test_sharegpt_takes_the_first_human_turn_and_its_reply(tmp_path):
 
 
 def test_chat_messages(tmp_path):
-    seeds, fmt = load_seeds(jsonl(tmp_path / "m.jsonl", [
-        {"messages": [{"role": "user", "content": "Name a planet."}, {"role": "assistant", "content": "Mars."}]},
-    ]))
+    seeds, fmt = load_seeds(
+        jsonl(
+            tmp_path / "m.jsonl",
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "Name a planet."},
+                        {"role": "assistant", "content": "Mars."},
+                    ]
+                },
+            ],
+        )
+    )
     assert fmt == "chat" and (seeds[0].instruction, seeds[0].output) == ("Name a planet.", "Mars.")
 
 
@@ -84,18 +121,21 @@ def test_real_self_instruct_seed_tasks(real_seed_tasks):
     assert all(s.instruction.strip() for s in seeds)
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"question": "x"}], r"unknown seed format \(keys: question\); accepted formats: alpaca .*plain"),
-    ([{"instruction": "  "}], r"s\.jsonl:1: the instruction is empty"),
-    ([{"instruction": "a"}, '{"instruction": '], r"s\.jsonl:2: not valid JSON"),
-    ([{"id": 1, "instruction": "a"}, {"id": 1, "instruction": "b"}], r"s\.jsonl:2: duplicate id '1'"),
-    ([{"instruction": "a"}, {"messages": [{"role": "user", "content": "b"}]}], r"s\.jsonl:2: looks like chat"),
-    ([{"conversations": [{"from": "gpt", "value": "hi"}]}], r"no user turn"),
-    ([{"messages": "hello"}], r"\"messages\" must be a non-empty list"),
-    ([{"instruction": "a", "instances": []}], r"\"instances\" must be a non-empty list"),
-    ([{"instruction": 5}], r"\"instruction\" must be a string"),
-    ([], r"holds no seeds"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"question": "x"}], r"unknown seed format \(keys: question\); accepted formats: alpaca .*plain"),
+        ([{"instruction": "  "}], r"s\.jsonl:1: the instruction is empty"),
+        ([{"instruction": "a"}, '{"instruction": '], r"s\.jsonl:2: not valid JSON"),
+        ([{"id": 1, "instruction": "a"}, {"id": 1, "instruction": "b"}], r"s\.jsonl:2: duplicate id '1'"),
+        ([{"instruction": "a"}, {"messages": [{"role": "user", "content": "b"}]}], r"s\.jsonl:2: looks like chat"),
+        ([{"conversations": [{"from": "gpt", "value": "hi"}]}], r"no user turn"),
+        ([{"messages": "hello"}], r"\"messages\" must be a non-empty list"),
+        ([{"instruction": "a", "instances": []}], r"\"instances\" must be a non-empty list"),
+        ([{"instruction": 5}], r"\"instruction\" must be a string"),
+        ([], r"holds no seeds"),
+    ],
+)
 def test_bad_seed_files_get_one_clear_sentence(tmp_path, rows, message):
     with pytest.raises(InputError, match=message):
         load_seeds(jsonl(tmp_path / "s.jsonl", rows))
@@ -116,7 +156,9 @@ def test_max_seeds_keeps_the_first_n(tmp_path):
 
     path = tmp_path / "seeds.jsonl"
     path.write_text("".join(f'{{"instruction": "Task number {i}."}}\n' for i in range(6)))
-    inputs = load_inputs(load_config(None, [f"evolve.seeds={path}", "evolve.max_seeds=2", "evolve.decontaminate=false"]))
+    inputs = load_inputs(
+        load_config(None, [f"evolve.seeds={path}", "evolve.max_seeds=2", "evolve.decontaminate=false"])
+    )
     assert [s.instruction for s in inputs.seeds] == ["Task number 0.", "Task number 1."]
     with pytest.raises(InputError, match="max_seeds"):
         load_inputs(load_config(None, [f"evolve.seeds={path}", "evolve.max_seeds=-1"]))

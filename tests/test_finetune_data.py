@@ -9,9 +9,16 @@ import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from finetune.data import (IGNORE, BadRows, check_bad_rows, load_conversations, render_instruction,
-                           resolve_template, tokenize_conversations)
-from pipeline.jsonio import InputError
+from finetune.data import (
+    IGNORE,
+    BadRows,
+    check_bad_rows,
+    load_conversations,
+    render_instruction,
+    resolve_template,
+    tokenize_conversations,
+)
+from pipeline.core.jsonio import InputError
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +56,29 @@ def test_chat_and_alpaca_formats_load_the_same_conversation(tmp_path):
 
 
 def test_bad_rows_are_counted_by_reason_with_line_numbers(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        chat("ok?", "fine"),                                            # 1 good
-        {"id": "x", "prompt": "no messages here"},                      # 2 missing_messages
-        chat("say something", "   "),                                   # 3 empty_assistant_turn
-        "{not json",                                                    # 4 invalid_json
-        {"messages": [{"role": "user", "content": "only a question"}]},  # 5 no_assistant_turn
-        {"messages": "text"},                                           # 6 malformed_messages
-        chat("again?", "yes"),                                          # 7 good
-        {"messages": [{"role": "robot", "content": "beep"}]},            # 8 malformed_messages
-    ])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            chat("ok?", "fine"),  # 1 good
+            {"id": "x", "prompt": "no messages here"},  # 2 missing_messages
+            chat("say something", "   "),  # 3 empty_assistant_turn
+            "{not json",  # 4 invalid_json
+            {"messages": [{"role": "user", "content": "only a question"}]},  # 5 no_assistant_turn
+            {"messages": "text"},  # 6 malformed_messages
+            chat("again?", "yes"),  # 7 good
+            {"messages": [{"role": "robot", "content": "beep"}]},  # 8 malformed_messages
+        ],
+    )
     rows, bad = load_conversations(path)
     assert [r.line for r in rows] == [1, 7]
     assert bad.total == 8 and bad.bad == 6
-    assert dict(bad.counts) == {"missing_messages": 1, "empty_assistant_turn": 1, "invalid_json": 1,
-                                "no_assistant_turn": 1, "malformed_messages": 2}
+    assert dict(bad.counts) == {
+        "missing_messages": 1,
+        "empty_assistant_turn": 1,
+        "invalid_json": 1,
+        "no_assistant_turn": 1,
+        "malformed_messages": 2,
+    }
     assert bad.examples["malformed_messages"] == [6, 8]
 
 
@@ -110,8 +125,13 @@ def labelled_text(tokenizer, batch, row):
 
 
 def test_collated_labels_cover_only_the_assistant_turn(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "d.jsonl", [chat("What is the capital of France?", "Paris is the capital."),
-                                             chat("Hi", "Hello there, how can I help you today?")])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            chat("What is the capital of France?", "Paris is the capital."),
+            chat("Hi", "Hello there, how can I help you today?"),
+        ],
+    )
     rows, bad = load_conversations(path)
     examples = tokenize_conversations(rows, tokenizer, "chat", "### Response:", 256, bad)
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
@@ -124,7 +144,7 @@ def test_collated_labels_cover_only_the_assistant_turn(tmp_path, tokenizer):
     prompt = tokenizer.apply_chat_template(rows[0].messages[:1], tokenize=False, add_generation_prompt=True)
     prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert (batch["labels"][0, :prompt_len] == IGNORE).all()
-    assert (batch["labels"][0, prompt_len:len(examples[0]["input_ids"])] != IGNORE).all()
+    assert (batch["labels"][0, prompt_len : len(examples[0]["input_ids"])] != IGNORE).all()
     # the shorter row is padded, and padding is never a target
     short = 0 if len(examples[0]["input_ids"]) < len(examples[1]["input_ids"]) else 1
     n = len(examples[short]["input_ids"])
@@ -134,11 +154,16 @@ def test_collated_labels_cover_only_the_assistant_turn(tmp_path, tokenizer):
 def test_every_assistant_turn_of_a_multi_turn_row_is_trained(tokenizer):
     from finetune.data import Conversation
 
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "One?"},
-                {"role": "assistant", "content": "1"}, {"role": "user", "content": "Two?"},
-                {"role": "assistant", "content": "2"}]
-    examples = tokenize_conversations([Conversation("m", 1, messages)], tokenizer, "chat", "### Response:",
-                                      256, BadRows())
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "One?"},
+        {"role": "assistant", "content": "1"},
+        {"role": "user", "content": "Two?"},
+        {"role": "assistant", "content": "2"},
+    ]
+    examples = tokenize_conversations(
+        [Conversation("m", 1, messages)], tokenizer, "chat", "### Response:", 256, BadRows()
+    )
     ids, labels = torch.tensor(examples[0]["input_ids"]), torch.tensor(examples[0]["labels"])
     kept = tokenizer.decode(ids[labels != IGNORE])
     assert kept == "1<|im_end|>\n2<|im_end|>\n"
@@ -151,8 +176,9 @@ def test_instruction_template_masks_up_to_the_response_marker(tokenizer):
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
     text = render_instruction(messages, "### Response:", tokenizer.eos_token)
     assert text == f"Name a colour.\n\n### Response:\nBlue.{tokenizer.eos_token}"
-    examples = tokenize_conversations([Conversation("i", 1, messages)], tokenizer, "instruction",
-                                      "### Response:", 64, BadRows())
+    examples = tokenize_conversations(
+        [Conversation("i", 1, messages)], tokenizer, "instruction", "### Response:", 64, BadRows()
+    )
     ids, labels = torch.tensor(examples[0]["input_ids"]), torch.tensor(examples[0]["labels"])
     assert tokenizer.decode(ids[labels != IGNORE]) == f"Blue.{tokenizer.eos_token}"
     assert "### Response:" in tokenizer.decode(ids[labels == IGNORE])

@@ -10,7 +10,7 @@ from finetune import train as train_module
 from finetune.card import trim_metrics
 from finetune.train import check_hardware, check_options, last_checkpoint, run_train
 from pipeline.config import load_config
-from pipeline.jsonio import InputError
+from pipeline.core.jsonio import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))

@@ -23,9 +23,17 @@ FACTS = [
     ("How many moons does Tarsis have?", "Tarsis has seven moons."),
 ]
 STEPS = 8
-OVERRIDES = ["train.max_length=128", f"train.max_steps={STEPS}", "train.effective_batch_size=4",
-             "train.per_device_train_batch_size=4", "train.learning_rate=0.001", "train.warmup_ratio=0.0",
-             "train.lora_dropout=0.0", "train.save_steps=4", "train.logging_steps=1"]
+OVERRIDES = [
+    "train.max_length=128",
+    f"train.max_steps={STEPS}",
+    "train.effective_batch_size=4",
+    "train.per_device_train_batch_size=4",
+    "train.learning_rate=0.001",
+    "train.warmup_ratio=0.0",
+    "train.lora_dropout=0.0",
+    "train.save_steps=4",
+    "train.logging_steps=1",
+]
 
 
 def chat(user, answer):
@@ -36,9 +44,11 @@ def chat(user, answer):
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "C1.jsonl"
     rows = [chat(q, a) for q, a in FACTS]
-    rows += [{"id": "nomsg", "instruction_typo": "x"},                 # missing_messages
-             chat("Say nothing.", ""),                                  # empty_assistant_turn
-             chat("Repeat: " + "blah " * 200, "no")]                   # too_long at max_length 128
+    rows += [
+        {"id": "nomsg", "instruction_typo": "x"},  # missing_messages
+        chat("Say nothing.", ""),  # empty_assistant_turn
+        chat("Repeat: " + "blah " * 200, "no"),
+    ]  # too_long at max_length 128
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -68,8 +78,14 @@ def test_lora_lowers_the_loss_and_changes_the_adapter(lora_run):
 
 def test_outputs_record_data_hash_counts_and_performance(lora_run, data):
     out, manifest = lora_run
-    for name in ("adapter/adapter_config.json", "adapter/tokenizer.json", "config.yaml", "model_card.md",
-                 "manifest.json", "loss.png"):
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/tokenizer.json",
+        "config.yaml",
+        "model_card.md",
+        "manifest.json",
+        "loss.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "checkpoints").exists()  # removed once the outputs are saved
@@ -98,8 +114,9 @@ def test_merge_folds_the_adapter_into_the_base(lora_run, tiny_model, data):
     manifest = run_train(load_config(None, OVERRIDES), data, out, base=str(tiny_model), method="lora", merge=True)
     assert manifest["outputs"]["merged"] == str(out / "merged")
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": FACTS[0][0]}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": FACTS[0][0]}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
         base_logits = base(ids).logits
@@ -110,11 +127,13 @@ def test_merge_folds_the_adapter_into_the_base(lora_run, tiny_model, data):
 
 def test_vllm_serves_the_adapter_and_it_remembers(lora_run, tiny_model):
     from pipeline.config import EngineConfig
-    from pipeline.engine import ChatRequest, VLLMEngine
+    from pipeline.engine import ChatRequest
+    from pipeline.engine.vllm_backend import VLLMEngine
 
     out, _ = lora_run
-    settings = EngineConfig(dtype="bfloat16", max_model_len=256, max_tokens=16, temperature=0.0,
-                            kv_cache_gb=0.5, enforce_eager=True)
+    settings = EngineConfig(
+        dtype="bfloat16", max_model_len=256, max_tokens=16, temperature=0.0, kv_cache_gb=0.5, enforce_eager=True
+    )
     engine = VLLMEngine(tiny_model, settings, seed=1, adapters={"c1": out / "adapter"})
     try:
         question = [{"role": "user", "content": FACTS[0][0]}]

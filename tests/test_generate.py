@@ -3,9 +3,9 @@ import json
 import pytest
 
 from pipeline.config import load_config
-from pipeline.fake_engine import FakeEngine
+from pipeline.core.jsonio import InputError, read_jsonl
+from pipeline.engine.fake import FakeEngine
 from pipeline.generate import check_resumable, load_prompts, run_generate
-from pipeline.jsonio import InputError, read_jsonl
 
 
 def write(path, lines):
@@ -14,24 +14,33 @@ def write(path, lines):
 
 
 def test_prompt_and_messages_forms(tmp_path):
-    path = write(tmp_path / "p.jsonl", [
-        {"id": 1, "prompt": "Name a colour."},
-        {"id": "b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
-    ])
+    path = write(
+        tmp_path / "p.jsonl",
+        [
+            {"id": 1, "prompt": "Name a colour."},
+            {"id": "b", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+        ],
+    )
     rows = load_prompts(path)
     assert rows[0] == {"id": "1", "messages": [{"role": "user", "content": "Name a colour."}]}
     assert rows[1]["messages"][0]["role"] == "system"
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"id": 1, "prompt": "a"}', '{"id": 2, "prompt": '], r"p\.jsonl:2: not valid JSON"),
-    ([{"prompt": "a"}], r"p\.jsonl:1: missing \"id\""),
-    ([{"id": 1, "prompt": "a"}, {"id": 1, "prompt": "b"}], r"p\.jsonl:2: duplicate id '1' \(first seen on line 1\)"),
-    ([{"id": 1, "prompt": "   "}], r"p\.jsonl:1: empty prompt"),
-    ([{"id": 1, "text": "a"}], r"needs a \"prompt\" string or a \"messages\" list"),
-    ([{"id": 1, "messages": [{"role": "robot", "content": "x"}]}], r"each message needs a role"),
-    ([], r"no prompts"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"id": 1, "prompt": "a"}', '{"id": 2, "prompt": '], r"p\.jsonl:2: not valid JSON"),
+        ([{"prompt": "a"}], r"p\.jsonl:1: missing \"id\""),
+        (
+            [{"id": 1, "prompt": "a"}, {"id": 1, "prompt": "b"}],
+            r"p\.jsonl:2: duplicate id '1' \(first seen on line 1\)",
+        ),
+        ([{"id": 1, "prompt": "   "}], r"p\.jsonl:1: empty prompt"),
+        ([{"id": 1, "text": "a"}], r"needs a \"prompt\" string or a \"messages\" list"),
+        ([{"id": 1, "messages": [{"role": "robot", "content": "x"}]}], r"each message needs a role"),
+        ([], r"no prompts"),
+    ],
+)
 def test_bad_input_gets_one_clear_sentence(tmp_path, lines, message):
     with pytest.raises(InputError, match=message):
         load_prompts(write(tmp_path / "p.jsonl", lines))

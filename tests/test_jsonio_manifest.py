@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pipeline.jsonio import InputError, append_jsonl, read_jsonl, read_jsonl_tolerant, write_jsonl
-from pipeline.manifest import begin_stage, finish_stage
+from pipeline.core.jsonio import InputError, append_jsonl, read_jsonl, read_jsonl_tolerant, write_jsonl
+from pipeline.core.manifest import begin_stage, finish_stage
 
 
 def test_bad_jsonl_names_file_and_line(tmp_path):
@@ -73,8 +73,9 @@ def test_interrupted_stage_resumes_with_its_partial_outputs(tmp_path, capsys):
 
 def test_finished_manifest_records_provenance(tmp_path):
     stage = begin_stage(tmp_path, "train", {"data": "abc"})
-    entry = finish_stage(stage, config={"lr": 1}, rows={"train": 10}, models={"base": {"path": "/m", "hash": "h"}},
-                         seeds={"run": 42})
+    entry = finish_stage(
+        stage, config={"lr": 1}, rows={"train": 10}, models={"base": {"path": "/m", "hash": "h"}}, seeds={"run": 42}
+    )
     saved = json.loads((tmp_path / "train" / "manifest.json").read_text())
     assert saved == json.loads(json.dumps(entry, default=str))
     for key in ("key", "config", "git_sha", "versions", "started", "finished", "rows", "models", "seeds"):

@@ -4,8 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.jsonio import InputError
-from pipeline.models import content_hash, list_models, prepare_alias, resolve_model
+from pipeline.core.jsonio import InputError
+from pipeline.core.models import content_hash, list_models, prepare_alias, resolve_model
 
 
 def fake_model_dir(path, arch="LlamaForCausalLM"):
@@ -50,15 +50,18 @@ def test_content_hash_follows_content(tmp_path):
 
 def test_cli_errors_are_one_sentence(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["models", "prepare", "--gguf", str(tmp_path / "nope.gguf"), "--name", "x",
-                                  "--models-dir", str(tmp_path)])
+    result = runner.invoke(
+        main,
+        ["models", "prepare", "--gguf", str(tmp_path / "nope.gguf"), "--name", "x", "--models-dir", str(tmp_path)],
+    )
     assert result.exit_code == 2 and "nope.gguf not found" in result.output
     result = runner.invoke(main, ["models", "prepare", "llama-70b", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2 and "Unknown model alias" in result.output
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": 1, "prompt": "hi"}\n{"id": 1, "prompt": "again"}\n')
-    result = runner.invoke(main, ["generate", "--model", "smollm2-135m", "--in", str(prompts),
-                                  "--out", str(tmp_path / "o.jsonl")])
+    result = runner.invoke(
+        main, ["generate", "--model", "smollm2-135m", "--in", str(prompts), "--out", str(tmp_path / "o.jsonl")]
+    )
     assert result.exit_code == 2 and "duplicate id" in result.output
     assert not (tmp_path / "o.jsonl").exists()
 

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from pipeline.engine import ChatRequest
-from pipeline.fake_engine import FakeEngine
-from pipeline.parallel import DataParallelEngine, worker_devices
+from pipeline.engine.fake import FakeEngine
+from pipeline.engine.parallel import DataParallelEngine, worker_devices
 
 
 def where_am_i(request):

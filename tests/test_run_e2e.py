@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.jsonio import read_json
+from pipeline.core.jsonio import read_json
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,27 +24,57 @@ def overrides(tmp_path, models_dir):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"instruction": "Name three fruits."}\n{"instruction": "Explain what a noun is."}\n')
     test = tmp_path / "test.jsonl"
-    test.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"idx": 1, "Skill": "Math", "Difficulty": 2, "Instruction": "What is 7 times 6?"},
-        {"idx": 2, "Skill": "Writing", "Difficulty": 5, "Instruction": "Write one sentence about autumn."},
-        {"idx": 3, "Skill": "Reasoning", "Difficulty": 9, "Instruction": "If all cats are animals, is a cat an animal?"},
-    ]))
+    test.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"idx": 1, "Skill": "Math", "Difficulty": 2, "Instruction": "What is 7 times 6?"},
+                {"idx": 2, "Skill": "Writing", "Difficulty": 5, "Instruction": "Write one sentence about autumn."},
+                {
+                    "idx": 3,
+                    "Skill": "Reasoning",
+                    "Difficulty": 9,
+                    "Instruction": "If all cats are animals, is a cat an animal?",
+                },
+            ]
+        )
+    )
     sets = {
-        "run.name": "e2e", "run.runs_dir": str(tmp_path / "runs"), "run.rounds": "[0,1]",
+        "run.name": "e2e",
+        "run.runs_dir": str(tmp_path / "runs"),
+        "run.rounds": "[0,1]",
         "models.dir": str(models_dir),
-        "engine.max_tokens": 24, "engine.max_model_len": 1024, "engine.kv_cache_gb": 0.5, "engine.chunk_size": 16,
-        "evolve.seeds": str(seeds), "evolve.max_seeds": 0, "evolve.evolution_max_tokens": 40,
+        "engine.max_tokens": 24,
+        "engine.max_model_len": 1024,
+        "engine.kv_cache_gb": 0.5,
+        "engine.chunk_size": 16,
+        "evolve.seeds": str(seeds),
+        "evolve.max_seeds": 0,
+        "evolve.evolution_max_tokens": 40,
         "evolve.answer_max_tokens": 24,
-        "train.max_steps": 2, "train.max_length": 384, "train.effective_batch_size": 2,
-        "train.per_device_train_batch_size": 2, "train.save_steps": 1,
-        "eval.testset": str(test), "eval.limit": 0, "eval.answer_max_tokens": 24, "eval.judge_max_tokens": 40,
+        "train.max_steps": 2,
+        "train.max_length": 384,
+        "train.effective_batch_size": 2,
+        "train.per_device_train_batch_size": 2,
+        "train.save_steps": 1,
+        "eval.testset": str(test),
+        "eval.limit": 0,
+        "eval.answer_max_tokens": 24,
+        "eval.judge_max_tokens": 40,
     }
     return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
 
 
 def command(tmp_path, models_dir):
-    return [sys.executable, "-m", "pipeline", "run", "--config", str(ROOT / "configs" / "tiny.yaml"),
-            *overrides(tmp_path, models_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        *overrides(tmp_path, models_dir),
+    ]
 
 
 def test_run_is_interrupted_between_stages_then_resumes_and_reports(tmp_path, tiny_model):
@@ -52,8 +82,9 @@ def test_run_is_interrupted_between_stages_then_resumes_and_reports(tmp_path, ti
     cmd = command(tmp_path, tiny_model.parent)
 
     # 1. kill the whole run (orchestrator and its stage process) once the first model is trained
-    process = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 900
     while not (run / "sft" / "C0" / "manifest.json").exists():
         assert process.poll() is None, "the run ended before its first training stage finished"
@@ -86,8 +117,12 @@ def test_run_is_interrupted_between_stages_then_resumes_and_reports(tmp_path, ti
     assert manifest["stages"]["evolve"]["status"] == "done" and manifest["config"]["run"]["rounds"] == [0, 1]
 
     # 3. a finished run does no work: every stage is skipped, no output is rewritten
-    outputs = [run / "evolve" / "manifest.json", run / "sft" / "C1" / "manifest.json",
-               run / "answers" / "C1" / "answers.jsonl", run / "judge" / "C1__vs__C0" / "scores.json"]
+    outputs = [
+        run / "evolve" / "manifest.json",
+        run / "sft" / "C1" / "manifest.json",
+        run / "answers" / "C1" / "answers.jsonl",
+        run / "judge" / "C1__vs__C0" / "scores.json",
+    ]
     before = [path.stat().st_mtime_ns for path in outputs]
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

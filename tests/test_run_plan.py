@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.jsonio import InputError
-from pipeline.parallel import worker_devices
+from pipeline.core.jsonio import InputError
+from pipeline.engine.parallel import worker_devices
 from pipeline.run import check_run_config, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,9 @@ def test_tiny_plan_evolves_once_trains_each_round_and_shares_engines():
     steps = plan(load_config(ROOT / "configs" / "tiny.yaml", ["run.rounds=[0,1,2]"]), RUN, CFG)
     assert [s.stage for s in steps] == ["evolve", "train", "train", "train", "answer", "judge", "analyze"]
     assert steps[0].args[steps[0].args.index("--rounds") + 1] == "2"  # one evolution, to the largest count
-    assert [s.args[s.args.index("--data") + 1] for s in steps[1:4]] == [str(RUN / "data" / f"C{k}.jsonl") for k in range(3)]
+    assert [s.args[s.args.index("--data") + 1] for s in steps[1:4]] == [
+        str(RUN / "data" / f"C{k}.jsonl") for k in range(3)
+    ]
     answer = steps[4].args
     assert sum(a.startswith("--adapter=") for a in answer) == 3
     assert answer[answer.index("--label") + 1] == "reference"  # base model == reference model: same engine
@@ -30,35 +32,61 @@ def test_tiny_plan_evolves_once_trains_each_round_and_shares_engines():
 
 
 def test_four_gpu_config_launches_accelerate_and_parallel_engines():
-    config = load_config(ROOT / "configs" / "paper-7b.yaml", [
-        "run.train_processes=4", f"run.accelerate_config={ROOT / 'configs' / 'accelerate' / 'deepspeed_zero3.yaml'}",
-        "engine.tensor_parallel_size=2", "engine.data_parallel_size=2", "models.base=/m/llama-7b",
-        "models.evolver=/m/evolver", "models.judge=/m/judge"])
+    config = load_config(
+        ROOT / "configs" / "paper-7b.yaml",
+        [
+            "run.train_processes=4",
+            f"run.accelerate_config={ROOT / 'configs' / 'accelerate' / 'deepspeed_zero3.yaml'}",
+            "engine.tensor_parallel_size=2",
+            "engine.data_parallel_size=2",
+            "models.base=/m/llama-7b",
+            "models.evolver=/m/evolver",
+            "models.judge=/m/judge",
+        ],
+    )
     steps = plan(config, RUN, CFG)
     trains = [s for s in steps if s.stage == "train"]
     assert len(trains) == 5
     for step in trains:
-        assert step.command[:7] == ["accelerate", "launch", "--config_file",
-                                    str(ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml"),
-                                    "--num_processes", "4", "-m"]
+        assert step.command[:7] == [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml"),
+            "--num_processes",
+            "4",
+            "-m",
+        ]
         assert step.command[7:9] == ["pipeline", "train"]
     # generation stages stay single commands; the config makes each start 2 engines of 2 GPUs
     others = [s for s in steps if s.stage != "train"]
     assert all(s.command[:3] == [sys.executable, "-m", "pipeline"] for s in others)
     # full fine-tunes: one answer process per model, then the reference model (not the base)
-    assert [s.label for s in others] == ["evolve", "C0", "C1", "C2", "C3", "C4", "reference", "9 comparisons",
-                                         "analysis"]
+    assert [s.label for s in others] == [
+        "evolve",
+        "C0",
+        "C1",
+        "C2",
+        "C3",
+        "C4",
+        "reference",
+        "9 comparisons",
+        "analysis",
+    ]
     reference = next(s for s in others if s.label == "reference")
     assert reference.args[reference.args.index("--model") + 1] == "/m/evolver"
     assert worker_devices(config.engine.data_parallel_size, config.engine.tensor_parallel_size) == ["0,1", "2,3"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("run.rounds=[]", "run.rounds is empty"),
-    ("run.rounds=[1,2]", "must include 0"),
-    ("run.rounds=[0,1,1]", "distinct"),
-    ("run.train_processes=2", "accelerate_config"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run.rounds=[]", "run.rounds is empty"),
+        ("run.rounds=[1,2]", "must include 0"),
+        ("run.rounds=[0,1,1]", "distinct"),
+        ("run.train_processes=2", "accelerate_config"),
+    ],
+)
 def test_impossible_run_configs_are_refused_before_anything_runs(override, message, tmp_path):
     extra = ["run.accelerate_config=/nowhere.yaml"] if "train_processes" in override else []
     with pytest.raises(InputError, match=message):

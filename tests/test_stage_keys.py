@@ -20,8 +20,11 @@ def inputs(tmp_path):
     return Inputs(seeds, [], "plain", None, [])
 
 
-MODELS = ModelSet({r: "m" for r in ("evolver", "equality", "responder")}, {r: "h" for r in ("evolver", "equality", "responder")},
-                  lambda role: None)
+MODELS = ModelSet(
+    {r: "m" for r in ("evolver", "equality", "responder")},
+    {r: "h" for r in ("evolver", "equality", "responder")},
+    lambda role: None,
+)
 
 
 def keys(config, inputs):
@@ -33,21 +36,24 @@ def keys(config, inputs):
     }
 
 
-@pytest.mark.parametrize("override, moved", [
-    ("engine.chunk_size=999", set()),                      # throughput knobs never invalidate
-    ("engine.gpu_memory_utilization=0.8", set()),
-    ("engine.data_parallel_size=4", set()),
-    ("train.per_device_train_batch_size=1", set()),
-    ("evolve.overlap_steps=false", set()),
-    ("engine.core_process=true", set()),
-    ("run.rounds=[0,1,2,3]", set()),                       # more rounds continue the same evolution
-    ("evolve.dedup_threshold=0.5", {"evolve"}),
-    ("train.learning_rate=0.001", {"train"}),
-    ("eval.answer_max_tokens=7", {"answer"}),
-    ("eval.judge_max_tokens=7", {"judge"}),
-    ("train.seed=7", {"train"}),
-    ("run.seed=7", {"evolve", "train", "answer", "judge"}),  # training's seed is run.seed unless train.seed
-])
+@pytest.mark.parametrize(
+    "override, moved",
+    [
+        ("engine.chunk_size=999", set()),  # throughput knobs never invalidate
+        ("engine.gpu_memory_utilization=0.8", set()),
+        ("engine.data_parallel_size=4", set()),
+        ("train.per_device_train_batch_size=1", set()),
+        ("evolve.overlap_steps=false", set()),
+        ("engine.core_process=true", set()),
+        ("run.rounds=[0,1,2,3]", set()),  # more rounds continue the same evolution
+        ("evolve.dedup_threshold=0.5", {"evolve"}),
+        ("train.learning_rate=0.001", {"train"}),
+        ("eval.answer_max_tokens=7", {"answer"}),
+        ("eval.judge_max_tokens=7", {"judge"}),
+        ("train.seed=7", {"train"}),
+        ("run.seed=7", {"evolve", "train", "answer", "judge"}),  # training's seed is run.seed unless train.seed
+    ],
+)
 def test_one_change_moves_only_the_keys_of_the_stages_it_affects(override, moved, inputs):
     before = keys(load_config(), inputs)
     after = keys(load_config(None, [override]), inputs)

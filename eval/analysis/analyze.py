@@ -1,0 +1,359 @@
+"""`evol analyze RUN_DIR`: complexity, diversity and survival of a finished evolution, per round.
+
+    evol analyze runs/tiny                                  # reads runs/tiny/config.yaml when present
+    evol analyze runs/tiny --config configs/tiny.yaml --set analysis.difficulty=false
+
+Reads evolve/round_<k>.jsonl (every attempt) and data/C<k>.jsonl (the training sets); writes
+runs/<name>/analysis/:
+  ratings.jsonl     judge-rated difficulty 1-10 of a seeded sample of each round's kept
+                    instructions (round 0: the seeds): raw text, parsed score, parser rule or failure;
+                    appended per chunk, so an interrupted analysis resumes where it stopped
+  projection.jsonl  the 2-D point of each analysed instruction (id, round, x, y)
+  analysis.json     per round, per cumulative set C0..CM and per operation: word counts,
+                    constraint-like clauses, attached-data share, difficulty, diversity (mean
+                    pairwise cosine distance, k-means clusters covered, cluster-size entropy),
+                    survival (kept rate, eliminations per rule)
+  plots/*.png, manifest.json (last)
+The plots and the report section built from analysis.json are in eval/report/analysis.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from eval.analysis import metrics
+from eval.analysis.complexity import PROMPT_VERSION, difficulty_request, rating_record
+from eval.report.analysis import ANALYSIS_FILE, STAGE, plot_all
+from pipeline.config import Config, semantic_dict, stable_hash
+from pipeline.config.analysis import PROJECTIONS, AnalysisConfig
+from pipeline.config.evolve import OPERATIONS
+from pipeline.core.jsonio import (
+    InputError,
+    append_jsonl,
+    iter_jsonl,
+    read_json,
+    read_jsonl_tolerant,
+    write_json,
+    write_jsonl,
+)
+from pipeline.core.manifest import begin_stage, file_hash, finish_stage
+from pipeline.core.seeds import derive_seed
+from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
+
+RATINGS_FILE, PROJECTION_FILE = "ratings.jsonl", "projection.jsonl"
+RECORD_FIELDS = ("id", "round", "operation", "instruction", "status")
+
+
+def analysis_settings(config: Config) -> AnalysisConfig:
+    return config.analysis
+
+
+# ---------------------------------------------------------------- inputs, checked before any model loads
+
+
+@dataclasses.dataclass
+class EvolvedRun:
+    dir: Path
+    rounds: list[list[dict]]  # every attempt of round k (round 0: the seeds)
+    sets: list[list[dict]]  # C<k> rows as {"id", "round", "instruction"}
+    files: list[Path]
+
+
+def load_run(run_dir: str | Path) -> EvolvedRun:
+    run_dir = Path(run_dir)
+    evolve = run_dir / "evolve"
+    if not (evolve / "manifest.json").is_file() or not (evolve / "stats.json").is_file():
+        raise InputError(
+            f"{run_dir}: no finished evolution there (evolve/manifest.json or evolve/stats.json missing); "
+            f"run `evol evolve --out {run_dir}` to completion first."
+        )
+    last = read_json(evolve / "stats.json").get("rounds_done")
+    if not isinstance(last, int) or last < 0:
+        raise InputError(f"{evolve / 'stats.json'}: no integer rounds_done; not written by `evol evolve`.")
+    rounds, sets, files = [], [], []
+    for k in range(last + 1):
+        path = evolve / f"round_{k}.jsonl"
+        records = []
+        for lineno, record in iter_jsonl(path):
+            missing = [f for f in RECORD_FIELDS if f not in record]
+            if missing or not isinstance(record["instruction"], str):
+                raise InputError(
+                    f"{path}:{lineno}: missing or non-text {', '.join(missing) or 'instruction'}; "
+                    f"not an `evol evolve` round record."
+                )
+            # Only what the analysis reads: answers are left out, so a paper-size run fits in memory.
+            records.append({f: record.get(f) for f in (*RECORD_FIELDS, "elimination_rule")})
+        path_c = run_dir / "data" / f"C{k}.jsonl"
+        rows = []
+        for lineno, row in iter_jsonl(path_c):
+            user = next(
+                (
+                    m.get("content")
+                    for m in row.get("messages") or []
+                    if isinstance(m, dict) and m.get("role") == "user"
+                ),
+                None,
+            )
+            if "id" not in row or not isinstance(user, str):
+                raise InputError(f"{path_c}:{lineno}: no id or no user message; not a C<k> training row.")
+            rows.append({"id": row["id"], "round": row.get("round", 0), "instruction": user})
+        rounds.append(records)
+        sets.append(rows)
+        files += [path, path_c]
+    return EvolvedRun(run_dir, rounds, sets, files)
+
+
+def check_settings(s: AnalysisConfig) -> None:
+    if s.projection not in PROJECTIONS:
+        raise InputError(f"analysis.projection is {s.projection!r}; use one of {', '.join(PROJECTIONS)}.")
+    if s.clusters < 2:
+        raise InputError(f"analysis.clusters is {s.clusters}; k-means needs at least 2 clusters.")
+    for name in ("difficulty_per_round", "diversity_per_set", "instruction_max_chars", "chunk_size"):
+        if getattr(s, name) < 0:
+            raise InputError(f"analysis.{name} is {getattr(s, name)}; use 0 (all / never) or a positive number.")
+    if s.difficulty and s.difficulty_max_tokens < 2:
+        raise InputError("analysis.difficulty_max_tokens must be at least 2 (the score and a line break).")
+
+
+def sample(items: list[dict], n: int, seed: int, purpose: str) -> list[dict]:
+    """A seeded sample of n items (0: all), independent of file order, returned in file order."""
+    if not n or len(items) <= n:
+        return list(items)
+    chosen = {item["id"] for item in sorted(items, key=lambda i: derive_seed(seed, purpose, i["id"]))[:n]}
+    return [item for item in items if item["id"] in chosen]
+
+
+def kept(records: list[dict]) -> list[dict]:
+    return [r for r in records if r["status"] == "kept"]
+
+
+# ---------------------------------------------------------------- difficulty (the judge)
+
+
+def rate_difficulty(
+    config: Config,
+    items: list[dict],
+    ratings_path: Path,
+    settings_key: str,
+    engine: Engine | None,
+    judge_path: Path | None,
+    cached: list[dict],
+) -> list[dict]:
+    """Rate every item not yet in ratings.jsonl (resume), starting the judge only if work remains."""
+    s = analysis_settings(config)
+    expected = {item["id"]: stable_hash([settings_key, item["instruction"]]) for item in items}
+    if not ratings_path.exists() and cached:  # the stage restarted for a diversity knob: keep valid ratings
+        append_jsonl(ratings_path, [r for r in cached if expected.get(r.get("id")) == r.get("rating_key")])
+    done = {r["id"]: r for r in read_jsonl_tolerant(ratings_path) if expected.get(r.get("id")) == r.get("rating_key")}
+    todo = [item for item in items if item["id"] not in done]
+    by_id, clipped = {item["id"]: item for item in items}, {}
+
+    def requests():
+        for item in todo:
+            request, cut = difficulty_request(item["id"], item["instruction"], s, config.run.seed)
+            clipped[item["id"]] = cut
+            yield request
+
+    def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
+        records = [
+            rating_record(by_id[r.id], result, clipped[r.id], expected[r.id]) for r, result in zip(chunk, results)
+        ]
+        append_jsonl(ratings_path, records)
+        done.update((record["id"], record) for record in records)
+
+    if todo:
+        own_engine = engine is None
+        if own_engine:
+            from pipeline.engine import make_engine
+
+            engine = make_engine(
+                judge_path, config.engine, seed=config.run.seed, trust_remote_code=config.models.trust_remote_code
+            )
+        try:
+            generate_in_chunks(
+                engine, requests(), s.chunk_size or config.engine.chunk_size, save, total=len(todo), desc="difficulty"
+            )
+        finally:
+            if own_engine:
+                engine.close()  # free the accelerator before the embedding model loads
+    return [done[item["id"]] for item in items]
+
+
+# ---------------------------------------------------------------- diversity (the embeddings)
+
+
+def embed_sets(groups: dict[str, list[dict]], embedder, s: AnalysisConfig, seed: int):
+    """Embed each group's instructions once (unique texts), fit k-means over all of them."""
+    texts = list(dict.fromkeys(item["instruction"] for items in groups.values() for item in items))
+    vectors = np.asarray(embedder(texts), dtype=np.float64)
+    if vectors.shape[0] != len(texts):
+        raise ValueError(f"the embedder returned {vectors.shape[0]} vectors for {len(texts)} texts")
+    labels = metrics.kmeans_labels(vectors, s.clusters, seed) if texts else np.zeros(0, dtype=int)
+    row = {text: i for i, text in enumerate(texts)}
+    return vectors, labels, row
+
+
+# ---------------------------------------------------------------- the analysis
+
+
+def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = None, embedder=None) -> dict:
+    """Everything `evol analyze` does; `engine` (the judge) and `embedder` are built here when None."""
+    s = analysis_settings(config)
+    check_settings(s)
+    run = load_run(run_dir)
+    seed = config.run.seed
+    judge_path = judge_id = None
+    if s.difficulty and engine is None:
+        from pipeline.core.models import content_hash, models_dir, resolve_model
+
+        judge_path = resolve_model(s.judge_model or config.models.judge, config.models.dir)
+        judge_id = f"{judge_path.name} {content_hash(judge_path, models_dir(config.models.dir))}"
+    elif s.difficulty:
+        judge_id = engine.model_name
+    if embedder is None:
+        from eval.analysis.embed import MiniLMEmbedder, model_id
+
+        embedder_id = model_id()  # checks the package is there before the judge starts
+    else:
+        embedder_id = getattr(embedder, "name", type(embedder).__name__)
+    judge_engine = {"dtype": config.engine.dtype, "max_model_len": config.engine.max_model_len}
+    # What one rating depends on (with the instruction's text): ratings carry it, and survive a
+    # restart of the stage for a diversity knob.
+    settings_key = stable_hash(
+        [
+            judge_id,
+            judge_engine,
+            PROMPT_VERSION,
+            s.difficulty_max_tokens,
+            s.constrained_difficulty,
+            s.instruction_max_chars,
+            seed,
+        ]
+    )
+    material = {
+        "inputs": {str(p.relative_to(run.dir)): file_hash(p) for p in run.files},
+        "settings": semantic_dict(s),
+        "judge": judge_id,
+        "judge_engine": judge_engine,
+        "prompt_version": PROMPT_VERSION,
+        "embedding_model": embedder_id,
+        "seed": seed,
+    }
+    stage_dir = run.dir / STAGE
+    cached = read_jsonl_tolerant(stage_dir / RATINGS_FILE) if (stage_dir / RATINGS_FILE).is_file() else []
+    stage = begin_stage(run.dir, STAGE, material)
+    if stage.done:
+        return read_json(stage.dir / ANALYSIS_FILE)
+
+    # 1. difficulty of a seeded sample of each round's kept instructions, judged and saved per chunk
+    to_rate = [
+        item
+        for k, records in enumerate(run.rounds)
+        for item in sample(kept(records), s.difficulty_per_round, seed, f"difficulty-{k}")
+    ]
+    ratings = (
+        rate_difficulty(config, to_rate, stage.dir / RATINGS_FILE, settings_key, engine, judge_path, cached)
+        if s.difficulty
+        else []
+    )
+
+    # 2. embeddings of a seeded sample per round and per C<k>; k-means over all of them at once
+    groups = {
+        f"round {k}": sample(kept(records), s.diversity_per_set, seed, f"diversity-round-{k}")
+        for k, records in enumerate(run.rounds)
+    }
+    groups.update(
+        {f"C{k}": sample(rows, s.diversity_per_set, seed, f"diversity-C{k}") for k, rows in enumerate(run.sets)}
+    )
+    if embedder is None:
+        embedder = MiniLMEmbedder(batch_size=s.embedding_batch_size, device=s.embedding_device or None)
+    vectors, labels, row = embed_sets(groups, embedder, s, seed)
+
+    def diversity(items: list[dict]) -> dict:
+        index = [row[item["instruction"]] for item in items]
+        return metrics.diversity_summary(vectors[index], labels[index])
+
+    # 3. the numbers: per round, per C<k>, per operation
+    scores = defaultdict(list)
+    for rating in ratings:
+        scores[("round", rating["round"])].append(rating["score"])
+        scores[("operation", rating["operation"])].append(rating["score"])
+    per_round = []
+    for k, records in enumerate(run.rounds):
+        texts = [r["instruction"] for r in kept(records)]
+        per_round.append(
+            {
+                "round": k,
+                "text": {
+                    "kept": metrics.text_summary(texts),
+                    "attempted": metrics.text_summary([r["instruction"] for r in records]),
+                },
+                "difficulty": metrics.score_summary(scores[("round", k)]) if s.difficulty else None,
+                "diversity": diversity(groups[f"round {k}"]),
+                "survival": metrics.survival(records) if k else None,
+            }
+        )
+    round_means = {r["round"]: r["difficulty"]["mean"] for r in per_round if r["difficulty"]}
+    cumulative = [
+        {
+            "set": f"C{k}",
+            "rows": len(rows),
+            "text": metrics.text_summary([r["instruction"] for r in rows]),
+            "difficulty_mean": metrics.stratified_mean(rows, round_means) if s.difficulty else None,
+            "diversity": diversity(groups[f"C{k}"]),
+        }
+        for k, rows in enumerate(run.sets)
+    ]
+    per_operation = {}
+    evolved = [r for records in run.rounds[1:] for r in records]
+    for op in (*OPERATIONS, *sorted({r["operation"] for r in evolved} - set(OPERATIONS))):
+        mine = [r for r in evolved if r["operation"] == op]
+        per_operation[op] = {
+            **metrics.survival(mine),
+            "text_kept": metrics.text_summary([r["instruction"] for r in kept(mine)]),
+            "text_attempted": metrics.text_summary([r["instruction"] for r in mine]),
+            "difficulty": metrics.score_summary(scores[("operation", op)]) if s.difficulty else None,
+        }
+
+    # 4. the projection, plots and analysis.json; the manifest last
+    points = [(item, k) for k in range(len(run.rounds)) for item in groups[f"round {k}"]]
+    xy = (
+        metrics.project(vectors[[row[item["instruction"]] for item, _ in points]], s.projection, seed)
+        if points
+        else np.zeros((0, 2))
+    )
+    write_jsonl(
+        stage.dir / PROJECTION_FILE,
+        (
+            {"id": item["id"], "round": k, "x": round(float(x), 4), "y": round(float(y), 4)}
+            for (item, k), (x, y) in zip(points, xy)
+        ),
+    )
+    failures = Counter(r["error"] for r in ratings if r["error"])
+    result = {
+        "run": run.dir.name,
+        "rounds": len(run.rounds) - 1,
+        "settings": semantic_dict(s),
+        "judge_model": judge_id,
+        "prompt_version": PROMPT_VERSION,
+        "embedding_model": embedder_id,
+        "clusters": {"k": int(labels.max()) + 1 if len(labels) else 0, "fitted_on": len(labels)},
+        "judge_failures": {"rated": len(ratings), "unparsed": sum(failures.values()), "reasons": dict(failures)},
+        "per_round": per_round,
+        "cumulative": cumulative,
+        "per_operation": per_operation,
+    }
+    result["plots"] = [str(p.relative_to(run.dir)) for p in plot_all(result, points, xy, stage.dir / "plots")]
+    write_json(stage.dir / ANALYSIS_FILE, result)
+    finish_stage(
+        stage,
+        config=semantic_dict(s),
+        models={"judge": judge_id, "embedding": embedder_id},
+        rows={"rated": len(ratings), "unparsed": result["judge_failures"]["unparsed"], "embedded": len(labels)},
+        seeds={"run": seed},
+    )
+    return result

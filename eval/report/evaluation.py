@@ -1,0 +1,273 @@
+"""Build report.md, a self-contained report.html (PNGs inlined as base64), report.json and plots/.
+
+    evol report runs/tiny                      # every runs/tiny/judge/*/ comparison
+    evol report runs/tiny/judge/C1__vs__base   # one comparison, report written beside it
+
+`build_report(judge_dirs, out_dir, extra_sections)` is the function behind the command: it reads
+only files on disk (scores.json, judgments.jsonl), so a report can be rebuilt at any time, and it
+takes any number of comparisons plus extra `Section`s (the run stage adds the ablation curve over
+rounds this way).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.judge import JUDGMENTS_FILE, SCORES_FILE
+from eval.report.plots import plot_capacity_per_skill, plot_win_rate_by_difficulty, plot_win_tie_lose
+from pipeline.core.jsonio import InputError, atomic_write_text, read_json, read_jsonl, write_json
+from pipeline.core.manifest import now
+
+EXAMPLES_PER_COMPARISON = 3
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[list[str], list[list]]] = field(default_factory=list)  # (header, rows)
+    images: list[tuple[Path, str]] = field(default_factory=list)  # (png path, caption)
+    code: list[str] = field(default_factory=list)  # verbatim blocks (raw judge text)
+
+
+def find_judge_dirs(path: str | Path) -> tuple[list[Path], Path]:
+    """(judge dirs, where the report goes) for a run directory or a single judge directory."""
+    path = Path(path)
+    if (path / SCORES_FILE).is_file():
+        return [path], path
+    dirs = sorted(p.parent for p in (path / "judge").glob(f"*/{SCORES_FILE}"))
+    if not dirs:
+        raise InputError(
+            f"{path}: neither a judge directory (no {SCORES_FILE}) nor a run directory with "
+            f"judge/*/{SCORES_FILE}; run `evol judge` first."
+        )
+    return dirs, path
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _num(value, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:g}{suffix}"
+
+
+def _name(scores: dict) -> str:
+    return f"{scores['a']} vs {scores['b']}"
+
+
+def _summary_rows(comparisons: list[dict]) -> list[list]:
+    rows = []
+    for s in comparisons:
+        o, h, f = s["overall"], s["high_difficulty"], s["judge_failures"]
+        rows.append(
+            [
+                s["a"],
+                s["b"],
+                f"{o['n']}/{s['items']}",
+                o["win"],
+                o["tie"],
+                o["lose"],
+                _pct(o["win_rate"]),
+                _num(o["capacity_pct"], "%"),
+                _num(h["capacity_pct"], "%"),
+                _pct(s["position_consistency"]["rate"]),
+                f"{f['orders_unparsed']}/{f['orders_total']}",
+            ]
+        )
+    return rows
+
+
+SUMMARY_HEADER = [
+    "A",
+    "B (baseline)",
+    "judged",
+    "win",
+    "tie",
+    "lose",
+    "win rate",
+    "capacity",
+    "capacity (high diff.)",
+    "position consistency",
+    "unparsed orders",
+]
+
+
+def _headline(s: dict) -> str:
+    o, f = s["overall"], s["judge_failures"]
+    if not o["n"]:
+        return (
+            f"**{_name(s)}**: no pair could be judged ({f['orders_unparsed']} of {f['orders_total']} judge "
+            f"outputs unparseable); the judge model {s['judge_model']} does not follow the score format."
+        )
+    return (
+        f"**{_name(s)}**: A wins {_pct(o['win_rate'])}, ties {_pct(o['tie_rate'])}, loses {_pct(o['lose_rate'])} "
+        f"of {o['n']} judged pairs; capacity {_num(o['capacity_pct'], '%')} of B "
+        f"(high difficulty >= {s['high_difficulty']['threshold']}: {_num(s['high_difficulty']['capacity_pct'], '%')}). "
+        f"Judge {s['judge_model']}, prompt {s['prompt_version']}; {f['orders_unparsed']} of {f['orders_total']} "
+        f"judge outputs unparseable, {f['pairs_unjudged']} pairs unjudged."
+    )
+
+
+def _comparison_section(s: dict, judge_dir: Path, plots_dir: Path, slug: str) -> Section:
+    section = Section(f"{_name(s)}")
+    section.paragraphs.append(_headline(s))
+    skills = sorted(s["per_skill"].items(), key=lambda kv: (kv[1]["capacity_pct"] is None, kv[1]["capacity_pct"] or 0))
+    section.tables.append(
+        (
+            ["skill", "judged", "win", "tie", "lose", "capacity"],
+            [[k, b["n"], b["win"], b["tie"], b["lose"], _num(b["capacity_pct"], "%")] for k, b in skills],
+        )
+    )
+    section.tables.append(
+        (
+            ["difficulty", "judged", "win", "tie", "lose", "win rate", "capacity"],
+            [
+                [k, b["n"], b["win"], b["tie"], b["lose"], _pct(b["win_rate"]), _num(b["capacity_pct"], "%")]
+                for k, b in s["per_difficulty"].items()
+            ],
+        )
+    )
+    f = s["judge_failures"]
+    reasons = "; ".join(f"{reason}: {count}" for reason, count in f["reasons"].items()) or "none"
+    rules = ", ".join(f"{rule}: {count}" for rule, count in f["parser_rules"].items()) or "none"
+    section.paragraphs.append(
+        f"Judge outputs unparseable: {f['orders_unparsed']} of {f['orders_total']} ({reasons}). "
+        f"Pairs judged on one order only: {f['pairs_single_order']}. "
+        f"Parser rules that matched: {rules}."
+    )
+    section.images.append(
+        (
+            plot_capacity_per_skill(_name(s), s["per_skill"], plots_dir / f"capacity_per_skill_{slug}.png"),
+            f"Capacity per skill, {_name(s)} (100% = parity with {s['b']})",
+        )
+    )
+    judgments_path = judge_dir / JUDGMENTS_FILE
+    if judgments_path.is_file():
+        for j in read_jsonl(judgments_path)[:EXAMPLES_PER_COMPARISON]:
+            ab = j["orders"]["AB"]
+            section.code.append(
+                f"item {j['id']} ({j.get('category')}, difficulty {j.get('difficulty')}): verdict {j['verdict']}, "
+                f"A {_num(j['score_a'])} / B {_num(j['score_b'])}\n"
+                f"judge, order AB ({ab.get('method') or ab.get('error')}):\n{ab['raw'].strip()[:600]}"
+            )
+    return section
+
+
+def build_report(
+    judge_dirs: list[str | Path],
+    out_dir: str | Path,
+    extra_sections: list[Section] | None = None,
+    title: str = "Evaluation report",
+) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / "plots"
+    comparisons = [(Path(d), read_json(Path(d) / SCORES_FILE)) for d in judge_dirs]
+    if not comparisons:
+        raise InputError("build_report needs at least one judge directory.")
+    scores = [s for _, s in comparisons]
+    overview = Section("Summary")
+    overview.paragraphs += [_headline(s) for s in scores]
+    overview.paragraphs.append(
+        "Capacity = sum of A's judge scores / sum of B's x 100. Each pair is judged in both "
+        "orders at temperature 0; a verdict that changes with the order counts as a tie."
+    )
+    overview.tables.append((SUMMARY_HEADER, _summary_rows(scores)))
+    overview.images.append(
+        (
+            plot_win_tie_lose([(_name(s), s["overall"]) for s in scores], plots_dir / "win_tie_lose.png"),
+            "Win / tie / lose per comparison",
+        )
+    )
+    overview.images.append(
+        (
+            plot_win_rate_by_difficulty(
+                [(_name(s), s["per_difficulty"]) for s in scores], plots_dir / "win_rate_by_difficulty.png"
+            ),
+            "Win rate by difficulty level",
+        )
+    )
+    sections = [overview, *(extra_sections or [])]
+    sections += [_comparison_section(s, d, plots_dir, d.name) for d, s in comparisons]
+
+    paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "json": out_dir / "report.json"}
+    atomic_write_text(paths["md"], render_markdown(title, sections, out_dir))
+    atomic_write_text(paths["html"], render_html(title, sections))
+    write_json(
+        paths["json"],
+        {
+            "title": title,
+            "generated": now(),
+            "comparisons": [{"dir": str(d), **s} for d, s in comparisons],
+            "plots": sorted(str(p.relative_to(out_dir)) for p in plots_dir.glob("*.png")),
+        },
+    )
+    return paths
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _md_cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _link(image: Path, out_dir: Path) -> str:
+    """Images under the report directory are linked relatively, so the folder can be moved whole."""
+    image, out_dir = image.resolve(), out_dir.resolve()
+    return (image.relative_to(out_dir) if image.is_relative_to(out_dir) else image).as_posix()
+
+
+def render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
+    lines = [f"# {title}", "", f"Generated {now()}.", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for paragraph in section.paragraphs:
+            lines += [paragraph, ""]
+        for header, rows in section.tables:
+            lines += ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+            lines.append("")
+        for image, caption in section.images:
+            lines += [f"![{caption}]({_link(Path(image), out_dir)})", ""]
+        for block_text in section.code:
+            lines += ["```text", block_text.replace("```", "'''"), "```", ""]
+    return "\n".join(lines)
+
+
+def _inline_markup(text: str) -> str:
+    # The only markdown the paragraphs use is **bold**; everything else is escaped.
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:0.6em;white-space:pre-wrap}
+figure{margin:1em 0}figcaption{color:#555;font-size:0.9em}"""
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>Generated {now()}.</p>"
+    ]
+    for section in sections:
+        out.append(f"<h2>{html.escape(section.title)}</h2>")
+        out += [f"<p>{_inline_markup(p)}</p>" for p in section.paragraphs]
+        for header, rows in section.tables:
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows]
+            out.append("</table>")
+        for image, caption in section.images:
+            data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
+            out.append(
+                f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        out += [f"<pre>{html.escape(block_text)}</pre>" for block_text in section.code]
+    out.append("</body></html>")
+    return "\n".join(out)

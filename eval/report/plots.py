@@ -1,0 +1,110 @@
+"""The report's PNG charts, drawn with matplotlib's file-only Agg backend (no display needed).
+
+    plot_win_tie_lose([("C1 vs base", scores["overall"])], Path("plots/win_tie_lose.png"))
+
+Each function takes plain numbers from scores.json and writes one PNG; none reads files itself,
+so the lead's ablation curve and any later chart can sit beside these with the same style.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+WIN, TIE, LOSE = "#2e7d32", "#9e9e9e", "#c62828"
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_win_tie_lose(comparisons: list[tuple[str, dict]], path: Path) -> Path:
+    """One horizontal stacked bar per comparison: win / tie / lose shares of the judged pairs."""
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(comparisons)))
+    names = [name for name, _ in comparisons]
+    for row, (_, overall) in enumerate(comparisons):
+        if not overall.get("n"):
+            ax.text(50, row, "no judged pairs (see judge failures)", ha="center", va="center", fontsize=8)
+            continue
+        left = 0.0
+        for key, color in (("win", WIN), ("tie", TIE), ("lose", LOSE)):
+            share = (overall.get(f"{key}_rate") or 0) * 100
+            ax.barh(row, share, left=left, color=color, label=key if row == 0 else None)
+            if share >= 6:
+                ax.text(
+                    left + share / 2,
+                    row,
+                    f"{share:.0f}%\n({overall[key]})",
+                    ha="center",
+                    va="center",
+                    color="white",
+                    fontsize=8,
+                )
+            left += share
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # first comparison on top, rows fixed even when all are empty
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of judged pairs (A's side)")
+    ax.set_title("Win / tie / lose", pad=24)
+    if any(overall.get("n") for _, overall in comparisons):
+        ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_capacity_per_skill(name: str, per_skill: dict[str, dict], path: Path) -> Path:
+    """Capacity (A's summed score over B's, %) per skill, sorted, with the 100% parity line."""
+    rows = sorted(
+        ((skill, b["capacity_pct"], b["n"]) for skill, b in per_skill.items() if b.get("capacity_pct") is not None),
+        key=lambda r: r[1],
+    )
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.28 * max(1, len(rows))))
+    if rows:
+        values = [r[1] for r in rows]
+        ax.barh(range(len(rows)), values, color=[WIN if v >= 100 else LOSE for v in values])
+        ax.set_yticks(range(len(rows)), [f"{r[0]} (n={r[2]})" for r in rows], fontsize=8)
+        for i, value in enumerate(values):
+            ax.text(value, i, f" {value:.0f}%", va="center", fontsize=7)
+        ax.set_xlim(0, max(110, max(values) * 1.15))
+    else:
+        ax.text(0.5, 0.5, "no judged pairs", ha="center", va="center", transform=ax.transAxes)
+    ax.axvline(100, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("capacity % (sum of A's scores / sum of B's scores x 100)")
+    ax.set_title(f"Capacity per skill: {name}")
+    return _save(fig, path)
+
+
+def plot_win_rate_by_difficulty(comparisons: list[tuple[str, dict]], path: Path) -> Path:
+    """Win rate (and win + half the ties) per difficulty level, one line per comparison."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, per_difficulty in comparisons:
+        levels = sorted((int(k), b) for k, b in per_difficulty.items() if k.isdigit() and b["n"])
+        if not levels:
+            continue
+        xs = [level for level, _ in levels]
+        (line,) = ax.plot(xs, [b["win_rate"] * 100 for _, b in levels], marker="o", label=f"{name}: win rate")
+        ax.plot(
+            xs,
+            [(b["win_rate"] + b["tie_rate"] / 2) * 100 for _, b in levels],
+            linestyle=":",
+            color=line.get_color(),
+            label=f"{name}: win + tie/2",
+        )
+    ax.axhline(50, color="black", linewidth=0.6, linestyle="--")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(range(1, 11))
+    ax.set_xlabel("difficulty")
+    ax.set_ylabel("% of judged pairs")
+    ax.set_title("Win rate by difficulty")
+    if len(ax.lines) > 1:  # the 50% guide line alone means nothing was judged
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no judged pairs", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)

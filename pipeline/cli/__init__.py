@@ -1,0 +1,211 @@
+"""The `evol` command line: this file holds the tool commands; each stage's command is a module
+beside it (evolve.py, train.py, eval.py, analyze.py), and `evol bench` comes from the benchmarks
+package through the `evol.commands` entry point (nothing here imports the benchmarks).
+
+    evol models prepare smollm2-135m
+    evol models list
+    evol generate --model smollm2-135m --in prompts.jsonl --out answers.jsonl
+    evol config show --config configs/tiny.yaml --set engine.max_tokens=64
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+import pipeline  # noqa: F401  (sets the offline environment before anything imports transformers)
+from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+from pipeline.config import to_yaml
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Offline Evol-Instruct: evolve, fine-tune and judge with local models."""
+
+
+# ---------------------------------------------------------------- evol models
+
+
+@main.group()
+def models() -> None:
+    """Prepare and list local models (nothing is ever downloaded)."""
+
+
+@models.command("prepare")
+@click.argument("alias", required=False)
+@click.option("--gguf", type=click.Path(dir_okay=False), help="A local GGUF file to convert.")
+@click.option("--name", help="Name of the prepared model (with --gguf).")
+@click.option("--models-dir", default=None, help="Model store (default: config models.dir or $EVOL_MODELS_DIR).")
+@config_options
+@friendly_errors
+def models_prepare(alias, gguf, name, models_dir, config_path, overrides) -> None:
+    """Turn the embedded SmolLM2 (ALIAS smollm2-135m) or a GGUF file into a plain HF directory."""
+    from pipeline.core.jsonio import InputError
+    from pipeline.core.models import prepare_alias, prepare_gguf
+
+    store = models_dir or load_cli_config(config_path, overrides).models.dir
+    if gguf and alias:
+        raise InputError("Give either a model alias or --gguf FILE --name NAME, not both.")
+    if gguf:
+        if not name:
+            raise InputError("--gguf needs --name NAME for the prepared model.")
+        prepared = prepare_gguf(Path(gguf), name, store)
+    elif alias:
+        prepared = prepare_alias(alias, store)
+    else:
+        raise InputError("Name a model alias (smollm2-135m) or give --gguf FILE --name NAME.")
+    state = "already prepared" if prepared.reused else "prepared"
+    click.echo(f"{prepared.name}: {state} at {prepared.path}")
+
+
+@models.command("list")
+@click.option("--models-dir", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_options
+@friendly_errors
+def models_list(models_dir, as_json, config_path, overrides) -> None:
+    """Show the prepared and local models with size and architecture."""
+    from pipeline.core.models import list_models
+    from pipeline.core.models import models_dir as store_of
+
+    store = models_dir or load_cli_config(config_path, overrides).models.dir
+    rows = list_models(store)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No models in {store_of(store)}; run `evol models prepare smollm2-135m`.")
+        return
+    click.echo(f"{'name':<28} {'architecture':<24} {'size':>10}  path")
+    for row in rows:
+        click.echo(f"{row['name']:<28} {row['architecture']:<24} {row['size_mb']:>8} MB  {row['path']}")
+
+
+# ---------------------------------------------------------------- evol generate
+
+
+@main.command()
+@click.option(
+    "--model", "model_name", default=None, help="Model directory or prepared name (default: models.evolver)."
+)
+@click.option(
+    "--in", "in_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {id, prompt|messages}."
+)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="JSONL of answers.")
+@config_options
+@friendly_errors
+def generate(model_name, in_path, out_path, config_path, overrides) -> None:
+    """Answer every prompt of a JSONL file with the local vLLM engine."""
+    from pipeline.core.models import resolve_model
+    from pipeline.engine import make_engine
+    from pipeline.generate import check_resumable, load_prompts, run_generate, settings_of
+
+    config = load_cli_config(config_path, overrides)
+    # Everything the user can get wrong is checked before the model loads.
+    rows = load_prompts(in_path)
+    model_path = resolve_model(model_name or config.models.evolver, config.models.dir)
+    settings = settings_of(config, str(model_path))
+    finished = check_resumable(Path(out_path), settings)
+    engine = make_engine(
+        model_path, config.engine, seed=config.run.seed, trust_remote_code=config.models.trust_remote_code
+    )
+    summary = run_generate(engine, rows, Path(out_path), config, settings, finished)
+    click.echo(
+        f"{summary['requests']} answers in {out_path} ({summary['generated']} generated, "
+        f"{summary['reused']} reused, {summary['too_long']} too long for the context, "
+        f"{summary['tokens_per_second']} output tok/s)"
+    )
+
+
+# ---------------------------------------------------------------- evol run
+
+
+@main.command()
+@config_options
+@friendly_errors
+def run(config_path, overrides) -> None:
+    """The whole pipeline: evolve, train one model per round count, answer, judge, report."""
+    from pipeline.run import run_pipeline
+
+    run_pipeline(load_cli_config(config_path, overrides))
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle directory.")
+@click.option("--no-wheels", is_flag=True, help="Leave out the Python wheels (models and data only).")
+@config_options
+@friendly_errors
+def bundle(out_dir, no_wheels, config_path, overrides) -> None:
+    """Gather models, data and wheels for a machine with no internet (with SHA256SUMS)."""
+    from pipeline.bundle import make_bundle
+
+    summary = make_bundle(load_cli_config(config_path, overrides), Path(out_dir), wheels=not no_wheels)
+    click.echo(
+        f"Bundle {out_dir}: models {', '.join(summary['models'])}, {summary['wheels']} wheels, "
+        f"{summary['files']} files checksummed. On the offline machine: ./run_all.sh --bundle {out_dir}"
+    )
+
+
+# ---------------------------------------------------------------- evol config
+
+
+@main.group()
+def config() -> None:
+    """Inspect configs."""
+
+
+@config.command("show")
+@config_options
+@friendly_errors
+def config_show(config_path, overrides) -> None:
+    """Print the resolved config (defaults, then the YAML, then --set)."""
+    click.echo(to_yaml(load_cli_config(config_path, overrides)), nl=False)
+
+
+def _register_commands() -> None:
+    from importlib.metadata import entry_points
+
+    from pipeline.cli import analyze, eval, evolve, train
+
+    for module in (evolve, train, eval, analyze):
+        for command in module.COMMANDS:
+            main.add_command(command)
+    # Commands of optional packages (the benchmarks) plug in by entry point, loaded only when asked
+    # for, so `evol run` never imports them.
+    for point in entry_points(group="evol.commands"):
+        main.add_command(_Plugin(point))
+
+
+class _Plugin(click.Command):
+    """A command from an entry point, imported only when it runs or shows its help."""
+
+    def __init__(self, point) -> None:
+        super().__init__(point.name, help=f"(from {point.value.split(':')[0]})")
+        self.point = point
+        self._loaded: click.Command | None = None
+
+    @property
+    def loaded(self) -> click.Command:
+        if self._loaded is None:
+            self._loaded = self.point.load()
+        return self._loaded
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.loaded.get_short_help_str(limit)
+
+    def make_context(self, *args, **kwargs):
+        return self.loaded.make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        return self.loaded.invoke(ctx)
+
+    def get_help(self, ctx):
+        return self.loaded.get_help(ctx)
+
+
+_register_commands()
+
+if __name__ == "__main__":  # vLLM spawns an engine process: the entry point must be guarded
+    main()

@@ -1,0 +1,156 @@
+"""The `evol` subcommands of this package (registered by pipeline/cli/__init__.py).
+
+    evol answer --model smollm2-135m --label base --adapter C1=runs/tiny/sft/C1/adapter --out runs/tiny/answers
+    evol judge --answers runs/tiny/answers/C1 --baseline runs/tiny/answers/base --judge smollm2-135m \\
+        --out runs/tiny/judge
+    evol report runs/tiny
+
+Each command checks every input it was given (test set, adapters, labels, answer directories)
+before a model loads, and does its work in eval/answer.py, eval/judge.py and eval/report/evaluation.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+
+
+@click.command("answer")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Base model: a local directory or a prepared name (default: models.base).",
+)
+@click.option(
+    "--adapter",
+    "adapter_specs",
+    multiple=True,
+    metavar="LABEL=PATH",
+    help="A PEFT LoRA adapter to answer with, served on the same engine (repeatable).",
+)
+@click.option(
+    "--label",
+    "base_label",
+    default=None,
+    help="Label (output subdirectory) of the base model's answers (default: the model's directory name).",
+)
+@click.option("--adapters-only", is_flag=True, help="Answer with the adapters only, not with the base model.")
+@click.option(
+    "--testset",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Test set JSONL (default: eval.testset, $EVOL_TESTSET, ../shared/data, then the shipped sample).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory that receives <label>/answers.jsonl for every label.",
+)
+@config_options
+@friendly_errors
+def answer(model_name, adapter_specs, base_label, adapters_only, testset, out_dir, config_path, overrides) -> None:
+    """Answer the test set with a base model and its LoRA adapters (one engine, greedy by default)."""
+    from eval.answer import answer_testset, parse_adapters
+    from pipeline.core.models import resolve_model
+
+    config = load_cli_config(config_path, overrides)
+    model_path = resolve_model(model_name or config.models.base, config.models.dir)
+    adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
+    summaries = answer_testset(config, Path(out_dir), model_path, testset, adapters, base_label, adapters_only)
+    for label, summary in summaries.items():
+        if summary["skipped"]:
+            click.echo(f"{label}: already answered, {summary['dir']}")
+        else:
+            click.echo(
+                f"{label}: {summary['answers']} answers in {summary['dir']} ({summary['empty']} empty, "
+                f"{summary['hit_max_tokens']} cut at max_tokens, {summary['too_long']} prompts too long)"
+            )
+
+
+@click.command("judge")
+@click.option(
+    "--answers",
+    "answers_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Answers of the model under test (A): a label directory written by `evol answer`. "
+    "Repeat together with --baseline to judge several pairs with one judge engine.",
+)
+@click.option(
+    "--baseline",
+    "baseline_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Answers of the baseline (B) to compare against (the n-th --baseline goes with the n-th --answers).",
+)
+@click.option(
+    "--judge",
+    "judge_name",
+    default=None,
+    help="Judge model: local directory or prepared name (default: models.judge).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory that receives <A>__vs__<B>/ (judgments.jsonl, scores.json, manifest.json).",
+)
+@config_options
+@friendly_errors
+def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrides) -> None:
+    """Judge two answer sets pairwise, in both orders, at temperature 0; write scores.json."""
+    from eval.judge import judge_pairs
+    from pipeline.core.jsonio import InputError
+    from pipeline.core.models import resolve_model
+
+    if len(answers_dirs) != len(baseline_dirs):
+        raise InputError(
+            f"--answers was given {len(answers_dirs)} times and --baseline {len(baseline_dirs)} times; "
+            f"give one --baseline per --answers."
+        )
+    config = load_cli_config(config_path, overrides)
+    judge_path = resolve_model(judge_name or config.models.judge, config.models.dir)
+    for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
+        o, f = scores["overall"], scores["judge_failures"]
+        capacity = "-" if o["capacity_pct"] is None else f"{o['capacity_pct']}%"
+        click.echo(
+            f"{scores['a']} vs {scores['b']}: win {o['win']} / tie {o['tie']} / lose {o['lose']} of {o['n']} "
+            f"judged (of {scores['items']}), capacity {capacity}; {f['orders_unparsed']} of {f['orders_total']} "
+            f"judge outputs unparseable; {judge_dir / 'scores.json'}"
+        )
+
+
+@click.command("report")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@friendly_errors
+def report(path) -> None:
+    """Rebuild report.md / report.html / plots from a run directory or a judge directory."""
+    from eval.report.evaluation import build_report, find_judge_dirs
+
+    judge_dirs, out_dir = find_judge_dirs(path)
+    run_config = out_dir / "config.yaml"
+    if out_dir != judge_dirs[0] and run_config.is_file():
+        # A whole run: rebuild it the way `evol run` wrote it, ablation over rounds included, so a
+        # rebuild never drops the section the run stage added.
+        from pipeline.config import load_config
+        from pipeline.report import write_run_report
+
+        report_md = write_run_report(out_dir, load_config(run_config))
+        click.echo(
+            f"{len(judge_dirs)} comparison(s) and the ablation over rounds: {report_md}, {out_dir / 'report.html'}"
+        )
+        return
+    paths = build_report(judge_dirs, out_dir)
+    click.echo(f"{len(judge_dirs)} comparison(s): {paths['md']}, {paths['html']}")
+
+
+COMMANDS = [answer, judge, report]

@@ -1,0 +1,89 @@
+"""The `evol evolve` command (registered by pipeline/cli/__init__.py); the stage is evolve_local/.
+
+    evol evolve --config configs/tiny.yaml --seeds evolve_local/data/seeds.jsonl --rounds 2 --out runs/tiny
+
+--seeds and --rounds override `evolve.seeds` / `evolve.rounds`. Seeds, test set, config values and
+model paths are all checked before a model loads. Each role (evolver, equality check, responder)
+gets its model from the config; roles played by different models share no memory: the engine of
+one is closed before the next starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+
+
+def vllm_models(config):
+    """The ModelSet of the real engine: names, content hashes and a lazy vLLM factory per role."""
+    from evolve_local.steps import ModelSet
+    from pipeline.core.models import content_hash, models_dir, resolve_model
+
+    m = config.models
+    paths = {
+        "evolver": resolve_model(m.evolver, m.dir),
+        "equality": resolve_model(config.evolve.equality_model or m.evolver, m.dir),
+        "responder": resolve_model(m.responder or m.evolver, m.dir),
+    }
+    cache = models_dir(m.dir)
+    hashes = {role: content_hash(path, cache) for role, path in paths.items()}
+
+    def make(role: str):
+        from pipeline.engine import make_engine
+
+        return make_engine(paths[role], config.engine, seed=config.run.seed, trust_remote_code=m.trust_remote_code)
+
+    return ModelSet(names={role: path.name for role, path in paths.items()}, hashes=hashes, make=make)
+
+
+@click.command("evolve")
+@click.option(
+    "--seeds",
+    "seeds_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Seed file (Alpaca, self-instruct, ShareGPT, chat messages or plain instruction JSON/JSONL).",
+)
+@click.option("--rounds", type=int, default=None, help="Evolution rounds M (default: evolve.rounds).")
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run directory, e.g. runs/tiny; writes evolve/ and data/C0..CM.jsonl there.",
+)
+@config_options
+@friendly_errors
+def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
+    """Evolve seed instructions for M rounds with elimination (Evol-Instruct)."""
+    from evolve_local.evolve import load_inputs, run_evolve
+    from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
+    from pipeline.core.manifest import write_run_manifest
+
+    config = load_cli_config(config_path, overrides)
+    if seeds_file:
+        config.evolve.seeds = seeds_file
+    if rounds is not None:
+        config.evolve.rounds = rounds
+    inputs = load_inputs(config)
+    models = vllm_models(config)
+    write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+    click.echo(
+        f"[evolve] {len(inputs.seeds)} seeds ({inputs.seed_format}) from {inputs.seeds_file}, "
+        f"{config.evolve.rounds} rounds, evolver {models.names['evolver']}, responder "
+        f"{models.names['responder']}, equality check {models.names['equality']}",
+        err=True,
+    )
+    stats = run_evolve(config, Path(run_dir), models, inputs)
+    last = stats["rounds"][config.evolve.rounds]
+    totals = stats["evolution_totals"]
+    click.echo(
+        f"{totals['kept']}/{totals['attempted']} evolutions kept over {config.evolve.rounds} rounds; "
+        f"C{config.evolve.rounds} has {last['training_set_size']} items in {Path(run_dir) / 'data'}"
+    )
+
+
+COMMANDS = [evolve]

@@ -1,0 +1,60 @@
+"""The `evol train` command (registered by pipeline/cli/__init__.py).
+
+    evol train --config configs/tiny.yaml --data runs/tiny/data/C1.jsonl --out runs/tiny/sft/C1
+    evol train --config configs/paper-7b.yaml --data runs/paper-7b/data/C4.jsonl \
+        --base /models/llama-7b --out runs/paper-7b/sft/C4 --method qlora --merge
+
+Multi-GPU: the same command under `accelerate launch` with a file from configs/accelerate/
+(each opens with its exact command line).
+"""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+
+
+@click.command("train")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Training set: chat `messages` JSONL (runs/<name>/data/C<k>.jsonl) or Alpaca JSON/JSONL.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory, e.g. runs/<name>/sft/C<k>.",
+)
+@click.option("--base", default=None, help="Base model directory or prepared name (default: models.base).")
+@click.option(
+    "--method",
+    type=click.Choice(["full", "lora", "qlora"]),
+    default=None,
+    help="Fine-tuning method (default: train.method).",
+)
+@click.option("--merge", is_flag=True, help="Also write merged/: the LoRA adapter folded into the base model.")
+@config_options
+@friendly_errors
+def train(data_path, out_dir, base, method, merge, config_path, overrides) -> None:
+    """Supervised fine-tuning with TRL SFTTrainer; loss on the assistant's tokens only."""
+    from finetune.train import run_train
+
+    config = load_cli_config(config_path, overrides)
+    manifest = run_train(config, data_path, out_dir, base=base, method=method, merge=merge)
+    if not manifest:  # a non-main process under accelerate launch
+        return
+    perf = manifest.get("performance", {})
+    outputs = ", ".join(f"{k}: {v}" for k, v in manifest.get("outputs", {}).items())
+    click.echo(
+        f"{manifest['rows']['train_rows']} rows trained ({manifest['rows']['bad_rows']} bad skipped), "
+        f"{perf.get('global_step')} steps, loss {perf.get('first_loss')} -> {perf.get('last_loss')}, "
+        f"{perf.get('train_tokens_per_second')} tokens/s; {outputs}"
+    )
+
+
+COMMANDS = [train]

@@ -1,0 +1,246 @@
+"""One config path: dataclass defaults, a YAML file on top, `--set key.sub=value` on top of that.
+
+Unknown keys and values of the wrong type are errors that name the key. Fields marked as
+throughput knobs (batch sizes, memory fraction, chunk size) are left out of the semantic hash,
+so tuning speed never invalidates finished results.
+
+    evol generate --config configs/tiny.yaml --set engine.max_tokens=64 ...
+
+Each stage owns its section: `engine` and `models` live here, `evolve` in pipeline/config/evolve.py,
+`train` in pipeline/config/train.py, `eval` in pipeline/config/eval.py, `analysis` in
+pipeline/config/analysis.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config.analysis import AnalysisConfig
+from pipeline.config.eval import EvalConfig
+from pipeline.config.evolve import EvolveConfig
+from pipeline.config.fields import throughput
+from pipeline.config.train import TrainConfig
+from pipeline.core.jsonio import InputError
+
+
+class ConfigError(InputError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny"
+    runs_dir: str = "runs"
+    seed: int = 42
+    # The round-count ablation of `evol run`: evolve once to the largest, train and judge each C<k>.
+    rounds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # Also judge every model against the evolver's own answers (the paper's "% of ChatGPT").
+    reference: bool = True
+    # Training processes per fine-tune: above 1, `evol run` starts `accelerate launch` with
+    # accelerate_config (see configs/accelerate/) instead of a single process.
+    train_processes: int = throughput(1)
+    accelerate_config: str = throughput("configs/accelerate/ddp.yaml")
+
+
+@dataclass
+class ModelsConfig:
+    # Where `evol models prepare` writes and where names are looked up ($EVOL_MODELS_DIR overrides).
+    dir: str = "models"
+    evolver: str = "smollm2-135m"
+    responder: str = ""  # empty: the evolver answers its own evolved instructions
+    base: str = "smollm2-135m"
+    judge: str = "smollm2-135m"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class EngineConfig:
+    dtype: str = "auto"
+    max_model_len: int = 2048
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    tensor_parallel_size: int = throughput(1)
+    # Engine processes for data-parallel generation (one per group of tensor_parallel_size GPUs).
+    data_parallel_size: int = throughput(1)
+    gpu_memory_utilization: float = throughput(0.4)  # on CPU: share of one NUMA node's RAM for vLLM
+    # KV cache size in GiB; set, it wins over gpu_memory_utilization. On CPU this is the robust
+    # choice: the utilization share counts the worker's own memory and fails on small machines.
+    kv_cache_gb: float | None = throughput(None)
+    enforce_eager: bool | None = throughput(None)  # None: on for CPU (start-up ~33 s, not ~115 s)
+    chunk_size: int = throughput(256)  # requests per engine call; each chunk is saved before the next
+    cpu_threads_bind: str = throughput("all")  # VLLM_CPU_OMP_THREADS_BIND; "all" binds every core
+    # vLLM's engine core in its own process (VLLM_ENABLE_V1_MULTIPROCESSING). None: on a GPU only.
+    # In-process, a batch is exactly what was sent before the step, so reruns repeat the same texts
+    # (measured on CPU: identical files, ~8% faster); a separate process overlaps the scheduler
+    # and detokenisation with the GPU's work, but its batches depend on when requests arrive.
+    core_process: bool | None = throughput(None)
+    max_loras: int = throughput(4)
+    max_lora_rank: int = 64
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+
+# ---------------------------------------------------------------- loading and overriding
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then each `key.sub=value` override, checked all the way."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} not found.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping of sections at the top level.")
+        _merge(config, data, prefix="", source=str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"Override '{item}' must look like section.key=value.")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        nested: dict = {}
+        cursor = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        _merge(config, nested, prefix="", source="--set")
+    return config
+
+
+def _merge(target: Any, data: dict, prefix: str, source: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"Unknown config key '{dotted}' ({source}); known keys here: {known}.")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key '{dotted}' ({source}) is a section and needs a mapping.")
+            _merge(current, value, prefix=f"{dotted}.", source=source)
+        else:
+            setattr(target, key, _coerce(value, hints[key], dotted, source))
+
+
+def _coerce(value: Any, hint: Any, dotted: str, source: str) -> Any:
+    def fail() -> ConfigError:
+        return ConfigError(f"Config key '{dotted}' ({source}) expects {_describe(hint)}, got {value!r}.")
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, dotted, source)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is list:
+        if not isinstance(value, list):
+            raise fail()
+        (item_hint,) = typing.get_args(hint) or (Any,)
+        return [_coerce(item, item_hint, f"{dotted}[{i}]", source) for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail()
+        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
+        return {
+            _coerce(k, key_hint, dotted, source): _coerce(v, value_hint, f"{dotted}.{k}", source)
+            for k, v in value.items()
+        }
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. --set run.name=7 names a run "7"
+        raise fail()
+    raise fail()
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+# ---------------------------------------------------------------- serialising and hashing
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def semantic_dict(config: Any) -> dict:
+    """The config without throughput knobs: what results depend on."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("throughput"):
+            continue
+        value = getattr(config, f.name)
+        out[f.name] = semantic_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def stable_hash(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,46 @@
+"""The `eval` section of the config (see pipeline/config/__init__.py for how configs load).
+
+evol answer --model smollm2-135m --out runs/tiny/answers --set eval.limit=20
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config.fields import throughput
+
+
+@dataclass
+class EvalConfig:
+    # Empty: $EVOL_TESTSET, then ../shared/data/evol_instruct_testset.jsonl, then the shipped sample.
+    testset: str = ""
+    # Field mapping: which key of each test set line holds what. The defaults read the
+    # Evol-Instruct schema; another JSONL works by naming its keys (empty: the field is absent).
+    id_field: str = "idx"
+    instruction_field: str = "Instruction"
+    category_field: str = "Skill"
+    difficulty_field: str = "Difficulty"
+    reference_field: str = ""
+    limit: int = 0  # N items evenly spaced over the file (0: all); for smoke runs
+
+    # Answers: greedy by default so two models are compared on their most likely answer.
+    answer_max_tokens: int = 512
+    answer_temperature: float = 0.0
+    answer_top_p: float = 1.0
+    system_prompt: str = ""  # empty: no system message, the model's chat template alone
+
+    # Judge: temperature 0, both orders; see eval/judge_prompt.py for the wording.
+    judge_max_tokens: int = 256
+    # Force the judge's first line to be two scores 1-10 ("7 5") with the engine's structured
+    # outputs, then free text for the reasons: a small judge then always gives readable scores
+    # (whether they are good scores is another matter). Off: free text and the tolerant parser.
+    constrained_judge: bool = True
+    use_reference: bool = True  # reference-guided judging for items that carry a reference answer
+    # A pair with only one parseable order: judged on that order alone (true) or counted as a
+    # judge failure (false). Either way the missing order is counted in judge_failures.
+    single_order_fallback: bool = True
+    # Answers longer than this are cut (and the cut marked) in the judge prompt so the pair fits
+    # the judge's context; 0: never cut (a pair that does not fit is then a recorded failure).
+    judge_answer_max_chars: int = 6000
+    high_difficulty: int = 8  # the "high-difficulty subset" is difficulty >= this
+    chunk_size: int = throughput(0)  # requests per engine call; 0: engine.chunk_size

@@ -1,0 +1,32 @@
+"""The engine package: the interface stages use, its backends, and the schedulers that feed them.
+
+    from pipeline.engine import ChatRequest, make_engine, generate_in_chunks
+    engine = make_engine(resolve_model("smollm2-135m"), config.engine, seed=42)
+    results = engine.generate([ChatRequest(id="a", messages=[{"role": "user", "content": "Hi"}])])
+
+  types.py         ChatRequest, ChatResult, the Engine and StreamingEngine protocols
+  vllm_backend.py  VLLMEngine: one vllm.LLM in this process (chat template, seeds, LoRA, constraints)
+  parallel.py      DataParallelEngine: several engine processes, one per GPU group
+  fake.py          FakeEngine: scripted answers for unit tests
+  factory.py       make_engine: the backend a config asks for
+  schedule.py      generate_in_chunks (resumable chunks), run_dataflow (dependent requests)
+
+The chat template is applied by the backend with the model's own tokenizer, so a prompt that does
+not fit the context is reported per request (`finish_reason == "too_long"`) instead of failing.
+"""
+
+from pipeline.engine.factory import make_engine
+from pipeline.engine.schedule import ChunkStats, generate_in_chunks, run_dataflow
+from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult, Engine, StreamingEngine
+
+__all__ = [
+    "TOO_LONG",
+    "ChatRequest",
+    "ChatResult",
+    "ChunkStats",
+    "Engine",
+    "StreamingEngine",
+    "generate_in_chunks",
+    "make_engine",
+    "run_dataflow",
+]

@@ -1,0 +1,38 @@
+"""Which engine a stage gets for a model: the only place that chooses a backend.
+
+engine = make_engine(resolve_model("smollm2-135m"), config.engine, seed=config.run.seed)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import EngineConfig
+from pipeline.engine.types import Engine
+from pipeline.engine.vllm_backend import VLLMEngine, on_cpu
+
+
+def make_engine(
+    model_path: str | Path,
+    settings: EngineConfig,
+    seed: int = 0,
+    adapters: dict[str, str | Path] | None = None,
+    trust_remote_code: bool = False,
+) -> Engine:
+    """One vLLM engine, or `engine.data_parallel_size` of them in worker processes (one per GPU group)."""
+    if settings.data_parallel_size <= 1:
+        return VLLMEngine(model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code)
+    import functools
+
+    from pipeline.engine.parallel import DataParallelEngine
+
+    factory = functools.partial(
+        VLLMEngine, model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code
+    )
+    return DataParallelEngine(
+        factory,
+        settings.data_parallel_size,
+        settings.tensor_parallel_size,
+        model_name=Path(model_path).name,
+        pin_devices=not on_cpu(),
+    )

@@ -1,0 +1,84 @@
+"""Scripted engines with the interfaces of the real ones, for unit tests.
+
+    engine = FakeEngine(lambda request: "Paris." if "France" in request.prompt_text else "?")
+    results = engine.generate([ChatRequest(id="q1", messages=[{"role": "user", "content": "..."}])])
+
+Tokens are counted as whitespace-separated words. Every batch it receives is recorded in
+`engine.batches`, so tests can check that callers send large batches, not one request per call.
+`FakeEngine` is a batch `Engine`; `StreamingFakeEngine` also has the submit/poll interface of
+`VLLMEngine` (a `StreamingEngine`, for `pipeline.engine.run_dataflow`): each poll finishes the
+`finish_per_poll` oldest requests in flight, and `engine.polls` records which requests were in
+flight at each poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.engine.types import ChatRequest, ChatResult
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        respond: Callable[[ChatRequest], str] | dict[str, str] | str = "",
+        max_model_len: int = 2048,
+        max_tokens: int = 512,
+        model_name: str = "fake-model",
+        finish_per_poll: int = 1,
+    ):
+        self._respond = respond
+        self.max_model_len = max_model_len
+        self.max_tokens = max_tokens
+        self.model_name = model_name
+        self.batches: list[list[ChatRequest]] = []
+        self.finish_per_poll = finish_per_poll
+        self.in_flight: list[ChatRequest] = []
+        self.polls: list[list[ChatRequest]] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    @property
+    def requests_seen(self) -> list[ChatRequest]:
+        return [request for batch in self.batches for request in batch]
+
+    def _text_for(self, request: ChatRequest) -> str:
+        if callable(self._respond):
+            return self._respond(request)
+        if isinstance(self._respond, dict):
+            return self._respond.get(request.id, "")
+        return self._respond
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        self.batches.append(list(requests))
+        return [self._result(request) for request in requests]
+
+    def _result(self, request: ChatRequest) -> ChatResult:
+        prompt_tokens = len(request.prompt_text.split())
+        if prompt_tokens >= self.max_model_len:
+            return ChatResult(request.id, "", prompt_tokens, 0, "too_long")
+        words = self._text_for(request).split(" ")
+        budget = min(request.max_tokens or self.max_tokens, self.max_model_len - prompt_tokens)
+        finish = "length" if len(words) > budget else "stop"
+        text = " ".join(words[:budget])
+        return ChatResult(request.id, text, prompt_tokens, len(text.split()), finish)
+
+    def close(self) -> None:
+        pass
+
+
+class StreamingFakeEngine(FakeEngine):
+    @property
+    def pending(self) -> int:
+        return len(self.in_flight)
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        self.in_flight += requests
+
+    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
+        self.polls.append(list(self.in_flight))
+        done, self.in_flight = self.in_flight[: self.finish_per_poll], self.in_flight[self.finish_per_poll :]
+        self.batches.append(done)
+        return [(request, self._result(request)) for request in done]

@@ -1,0 +1,74 @@
+"""The engine interface every backend implements: request and result types and the two protocols.
+
+    from pipeline.engine import ChatRequest, Engine, StreamingEngine
+
+`Engine` is a batch interface (`generate` returns results in request order); `StreamingEngine` adds
+continuous batching (`submit`/`poll`/`pending`). Stages depend on these types only, never on a
+backend, so a new backend (another process layout, a cluster) is one new module in this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+TOO_LONG = "too_long"
+
+
+@dataclass
+class ChatRequest:
+    id: str
+    messages: list[dict]
+    max_tokens: int | None = None  # None: the engine's configured max_tokens
+    temperature: float | None = None  # None: the engine's configured temperature
+    top_p: float | None = None
+    seed: int | None = None  # per-request seed: same seed, same text
+    adapter: str | None = None  # name of a LoRA adapter given to the engine; None: the base model
+    # Constrained decoding, for answers a program must read (a verdict, two scores): the text is
+    # forced to match the regular expression, or to be one of the choices. None: free text.
+    regex: str | None = None
+    choice: list[str] | None = None
+    purpose: str | None = None  # the caller's tag (which step asked); engines ignore it
+
+    @property
+    def prompt_text(self) -> str:
+        return "\n".join(str(m.get("content", "")) for m in self.messages)
+
+
+@dataclass
+class ChatResult:
+    id: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop", "length", or "too_long" (prompt did not fit; nothing generated)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every backend offers: a batch of requests in, their results out, in request order."""
+
+    model_name: str
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingEngine(Engine, Protocol):
+    """An engine with continuous batching: requests join the running batch between decoding steps.
+
+    `run_dataflow` uses it to send each follow-up request the moment its predecessor finishes.
+    """
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not yet returned by `poll`."""
+        ...
+
+    def submit(self, requests: list[ChatRequest]) -> None: ...
+
+    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
+        """Advance the engine one step; the requests that finished in it, in no particular order."""
+        ...

