@@ -13,42 +13,13 @@ from evolve_local.dedup import load_test_instructions
 from evolve_local.seeds import Seed, load_seeds
 from evolve_local.steps import ModelSet
 from pipeline.config import Config, semantic_dict
-from pipeline.config.evolve import OPERATIONS
-from pipeline.core.jsonio import InputError
 from pipeline.core.manifest import file_hash
 from pipeline.core.paths import seeds_path, testset_path
 
 
 def check_config(config: Config) -> None:
-    e = config.evolve
-    if e.rounds < 0:
-        raise InputError(f"evolve.rounds is {e.rounds}; give 0 (seeds only) or more rounds.")
-    unknown = sorted(set(e.operation_weights) - set(OPERATIONS))
-    if unknown:
-        raise InputError(
-            f"evolve.operation_weights names unknown operations {unknown}; known: {', '.join(OPERATIONS)}."
-        )
-    if any(w < 0 for w in e.operation_weights.values()) or sum(e.operation_weights.values()) <= 0:
-        raise InputError("evolve.operation_weights must be non-negative with at least one above 0.")
-    for name in ("dedup_threshold", "decontam_threshold"):
-        if not 0 < getattr(e, name) <= 1:
-            raise InputError(f"evolve.{name} must lie in (0, 1], got {getattr(e, name)}.")
-    for name in (
-        "dedup_shingle_chars",
-        "minhash_permutations",
-        "decontam_ngram",
-        "verdict_max_tokens",
-        "refusal_max_words",
-    ):
-        if getattr(e, name) < 1:
-            raise InputError(f"evolve.{name} must be at least 1, got {getattr(e, name)}.")
-    for name in ("evolution_max_tokens", "answer_max_tokens"):
-        if getattr(e, name) is not None and getattr(e, name) < 1:
-            raise InputError(f"evolve.{name} must be at least 1 or null, got {getattr(e, name)}.")
-    if e.max_seeds < 0:
-        raise InputError(f"evolve.max_seeds must be 0 (all seeds) or more, got {e.max_seeds}.")
-    if config.engine.chunk_size < 1:
-        raise InputError(f"engine.chunk_size must be at least 1, got {config.engine.chunk_size}.")
+    """The sections an evolution reads (pipeline/config/evolve.py and the engine's)."""
+    config.validate("engine", "evolve")
 
 
 @dataclass

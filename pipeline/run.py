@@ -43,14 +43,9 @@ class Step:
 
 
 def check_run_config(config: Config) -> None:
-    """Everything that can be wrong with the run, said before any model loads."""
-    rounds = config.run.rounds
-    if not rounds:
-        raise InputError("run.rounds is empty; give the round counts to compare, e.g. --set run.rounds=[0,1].")
-    if any(k < 0 for k in rounds) or len(set(rounds)) != len(rounds):
-        raise InputError(f"run.rounds must be distinct non-negative round counts, got {rounds}.")
-    if 0 not in rounds:
-        raise InputError(f"run.rounds {rounds} must include 0: every model is judged against the C0 model.")
+    """Everything that can be wrong with the run's config and data files, said before any model loads:
+    every section's values (Config.validate), then the seed file, the test set and the accelerate file."""
+    config.validate()
     seeds = seeds_path(config.evolve.seeds)
     if not seeds.is_file():
         raise InputError(f"Seed file {seeds} not found (evolve.seeds).")
@@ -62,22 +57,33 @@ def check_run_config(config: Config) -> None:
             f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
             f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/."
         )
-    if config.engine.data_parallel_size < 1 or config.engine.tensor_parallel_size < 1:
-        raise InputError("engine.data_parallel_size and engine.tensor_parallel_size must be at least 1.")
+
+
+def model_roles(config: Config) -> dict[str, str]:
+    """Every model the run loads, by the config key that names it (empty fallbacks filled in)."""
+    m = config.models
+    roles = {
+        "models.evolver": m.evolver,
+        "models.responder": m.responder or m.evolver,
+        "evolve.equality_model": config.evolve.equality_model or m.evolver,
+        "models.base": m.base,
+        "models.judge": m.judge,
+    }
+    if config.analysis.difficulty:
+        roles["analysis.judge_model"] = config.analysis.judge_model or m.judge
+    return roles
 
 
 def ensure_models(config: Config) -> dict[str, Path]:
     """Prepare the built-in model if the config names it; check every other model exists."""
-    m = config.models
-    roles = {"evolver": m.evolver, "responder": m.responder or m.evolver, "base": m.base, "judge": m.judge}
     paths = {}
-    for role, name in roles.items():
-        if name == SMOLLM2_ALIAS:
-            prepare_alias(name, m.dir)
+    for key, name in model_roles(config).items():
         try:
-            paths[role] = resolve_model(name, m.dir)
+            if name == SMOLLM2_ALIAS:
+                prepare_alias(name, config.models.dir)
+            paths[key] = resolve_model(name, config.models.dir)
         except InputError as err:
-            raise InputError(f"models.{role}: {err}") from None
+            raise InputError(f"{key}: {err}") from None
     return paths
 
 

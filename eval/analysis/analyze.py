@@ -29,7 +29,7 @@ from eval.analysis import metrics
 from eval.analysis.complexity import PROMPT_VERSION, difficulty_request, rating_record
 from eval.report.analysis import ANALYSIS_FILE, STAGE, plot_all
 from pipeline.config import Config, semantic_dict, stable_hash
-from pipeline.config.analysis import PROJECTIONS, AnalysisConfig
+from pipeline.config.analysis import AnalysisConfig
 from pipeline.config.evolve import OPERATIONS
 from pipeline.core.jsonio import (
     InputError,
@@ -108,15 +108,8 @@ def load_run(run_dir: str | Path) -> EvolvedRun:
 
 
 def check_settings(s: AnalysisConfig) -> None:
-    if s.projection not in PROJECTIONS:
-        raise InputError(f"analysis.projection is {s.projection!r}; use one of {', '.join(PROJECTIONS)}.")
-    if s.clusters < 2:
-        raise InputError(f"analysis.clusters is {s.clusters}; k-means needs at least 2 clusters.")
-    for name in ("difficulty_per_round", "diversity_per_set", "instruction_max_chars", "chunk_size"):
-        if getattr(s, name) < 0:
-            raise InputError(f"analysis.{name} is {getattr(s, name)}; use 0 (all / never) or a positive number.")
-    if s.difficulty and s.difficulty_max_tokens < 2:
-        raise InputError("analysis.difficulty_max_tokens must be at least 2 (the score and a line break).")
+    """The analysis section's values (pipeline/config/analysis.py), before the run is read."""
+    s.validate()
 
 
 def sample(items: list[dict], n: int, seed: int, purpose: str) -> list[dict]:

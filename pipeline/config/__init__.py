@@ -9,6 +9,11 @@ so tuning speed never invalidates finished results.
 Each stage owns its section: `engine` and `models` live here, `evolve` in pipeline/config/evolve.py,
 `train` in pipeline/config/train.py, `eval` in pipeline/config/eval.py, `analysis` in
 pipeline/config/analysis.py.
+
+Loading checks types; values are checked by each section's `validate()` (one sentence naming the
+dotted key, its value and what is allowed). `Config.validate()` runs every section and the rules
+across sections (a LoRA rank above engine.max_lora_rank);
+`evol run` calls it before the first stage, a single stage checks the sections it uses.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from typing import Any
 import yaml
 
 from pipeline.config.analysis import AnalysisConfig
+from pipeline.config.checks import ConfigError, at_least, between, not_empty, one_of, positive
 from pipeline.config.eval import EvalConfig
 from pipeline.config.evolve import EvolveConfig
 from pipeline.config.fields import throughput
 from pipeline.config.train import TrainConfig
-from pipeline.core.jsonio import InputError
 
+__all__ = ["Config", "ConfigError", "load_config", "semantic_dict", "stable_hash", "to_dict", "to_yaml"]
 
-class ConfigError(InputError):
-    """A config file, key or value is wrong; the message names it."""
+# vLLM's accepted values (vllm/config: ModelDType, MaxLoRARanks); a wrong one would otherwise
+# fail only when the engine starts, after a minute of loading.
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass
@@ -50,6 +58,22 @@ class RunConfig:
     train_processes: int = throughput(1)
     accelerate_config: str = throughput("configs/accelerate/ddp.yaml")
 
+    def validate(self) -> None:
+        """The run's own values; `evol run` also checks that accelerate_config exists."""
+        not_empty("run.name", self.name, "a folder name for the run, e.g. tiny")
+        if "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"run.name must be a plain folder name (runs_dir holds it), not {self.name!r}.")
+        not_empty("run.runs_dir", self.runs_dir, "the folder that holds the runs, e.g. runs")
+        at_least("run.seed", self.seed, 0)
+        rounds = self.rounds
+        if not rounds:
+            raise ConfigError("run.rounds is empty; give the round counts to compare, e.g. --set run.rounds=[0,1].")
+        if any(k < 0 for k in rounds) or len(set(rounds)) != len(rounds):
+            raise ConfigError(f"run.rounds must be distinct non-negative round counts, not {rounds}.")
+        if 0 not in rounds:
+            raise ConfigError(f"run.rounds {rounds} must include 0: every model is judged against the C0 model.")
+        at_least("run.train_processes", self.train_processes, 1)
+
 
 @dataclass
 class ModelsConfig:
@@ -60,6 +84,12 @@ class ModelsConfig:
     base: str = "smollm2-135m"
     judge: str = "smollm2-135m"
     trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        """Names only; whether each model exists is `evol run`'s check (pipeline/run.py)."""
+        not_empty("models.dir", self.dir, "the folder of prepared models, e.g. models")
+        for role in ("evolver", "base", "judge"):
+            not_empty(f"models.{role}", getattr(self, role), "a prepared model name or a model directory")
 
 
 @dataclass
@@ -87,6 +117,22 @@ class EngineConfig:
     max_loras: int = throughput(4)
     max_lora_rank: int = 64
 
+    def validate(self) -> None:
+        one_of("engine.dtype", self.dtype, DTYPES)
+        at_least("engine.max_model_len", self.max_model_len, 16, " tokens")
+        at_least("engine.max_tokens", self.max_tokens, 1)
+        at_least("engine.temperature", self.temperature, 0)
+        between("engine.top_p", self.top_p, 0, 1, low_open=True)
+        at_least("engine.tensor_parallel_size", self.tensor_parallel_size, 1)
+        at_least("engine.data_parallel_size", self.data_parallel_size, 1)
+        between("engine.gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True)
+        if self.kv_cache_gb is not None:
+            positive("engine.kv_cache_gb", self.kv_cache_gb)
+        at_least("engine.chunk_size", self.chunk_size, 1)
+        not_empty("engine.cpu_threads_bind", self.cpu_threads_bind, "all, or the cores to bind such as 0-7")
+        at_least("engine.max_loras", self.max_loras, 1)
+        one_of("engine.max_lora_rank", self.max_lora_rank, LORA_RANKS)
+
 
 @dataclass
 class Config:
@@ -97,6 +143,30 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def validate(self, *sections: str) -> None:
+        """Check the named sections (all of them when none is named), then every rule across
+        sections whose sections were all named. The first failure is one ConfigError sentence."""
+        names = sections or tuple(f.name for f in dataclasses.fields(self))
+        for name in names:
+            getattr(self, name).validate()
+        for needs, check in _CROSS_CHECKS:
+            if set(needs) <= set(names):
+                check(self)
+
+
+def _adapter_fits_the_engine(config: Config) -> None:
+    """The answer stage serves every C<k> adapter from one engine started with max_lora_rank."""
+    train, engine = config.train, config.engine
+    if train.method in ("lora", "qlora") and train.lora_r > engine.max_lora_rank:
+        raise ConfigError(
+            f"train.lora_r is {train.lora_r} but engine.max_lora_rank is {engine.max_lora_rank}, so the "
+            f"engine could not load the adapters; raise engine.max_lora_rank or lower train.lora_r."
+        )
+
+
+# Rules across sections: each runs when Config.validate checks every section it reads.
+_CROSS_CHECKS = ((("engine", "train"), _adapter_fits_the_engine),)
 
 
 # ---------------------------------------------------------------- loading and overriding

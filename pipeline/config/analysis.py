@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config.checks import at_least, one_of
 from pipeline.config.fields import throughput
 
 PROJECTIONS = ("tsne", "pca")
@@ -32,3 +33,14 @@ class AnalysisConfig:
     embedding_batch_size: int = throughput(64)
     embedding_device: str = throughput("")  # empty: a GPU when there is one, else the CPU
     chunk_size: int = throughput(0)  # judge requests per engine call; 0: engine.chunk_size
+
+    def validate(self) -> None:
+        """Values no analysis can run with; each failure names its key."""
+        one_of("analysis.projection", self.projection, PROJECTIONS)
+        at_least("analysis.clusters", self.clusters, 2, " (k-means needs two centres to compare)")
+        for name in ("difficulty_per_round", "diversity_per_set", "instruction_max_chars"):
+            at_least(f"analysis.{name}", getattr(self, name), 0, " (0: all / never)")
+        if self.difficulty:
+            at_least("analysis.difficulty_max_tokens", self.difficulty_max_tokens, 2, " (the score and a line break)")
+        at_least("analysis.embedding_batch_size", self.embedding_batch_size, 1)
+        at_least("analysis.chunk_size", self.chunk_size, 0, " (0: engine.chunk_size)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config.checks import at_least, between, not_empty
 from pipeline.config.fields import throughput
 
 
@@ -44,3 +45,17 @@ class EvalConfig:
     judge_answer_max_chars: int = 6000
     high_difficulty: int = 8  # the "high-difficulty subset" is difficulty >= this
     chunk_size: int = throughput(0)  # requests per engine call; 0: engine.chunk_size
+
+    def validate(self) -> None:
+        """Values no answering or judging can run with; each failure names its key."""
+        not_empty("eval.id_field", self.id_field, "the test set key that holds each item's id")
+        not_empty("eval.instruction_field", self.instruction_field, "the test set key that holds the instruction")
+        at_least("eval.limit", self.limit, 0, " (0: every item)")
+        at_least("eval.answer_max_tokens", self.answer_max_tokens, 1)
+        at_least("eval.answer_temperature", self.answer_temperature, 0)
+        between("eval.answer_top_p", self.answer_top_p, 0, 1, low_open=True)
+        # With constrained_judge the first line alone ("7 5" and a line break) takes a few tokens.
+        at_least("eval.judge_max_tokens", self.judge_max_tokens, 8 if self.constrained_judge else 1)
+        at_least("eval.judge_answer_max_chars", self.judge_answer_max_chars, 0, " (0: never cut)")
+        between("eval.high_difficulty", self.high_difficulty, 1, 10)
+        at_least("eval.chunk_size", self.chunk_size, 0, " (0: engine.chunk_size)")

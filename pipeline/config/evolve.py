@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.config.checks import ConfigError, at_least, between, optional_at_least
 from pipeline.config.fields import throughput
 
 OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "in_breadth")
@@ -50,3 +51,27 @@ class EvolveConfig:
     decontaminate: bool = True
     decontam_ngram: int = 8
     decontam_threshold: float = 0.7
+
+    def validate(self) -> None:
+        """Values no evolution can run with; each failure names its key (see pipeline/config/checks.py)."""
+        at_least("evolve.rounds", self.rounds, 0, " (0: the seeds alone)")
+        at_least("evolve.max_seeds", self.max_seeds, 0, " (0: every seed)")
+        unknown = sorted(set(self.operation_weights) - set(OPERATIONS))
+        if unknown:
+            raise ConfigError(
+                f"evolve.operation_weights names unknown operations {unknown}; known: {', '.join(OPERATIONS)}."
+            )
+        for op, weight in self.operation_weights.items():
+            at_least(f"evolve.operation_weights.{op}", weight, 0)
+        if sum(self.operation_weights.values()) <= 0:
+            raise ConfigError(
+                f"evolve.operation_weights must give the operations weights of 0 or more with at least one "
+                f"above 0, not {self.operation_weights}."
+            )
+        for name in ("evolution_max_tokens", "answer_max_tokens"):
+            optional_at_least(f"evolve.{name}", getattr(self, name), 1)
+        for name in ("verdict_max_tokens", "refusal_max_words", "dedup_shingle_chars", "minhash_permutations"):
+            at_least(f"evolve.{name}", getattr(self, name), 1)
+        at_least("evolve.decontam_ngram", self.decontam_ngram, 1)
+        for name in ("dedup_threshold", "decontam_threshold"):
+            between(f"evolve.{name}", getattr(self, name), 0, 1, low_open=True)

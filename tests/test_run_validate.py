@@ -1,0 +1,79 @@
+"""`evol run` with one wrong value in one config section (or one missing model) stops before the
+first stage: exit status 2, one line naming the key, no run directory, no stage process, no engine."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import pipeline.run
+from pipeline.cli import main
+from pipeline.engine import vllm_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (what is wrong, the override, the key the message must name)
+WRONG = [
+    ("run", "run.rounds=[1,2]", "run.rounds"),
+    ("models", "models.judge=", "models.judge"),
+    ("engine", "engine.top_p=1.5", "engine.top_p"),
+    ("evolve", "evolve.dedup_threshold=0", "evolve.dedup_threshold"),
+    ("train", "train.precision=bf61", "train.precision"),
+    ("eval", "eval.high_difficulty=11", "eval.high_difficulty"),
+    ("analysis", "analysis.clusters=1", "analysis.clusters"),
+    ("across sections", "train.lora_r=128", "train.lora_r"),  # engine.max_lora_rank is 64
+    ("evolve model", "evolve.equality_model=no-such-model", "evolve.equality_model"),
+    ("analysis model", "analysis.judge_model=no-such-judge", "analysis.judge_model"),
+    ("responder model", "models.responder=no-such-responder", "models.responder"),
+    ("seed file", "evolve.seeds=/nowhere/seeds.jsonl", "evolve.seeds"),
+]
+
+
+@pytest.fixture
+def nothing_may_start(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stage or an engine was started")
+
+    monkeypatch.setattr(pipeline.run, "_run_step", refuse)
+    monkeypatch.setattr(vllm_backend.VLLMEngine, "__init__", refuse)
+
+
+@pytest.mark.parametrize("what, override, key", WRONG, ids=[w for w, _, _ in WRONG])
+def test_a_wrong_value_anywhere_stops_evol_run_before_the_first_stage(
+    what, override, key, tmp_path, nothing_may_start
+):
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--set",
+            f"run.runs_dir={runs}",
+            "--set",
+            f"models.dir={ROOT / 'models'}",
+            "--set",
+            override,
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert key in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not runs.exists()  # not even the run manifest: nothing was started
+
+
+def test_a_valid_config_gets_past_the_checks_to_the_first_stage(tmp_path, monkeypatch):
+    """The same command without the wrong value reaches the stages (so the tests above can fail)."""
+    launched = []
+
+    def record(step):
+        launched.append(step.stage)
+        raise pipeline.run.InputError("stopped by the test")
+
+    monkeypatch.setattr(pipeline.run, "_run_step", record)
+    runs = tmp_path / "runs"
+    args = ["run", "--config", str(ROOT / "configs" / "tiny.yaml"), "--set", f"run.runs_dir={runs}"]
+    result = CliRunner().invoke(main, [*args, "--set", f"models.dir={ROOT / 'models'}"])
+    assert launched == ["evolve"] and "stopped by the test" in result.output
+    assert (runs / "tiny" / "manifest.json").is_file()
