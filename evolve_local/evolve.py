@@ -134,6 +134,7 @@ def run_evolve(
         models={role: models.names[role] for role in ("evolver", "equality", "responder")},
         seeds={"run_seed": config.run.seed},
         extra={"rounds_done": rounds},
+        outputs=[run.data_dir / f"C{k}.jsonl" for k in range(rounds + 1)],
     )
     return stats
 

@@ -2,8 +2,16 @@
 
     runs/<name>/
       config.yaml            resolved config of the latest invocation
-      manifest.json          run-level: config + hash, git SHA, versions, one entry per stage
+      manifest.json          run-level: config + hash, git SHA, versions, and under "stages" one
+                             entry per stage (evolve, sft/C<k>, answers/<label>, judge/<A>__vs__<B>,
+                             analysis): key, status, started, finished, seconds, rows, outputs
       <stage>/manifest.json  written last by a stage: its presence with a matching key means done
+
+Which run manifest lists a stage: the one in the stage directory's parent or grandparent that
+`write_run_manifest` wrote (it carries the resolved config), so runs/x/sft/C1 is listed in
+runs/x/manifest.json as "sft/C1". A stage outside any run (`evol train --out elsewhere/C1`) is
+listed, as "C1", in a manifest.json of its parent folder (elsewhere/manifest.json); its own
+C1/manifest.json is the same either way.
 
 A stage's key hashes what its results depend on: the semantic config (throughput knobs left
 out), the content hashes of its input files and models, and its seeds. A stage whose manifest
@@ -19,6 +27,7 @@ stage with no manifest but partial outputs under the same key resumes from them.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shutil
 import subprocess
@@ -81,8 +90,6 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """What a number was measured on: CPU, cores, memory, GPUs."""
-    import os
-
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu": cpu_model(),
@@ -139,6 +146,26 @@ def file_hash(path: str | Path) -> str:
     return file_sha256(path)[:16]
 
 
+def run_listing(stage_dir: Path) -> tuple[Path, str]:
+    """The folder whose manifest.json lists this stage, and the stage's name in that list."""
+    parent = stage_dir.parent
+    for root in (parent, parent.parent):
+        if _is_run_manifest(root / "manifest.json"):
+            return root, stage_dir.relative_to(root).as_posix()
+    return parent, stage_dir.name
+
+
+def _is_run_manifest(path: Path) -> bool:
+    # A stage's own manifest, or a list a stage outside any run wrote, holds no "config" section.
+    return path.is_file() and isinstance(read_json(path).get("config"), dict) and "stages" in read_json(path)
+
+
+def stage_done(stage_dir: str | Path, key_material: dict) -> bool:
+    """Whether the stage in `stage_dir` finished with this key; reads, never writes."""
+    manifest = Path(stage_dir) / "manifest.json"
+    return manifest.is_file() and read_json(manifest).get("key") == stable_hash(key_material)
+
+
 @dataclass
 class Stage:
     run_dir: Path
@@ -168,6 +195,7 @@ def begin_stage(run_dir: str | Path, name: str, key_material: dict, quiet: bool 
         stage.done = True
         if not quiet:
             print(f"[{name}] up to date (key {key}), skipped; outputs in {stage.dir}", file=sys.stderr)
+        _list_finished(stage, read_json(manifest))  # a run started after the stage finished lists it too
         return stage
     key_file = stage.dir / KEY_FILE
     if stage.dir.exists():
@@ -182,7 +210,7 @@ def begin_stage(run_dir: str | Path, name: str, key_material: dict, quiet: bool 
             print(f"[{name}] resuming from the work already in {stage.dir}", file=sys.stderr)
     stage.dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(key + "\n")
-    _update_run_manifest(run_dir, name, {"key": key, "status": "running", "started": stage.started})
+    _update_run_manifest(stage.dir, {"key": key, "status": "running", "started": stage.started})
     return stage
 
 
@@ -193,8 +221,10 @@ def finish_stage(
     models: dict | None = None,
     seeds: dict | None = None,
     extra: dict | None = None,
+    outputs: list[str | Path] = (),
 ) -> dict:
-    """Write the stage manifest last: from then on the stage counts as done."""
+    """Write the stage manifest last: from then on the stage counts as done. The run manifest
+    lists what is in the stage directory, plus `outputs` the stage wrote elsewhere."""
     entry = {
         "stage": stage.name,
         "key": stage.key,
@@ -211,20 +241,32 @@ def finish_stage(
         "machine": machine(),
         **(extra or {}),
     }
+    # Relative to the stage directory, so a run moved elsewhere still lists its outputs.
+    paths = [*(Path(p) for p in outputs), *(p for p in stage.dir.iterdir() if p.name != KEY_FILE)]
+    entry["written"] = sorted({os.path.relpath(p, stage.dir) + ("/" if p.is_dir() else "") for p in paths})
     write_json(stage.manifest_path, entry)
-    _update_run_manifest(
-        stage.run_dir,
-        stage.name,
-        {
-            "key": stage.key,
-            "status": "done",
-            "started": stage.started,
-            "finished": entry["finished"],
-            "seconds": entry["seconds"],
-            "rows": entry["rows"],
-        },
-    )
+    _list_finished(stage, entry)
     return entry
+
+
+def _list_finished(stage: Stage, entry: dict) -> None:
+    root, name = run_listing(stage.dir)
+    listed = {
+        "key": entry["key"],
+        "status": "done",
+        "started": entry.get("started"),
+        "finished": entry.get("finished"),
+        "seconds": entry.get("seconds"),
+        "rows": entry.get("rows", {}),
+        # paths relative to the run directory: "sft/C1/adapter/", "data/C1.jsonl"
+        "outputs": [_from_root(name, p) for p in entry.get("written", [])],
+    }
+    _update_run_manifest(stage.dir, listed)
+
+
+def _from_root(stage_name: str, relative: str) -> str:
+    joined = os.path.normpath(os.path.join(stage_name, relative))
+    return joined.replace(os.sep, "/") + ("/" if relative.endswith("/") else "")
 
 
 def write_run_manifest(run_dir: str | Path, resolved_config: dict, config_hash: str, yaml_text: str) -> None:
@@ -248,9 +290,12 @@ def write_run_manifest(run_dir: str | Path, resolved_config: dict, config_hash: 
     write_json(path, manifest)
 
 
-def _update_run_manifest(run_dir: Path, stage: str, entry: dict) -> None:
-    path = run_dir / "manifest.json"
-    manifest = read_json(path) if path.is_file() else {"run": run_dir.name, "created": now(), "stages": {}}
-    manifest.setdefault("stages", {})[stage] = entry
+def _update_run_manifest(stage_dir: Path, entry: dict) -> None:
+    root, name = run_listing(stage_dir)
+    path = root / "manifest.json"
+    manifest = read_json(path) if path.is_file() else {"run": root.name, "created": now(), "stages": {}}
+    if manifest.get("stages", {}).get(name) == entry:
+        return  # a skipped stage already listed as it is: leave the file alone
+    manifest.setdefault("stages", {})[name] = entry
     manifest["updated"] = now()
     write_json(path, manifest)
