@@ -5,8 +5,9 @@
         --out runs/paper-7b/sft/C4 --method qlora --merge
     accelerate launch --config_file configs/accelerate/ddp.yaml -m pipeline.cli train ...   (multi-GPU)
 
-Read top to bottom: check options and hardware, read and tokenize the data (bad rows counted),
-decide skip/resume/start, load the model, train, save, write metrics, card and manifest last.
+Read top to bottom: check options and hardware, decide skip/resume/start from the data file's
+hash (a finished fine-tune is skipped without reading its rows), read and tokenize the data (bad
+rows counted), load the model, train, save, write metrics, card and manifest last.
 
 DIR/ gets adapter/ (LoRA, QLoRA) or model/ (full), merged/ with --merge, metrics.jsonl, loss.png,
 model_card.md, config.yaml and manifest.json (last: its presence means done). Checkpoints go to
@@ -15,6 +16,7 @@ DIR/checkpoints/ while training; rerunning the same command resumes from the new
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -23,10 +25,9 @@ from pathlib import Path
 
 from finetune.card import MetricsCallback, peak_memory, plot_loss, trim_metrics, write_model_card
 from finetune.data import check_bad_rows, load_conversations, resolve_template, tokenize_conversations
-from pipeline.config import Config, semantic_dict, stable_hash, to_yaml
-from pipeline.config.train import BAD_ROW_POLICIES, METHODS, PRECISIONS, TEMPLATES
+from pipeline.config import Config, semantic_dict, to_yaml
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
-from pipeline.core.manifest import begin_stage, file_sha256, finish_stage
+from pipeline.core.manifest import begin_stage, file_sha256, finish_stage, stage_done
 from pipeline.core.models import content_hash, resolve_model
 
 
@@ -38,25 +39,18 @@ def log(message: str) -> None:
 
 
 def check_options(config: Config, method: str, merge: bool) -> None:
-    train = config.train
-    for name, value, allowed in (
-        ("--method / train.method", method, METHODS),
-        ("train.template", train.template, TEMPLATES),
-        ("train.precision", train.precision, PRECISIONS),
-        ("train.on_bad_rows", train.on_bad_rows, BAD_ROW_POLICIES),
-    ):
-        if value not in allowed:
-            raise InputError(f"{name} is '{value}'; choose one of {', '.join(allowed)}.")
+    """The train section's values (pipeline/config/train.py), then what only `evol train` knows:
+    its --method and --merge flags and the number of processes it was launched with."""
+    train = dataclasses.replace(config.train, method=method)  # --method wins over train.method
+    train.validate()
     if merge and method == "full":
         raise InputError(
             "--merge merges a LoRA adapter into its base; --method full already writes a "
             "complete model in model/, so drop --merge or use --method lora."
         )
-    if train.max_length < 16:
-        raise InputError(f"train.max_length is {train.max_length}; give at least 16 tokens.")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     step = train.per_device_train_batch_size * world
-    if train.per_device_train_batch_size < 1 or train.effective_batch_size % step:
+    if train.effective_batch_size % step:
         raise InputError(
             f"train.effective_batch_size ({train.effective_batch_size}) must be a multiple of "
             f"train.per_device_train_batch_size ({train.per_device_train_batch_size}) x {world} process(es); "
@@ -129,37 +123,38 @@ def run_train(
 
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=config.models.trust_remote_code)
     template = resolve_template(tokenizer, train.template)
-    rows, bad = load_conversations(data_path)
-    examples = tokenize_conversations(rows, tokenizer, template, train.response_marker, train.max_length, bad)
-    note = check_bad_rows(data_path, bad, len(examples), train.on_bad_rows)
-    if note:
-        log(note)
 
-    # ---- skip, resume or start
-    data_sha = file_sha256(data_path)
+    # ---- skip, resume or start: the key needs the data file's hash, not its tokens, so a
+    # finished fine-tune is recognised before any row is read
+    data_sha = data_sha256(data_path)
     key_material = train_key_material(config, method, template, data_sha, content_hash(base_path))
     seed = key_material["seed"]
     ckpt_dir = out_dir / "checkpoints"
     metrics_path = out_dir / "metrics.jsonl"
     args = sft_args(train, precision, seed, ckpt_dir)  # sets up the processes under accelerate launch
     main = args.process_index == 0
-    # Only the main process touches the stage directory; the others wait, then read what it decided.
-    with args.main_process_first(desc="stage bookkeeping"):
-        if main:
-            stage = begin_stage(out_dir.parent, out_dir.name, key_material)
-            done = stage.done
-        else:
-            manifest_path = out_dir / "manifest.json"
-            done = manifest_path.is_file() and read_json(manifest_path).get("key") == stable_hash(key_material)
-    if done:
+    if stage_done(out_dir, key_material):
         if not main:
             return {}
+        stage = begin_stage(out_dir.parent, out_dir.name, key_material)  # says it is skipped
         manifest = read_json(stage.manifest_path)
         if merge and not (out_dir / "merged" / "config.json").is_file():
             merge_adapter(base_path, out_dir / "adapter", out_dir / "merged", tokenizer)
             manifest.setdefault("outputs", {})["merged"] = str(out_dir / "merged")
             write_json(stage.manifest_path, manifest)
         return manifest
+
+    # ---- read and tokenize the data; bad rows with on_bad_rows=fail stop here, before the
+    # stage directory is touched
+    rows, bad = load_conversations(data_path)
+    examples = tokenize_conversations(rows, tokenizer, template, train.response_marker, train.max_length, bad)
+    note = check_bad_rows(data_path, bad, len(examples), train.on_bad_rows)
+    if note:
+        log(note)
+    # Only the main process touches the stage directory; the others wait until it has.
+    with args.main_process_first(desc="stage bookkeeping"):
+        if main:
+            stage = begin_stage(out_dir.parent, out_dir.name, key_material)
     resume_from = last_checkpoint(ckpt_dir)
     if main:
         atomic_write_text(out_dir / "config.yaml", to_yaml(config))
@@ -302,6 +297,15 @@ def run_train(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def data_sha256(data_path: Path) -> str:
+    if not data_path.is_file():
+        raise InputError(
+            f"Training data {data_path} not found; pass --data with a chat-messages JSONL "
+            f"(runs/<name>/data/C<k>.jsonl) or an Alpaca JSON/JSONL file."
+        )
+    return file_sha256(data_path)
 
 
 def sft_args(train, precision: str, seed: int, ckpt_dir: Path):
