@@ -157,7 +157,10 @@ def run_listing(stage_dir: Path) -> tuple[Path, str]:
 
 def _is_run_manifest(path: Path) -> bool:
     # A stage's own manifest, or a list a stage outside any run wrote, holds no "config" section.
-    return path.is_file() and isinstance(read_json(path).get("config"), dict) and "stages" in read_json(path)
+    if not path.is_file():
+        return False
+    manifest = read_json(path)
+    return isinstance(manifest.get("config"), dict) and "stages" in manifest
 
 
 def stage_done(stage_dir: str | Path, key_material: dict) -> bool:
