@@ -249,6 +249,7 @@ def answer_testset(
     from eval.testset import load_testset
     from pipeline.core.paths import testset_path
 
+    config.validate("engine", "eval")  # the sections this stage reads (pipeline/config/)
     testset_file = Path(testset_file) if testset_file else testset_path(config.eval.testset)
     items = load_testset(testset_file, config.eval)
     model_path = Path(model_path)

@@ -313,6 +313,7 @@ def judge_pairs(
     """
     from pipeline.core.models import content_hash
 
+    config.validate("engine", "eval")  # the sections this stage reads (pipeline/config/)
     judge_model = Path(judge_model)
     judge_hash = content_hash(judge_model) if judge_model.is_dir() else str(judge_model)
     loaded = []

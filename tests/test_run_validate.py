@@ -77,3 +77,22 @@ def test_a_valid_config_gets_past_the_checks_to_the_first_stage(tmp_path, monkey
     result = CliRunner().invoke(main, [*args, "--set", f"models.dir={ROOT / 'models'}"])
     assert launched == ["evolve"] and "stopped by the test" in result.output
     assert (runs / "tiny" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "command, override, key",
+    [
+        (["answer", "--model", "smollm2-135m", "--out", "OUT"], "eval.answer_top_p=1.2", "eval.answer_top_p"),
+        (["judge", "--answers", "A", "--baseline", "B", "--out", "OUT"], "engine.dtype=bf16", "engine.dtype"),
+        (["train", "--data", "D.jsonl", "--out", "OUT"], "train.precision=bf61", "train.precision"),
+        (["evolve", "--out", "OUT"], "evolve.dedup_threshold=2", "evolve.dedup_threshold"),
+        (["analyze", "OUT"], "analysis.clusters=1", "analysis.clusters"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_a_stage_run_alone_checks_the_sections_it_reads(command, override, key, tmp_path, nothing_may_start):
+    args = [str(tmp_path / a) if a in ("OUT", "A", "B", "D.jsonl") else a for a in command]
+    result = CliRunner().invoke(main, [*args, "--set", f"models.dir={ROOT / 'models'}", "--set", override])
+    assert result.exit_code == 2, result.output
+    assert key in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "OUT").exists()
