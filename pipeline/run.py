@@ -11,8 +11,11 @@ Stages, each a separate `evol` process so accelerator memory is returned in betw
   judge     C<k> against C0, and every C<k> against the reference
   analyze   judge-rated difficulty and embedding diversity per round (evol analyze)
   report    report.md / report.html / report.json with the ablation over rounds
+Before the first stage, every config section, the seed file, the test set and every model the run
+will load are checked (check_run_config, ensure_models); nothing is written until they pass.
 Every stage command skips itself when its manifest matches, and resumes from its partial outputs
-after an interruption, so rerunning the same `evol run` continues where it stopped.
+after an interruption, so rerunning the same `evol run` continues where it stopped. Each stage is
+listed in runs/<name>/manifest.json (pipeline/core/manifest.py).
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
 
 
 def run_pipeline(config: Config) -> Path:
+    # Every section, data file and model first: a typo costs a second, not a finished evolution.
     check_run_config(config)
     # One evolution to the largest round count; every smaller C<k> is a slice of it.
     config.evolve.rounds = max(config.run.rounds)
