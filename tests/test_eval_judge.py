@@ -1,15 +1,14 @@
 """Swap logic and tie rules on scripted verdicts; the judge stage end to end on a FakeEngine."""
 
-import re
-
 import pytest
 
 from eval.judge import combine, judge_answers, read_order
 from eval.judge_prompt import PROMPT_VERSION
 from pipeline.config import Config
-from pipeline.core.jsonio import InputError, read_json, read_jsonl, write_json, write_jsonl
+from pipeline.core.jsonio import InputError, read_json, read_jsonl, write_json
 from pipeline.engine import ChatResult
 from pipeline.engine.fake import FakeEngine
+from tests.conftest import ITEMS, scripted_judge, write_answers
 
 
 def order(item_order, text, finish="stop"):
@@ -55,46 +54,6 @@ def test_prompt_too_long_is_a_recorded_failure():
 
 
 # ---------------------------------------------------------------- the stage on a FakeEngine
-
-
-def write_answers(directory, label, answers, items):
-    write_jsonl(
-        directory / "answers.jsonl",
-        [
-            {
-                "id": i["id"],
-                "instruction": i["instruction"],
-                "category": i["category"],
-                "difficulty": i["difficulty"],
-                "reference": i.get("reference"),
-                "label": label,
-                "answer": answers[i["id"]],
-            }
-            for i in items
-        ],
-    )
-    write_json(directory / "manifest.json", {"label": label, "testset": {"hash": "same"}})
-    return directory
-
-
-ITEMS = [
-    {"id": "1", "instruction": "Add 2 and 2.", "category": "Math", "difficulty": 1},
-    {"id": "2", "instruction": "Name a colour.", "category": "Common-Sense", "difficulty": 9},
-    {"id": "3", "instruction": "Say hi.", "category": "Writting", "difficulty": 9, "reference": "Hi!"},
-]
-
-
-def shown(prompt, slot):
-    return re.search(rf"\[Assistant {slot}\]\n(.*?)\n\[End of Assistant {slot}\]", prompt, re.S).group(1)
-
-
-def scripted_judge(request):
-    """Scores by content: 'good' answers get 8, others 4; item 3's judge babbles in order AB only."""
-    prompt = request.messages[-1]["content"]
-    first, second = shown(prompt, 1), shown(prompt, 2)
-    if "Say hi." in prompt and first.startswith("good"):
-        return "I cannot decide."
-    return f"{8 if first.startswith('good') else 4} {8 if second.startswith('good') else 4}\nbecause"
 
 
 @pytest.fixture

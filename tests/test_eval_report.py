@@ -12,7 +12,7 @@ from pipeline.cli import main
 from pipeline.config import Config
 from pipeline.core.jsonio import InputError, read_json
 from pipeline.engine.fake import FakeEngine
-from tests.test_eval_judge import ITEMS, scripted_judge, write_answers
+from tests.conftest import ITEMS, scripted_judge, write_answers
 
 
 @pytest.fixture
