@@ -85,14 +85,45 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
 
 
+class JsonlWriter:
+    """Streams records to a temp file and renames it into place on success (`atomic_open`): readers
+    only ever see a complete file, and a crash leaves the previous version (or nothing) behind.
+
+        with JsonlWriter("out.jsonl") as out:
+            out.write({"id": 1})
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.count = 0
+
+    def __enter__(self) -> JsonlWriter:
+        self._context = atomic_open(self.path)
+        self.handle = self._context.__enter__()
+        return self
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def copy_lines(self, path: str | Path) -> None:
+        """Append another JSONL file's non-blank lines verbatim (e.g. the previous cumulative set)."""
+        with Path(path).open("r", encoding="utf-8") as source:
+            for line in source:
+                if line.strip():
+                    self.handle.write(line if line.endswith("\n") else line + "\n")
+                    self.count += 1
+
+    def __exit__(self, kind, value, traceback) -> bool | None:
+        return self._context.__exit__(kind, value, traceback)
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write records atomically, streaming; returns the number written."""
-    count = 0
-    with atomic_open(path) as handle:
+    with JsonlWriter(path) as out:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+            out.write(record)
+    return out.count
 
 
 def append_jsonl(path: str | Path, records: Iterable[dict]) -> int:
