@@ -288,18 +288,6 @@ def run_judge(
     return scores
 
 
-def judge_answers(
-    config: Config,
-    answers_dir: str | Path,
-    baseline_dir: str | Path,
-    out_dir: str | Path,
-    judge_model: str | Path,
-    engine: Engine | None = None,
-) -> tuple[Path, dict]:
-    """Everything `evol judge` does for one pair: (judge dir, scores)."""
-    return judge_pairs(config, [(answers_dir, baseline_dir)], out_dir, judge_model, engine)[0]
-
-
 def judge_pairs(
     config: Config,
     pairs: list[tuple[str | Path, str | Path]],

@@ -2,7 +2,7 @@
 
 import pytest
 
-from eval.judge import combine, judge_answers, read_order
+from eval.judge import combine, judge_pairs, read_order
 from eval.judge_prompt import PROMPT_VERSION
 from pipeline.config import Config
 from pipeline.core.jsonio import InputError, read_json, read_jsonl, write_json
@@ -68,7 +68,7 @@ def test_judge_stage_writes_judgments_scores_and_skips_when_done(tmp_path, answe
     config = Config()
     config.engine.chunk_size = 4
     engine = FakeEngine(scripted_judge, model_name="fake-judge")
-    judge_dir, scores = judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=engine)
+    judge_dir, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=engine)[0]
     assert judge_dir.name == "C1__vs__base"
     requests = engine.requests_seen
     assert len(requests) == 6 and all(r.temperature == 0.0 for r in requests)
@@ -86,7 +86,7 @@ def test_judge_stage_writes_judgments_scores_and_skips_when_done(tmp_path, answe
     assert read_json(judge_dir / "manifest.json")["rows"]["items"] == 3
 
     again = FakeEngine(scripted_judge)
-    judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=again)
+    judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=again)
     assert again.calls == 0
 
 
@@ -104,9 +104,9 @@ def test_judge_resumes_from_orders_already_written(tmp_path, answer_dirs):
         return scripted_judge(request)
 
     with pytest.raises(Crash):
-        judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=FakeEngine(crashing))
+        judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=FakeEngine(crashing))
     engine = FakeEngine(scripted_judge)
-    _, scores = judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=engine)
+    _, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=engine)[0]
     assert len(engine.requests_seen) == 2  # only item 3's two orders were left
     assert scores["overall"]["n"] == 3
 
@@ -114,18 +114,18 @@ def test_judge_resumes_from_orders_already_written(tmp_path, answer_dirs):
 def test_bad_answer_directories_are_refused_before_any_model(tmp_path, answer_dirs):
     a, b = answer_dirs
     with pytest.raises(InputError, match="same directory"):
-        judge_answers(Config(), a, a, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(a, a)], tmp_path / "j", "x", engine=FakeEngine())
     unfinished = tmp_path / "unfinished"
     write_answers(unfinished, "u", {"1": "x", "2": "y", "3": "z"}, ITEMS)
     (unfinished / "manifest.json").unlink()
     with pytest.raises(InputError, match="unfinished"):
-        judge_answers(Config(), unfinished, b, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(unfinished, b)], tmp_path / "j", "x", engine=FakeEngine())
     other = write_answers(tmp_path / "other", "other", {"1": "x", "2": "y"}, ITEMS[:2])
     with pytest.raises(InputError, match="same items"):
-        judge_answers(Config(), a, other, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(a, other)], tmp_path / "j", "x", engine=FakeEngine())
     write_json(other / "manifest.json", {"label": "other", "testset": {"hash": "different"}})
     with pytest.raises(InputError, match="different test sets"):
-        judge_answers(Config(), a, other, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(a, other)], tmp_path / "j", "x", engine=FakeEngine())
 
 
 def test_prompt_shows_reference_only_when_given_and_marks_cut_answers():
@@ -146,7 +146,7 @@ def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):
     config = Config()
     config.eval.judge_answer_max_chars = 100
     engine = FakeEngine(scripted_judge)
-    judge_dir, _ = judge_answers(config, long_answers, b, tmp_path / "judge", "fake-judge", engine=engine)
+    judge_dir, _ = judge_pairs(config, [(long_answers, b)], tmp_path / "judge", "fake-judge", engine=engine)[0]
     assert "cut for length" in engine.requests_seen[0].messages[-1]["content"]
     first = read_jsonl(judge_dir / "judgments.jsonl")[0]
     assert (

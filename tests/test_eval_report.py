@@ -6,7 +6,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from eval.judge import judge_answers
+from eval.judge import judge_pairs
 from eval.report.evaluation import Section, build_report, find_judge_dirs
 from pipeline.cli import main
 from pipeline.config import Config
@@ -24,7 +24,7 @@ def run_dir(tmp_path):
         ("C2", {"1": "bad", "2": "bad", "3": "x"}),
     ):
         a = write_answers(run / "answers" / label, label, answers, ITEMS)
-        judge_answers(Config(), a, base, run / "judge", "fake-judge", engine=FakeEngine(scripted_judge))
+        judge_pairs(Config(), [(a, base)], run / "judge", "fake-judge", engine=FakeEngine(scripted_judge))
     return run
 
 

@@ -48,10 +48,6 @@ RATINGS_FILE, PROJECTION_FILE = "ratings.jsonl", "projection.jsonl"
 RECORD_FIELDS = ("id", "round", "operation", "instruction", "status")
 
 
-def analysis_settings(config: Config) -> AnalysisConfig:
-    return config.analysis
-
-
 # ---------------------------------------------------------------- inputs, checked before any model loads
 
 
@@ -144,7 +140,7 @@ def rate_difficulty(
     cached: list[dict],
 ) -> list[dict]:
     """Rate every item not yet in ratings.jsonl (resume), starting the judge only if work remains."""
-    s = analysis_settings(config)
+    s = config.analysis
     expected = {item["id"]: stable_hash([settings_key, item["instruction"]]) for item in items}
     if not ratings_path.exists() and cached:  # the stage restarted for a diversity knob: keep valid ratings
         append_jsonl(ratings_path, [r for r in cached if expected.get(r.get("id")) == r.get("rating_key")])
@@ -202,7 +198,7 @@ def embed_sets(groups: dict[str, list[dict]], embedder, s: AnalysisConfig, seed:
 
 def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = None, embedder=None) -> dict:
     """Everything `evol analyze` does; `engine` (the judge) and `embedder` are built here when None."""
-    s = analysis_settings(config)
+    s = config.analysis
     check_settings(s)
     run = load_run(run_dir)
     seed = config.run.seed

@@ -107,10 +107,6 @@ def attached_data_kinds(text: str) -> list[str]:
     return [kind for kind in DATA_KINDS if kind in found]
 
 
-def has_attached_data(text: str) -> bool:
-    return bool(attached_data_kinds(text))
-
-
 # ---------------------------------------------------------------- constraint-like clauses
 
 # A clause is a stretch between sentence ends, semicolons, colons, line breaks and list bullets.

@@ -12,7 +12,8 @@ import click
 
 from eval.analysis.analyze import analyze_run
 from eval.report.analysis import ANALYSIS_FILE, STAGE
-from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+from pipeline.cli.common import config_options, friendly_errors
+from pipeline.config import load_config
 
 
 @click.command("analyze")
@@ -25,7 +26,7 @@ def analyze(run_dir, config_path, overrides) -> None:
     if config_path is None and saved.is_file():
         config_path = str(saved)  # the run's own resolved config: its judge model and seed
         click.echo(f"[analysis] using {saved}", err=True)
-    config = load_cli_config(config_path, overrides)
+    config = load_config(config_path, overrides)
     result = analyze_run(config, Path(run_dir))
     first, last = result["per_round"][0], result["per_round"][-1]
 
