@@ -118,20 +118,15 @@ SEEDS = [
 
 
 def write_seeds(tmp_path, seeds=SEEDS, outputs=None):
-    path = tmp_path / "seeds.jsonl"
-    with path.open("w") as handle:
-        for i, text in enumerate(seeds):
-            row = {"id": f"s{i}", "instruction": text}
-            if outputs and outputs[i]:
-                row["output"] = outputs[i]
-            handle.write(json.dumps(row) + "\n")
-    return path
+    rows = [
+        {"id": f"s{i}", "instruction": text, **({"output": outputs[i]} if outputs and outputs[i] else {})}
+        for i, text in enumerate(seeds)
+    ]
+    return write_lines(tmp_path / "seeds.jsonl", rows)
 
 
 def write_testset(tmp_path, instructions=("Describe the water cycle in four steps for a child.",)):
-    path = tmp_path / "testset.jsonl"
-    path.write_text("".join(json.dumps({"idx": i, "Instruction": t}) + "\n" for i, t in enumerate(instructions)))
-    return path
+    return write_lines(tmp_path / "testset.jsonl", [{"idx": i, "Instruction": t} for i, t in enumerate(instructions)])
 
 
 def make_config(tmp_path, *overrides, rounds=2, seeds=None, testset=None):
