@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import statistics
 
+from pipeline.core.fmt import MISSING
+
 TARGETS = {
     "stage_vs_raw": 0.85,  # evolve stage output tok/s over the raw engine's
     "vs_naive": 5.0,  # evolve stage over one HF generate per prompt
@@ -253,7 +255,7 @@ MODE_NAMES = {"chained": "chained", "by_step": "by step"}
 
 def _fmt(value, suffix: str = "") -> str:
     if value is None:
-        return "-"
+        return MISSING
     if isinstance(value, float):
         text = f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
         return (text if "." in text or "e" in text or abs(value) >= 100 else f"{text}.0") + suffix  # 1.0, not 1

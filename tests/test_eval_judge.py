@@ -129,15 +129,18 @@ def test_bad_answer_directories_are_refused_before_any_model(tmp_path, answer_di
 
 
 def test_prompt_shows_reference_only_when_given_and_marks_cut_answers():
-    from eval.judge_prompt import CUT_MARK, clip, judge_messages
+    from eval.judge_prompt import CUT_MARK, judge_messages
+    from pipeline.core.text import clip
 
     plain = judge_messages("Q?", "one", "two")[-1]["content"]
     assert "[Reference answer]" not in plain and "[Assistant 1]\none\n" in plain and "[Assistant 2]\ntwo\n" in plain
     guided = judge_messages("Q?", "one", "", reference="42")[-1]["content"]
     assert "[Reference answer]\n42\n" in guided and "[Assistant 2]\n(no reply)\n" in guided
-    text, cut = clip("x" * 50, 10)
+    text, cut = clip("x" * 50, 10, CUT_MARK)
     assert cut and text == "x" * 10 + CUT_MARK
-    assert clip("short", 10) == ("short", False) and clip("x" * 50, 0) == ("x" * 50, False)
+    assert clip("short", 10, CUT_MARK) == ("short", False) and clip("x" * 50, 0, CUT_MARK) == ("x" * 50, False)
+    assert clip("x" * 8 + "  yz", 10, CUT_MARK) == ("x" * 8 + "  " + CUT_MARK, True)  # the judge sees the cut as is
+    assert clip("x" * 8 + "  yz", 10, "|", trim=True) == ("x" * 8 + "|", True)
 
 
 def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):

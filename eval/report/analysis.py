@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.fmt import num
+from pipeline.core.fmt import pct as _pct
 from pipeline.core.jsonio import read_json
 
 STAGE = "analysis"
@@ -121,11 +123,7 @@ def plot_all(result: dict, points: list[tuple[dict, int]], xy: np.ndarray, plots
 
 
 def _n(value, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    return num(value, spec=f".{digits}f" if isinstance(value, float) else "")
 
 
 def analysis_section(run_dir: str | Path):

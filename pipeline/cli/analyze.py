@@ -14,6 +14,7 @@ from eval.analysis.analyze import analyze_run
 from eval.report.analysis import ANALYSIS_FILE, STAGE
 from pipeline.cli.common import config_options, friendly_errors
 from pipeline.config import load_config
+from pipeline.core.fmt import MISSING
 
 
 @click.command("analyze")
@@ -32,7 +33,7 @@ def analyze(run_dir, config_path, overrides) -> None:
 
     def difficulty(r: dict) -> str:
         d = r["difficulty"]
-        return "-" if not d or d["mean"] is None else f"{d['mean']:.2f} ({d['rated']}/{d['n']} rated)"
+        return MISSING if not d or d["mean"] is None else f"{d['mean']:.2f} ({d['rated']}/{d['n']} rated)"
 
     click.echo(
         f"round 0 -> {last['round']}: difficulty {difficulty(first)} -> {difficulty(last)}; mean pairwise "

@@ -17,6 +17,7 @@ import click
 
 from pipeline.cli.common import config_options, friendly_errors
 from pipeline.config import load_config
+from pipeline.core.fmt import num
 
 
 @click.command("answer")
@@ -122,7 +123,7 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
     judge_path = resolve_model(judge_name or config.models.judge, config.models.dir)
     for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
         o, f = scores["overall"], scores["judge_failures"]
-        capacity = "-" if o["capacity_pct"] is None else f"{o['capacity_pct']}%"
+        capacity = num(o["capacity_pct"], "%", spec="")
         click.echo(
             f"{scores['a']} vs {scores['b']}: win {o['win']} / tie {o['tie']} / lose {o['lose']} of {o['n']} "
             f"judged (of {scores['items']}), capacity {capacity}; {f['orders_unparsed']} of {f['orders_total']} "
