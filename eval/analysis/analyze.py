@@ -41,10 +41,12 @@ from pipeline.core.jsonio import (
     write_jsonl,
 )
 from pipeline.core.manifest import begin_stage, file_hash, finish_stage
+from pipeline.core.records import KEPT
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
 
 RATINGS_FILE, PROJECTION_FILE = "ratings.jsonl", "projection.jsonl"
+# The fields of a round record (pipeline.core.records.RoundRecord) the analysis reads.
 RECORD_FIELDS = ("id", "round", "operation", "instruction", "status")
 
 
@@ -124,7 +126,7 @@ def sample(items: list[dict], n: int, seed: int, purpose: str) -> list[dict]:
 
 
 def kept(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["status"] == "kept"]
+    return [r for r in records if r["status"] == KEPT]
 
 
 # ---------------------------------------------------------------- difficulty (the judge)
