@@ -17,9 +17,9 @@ check is sent the moment its evolution ends, so the engine never waits for a ste
 request (`evolve.overlap_steps`). With different models, each step runs over the whole pool in
 chunks, so each model starts once per round.
 
-Outputs (the run-directory contract): evolve/round_<k>.jsonl (one record per attempt),
-evolve/stats.json, evolve/manifest.json, data/C<k>.jsonl (seeds + kept evolutions of rounds 1..k,
-chat `messages`). Work in progress lives in evolve/work/ (see steps.py); a killed run resumes there.
+Outputs (the run-directory contract): evolve/round_<k>.jsonl (one RoundRecord per attempt, see
+pipeline/core/records.py), evolve/stats.json, evolve/manifest.json, data/C<k>.jsonl (seeds + kept
+evolutions of rounds 1..k, chat `messages`). Work in progress lives in evolve/work/ (see steps.py); a killed run resumes there.
 `run_evolve` takes a ModelSet (an engine factory per role), so unit tests pass FakeEngines.
 """
 
@@ -140,8 +140,8 @@ def run_evolve(
 
 def rebuild_index(run: Run, k: int) -> None:
     """A finished round from an earlier process: put its kept instructions back in the index."""
-    for _, line in iter_jsonl(run.stage_dir / f"round_{k}.jsonl"):
-        record = RoundRecord.from_dict(line)
+    for _, data in iter_jsonl(run.stage_dir / f"round_{k}.jsonl"):
+        record = RoundRecord.from_dict(data)
         if record.kept:
             run.dedup.check_and_add(record.id, record.instruction)
 
