@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from evolve_local import evolve
+from evolve_local import generation
 from evolve_local.eliminate import STEPS
 from evolve_local.evolve import run_evolve
 from pipeline.core.jsonio import read_jsonl
@@ -91,8 +91,8 @@ def test_progress_bar_and_round_file_apply_one_survival_rule(tmp_path, monkeypat
 
         return run
 
-    monkeypatch.setattr(evolve, "run_step", spying(evolve.run_step))
-    monkeypatch.setattr(evolve, "run_chained", spying(evolve.run_chained))
+    monkeypatch.setattr(generation, "run_step", spying(generation.run_step))
+    monkeypatch.setattr(generation, "run_chained", spying(generation.run_chained))
     run_evolve(make_config(tmp_path, *overrides, rounds=1), tmp_path / "run", Factory().models, quiet=True)
 
     records = read_jsonl(tmp_path / "run" / "evolve" / "round_1.jsonl")
