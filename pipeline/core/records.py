@@ -79,7 +79,7 @@ class RoundRecord:
 
     def to_dict(self) -> dict:
         """The line of round_<k>.jsonl: every field in declaration order (round 0 without EVOLUTION_ONLY)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if self.round or f.name not in EVOLUTION_ONLY}
+        return {name: getattr(self, name) for name in field_names(self.round)}
 
     @classmethod
     def from_dict(cls, data: dict) -> RoundRecord:
