@@ -264,7 +264,7 @@ def _fmt(value, suffix: str = "") -> str:
 
 def _spread_text(s: dict, unit: str = "") -> str:
     if not s or s.get("median") is None:
-        return "-"
+        return MISSING
     return (
         f"{_fmt(s['median'])}{unit} (min {_fmt(s['min'])}, max {_fmt(s['max'])}, "
         f"spread {_fmt(100 * s['spread'] if s['spread'] is not None else None)}%, n={s['n']})"
@@ -272,12 +272,12 @@ def _spread_text(s: dict, unit: str = "") -> str:
 
 
 def _verdict(ok) -> str:
-    return {True: "met", False: "**missed**", None: "-"}[ok]
+    return {True: "met", False: "**missed**", None: MISSING}[ok]
 
 
 def _load(entry: dict) -> str:
     load = entry.get("load_average_at_start")
-    return "/".join(f"{x:.2f}" for x in load) if load else "-"
+    return "/".join(f"{x:.2f}" for x in load) if load else MISSING
 
 
 def render_markdown(results: dict) -> str:

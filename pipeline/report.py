@@ -50,9 +50,9 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
                 r["training_rows"],
                 _fmt(r, "evolved_share", pct=True),
                 _fmt(r, "kept_rate_of_round", pct=True),
-                f"{c0['win']}/{c0['tie']}/{c0['lose']}" if c0 else "-",
+                f"{c0['win']}/{c0['tie']}/{c0['lose']}" if c0 else fmt.MISSING,
                 _fmt(c0, "capacity_pct"),
-                f"{ref['win']}/{ref['tie']}/{ref['lose']}" if ref else "-",
+                f"{ref['win']}/{ref['tie']}/{ref['lose']}" if ref else fmt.MISSING,
                 _fmt(ref, "capacity_pct"),
                 _fmt(ref, "high_difficulty_win_rate", pct=True),
             ]
