@@ -31,7 +31,8 @@ from pathlib import Path
 import click
 
 from benchmarks.report import config_sizes, machine_info, measurement_summaries, render_markdown
-from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+from pipeline.cli.common import config_options, friendly_errors
+from pipeline.config import load_config
 from pipeline.core.jsonio import InputError, read_json, read_jsonl_tolerant, write_json
 
 MEASUREMENTS = ("throughput", "naive", "resume", "ablation", "training", "judge", "scaling")
@@ -221,7 +222,6 @@ def bench_ablation(ctx: dict) -> dict:
     """Count generations in the finished M-round evolution of the resume measurement, per round and
     step, from evolve/work/round_<k>.timing.jsonl (one row per persisted chunk), and compare the
     evolve commands in `evol run`'s plan for rounds 0..M."""
-    from pipeline.config import load_config
     from pipeline.run import plan
 
     full = ctx["work"] / "resume" / "full"
@@ -449,9 +449,7 @@ def bench_command(
             raise InputError(f"--render-only needs {results_path} from an earlier `evol bench` run.")
         results = read_json(results_path)
         if "config_sizes" not in results and Path(results.get("config_file", "")).is_file():
-            results["config_sizes"] = config_sizes(
-                load_cli_config(results["config_file"], results.get("overrides", ()))
-            )
+            results["config_sizes"] = config_sizes(load_config(results["config_file"], results.get("overrides", ())))
         results["summary"] = measurement_summaries(results.get("measurements", {}))
         write_json(results_path, results)
         Path(markdown_path).write_text(render_markdown(results), encoding="utf-8")
@@ -472,7 +470,7 @@ def bench_command(
             raise InputError(f"{option} must be at least 1, got {value}.")
     if naive_prompts < 0:
         raise InputError(f"--naive-prompts must be 0 (all) or more, got {naive_prompts}.")
-    config = load_cli_config(config_path, overrides)  # checked here, before any process starts
+    config = load_config(config_path, overrides)  # checked here, before any process starts
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     ctx = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import statistics
 
+from pipeline.core.fmt import MISSING
+
 TARGETS = {
     "stage_vs_raw": 0.85,  # evolve stage output tok/s over the raw engine's
     "vs_naive": 5.0,  # evolve stage over one HF generate per prompt
@@ -253,7 +255,7 @@ MODE_NAMES = {"chained": "chained", "by_step": "by step"}
 
 def _fmt(value, suffix: str = "") -> str:
     if value is None:
-        return "-"
+        return MISSING
     if isinstance(value, float):
         text = f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
         return (text if "." in text or "e" in text or abs(value) >= 100 else f"{text}.0") + suffix  # 1.0, not 1
@@ -262,7 +264,7 @@ def _fmt(value, suffix: str = "") -> str:
 
 def _spread_text(s: dict, unit: str = "") -> str:
     if not s or s.get("median") is None:
-        return "-"
+        return MISSING
     return (
         f"{_fmt(s['median'])}{unit} (min {_fmt(s['min'])}, max {_fmt(s['max'])}, "
         f"spread {_fmt(100 * s['spread'] if s['spread'] is not None else None)}%, n={s['n']})"
@@ -270,12 +272,12 @@ def _spread_text(s: dict, unit: str = "") -> str:
 
 
 def _verdict(ok) -> str:
-    return {True: "met", False: "**missed**", None: "-"}[ok]
+    return {True: "met", False: "**missed**", None: MISSING}[ok]
 
 
 def _load(entry: dict) -> str:
     load = entry.get("load_average_at_start")
-    return "/".join(f"{x:.2f}" for x in load) if load else "-"
+    return "/".join(f"{x:.2f}" for x in load) if load else MISSING
 
 
 def render_markdown(results: dict) -> str:

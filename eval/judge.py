@@ -22,7 +22,7 @@ from pathlib import Path
 
 from eval.answer import ANSWERS_FILE
 from eval.judge_parse import parse_scores
-from eval.judge_prompt import PROMPT_VERSION, clip, judge_messages
+from eval.judge_prompt import CUT_MARK, PROMPT_VERSION, judge_messages
 from eval.scores import aggregate
 from pipeline.config import Config
 from pipeline.core.jsonio import (
@@ -36,6 +36,7 @@ from pipeline.core.jsonio import (
 )
 from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.seeds import derive_seed
+from pipeline.core.text import clip
 from pipeline.engine import TOO_LONG, ChatRequest, ChatResult, Engine, generate_in_chunks
 
 ORDERS = ("AB", "BA")
@@ -138,8 +139,8 @@ SCORE_LINE_REGEX = r"(10|[1-9]) (10|[1-9])\n[^\n]{10,400}(\n[^\n]{1,400}){0,2}"
 def order_request(item_id: str, order: str, a: dict, b: dict, config: Config) -> tuple[ChatRequest, bool]:
     """The judge request for one order; also says whether an answer had to be cut to fit."""
     limit = config.eval.judge_answer_max_chars
-    text_a, cut_a = clip(a.get("answer") or "", limit)
-    text_b, cut_b = clip(b.get("answer") or "", limit)
+    text_a, cut_a = clip(a.get("answer") or "", limit, CUT_MARK)
+    text_b, cut_b = clip(b.get("answer") or "", limit, CUT_MARK)
     first, second = (text_a, text_b) if order == "AB" else (text_b, text_a)
     reference = a.get("reference") if config.eval.use_reference else None
     request = ChatRequest(
@@ -286,18 +287,6 @@ def run_judge(
         },
     )
     return scores
-
-
-def judge_answers(
-    config: Config,
-    answers_dir: str | Path,
-    baseline_dir: str | Path,
-    out_dir: str | Path,
-    judge_model: str | Path,
-    engine: Engine | None = None,
-) -> tuple[Path, dict]:
-    """Everything `evol judge` does for one pair: (judge dir, scores)."""
-    return judge_pairs(config, [(answers_dir, baseline_dir)], out_dir, judge_model, engine)[0]
 
 
 def judge_pairs(

@@ -16,8 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-NUMBER = r"(\d{1,2}(?:\.\d+)?)"
-OF_TEN = r"(?:\s*(?:/|out\s+of)\s*10(?!\d))?"
+from eval.scoreparse import NUMBER, OF_TEN, out_of_ten, scale_error, undecorated
 
 FIRST_LINE = re.compile(
     rf"^(?:scores?\s*[:=]?\s*)?{NUMBER}{OF_TEN}\s*(?:[,;]|\s|\band\b|\bvs\.?)+\s*{NUMBER}{OF_TEN}\s*\.?$",
@@ -29,9 +28,6 @@ LABELLED = re.compile(
     rf"[^0-9\n.]{{0,40}}?{NUMBER}{OF_TEN}",
     re.IGNORECASE,
 )
-ANYWHERE_OF_TEN = re.compile(rf"(?<![\d.]){NUMBER}\s*(?:/|out\s+of)\s*10(?!\d)", re.IGNORECASE)
-# Markdown decoration a model wraps around the score line: **7 5**, `7 5`, "# 7 5".
-DECORATION = re.compile(r"[*_`#>]+")
 EXPLANATION_CHARS = 600
 
 
@@ -53,14 +49,14 @@ def _failure(reason: str, text: str) -> ParsedScores:
 
 
 def _first_line(lines: list[str]) -> tuple[float, float] | None:
-    first = DECORATION.sub("", lines[0]).strip()
+    first = undecorated(lines[0]).strip()
     match = FIRST_LINE.match(first)
     return (float(match.group(1)), float(match.group(2))) if match else None
 
 
 def _labelled(text: str) -> tuple[float, float] | None:
     found: dict[str, float] = {}
-    for match in LABELLED.finditer(DECORATION.sub("", text)):
+    for match in LABELLED.finditer(undecorated(text)):
         which = (match.group(1) or match.group(2)).lower()
         slot = "1" if which in ("1", "a") else "2"
         found.setdefault(slot, float(match.group(3)))  # the first mention of each label counts
@@ -68,7 +64,7 @@ def _labelled(text: str) -> tuple[float, float] | None:
 
 
 def _out_of_ten(text: str) -> tuple[float, float] | None:
-    numbers = [float(m.group(1)) for m in ANYWHERE_OF_TEN.finditer(text)]
+    numbers = out_of_ten(text)
     return (numbers[0], numbers[1]) if len(numbers) >= 2 else None
 
 
@@ -85,8 +81,8 @@ def parse_scores(text: str) -> ParsedScores:
         scores = rule()
         if scores is None:
             continue
-        bad = [s for s in scores if not 1 <= s <= 10]
-        if bad:
-            return _failure(f"score {bad[0]:g} is outside 1-10 ({method})", text)
+        error = next(filter(None, (scale_error(score, method) for score in scores)), None)
+        if error:
+            return _failure(error, text)
         return ParsedScores(scores[0], scores[1], method, None, explanation.strip()[:EXPLANATION_CHARS])
     return _failure("no pair of scores found", text)

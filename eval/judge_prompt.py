@@ -46,14 +46,8 @@ REFERENCE_BLOCK = """
 [End of reference answer]
 """
 
+# After an answer cut to fit the judge's context (eval.judge_answer_max_chars), so the judge knows.
 CUT_MARK = "\n[... the rest of this reply was cut for length ...]"
-
-
-def clip(text: str, max_chars: int) -> tuple[str, bool]:
-    """Shorten an answer for the judge's context, marking the cut so the judge knows it happened."""
-    if max_chars and len(text) > max_chars:
-        return text[:max_chars] + CUT_MARK, True
-    return text, False
 
 
 def judge_messages(instruction: str, first: str, second: str, reference: str | None = None) -> list[dict]:

@@ -3,7 +3,7 @@
     items = load_testset(testset_path(config.eval.testset), config.eval)
 
 The default mapping reads the Evol-Instruct schema (`idx`, `Skill`, `Difficulty` 1-10,
-`Instruction`); any other JSONL works by naming its keys, e.g.
+`Instruction`); any other JSONL (or JSON array) works by naming its keys, e.g.
 `--set eval.id_field=question_id --set eval.instruction_field=prompt --set eval.category_field=category
 --set eval.difficulty_field= --set eval.reference_field=answer`. The whole file is checked before
 any model loads: every problem names the file and line.
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.config.eval import EvalConfig
-from pipeline.core.jsonio import InputError, iter_jsonl
+from pipeline.core.jsonio import InputError, iter_records
 
 # A test instruction this long is a broken file (e.g. a whole document in one field), not a question.
 MAX_INSTRUCTION_CHARS = 100_000
@@ -77,7 +77,7 @@ def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
         raise InputError(f"eval.limit must be 0 (all items) or a positive count, got {settings.limit}.")
     items: list[TestItem] = []
     seen: dict[str, int] = {}
-    for lineno, record in iter_jsonl(path):
+    for lineno, record in iter_records(path):
         where = f"{path}:{lineno}"
         item_id = _text(record, settings.id_field, where, "id_field", required=True).strip()
         if not item_id:

@@ -13,6 +13,8 @@ equality verdict next, rules on the answer last, and an item records the first r
     stopwords_only       the answer is nothing but punctuation and stop words (maintained list)
 
 A verdict that says neither EQUAL nor DIFFERENT is counted as unparsed and eliminates nothing.
+`step_problem` is the survival rule of one step: the round files and the progress bar's kept%
+both ask it, so they always agree.
 Near-duplicates and test-set overlaps (`near_duplicate`, `contaminated`) are decided in dedup.py.
 """
 
@@ -107,4 +109,44 @@ def stopwords_only(answer: str) -> str | None:
     tokens = [w.lower() for w in words(answer)]
     if all(t in stop_words() for t in tokens):
         return "the answer is empty" if not tokens else "the answer holds only stop words and punctuation"
+    return None
+
+
+# ---------------------------------------------------------------- the survival rule of each step
+
+STEPS = ("evolve", "check", "answer")  # an attempt's requests, each needing the one before
+
+
+def verdict_of(check: dict) -> str | None:
+    """The parsed verdict of a finished check; None when the check prompt did not fit."""
+    return None if check["finish_reason"] == TOO_LONG else parse_verdict(check["text"])
+
+
+def step_problem(step: str, parent: str, result: dict, refusal_max_words: int) -> tuple[str, str] | None:
+    """(rule, why) of the first rule that eliminates an attempt at `step`, judged from that step's
+    finished record ({"text", "finish_reason"}) and the parent instruction; None: it goes on."""
+    text, finish = result["text"], result["finish_reason"]
+    if step == "evolve":
+        checks = (
+            (TOO_LONG_RULE, lambda: too_long(finish, "evolution")),
+            (NO_INFORMATION_GAIN, lambda: unchanged_evolution(parent, text)),
+            (COPIED_PROMPT_WORDS, lambda: copied_prompt_words(text)),
+        )
+    elif step == "check":
+        checks = (
+            (TOO_LONG_RULE, lambda: too_long(finish, "equality check")),
+            (NO_INFORMATION_GAIN, lambda: judged_equal(verdict_of(result), text)),
+        )
+    elif step == "answer":
+        checks = (
+            (TOO_LONG_RULE, lambda: too_long(finish, "answer")),
+            (REFUSAL_SHORT, lambda: refusal_short(text, refusal_max_words)),
+            (STOPWORDS_ONLY, lambda: stopwords_only(text)),
+        )
+    else:
+        raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
+    for rule, check in checks:
+        detail = check()
+        if detail:
+            return rule, detail
     return None

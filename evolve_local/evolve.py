@@ -17,66 +17,44 @@ check is sent the moment its evolution ends, so the engine never waits for a ste
 request (`evolve.overlap_steps`). With different models, each step runs over the whole pool in
 chunks, so each model starts once per round.
 
-Outputs (the run-directory contract): evolve/round_<k>.jsonl (one record per attempt),
-evolve/stats.json, evolve/manifest.json, data/C<k>.jsonl (seeds + kept evolutions of rounds 1..k,
-chat `messages`). Work in progress lives in evolve/work/ (see steps.py); a killed run resumes there.
+Outputs (the run-directory contract): evolve/round_<k>.jsonl (one RoundRecord per attempt, see
+pipeline/core/records.py), evolve/stats.json, evolve/manifest.json, data/C<k>.jsonl (seeds + kept
+evolutions of rounds 1..k, chat `messages`). Work in progress lives in evolve/work/ (see steps.py); a killed run resumes there. Which request an
+attempt needs next, and the two ways of generating a round, are in generation.py.
 `run_evolve` takes a ModelSet (an engine factory per role), so unit tests pass FakeEngines.
 """
 
 from __future__ import annotations
 
-import json
-import random
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from evolve_local import eliminate as rules
 from evolve_local.dedup import NearDuplicates, TestSetFilter
+from evolve_local.generation import (
+    STEPS,
+    Run,
+    attempt_id,
+    choose_operation,
+    generate_by_step,
+    generate_chained,
+    overlapped,
+    pool_items,
+    step_problem,
+)
 from evolve_local.inputs import Inputs, key_material, load_inputs
-from evolve_local.prompts import equality_prompt, evolution_prompt, messages
-from evolve_local.records import RoundTally, c_record, write_stats
+from evolve_local.prompts import messages
+from evolve_local.records import RoundTally, write_stats
 from evolve_local.seeds import Seed
-from evolve_local.steps import Engines, JsonlWriter, ModelSet, iter_pool, load_step, run_chained, run_step
+from evolve_local.steps import Engines, ModelSet, load_step, run_step
 from pipeline.config import Config, semantic_dict
-from pipeline.config.evolve import OPERATIONS
-from pipeline.core.jsonio import read_json, write_json
+from pipeline.core.jsonio import JsonlWriter, iter_jsonl, read_json, write_json
 from pipeline.core.manifest import begin_stage, finish_stage
+from pipeline.core.records import SEED_FILE, SEED_OPERATION, RoundRecord
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest
 
 STAGE = "evolve"
-
-
-# ---------------------------------------------------------------- the run
-
-
-@dataclass
-class Run:
-    config: Config
-    models: ModelSet
-    engines: Engines
-    stage_dir: Path
-    data_dir: Path
-    dedup: NearDuplicates
-    tests: TestSetFilter
-
-    @property
-    def seed(self) -> int:
-        return self.config.run.seed
-
-    def work(self, k: int, step: str) -> Path:
-        return self.stage_dir / "work" / f"round_{k}.{step}.jsonl"
-
-    def pool(self, k: int) -> Path:
-        return self.stage_dir / "work" / f"pool_{k}.jsonl"  # written last: its presence = round done
-
-    def round_stats(self, k: int) -> Path:
-        return self.stage_dir / "work" / f"stats_{k}.json"
-
-    def training_set(self, k: int) -> Path:
-        return self.data_dir / f"C{k}.jsonl"
 
 
 def run_evolve(
@@ -141,11 +119,10 @@ def run_evolve(
 
 def rebuild_index(run: Run, k: int) -> None:
     """A finished round from an earlier process: put its kept instructions back in the index."""
-    with (run.stage_dir / f"round_{k}.jsonl").open(encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            if record["status"] == "kept":
-                run.dedup.check_and_add(record["id"], record["instruction"])
+    for _, data in iter_jsonl(run.stage_dir / f"round_{k}.jsonl"):
+        record = RoundRecord.from_dict(data)
+        if record.kept:
+            run.dedup.check_and_add(record.id, record.instruction)
 
 
 # ---------------------------------------------------------------- round 0: the seed pool
@@ -183,7 +160,7 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
         requests,
         len(todo),
         run.config.engine.chunk_size,
-        passes=lambda r: r["finish_reason"] != "too_long",
+        passes=lambda r: rules.too_long(r["finish_reason"], "answer") is None,
     )
 
     answers = load_step(run.work(0, "answer"))
@@ -196,22 +173,18 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
         for seed in seeds:
             answer = answers.get(seed.id)
             generated = answer is not None
-            record = {
-                "id": seed.id,
-                "parent_id": None,
-                "root_id": seed.id,
-                "round": 0,
-                "operation": "seed",
-                "instruction": seed.instruction,
-                "response": answer["text"].strip() if generated else seed.output,
-                "status": "kept",
-                "elimination_rule": None,
-                "elimination_detail": None,
-                "evolver_model": None,
-                "responder_model": run.models.names["responder"] if generated else "seed file",
-                "tokens": {"answer": _tokens(answer)} if generated else {},
-                "seeds": {"answer": answer["seed"]} if generated else {},
-            }
+            record = RoundRecord(
+                id=seed.id,
+                parent_id=None,
+                root_id=seed.id,
+                round=0,
+                operation=SEED_OPERATION,
+                instruction=seed.instruction,
+                response=answer["text"].strip() if generated else seed.output,
+                responder_model=run.models.names["responder"] if generated else SEED_FILE,
+                tokens={"answer": _tokens(answer)} if generated else {},
+                seeds={"answer": answer["seed"]} if generated else {},
+            )
             too_long = (
                 rules.too_long("too_long", "answer")
                 if len(rules.words(seed.instruction)) >= limit
@@ -220,107 +193,15 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
                 else None
             )
             decide(run, record, [(rules.TOO_LONG_RULE, too_long)])
-            tally.add(record, operation=None)
-            out.write(record)
-            if record["status"] == "kept":
-                training.write(c_record(record))
+            tally.add(record)
+            out.write(record.to_dict())
+            if record.kept:
+                training.write(record.training_row())
                 pool.write(_pool_item(record))
     _commit_round(run, 0, tally, training_size=training.count, pool_size=pool.count)
 
 
 # ---------------------------------------------------------------- round k >= 1
-
-
-def choose_operation(run_seed: int, item_id: str, k: int, weights: dict[str, float]) -> str:
-    rng = random.Random(derive_seed(run_seed, item_id, k, "operation"))
-    ops = [op for op in OPERATIONS if weights.get(op, 0) > 0]
-    return rng.choices(ops, weights=[weights[op] for op in ops])[0]
-
-
-def attempt_id(item: dict, k: int) -> str:
-    return f"{item['root_id']}@r{k}"  # one attempt per root per round: the pool holds one item per root
-
-
-def instruction_problem(item: dict, evolved: dict) -> tuple[str, str] | None:
-    """The first instruction-level rule that fires for an evolution, decided with no model."""
-    checks = (
-        (rules.TOO_LONG_RULE, lambda: rules.too_long(evolved["finish_reason"], "evolution")),
-        (rules.NO_INFORMATION_GAIN, lambda: rules.unchanged_evolution(item["instruction"], evolved["text"])),
-        (rules.COPIED_PROMPT_WORDS, lambda: rules.copied_prompt_words(evolved["text"])),
-    )
-    for rule, check in checks:
-        detail = check()
-        if detail:
-            return rule, detail
-    return None
-
-
-STEPS = ("evolve", "check", "answer")  # an attempt's requests, each needing the one before
-ROLE_OF = {"evolve": "evolver", "check": "equality", "answer": "responder"}
-
-
-def next_step(k: int, item: dict, done: dict[str, dict]) -> str | None:
-    """The attempt's next missing request, or None when it needs no more: an evolution that broke
-    an instruction rule is never checked, one the verdict rejected is never answered."""
-    aid = attempt_id(item, k)
-    evolved = done["evolve"].get(aid)
-    if evolved is None:
-        return "evolve"
-    if instruction_problem(item, evolved) is not None:
-        return None
-    check = done["check"].get(aid)
-    if check is None:
-        return "check"
-    if check["finish_reason"] == "too_long" or rules.parse_verdict(check["text"]) == rules.EQUAL:
-        return None
-    return None if aid in done["answer"] else "answer"
-
-
-def step_request(run: Run, k: int, item: dict, step: str, done: dict[str, dict]) -> ChatRequest:
-    e, aid = run.config.evolve, attempt_id(item, k)
-    if step == "evolve":
-        operation = choose_operation(run.seed, item["id"], k, e.operation_weights)
-        return ChatRequest(
-            id=aid,
-            purpose=step,
-            max_tokens=e.evolution_max_tokens,
-            messages=messages(evolution_prompt(operation, item["instruction"])),
-            seed=derive_seed(run.seed, item["id"], k, "evolve"),
-        )
-    evolved = done["evolve"][aid]["text"].strip()
-    if step == "check":
-        return ChatRequest(
-            id=aid,
-            purpose=step,
-            temperature=0.0,
-            max_tokens=e.verdict_max_tokens,
-            choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
-            messages=messages(equality_prompt(item["instruction"], evolved)),
-            seed=derive_seed(run.seed, item["id"], k, "equality"),
-        )
-    return ChatRequest(
-        id=aid,
-        purpose=step,
-        max_tokens=e.answer_max_tokens,
-        messages=messages(evolved),
-        seed=derive_seed(run.seed, item["id"], k, "answer"),
-    )
-
-
-def step_passes(e) -> dict:
-    """Whether a finished record survives its step (the progress bar's kept%)."""
-    return {
-        "evolve": lambda r: bool(rules.words(r["text"])),
-        "check": lambda r: rules.parse_verdict(r["text"]) != rules.EQUAL,
-        "answer": lambda r: (
-            not (rules.refusal_short(r["text"], e.refusal_max_words) or rules.stopwords_only(r["text"]))
-        ),
-    }
-
-
-def overlapped(run: Run) -> bool:
-    """One model in every role: the steps can share one engine and run as chains."""
-    return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 
 def evolve_round(run: Run, k: int) -> None:
@@ -333,67 +214,6 @@ def evolve_round(run: Run, k: int) -> None:
     eliminate_round(run, k, pool_in, done)
 
 
-def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
-    """Each step over the whole pool in large chunks, then the next: with a different model per role,
-    each model's engine starts once per round. `done` gains each step's records as it ends."""
-    chunk, passes = run.config.engine.chunk_size, step_passes(run.config.evolve)
-    for step in STEPS:
-        total = sum(next_step(k, item, done) == step for item in iter_pool(pool_in))
-        requests = (
-            step_request(run, k, item, step, done) for item in iter_pool(pool_in) if next_step(k, item, done) == step
-        )
-        run_step(
-            run.engines,
-            ROLE_OF[step],
-            step,
-            f"round {k} {step}",
-            run.work(k, step),
-            run.work(k, "timing"),
-            requests,
-            total,
-            chunk,
-            passes=passes[step],
-        )
-        done[step] = load_step(run.work(k, step))
-
-
-def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
-    """Every step at once on the one engine: an item's check is sent as soon as its evolution ends,
-    its answer as soon as its check does, so the engine's batch stays full across the steps.
-    `done` gains every record as it finishes (and is saved)."""
-    active: dict[str, dict] = {}  # pool items with a request in flight, by attempt id
-
-    def first() -> Iterator[ChatRequest]:
-        for item in iter_pool(pool_in):
-            step = next_step(k, item, done)
-            if step is not None:
-                active[attempt_id(item, k)] = item
-                yield step_request(run, k, item, step, done)
-
-    def follow_up(request: ChatRequest, record: dict) -> ChatRequest | None:
-        done[request.purpose][request.id] = record
-        item = active[request.id]
-        step = next_step(k, item, done)
-        if step is None:
-            del active[request.id]
-            return None
-        return step_request(run, k, item, step, done)
-
-    total = sum(next_step(k, item, done) is not None for item in iter_pool(pool_in))
-    run_chained(
-        run.engines,
-        "evolver",
-        f"round {k}",
-        {step: run.work(k, step) for step in STEPS},
-        run.work(k, "timing"),
-        first(),
-        follow_up,
-        total,
-        run.config.engine.chunk_size,
-        step_passes(run.config.evolve),
-    )
-
-
 def eliminate_round(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
     """Apply the rules, then write the round, the next pool and C_k."""
     tally = RoundTally(k)
@@ -403,74 +223,59 @@ def eliminate_round(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> N
         JsonlWriter(run.pool(k).with_suffix(".tmp-pool")) as pool,
     ):
         training.copy_lines(run.training_set(k - 1))
-        for item in iter_pool(pool_in):
-            record = attempt_record(run, k, item, done["evolve"], done["check"], done["answer"])
-            tally.add(record, operation=record["operation"])
-            out.write(record)
-            if record["status"] == "kept":
-                training.write(c_record(record))
+        for item in pool_items(pool_in):
+            record = attempt_record(run, k, item, done)
+            tally.add(record)
+            out.write(record.to_dict())
+            if record.kept:
+                training.write(record.training_row())
                 pool.write(_pool_item(record))
             else:
                 pool.write(item)  # a failed item goes back as it was and is evolved again
     _commit_round(run, k, tally, training_size=training.count, pool_size=pool.count)
 
 
-def attempt_record(run: Run, k: int, item: dict, evolutions: dict, checks: dict, answers: dict) -> dict:
-    e = run.config.evolve
+def attempt_record(run: Run, k: int, item: dict, done: dict[str, dict]) -> RoundRecord:
     aid = attempt_id(item, k)
-    evolved, check, answer = evolutions[aid], checks.get(aid), answers.get(aid)
-    verdict = rules.parse_verdict(check["text"]) if check and check["finish_reason"] != "too_long" else None
-    record = {
-        "id": aid,
-        "parent_id": item["id"],
-        "root_id": item["root_id"],
-        "round": k,
-        "operation": choose_operation(run.seed, item["id"], k, e.operation_weights),
-        "instruction": evolved["text"].strip(),
-        "response": answer["text"].strip() if answer else None,
-        "status": "kept",
-        "elimination_rule": None,
-        "elimination_detail": None,
-        "verdict": verdict,
-        "verdict_text": check["text"] if check else None,
-        "evolver_model": run.models.names["evolver"],
-        "equality_model": run.models.names["equality"] if check else None,
-        "responder_model": run.models.names["responder"] if answer else None,
-        "answer_finish_reason": answer["finish_reason"] if answer else None,
-        "tokens": {step: _tokens(r) for step, r in (("evolve", evolved), ("check", check), ("answer", answer)) if r},
-        "seeds": {step: r["seed"] for step, r in (("evolve", evolved), ("check", check), ("answer", answer)) if r},
-    }
-    first = instruction_problem(item, evolved)
-    ordered = [first or (None, None)]
-    if first is None:
-        ordered += [
-            (rules.TOO_LONG_RULE, rules.too_long(check["finish_reason"], "equality check")),
-            (rules.NO_INFORMATION_GAIN, rules.judged_equal(verdict, check["text"])),
-        ]
-        if answer is not None:
-            ordered += [
-                (rules.TOO_LONG_RULE, rules.too_long(answer["finish_reason"], "answer")),
-                (rules.REFUSAL_SHORT, rules.refusal_short(answer["text"], e.refusal_max_words)),
-                (rules.STOPWORDS_ONLY, rules.stopwords_only(answer["text"])),
-            ]
-    decide(run, record, ordered)
+    results = {step: done[step][aid] for step in STEPS if aid in done[step]}
+    evolved, check, answer = results["evolve"], results.get("check"), results.get("answer")
+    record = RoundRecord(
+        id=aid,
+        parent_id=item["id"],
+        root_id=item["root_id"],
+        round=k,
+        operation=choose_operation(run.seed, item["id"], k, run.config.evolve.operation_weights),
+        instruction=evolved["text"].strip(),
+        response=answer["text"].strip() if answer else None,
+        verdict=rules.verdict_of(check) if check else None,
+        verdict_text=check["text"] if check else None,
+        evolver_model=run.models.names["evolver"],
+        equality_model=run.models.names["equality"] if check else None,
+        responder_model=run.models.names["responder"] if answer else None,
+        answer_finish_reason=answer["finish_reason"] if answer else None,
+        tokens={step: _tokens(result) for step, result in results.items()},
+        seeds={step: result["seed"] for step, result in results.items()},
+    )
+    # The first step whose rule fired; the generation never went past it.
+    problems = (step_problem(run, item, step, result) for step, result in results.items())
+    decide(run, record, [next((p for p in problems if p), (None, None))])
     return record
 
 
-def decide(run: Run, record: dict, ordered: list[tuple[str | None, str | None]]) -> None:
+def decide(run: Run, record: RoundRecord, ordered: list[tuple[str | None, str | None]]) -> None:
     """Mark the record with the first rule that fired; survivors then face the test set and the
     near-duplicate index, which admits them (only kept items ever enter the index)."""
     for rule, detail in ordered:
         if detail:
-            record.update(status="eliminated", elimination_rule=rule, elimination_detail=detail)
+            record.eliminate(rule, detail)
             return
-    overlap = run.tests.overlap(record["instruction"])
+    overlap = run.tests.overlap(record.instruction)
     if overlap:
-        record.update(status="eliminated", elimination_rule=rules.CONTAMINATED, elimination_detail=overlap)
+        record.eliminate(rules.CONTAMINATED, overlap)
         return
-    twin = run.dedup.check_and_add(record["id"], record["instruction"])
+    twin = run.dedup.check_and_add(record.id, record.instruction)
     if twin:
-        record.update(status="eliminated", elimination_rule=rules.NEAR_DUPLICATE, elimination_detail=twin)
+        record.eliminate(rules.NEAR_DUPLICATE, twin)
 
 
 def _commit_round(run: Run, k: int, tally: RoundTally, training_size: int, pool_size: int) -> None:
@@ -481,13 +286,8 @@ def _commit_round(run: Run, k: int, tally: RoundTally, training_size: int, pool_
     print(tally.line(stats), file=sys.stderr)
 
 
-def _pool_item(record: dict) -> dict:
-    return {
-        "id": record["id"],
-        "root_id": record["root_id"],
-        "instruction": record["instruction"],
-        "round": record["round"],
-    }
+def _pool_item(record: RoundRecord) -> dict:
+    return {"id": record.id, "root_id": record.root_id, "instruction": record.instruction, "round": record.round}
 
 
 def _tokens(result: dict) -> dict:

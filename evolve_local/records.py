@@ -1,10 +1,9 @@
-"""What the evolution stage writes besides its per-attempt records: training-set rows in chat
-`messages` format and the per-round statistics of evolve/stats.json.
+"""The per-round statistics of evolve/stats.json, tallied from the round records
+(pipeline.core.records.RoundRecord, which also defines the rows of data/C<k>.jsonl).
 
     evol evolve --config configs/tiny.yaml --out runs/tiny && cat runs/tiny/evolve/stats.json
 
-A row of data/C<k>.jsonl: {"id", "messages": [user, assistant], "round", "root_id", "parent_id",
-"operation"}. A round's stats: attempted, kept, eliminated per rule, unparsed verdicts, operation
+A round's stats: attempted, kept, eliminated per rule, unparsed verdicts, operation
 counts, mean instruction length in words, generation seconds and tokens per step.
 """
 
@@ -13,24 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from evolve_local.eliminate import CONTAMINATED, NEAR_DUPLICATE, RULES, UNPARSED, words
 from evolve_local.steps import timing_totals
 from pipeline.config.evolve import OPERATIONS
 from pipeline.core.jsonio import write_json
-
-
-def c_record(record: dict) -> dict:
-    return {
-        "id": record["id"],
-        "messages": [
-            {"role": "user", "content": record["instruction"]},
-            {"role": "assistant", "content": record["response"] or ""},
-        ],
-        "round": record["round"],
-        "root_id": record["root_id"],
-        "parent_id": record["parent_id"],
-        "operation": record["operation"],
-    }
+from pipeline.core.records import CONTAMINATED, NEAR_DUPLICATE, RULES, UNPARSED, RoundRecord
+from pipeline.core.text import words
 
 
 class RoundTally:
@@ -47,21 +33,22 @@ class RoundTally:
         self.words_all: list[int] = []
         self.words_kept: list[int] = []
 
-    def add(self, record: dict, operation: str | None) -> None:
+    def add(self, record: RoundRecord) -> None:
         self.attempted += 1
-        length = len(words(record["instruction"]))
+        length = len(words(record.instruction))
         self.words_all.append(length)
+        operation = record.operation if record.round else None  # round 0 holds seeds, not operations
         if operation:
             self.operations[operation] += 1
-        if record.get("verdict"):
-            self.verdicts[record["verdict"]] += 1
-        if record["status"] == "kept":
+        if record.verdict:
+            self.verdicts[record.verdict] += 1
+        if record.kept:
             self.kept += 1
             self.words_kept.append(length)
             if operation:
                 self.kept_operations[operation] += 1
         else:
-            self.rules[record["elimination_rule"]] += 1
+            self.rules[record.elimination_rule] += 1
 
     def summary(self, timing: Path, training_size: int, pool_size: int) -> dict:
         def mean(values: list[int]) -> float | None:

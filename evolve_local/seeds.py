@@ -2,7 +2,8 @@
 
     evol evolve --config configs/tiny.yaml --seeds my_seeds.json --out runs/mine
 
-Accepted (a JSON array or JSONL, one format per file, detected from the first record):
+Accepted (a JSON array or JSONL, read by pipeline.core.jsonio.iter_records; one format per file,
+detected from the first record):
   alpaca        {"instruction", "input", "output"}        (input and output optional)
   self-instruct {"instruction", "instances": [{"input", "output"}, ...]}   (first instance used)
   sharegpt      {"conversations": [{"from": "human", "value"}, {"from": "gpt", "value"}, ...]}
@@ -14,11 +15,11 @@ after it are the instruction and answer of a conversation. Every problem names t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.jsonio import InputError, iter_jsonl
+from pipeline.core.chat import messages_problem
+from pipeline.core.jsonio import InputError, iter_records
 
 FORMATS = {
     "alpaca": '{"instruction", "input", "output"}',
@@ -58,20 +59,8 @@ def _records(path: Path):
     """(location, record) pairs from a JSON array or a JSONL file."""
     if not path.is_file():
         raise InputError(f"Seed file {path} not found; pass --seeds FILE or set evolve.seeds.")
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        text_start = handle.read(4096).lstrip()
-    if text_start.startswith("["):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
-        for index, record in enumerate(data):
-            if not isinstance(record, dict):
-                raise InputError(f"{path}: item {index} is not a JSON object.")
-            yield f"{path} item {index}", record
-    else:
-        for lineno, record in iter_jsonl(path):
-            yield f"{path}:{lineno}", record
+    for lineno, record in iter_records(path):
+        yield f"{path}:{lineno}", record
 
 
 def _text(value, where: str, field: str) -> str:
@@ -87,11 +76,9 @@ def _join(instruction: str, extra: str) -> str:
 
 
 def _from_turns(turns, where: str, field: str, role_key: str, text_key: str) -> tuple[str, str | None]:
-    if not isinstance(turns, list) or not turns:
-        raise InputError(f'{where}: "{field}" must be a non-empty list of turns.')
-    for position, turn in enumerate(turns):
-        if not isinstance(turn, dict) or role_key not in turn or not isinstance(turn.get(text_key), str):
-            raise InputError(f'{where}: turn {position} of "{field}" needs "{role_key}" and a string "{text_key}".')
+    problem = messages_problem(turns, field, role_key, text_key, roles=None)  # roles are mapped below
+    if problem:
+        raise InputError(f"{where}: {problem}.")
     first = next((i for i, t in enumerate(turns) if str(t[role_key]).lower() in _HUMAN), None)
     if first is None:
         raise InputError(f'{where}: "{field}" has no user turn to use as the instruction.')

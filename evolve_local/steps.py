@@ -1,5 +1,5 @@
 """The machinery under each evolution step: one engine alive at a time, chunked resumable
-generation, chained (overlapped) generation, and streaming atomic JSONL writers.
+generation and chained (overlapped) generation.
 
     evol evolve --config configs/tiny.yaml --out runs/tiny      # every step of every round uses it
 
@@ -12,17 +12,14 @@ request sent as soon as its last one finished (see `pipeline.engine.run_dataflow
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.jsonio import append_jsonl, atomic_open, read_jsonl_tolerant
+from pipeline.core.jsonio import append_jsonl, read_jsonl_tolerant
 from pipeline.engine import ChatRequest, ChatResult, Engine, StreamingEngine, generate_in_chunks, run_dataflow
-
-ROLES = ("evolver", "equality", "responder")
 
 
 @dataclass
@@ -46,7 +43,6 @@ class Engines:
         self.models = models
         self.engine: Engine | None = None
         self.identity: tuple[str, str] | None = None
-        self.starts = 0
 
     def get(self, role: str) -> Engine:
         wanted = self.models.identity(role)
@@ -57,7 +53,6 @@ class Engines:
         self.close()
         self.engine = self.models.make(role)
         self.identity = wanted
-        self.starts += 1
         return self.engine
 
     def close(self) -> None:
@@ -293,40 +288,3 @@ def timing_totals(path: Path) -> dict[str, dict]:
         step["seconds"] = round(step["seconds"], 2)
         step["tokens_per_second"] = round(step["completion_tokens"] / step["seconds"], 1) if step["seconds"] else 0.0
     return totals
-
-
-class JsonlWriter:
-    """Streams records to a temp file and renames it into place on success (pipeline.core.jsonio.atomic_open):
-    readers only ever see a complete file, and a crash leaves the previous version (or nothing) behind."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.count = 0
-
-    def __enter__(self) -> JsonlWriter:
-        self._context = atomic_open(self.path)
-        self.handle = self._context.__enter__()
-        return self
-
-    def write(self, record: dict) -> None:
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.count += 1
-
-    def copy_lines(self, path: Path) -> None:
-        """Append another JSONL file verbatim (the previous cumulative training set)."""
-        with Path(path).open("r", encoding="utf-8") as source:
-            for line in source:
-                if line.strip():
-                    self.handle.write(line if line.endswith("\n") else line + "\n")
-                    self.count += 1
-
-    def __exit__(self, kind, value, traceback) -> bool | None:
-        return self._context.__exit__(kind, value, traceback)
-
-
-def iter_pool(path: Path) -> Iterator[dict]:
-    """The pool of a round, one item at a time (never the whole file in memory)."""
-    with Path(path).open("r", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)

@@ -4,7 +4,8 @@
 
 Reads (columns):
   chat JSONL       {"id"?, "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
-  Alpaca JSON/L    {"instruction": str, "input"?: str, "output": str}   (a .json file holds a list)
+  Alpaca JSON/L    {"instruction": str, "input"?: str, "output": str}
+  (either as JSONL or as one JSON array: pipeline.core.jsonio.iter_records)
 Writes: a list of {"id", "input_ids", "labels"} where labels are -100 on every token the model
 only reads (system prompt, user turns, template scaffolding) and the token id on every token it
 must learn to write (each assistant turn, including its end-of-turn token, so it learns to stop).
@@ -21,14 +22,13 @@ drops them, `fail` stops with the counts before any model loads.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.jsonio import InputError
+from pipeline.core.chat import messages_problem
+from pipeline.core.jsonio import InputError, iter_records
 
-ROLES = ("system", "user", "assistant")
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 
 
@@ -75,44 +75,12 @@ class Conversation:
 # ---------------------------------------------------------------- reading and validating
 
 
-def _records(path: Path, bad: BadRows):
-    """(line, record) pairs; a .json file is one list (its item index stands in for the line)."""
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise InputError(
-                f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json data file must "
-                f"hold one list of records (use .jsonl for one record per line)."
-            ) from None
-        if not isinstance(data, list):
-            raise InputError(f"{path}: a .json data file must hold a list of records.")
-        yield from enumerate(data, start=1)
-        return
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError:
-                bad.total += 1
-                bad.add("invalid_json", lineno)
-
-
 def _to_messages(record: dict) -> tuple[list | None, str | None]:
     """The record as chat messages, or (None, reason) when it cannot be one."""
     if "messages" in record:
         messages = record["messages"]
-        if not isinstance(messages, list) or not messages:
+        if messages_problem(messages):
             return None, "malformed_messages"
-        for message in messages:
-            if (
-                not isinstance(message, dict)
-                or message.get("role") not in ROLES
-                or not isinstance(message.get("content"), str)
-            ):
-                return None, "malformed_messages"
         return [{"role": m["role"], "content": m["content"]} for m in messages], None
     if "instruction" in record or "output" in record:  # Alpaca
         instruction, extra, output = record.get("instruction"), record.get("input") or "", record.get("output")
@@ -146,11 +114,13 @@ def load_conversations(path: str | Path) -> tuple[list[Conversation], BadRows]:
         )
     bad = BadRows()
     rows: list[Conversation] = []
-    for line, record in _records(path, bad):
+
+    def unreadable(line: int, reason: str) -> None:  # a line that is not JSON, or not an object
         bad.total += 1
-        if not isinstance(record, dict):
-            bad.add("not_an_object", line)
-            continue
+        bad.add(reason, line)
+
+    for line, record in iter_records(path, on_bad=unreadable):
+        bad.total += 1
         messages, reason = _to_messages(record)
         reason = reason or _problem(messages)
         if reason:

@@ -2,7 +2,8 @@
 
     evol generate --model smollm2-135m --in prompts.jsonl --out answers.jsonl
 
-Input: one `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}` per line.
+Input: one `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}` per line (or a JSON
+array of them).
 Output: one `{"id", "text", "prompt_tokens", "completion_tokens", "finish_reason", "model", "seed"}`
 per input line, in input order. Finished chunks are appended as they complete, so a killed run
 rerun with the same command only generates what is missing. The output's settings are kept in
@@ -14,10 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, stable_hash
+from pipeline.core.chat import messages_problem
 from pipeline.core.jsonio import (
     InputError,
     append_jsonl,
-    iter_jsonl,
+    iter_records,
     read_json,
     read_jsonl_tolerant,
     write_json,
@@ -26,13 +28,11 @@ from pipeline.core.jsonio import (
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, Engine, generate_in_chunks
 
-ROLES = {"system", "user", "assistant"}
-
 
 def load_prompts(path: str | Path) -> list[dict]:
     """Validate the whole file before any model loads: every problem names the file and line."""
     rows, seen = [], {}
-    for lineno, record in iter_jsonl(path):
+    for lineno, record in iter_records(path):
         where = f"{path}:{lineno}"
         if "id" not in record or record["id"] in (None, ""):
             raise InputError(f'{where}: missing "id".')
@@ -42,17 +42,9 @@ def load_prompts(path: str | Path) -> list[dict]:
         seen[item_id] = lineno
         if "messages" in record:
             messages = record["messages"]
-            if not isinstance(messages, list) or not messages:
-                raise InputError(f'{where}: "messages" must be a non-empty list.')
-            for message in messages:
-                if (
-                    not isinstance(message, dict)
-                    or message.get("role") not in ROLES
-                    or not isinstance(message.get("content"), str)
-                ):
-                    raise InputError(
-                        f"{where}: each message needs a role ({', '.join(sorted(ROLES))}) and a string content."
-                    )
+            problem = messages_problem(messages)
+            if problem:
+                raise InputError(f"{where}: {problem}.")
             if not any(m["content"].strip() for m in messages):
                 raise InputError(f"{where}: all messages are empty.")
         elif "prompt" in record:

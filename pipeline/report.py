@@ -16,14 +16,13 @@ from eval.report.ablation import ablation_rows, plot_ablation, survival
 from eval.report.analysis import analysis_report_json, analysis_section
 from eval.report.evaluation import Section, build_report, find_judge_dirs
 from pipeline.config import Config
+from pipeline.core import fmt
 from pipeline.core.jsonio import read_json, write_json
 
 
 def _fmt(block: dict | None, key: str, pct: bool = False) -> str:
-    if not block or block.get(key) is None:
-        return "-"
-    value = block[key]
-    return f"{100 * value:.1f}%" if pct else f"{value:g}"
+    value = (block or {}).get(key)
+    return fmt.pct(value) if pct else fmt.num(value)
 
 
 def write_run_report(run_dir: Path, config: Config) -> Path:
@@ -51,9 +50,9 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
                 r["training_rows"],
                 _fmt(r, "evolved_share", pct=True),
                 _fmt(r, "kept_rate_of_round", pct=True),
-                f"{c0['win']}/{c0['tie']}/{c0['lose']}" if c0 else "-",
+                f"{c0['win']}/{c0['tie']}/{c0['lose']}" if c0 else fmt.MISSING,
                 _fmt(c0, "capacity_pct"),
-                f"{ref['win']}/{ref['tie']}/{ref['lose']}" if ref else "-",
+                f"{ref['win']}/{ref['tie']}/{ref['lose']}" if ref else fmt.MISSING,
                 _fmt(ref, "capacity_pct"),
                 _fmt(ref, "high_difficulty_win_rate", pct=True),
             ]

@@ -59,7 +59,7 @@ def test_constrained_pattern_accepts_the_format_and_the_parser_reads_it():
 def test_request_is_greedy_constrained_and_clips_long_instructions():
     settings = AnalysisConfig(instruction_max_chars=50)
     request, cut = difficulty_request("a@r1", "Explain tides in detail. " * 10, settings, seed=42)
-    assert cut and "[... cut for length ...]" in request.prompt_text
+    assert cut and "in detail.\n[... cut for length ...]\n>>>" in request.prompt_text  # cut at 50, space trimmed
     assert request.temperature == 0.0 and request.top_p == 1.0 and request.regex == SCORE_REGEX
     assert request.max_tokens == settings.difficulty_max_tokens
     assert request.seed == difficulty_request("a@r1", "other", settings, seed=42)[0].seed

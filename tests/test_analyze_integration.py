@@ -11,7 +11,7 @@ from eval.analysis.metrics import mean_pairwise_cosine_distance
 from evolve_local.evolve import run_evolve
 from pipeline.config.analysis import AnalysisConfig
 from pipeline.core.jsonio import read_jsonl
-from tests.test_evolve_loop import Factory, make_config
+from tests.conftest import Factory, make_config
 
 pytestmark = pytest.mark.integration
 

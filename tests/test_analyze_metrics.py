@@ -31,7 +31,6 @@ def test_word_count_matches_the_elimination_rules():
 )
 def test_attached_data_kinds(text, kinds):
     assert metrics.attached_data_kinds(text) == kinds
-    assert metrics.has_attached_data(text) == bool(kinds)
 
 
 def test_constraint_clauses_counts_clauses_not_cue_words():

@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.config.analysis import AnalysisConfig
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
 from pipeline.engine.fake import FakeEngine
-from tests.test_evolve_loop import Factory, make_config
+from tests.conftest import Factory, make_config
 
 
 def bag_of_words(texts):
@@ -192,7 +192,7 @@ def test_cli_names_a_missing_run_in_one_line(tmp_path):
 
 
 def test_rounds_that_keep_nothing_give_empty_numbers_not_errors(tmp_path):
-    from tests.test_evolve_loop import write_seeds
+    from tests.conftest import write_seeds
 
     seeds = write_seeds(tmp_path, seeds=["EQUALME list colours.", "EQUALME name rivers.", "EQUALME count sheep."])
     config = make_config(tmp_path, rounds=2, seeds=seeds)

@@ -8,9 +8,13 @@ from pipeline.config import Config, ConfigError, load_config, semantic_dict, sta
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 
-def test_defaults_without_file():
-    config = load_config()
-    assert config == Config()
+def test_defaults_without_file_are_fresh_for_each_load():
+    first = load_config()
+    assert first.run.rounds == [0, 1, 2, 3, 4] and first.evolve.operation_weights["in_breadth"] > 0
+    first.run.rounds.append(9)  # a caller that edits its config must not change the next one's defaults
+    first.evolve.operation_weights["in_breadth"] = 0
+    second = load_config()
+    assert second.run.rounds == [0, 1, 2, 3, 4] and second.evolve.operation_weights["in_breadth"] > 0
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -6,7 +6,7 @@ import re
 from eval.judge import SCORE_LINE_REGEX, order_request
 from evolve_local.evolve import run_evolve
 from pipeline.config import load_config
-from tests.test_evolve_loop import Factory, make_config
+from tests.conftest import Factory, make_config
 
 
 def verdict_requests(factory):

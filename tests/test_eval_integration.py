@@ -7,7 +7,7 @@ the module pays for one start. Sizes are tiny: 4 test items, a few dozen tokens 
 import pytest
 
 from eval.answer import answer_testset, parse_adapters
-from eval.judge import judge_answers
+from eval.judge import judge_pairs
 from eval.report.evaluation import build_report
 from pipeline.config import Config
 from pipeline.core import paths as data_paths
@@ -70,9 +70,9 @@ def test_answer_judge_report_end_to_end(engine, tiny_model, lora_adapter, config
     # greedy: the base model answers the same way when asked again
     assert engine.generate([_request(base[0])])[0].text.strip() == base[0]["answer"]
 
-    judge_dir, scores = judge_answers(
-        config, run / "answers" / "lora", run / "answers" / "base", run / "judge", tiny_model, engine=engine
-    )
+    judge_dir, scores = judge_pairs(
+        config, [(run / "answers" / "lora", run / "answers" / "base")], run / "judge", tiny_model, engine=engine
+    )[0]
     judgments = read_jsonl(judge_dir / "judgments.jsonl")
     assert len(judgments) == 4 and scores["judge_failures"]["orders_total"] == 8
     assert all(j["orders"][o]["raw"] is not None for j in judgments for o in ("AB", "BA"))

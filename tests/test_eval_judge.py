@@ -1,15 +1,14 @@
 """Swap logic and tie rules on scripted verdicts; the judge stage end to end on a FakeEngine."""
 
-import re
-
 import pytest
 
-from eval.judge import combine, judge_answers, read_order
+from eval.judge import combine, judge_pairs, read_order
 from eval.judge_prompt import PROMPT_VERSION
 from pipeline.config import Config
-from pipeline.core.jsonio import InputError, read_json, read_jsonl, write_json, write_jsonl
+from pipeline.core.jsonio import InputError, read_json, read_jsonl, write_json
 from pipeline.engine import ChatResult
 from pipeline.engine.fake import FakeEngine
+from tests.conftest import ITEMS, scripted_judge, write_answers
 
 
 def order(item_order, text, finish="stop"):
@@ -57,46 +56,6 @@ def test_prompt_too_long_is_a_recorded_failure():
 # ---------------------------------------------------------------- the stage on a FakeEngine
 
 
-def write_answers(directory, label, answers, items):
-    write_jsonl(
-        directory / "answers.jsonl",
-        [
-            {
-                "id": i["id"],
-                "instruction": i["instruction"],
-                "category": i["category"],
-                "difficulty": i["difficulty"],
-                "reference": i.get("reference"),
-                "label": label,
-                "answer": answers[i["id"]],
-            }
-            for i in items
-        ],
-    )
-    write_json(directory / "manifest.json", {"label": label, "testset": {"hash": "same"}})
-    return directory
-
-
-ITEMS = [
-    {"id": "1", "instruction": "Add 2 and 2.", "category": "Math", "difficulty": 1},
-    {"id": "2", "instruction": "Name a colour.", "category": "Common-Sense", "difficulty": 9},
-    {"id": "3", "instruction": "Say hi.", "category": "Writting", "difficulty": 9, "reference": "Hi!"},
-]
-
-
-def shown(prompt, slot):
-    return re.search(rf"\[Assistant {slot}\]\n(.*?)\n\[End of Assistant {slot}\]", prompt, re.S).group(1)
-
-
-def scripted_judge(request):
-    """Scores by content: 'good' answers get 8, others 4; item 3's judge babbles in order AB only."""
-    prompt = request.messages[-1]["content"]
-    first, second = shown(prompt, 1), shown(prompt, 2)
-    if "Say hi." in prompt and first.startswith("good"):
-        return "I cannot decide."
-    return f"{8 if first.startswith('good') else 4} {8 if second.startswith('good') else 4}\nbecause"
-
-
 @pytest.fixture
 def answer_dirs(tmp_path):
     a = write_answers(tmp_path / "ans" / "C1", "C1", {"1": "good four", "2": "good red", "3": "good hi"}, ITEMS)
@@ -109,7 +68,7 @@ def test_judge_stage_writes_judgments_scores_and_skips_when_done(tmp_path, answe
     config = Config()
     config.engine.chunk_size = 4
     engine = FakeEngine(scripted_judge, model_name="fake-judge")
-    judge_dir, scores = judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=engine)
+    judge_dir, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=engine)[0]
     assert judge_dir.name == "C1__vs__base"
     requests = engine.requests_seen
     assert len(requests) == 6 and all(r.temperature == 0.0 for r in requests)
@@ -127,7 +86,7 @@ def test_judge_stage_writes_judgments_scores_and_skips_when_done(tmp_path, answe
     assert read_json(judge_dir / "manifest.json")["rows"]["items"] == 3
 
     again = FakeEngine(scripted_judge)
-    judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=again)
+    judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=again)
     assert again.calls == 0
 
 
@@ -145,9 +104,9 @@ def test_judge_resumes_from_orders_already_written(tmp_path, answer_dirs):
         return scripted_judge(request)
 
     with pytest.raises(Crash):
-        judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=FakeEngine(crashing))
+        judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=FakeEngine(crashing))
     engine = FakeEngine(scripted_judge)
-    _, scores = judge_answers(config, a, b, tmp_path / "judge", "fake-judge", engine=engine)
+    _, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=engine)[0]
     assert len(engine.requests_seen) == 2  # only item 3's two orders were left
     assert scores["overall"]["n"] == 3
 
@@ -155,30 +114,33 @@ def test_judge_resumes_from_orders_already_written(tmp_path, answer_dirs):
 def test_bad_answer_directories_are_refused_before_any_model(tmp_path, answer_dirs):
     a, b = answer_dirs
     with pytest.raises(InputError, match="same directory"):
-        judge_answers(Config(), a, a, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(a, a)], tmp_path / "j", "x", engine=FakeEngine())
     unfinished = tmp_path / "unfinished"
     write_answers(unfinished, "u", {"1": "x", "2": "y", "3": "z"}, ITEMS)
     (unfinished / "manifest.json").unlink()
     with pytest.raises(InputError, match="unfinished"):
-        judge_answers(Config(), unfinished, b, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(unfinished, b)], tmp_path / "j", "x", engine=FakeEngine())
     other = write_answers(tmp_path / "other", "other", {"1": "x", "2": "y"}, ITEMS[:2])
     with pytest.raises(InputError, match="same items"):
-        judge_answers(Config(), a, other, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(a, other)], tmp_path / "j", "x", engine=FakeEngine())
     write_json(other / "manifest.json", {"label": "other", "testset": {"hash": "different"}})
     with pytest.raises(InputError, match="different test sets"):
-        judge_answers(Config(), a, other, tmp_path / "j", "x", engine=FakeEngine())
+        judge_pairs(Config(), [(a, other)], tmp_path / "j", "x", engine=FakeEngine())
 
 
 def test_prompt_shows_reference_only_when_given_and_marks_cut_answers():
-    from eval.judge_prompt import CUT_MARK, clip, judge_messages
+    from eval.judge_prompt import CUT_MARK, judge_messages
+    from pipeline.core.text import clip
 
     plain = judge_messages("Q?", "one", "two")[-1]["content"]
     assert "[Reference answer]" not in plain and "[Assistant 1]\none\n" in plain and "[Assistant 2]\ntwo\n" in plain
     guided = judge_messages("Q?", "one", "", reference="42")[-1]["content"]
     assert "[Reference answer]\n42\n" in guided and "[Assistant 2]\n(no reply)\n" in guided
-    text, cut = clip("x" * 50, 10)
+    text, cut = clip("x" * 50, 10, CUT_MARK)
     assert cut and text == "x" * 10 + CUT_MARK
-    assert clip("short", 10) == ("short", False) and clip("x" * 50, 0) == ("x" * 50, False)
+    assert clip("short", 10, CUT_MARK) == ("short", False) and clip("x" * 50, 0, CUT_MARK) == ("x" * 50, False)
+    assert clip("x" * 8 + "  yz", 10, CUT_MARK) == ("x" * 8 + "  " + CUT_MARK, True)  # the judge sees the cut as is
+    assert clip("x" * 8 + "  yz", 10, "|", trim=True) == ("x" * 8 + "|", True)
 
 
 def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):
@@ -187,7 +149,7 @@ def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):
     config = Config()
     config.eval.judge_answer_max_chars = 100
     engine = FakeEngine(scripted_judge)
-    judge_dir, _ = judge_answers(config, long_answers, b, tmp_path / "judge", "fake-judge", engine=engine)
+    judge_dir, _ = judge_pairs(config, [(long_answers, b)], tmp_path / "judge", "fake-judge", engine=engine)[0]
     assert "cut for length" in engine.requests_seen[0].messages[-1]["content"]
     first = read_jsonl(judge_dir / "judgments.jsonl")[0]
     assert (

@@ -51,3 +51,16 @@ def test_broken_outputs_fail_with_a_reason_and_never_raise(text, reason):
     assert not parsed.ok
     assert parsed.first is None and parsed.second is None and parsed.method is None
     assert reason in parsed.error
+
+
+def test_both_score_parsers_share_the_scale_and_the_out_of_ten_rule():
+    from eval.analysis.complexity import parse_difficulty
+    from eval.scoreparse import out_of_ten, scale_error
+
+    assert out_of_ten("clarity **7/10**, depth 6 out of 10, not 3/100") == [7.0, 6.0]
+    assert out_of_ten("2.5/10") == [2.5]
+    assert scale_error(10.0, "x") is None and scale_error(0.0, "labelled") == "score 0 is outside 1-10 (labelled)"
+    assert parse_scores("11 5").error == scale_error(11.0, "first_line")
+    assert parse_difficulty("11").error == scale_error(11.0, "first_line")
+    assert parse_scores("It is 7/10 and then 4 out of 10.").method == "out_of_ten"
+    assert parse_difficulty("It deserves 7 out of 10.").score == 7.0

@@ -6,13 +6,13 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from eval.judge import judge_answers
+from eval.judge import judge_pairs
 from eval.report.evaluation import Section, build_report, find_judge_dirs
 from pipeline.cli import main
 from pipeline.config import Config
 from pipeline.core.jsonio import InputError, read_json
 from pipeline.engine.fake import FakeEngine
-from tests.test_eval_judge import ITEMS, scripted_judge, write_answers
+from tests.conftest import ITEMS, scripted_judge, write_answers, write_lines
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def run_dir(tmp_path):
         ("C2", {"1": "bad", "2": "bad", "3": "x"}),
     ):
         a = write_answers(run / "answers" / label, label, answers, ITEMS)
-        judge_answers(Config(), a, base, run / "judge", "fake-judge", engine=FakeEngine(scripted_judge))
+        judge_pairs(Config(), [(a, base)], run / "judge", "fake-judge", engine=FakeEngine(scripted_judge))
     return run
 
 
@@ -99,10 +99,20 @@ def test_answer_and_judge_commands_fail_cleanly_before_loading_a_model(tmp_path,
 
 
 def test_report_command_on_a_run_keeps_the_run_stage_ablation(run_dir):
-    from pipeline.config import Config, to_yaml
+    from pipeline.config import load_config, to_yaml
 
-    (run_dir / "config.yaml").write_text(to_yaml(Config()))
+    (run_dir / "config.yaml").write_text(to_yaml(load_config(None, ["run.rounds=[1,2]"])))
+    (run_dir / "data").mkdir()
+    write_lines(run_dir / "data" / "C1.jsonl", [{"id": "s0", "round": 0}, {"id": "s1@r1", "round": 1}])
     result = CliRunner().invoke(main, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
     report = read_json(run_dir / "report.json")
-    assert "ablation" in report and [c["a"] for c in report["comparisons"]] == ["C1", "C2"]
+    assert [c["a"] for c in report["comparisons"]] == ["C1", "C2"]
+    # the ablation rows follow the run's config, counted from its training sets
+    assert [(r["label"], r["training_rows"], r["evolved_share"]) for r in report["ablation"]] == [
+        ("C1", 2, 0.5),
+        ("C2", 0, None),
+    ]
+    md = (run_dir / "report.md").read_text()
+    assert "Ablation over evolution rounds" in md
+    assert re.search(r"^\| 1 \| 2 \| 50\.0% \| - \|", md, re.M)  # rounds, rows, evolved share, no kept rate

@@ -9,11 +9,7 @@ from pipeline.config import load_config
 from pipeline.config.eval import EvalConfig
 from pipeline.core.jsonio import InputError
 from pipeline.core.paths import SAMPLE_TESTSET
-
-
-def write(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
+from tests.conftest import write_lines
 
 
 def test_shipped_sample_has_the_real_schema_and_spread():
@@ -30,7 +26,7 @@ def test_real_testset_loads(real_testset):
 
 
 def test_second_schema_through_field_mapping(tmp_path):
-    path = write(
+    path = write_lines(
         tmp_path / "mt.jsonl",
         [
             {"question_id": "a-1", "prompt": "What is 3 * 4?", "category": "math", "answer": "12"},
@@ -77,7 +73,7 @@ def test_limit_keeps_evenly_spaced_items_in_file_order():
 )
 def test_bad_files_name_file_and_line(tmp_path, rows, message):
     with pytest.raises(InputError, match=message):
-        load_testset(write(tmp_path / "bad.jsonl", rows), EvalConfig())
+        load_testset(write_lines(tmp_path / "bad.jsonl", rows), EvalConfig())
 
 
 def test_missing_file_and_bad_options(tmp_path):
@@ -87,3 +83,37 @@ def test_missing_file_and_bad_options(tmp_path):
         load_testset(SAMPLE_TESTSET, EvalConfig(limit=-1))
     with pytest.raises(InputError, match="cannot be empty"):
         load_testset(SAMPLE_TESTSET, EvalConfig(instruction_field=""))
+
+
+def test_every_input_file_is_read_by_the_one_reader(tmp_path):
+    """Seeds, test set, prompts and training data: a JSON array is accepted, and a broken one gets
+    the same sentence, naming the file and line, from each."""
+    from evolve_local.seeds import load_seeds
+    from finetune.data import load_conversations
+    from pipeline.generate import load_prompts
+
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "1",
+                    "idx": 1,
+                    "Instruction": "Add 2 and 2.",
+                    "instruction": "Add 2 and 2.",
+                    "prompt": "Add 2 and 2.",
+                    "output": "4",
+                }
+            ]
+        )
+    )
+    assert [i.instruction for i in load_testset(good, EvalConfig())] == ["Add 2 and 2."]
+    assert load_seeds(good)[0][0].instruction == "Add 2 and 2."
+    assert load_prompts(good)[0]["messages"][0]["content"] == "Add 2 and 2."
+    assert load_conversations(good)[0][0].messages[1]["content"] == "4"
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n {"id": ]')
+    for load in (lambda p: load_testset(p, EvalConfig()), load_seeds, load_prompts, load_conversations):
+        with pytest.raises(InputError, match=r"broken\.json:2: not valid JSON \(Expecting value\)"):
+            load(broken)

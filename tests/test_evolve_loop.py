@@ -1,119 +1,14 @@
 """The round loop with scripted fake engines: batching, pool replacement, lineage, every rule in
 place, resume after a crash, determinism, no generation on a finished rerun, engine swaps."""
 
-import json
-import random
-
 import pytest
 from click.testing import CliRunner
 
 from evolve_local.evolve import run_evolve
 from evolve_local.inputs import load_inputs
-from evolve_local.prompts import NEW_LABEL, ORIGINAL_LABEL, REWRITTEN_LABEL
-from evolve_local.steps import ModelSet
-from pipeline.config import load_config
+from evolve_local.prompts import ORIGINAL_LABEL
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
-from pipeline.engine.fake import FakeEngine, StreamingFakeEngine
-
-VOCAB = (
-    "river mountain budget recipe python table ledger orbit violin harvest glacier sonnet "
-    "protein circuit archive lantern compass meadow quartz tariff"
-).split()
-
-
-def parent_of(prompt: str) -> str:
-    """The instruction inside an evolution prompt (the last labelled one: demos come first)."""
-    body = prompt.rsplit(ORIGINAL_LABEL + "\n", 1)[1]
-    for label in (REWRITTEN_LABEL, NEW_LABEL):
-        body = body.split("\n\n" + label)[0]
-    return body
-
-
-def scripted(request) -> str:
-    """Behaviour keyed by words in the seed instruction, so each rule can be provoked on purpose."""
-    text = request.prompt_text
-    if "Answer with one word, EQUAL or DIFFERENT" in text:
-        second = text.split("Second task:\n", 1)[1]
-        return "EQUAL" if "EQUALME" in second else "hmm, unsure" if "GARBLE" in second else "DIFFERENT"
-    if ORIGINAL_LABEL in text:
-        parent = parent_of(text)
-        if "EMPTYME" in parent:
-            return "   "
-        if "SAMEME" in parent:
-            return parent
-        if "COPYME" in parent:
-            return f"{REWRITTEN_LABEL} {parent} in detail"
-        rng = random.Random(request.seed)  # seeded, like the real engine
-        return parent + " Also " + " ".join(rng.choice(VOCAB) for _ in range(12)) + "."
-    if "SORRYME" in text:
-        return "Sorry, I cannot do that."
-    if "STOPME" in text:
-        return "It is what it is, and that is all."
-    return "A useful answer about " + " ".join(text.split()[:6])
-
-
-SEEDS = [
-    "Explain how tides work.",
-    "Write a recipe for pancakes.",
-    "EMPTYME describe a cloud.",
-    "SAMEME count to three.",
-    "COPYME name a planet.",
-    "EQUALME list some colours.",
-    "GARBLE give a travel tip.",
-    "SORRYME tell a secret.",
-    "STOPME say something.",
-]
-
-
-def write_seeds(tmp_path, seeds=SEEDS, outputs=None):
-    path = tmp_path / "seeds.jsonl"
-    with path.open("w") as handle:
-        for i, text in enumerate(seeds):
-            row = {"id": f"s{i}", "instruction": text}
-            if outputs and outputs[i]:
-                row["output"] = outputs[i]
-            handle.write(json.dumps(row) + "\n")
-    return path
-
-
-def write_testset(tmp_path, instructions=("Describe the water cycle in four steps for a child.",)):
-    path = tmp_path / "testset.jsonl"
-    path.write_text("".join(json.dumps({"idx": i, "Instruction": t}) + "\n" for i, t in enumerate(instructions)))
-    return path
-
-
-def make_config(tmp_path, *overrides, rounds=2, seeds=None, testset=None):
-    return load_config(
-        None,
-        [
-            f"evolve.seeds={seeds or write_seeds(tmp_path)}",
-            f"eval.testset={testset or write_testset(tmp_path)}",
-            f"evolve.rounds={rounds}",
-            "engine.chunk_size=4",
-            *overrides,
-        ],
-    )
-
-
-class Factory:
-    """A ModelSet whose engines are FakeEngines; remembers every engine it started."""
-
-    def __init__(self, respond=scripted, responder="fake", streaming=False, **engine_options):
-        self.respond, self.options, self.started = respond, engine_options, []
-        self.engine_class = StreamingFakeEngine if streaming else FakeEngine
-        names = {"evolver": "fake", "equality": "fake", "responder": responder}
-        self.models = ModelSet(names, {role: "h" for role in names}, self.make)
-
-    def make(self, role):
-        engine = self.engine_class(self.respond, model_name=self.models.names[role], **self.options)
-        engine.closed = False
-        engine.close = lambda: setattr(engine, "closed", True)
-        self.started.append((role, engine))
-        return engine
-
-    @property
-    def requests(self):
-        return [r for _, engine in self.started for r in engine.requests_seen]
+from tests.conftest import SEEDS, Factory, make_config, scripted, write_seeds, write_testset
 
 
 def by_root(path):

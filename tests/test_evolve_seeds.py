@@ -7,11 +7,7 @@ import pytest
 from evolve_local.seeds import load_seeds
 from pipeline.core.jsonio import InputError
 from pipeline.core.paths import SHIPPED_SEEDS
-
-
-def jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
+from tests.conftest import write_lines
 
 
 def test_alpaca_json_array_joins_instruction_and_input(tmp_path):
@@ -32,7 +28,7 @@ def test_alpaca_json_array_joins_instruction_and_input(tmp_path):
 
 def test_alpaca_jsonl_and_plain_mix(tmp_path):
     seeds, fmt = load_seeds(
-        jsonl(
+        write_lines(
             tmp_path / "a.jsonl",
             [
                 {"instruction": "A?", "output": "a"},
@@ -44,13 +40,13 @@ def test_alpaca_jsonl_and_plain_mix(tmp_path):
 
 
 def test_plain_instructions_have_no_answers(tmp_path):
-    seeds, fmt = load_seeds(jsonl(tmp_path / "p.jsonl", [{"instruction": "Say hi."}, {"instruction": "Count."}]))
+    seeds, fmt = load_seeds(write_lines(tmp_path / "p.jsonl", [{"instruction": "Say hi."}, {"instruction": "Count."}]))
     assert fmt == "plain" and all(s.output is None for s in seeds)
 
 
 def test_self_instruct_uses_the_first_instance(tmp_path):
     seeds, fmt = load_seeds(
-        jsonl(
+        write_lines(
             tmp_path / "s.jsonl",
             [
                 {
@@ -93,7 +89,7 @@ def test_sharegpt_takes_the_first_human_turn_and_its_reply(tmp_path):
 
 def test_chat_messages(tmp_path):
     seeds, fmt = load_seeds(
-        jsonl(
+        write_lines(
             tmp_path / "m.jsonl",
             [
                 {
@@ -138,7 +134,7 @@ def test_real_self_instruct_seed_tasks(real_seed_tasks):
 )
 def test_bad_seed_files_get_one_clear_sentence(tmp_path, rows, message):
     with pytest.raises(InputError, match=message):
-        load_seeds(jsonl(tmp_path / "s.jsonl", rows))
+        load_seeds(write_lines(tmp_path / "s.jsonl", rows))
 
 
 def test_missing_and_broken_json_array(tmp_path):

@@ -19,6 +19,7 @@ from finetune.data import (
     tokenize_conversations,
 )
 from pipeline.core.jsonio import InputError
+from tests.conftest import write_lines
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +33,14 @@ def chat(user, answer, **extra):
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], **extra}
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
 # ---------------------------------------------------------------- reading and counting bad rows
 
 
 def test_chat_and_alpaca_formats_load_the_same_conversation(tmp_path):
-    chat_file = write_jsonl(tmp_path / "c.jsonl", [chat("Add 2 and 3.", "5", id="a")])
+    chat_file = write_lines(tmp_path / "c.jsonl", [chat("Add 2 and 3.", "5", id="a")])
     alpaca_list = tmp_path / "a.json"
     alpaca_list.write_text(json.dumps([{"instruction": "Add 2 and 3.", "input": "", "output": "5"}]))
-    alpaca_lines = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Add", "input": "2 and 3.", "output": "5"}])
+    alpaca_lines = write_lines(tmp_path / "a.jsonl", [{"instruction": "Add", "input": "2 and 3.", "output": "5"}])
 
     rows, bad = load_conversations(chat_file)
     assert bad.bad == 0 and rows[0].id == "a"
@@ -56,7 +52,7 @@ def test_chat_and_alpaca_formats_load_the_same_conversation(tmp_path):
 
 
 def test_bad_rows_are_counted_by_reason_with_line_numbers(tmp_path):
-    path = write_jsonl(
+    path = write_lines(
         tmp_path / "d.jsonl",
         [
             chat("ok?", "fine"),  # 1 good
@@ -83,7 +79,7 @@ def test_bad_rows_are_counted_by_reason_with_line_numbers(tmp_path):
 
 
 def test_rows_longer_than_max_length_are_bad_rows_not_truncated(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "d.jsonl", [chat("short", "yes"), chat("long " * 200, "no")])
+    path = write_lines(tmp_path / "d.jsonl", [chat("short", "yes"), chat("long " * 200, "no")])
     rows, bad = load_conversations(path)
     examples = tokenize_conversations(rows, tokenizer, "chat", "### Response:", 64, bad)
     assert len(examples) == 1 and len(examples[0]["input_ids"]) <= 64
@@ -125,7 +121,7 @@ def labelled_text(tokenizer, batch, row):
 
 
 def test_collated_labels_cover_only_the_assistant_turn(tmp_path, tokenizer):
-    path = write_jsonl(
+    path = write_lines(
         tmp_path / "d.jsonl",
         [
             chat("What is the capital of France?", "Paris is the capital."),

@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 from finetune import train as train_module
 from finetune.train import run_train
 from pipeline.config import load_config
+from tests.conftest import write_lines
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +50,7 @@ def data(tmp_path_factory):
         chat("Say nothing.", ""),  # empty_assistant_turn
         chat("Repeat: " + "blah " * 200, "no"),
     ]  # too_long at max_length 128
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_lines(path, rows)
 
 
 @pytest.fixture(scope="module")

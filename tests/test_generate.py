@@ -1,4 +1,4 @@
-import json
+import re
 
 import pytest
 
@@ -6,15 +6,11 @@ from pipeline.config import load_config
 from pipeline.core.jsonio import InputError, read_jsonl
 from pipeline.engine.fake import FakeEngine
 from pipeline.generate import check_resumable, load_prompts, run_generate
-
-
-def write(path, lines):
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
+from tests.conftest import write_lines
 
 
 def test_prompt_and_messages_forms(tmp_path):
-    path = write(
+    path = write_lines(
         tmp_path / "p.jsonl",
         [
             {"id": 1, "prompt": "Name a colour."},
@@ -43,7 +39,7 @@ def test_prompt_and_messages_forms(tmp_path):
 )
 def test_bad_input_gets_one_clear_sentence(tmp_path, lines, message):
     with pytest.raises(InputError, match=message):
-        load_prompts(write(tmp_path / "p.jsonl", lines))
+        load_prompts(write_lines(tmp_path / "p.jsonl", lines))
 
 
 def test_generate_resumes_without_redoing_and_keeps_input_order(tmp_path):
@@ -79,3 +75,36 @@ def test_existing_output_with_other_settings_is_refused_not_overwritten(tmp_path
     with pytest.raises(InputError, match="already exists"):
         check_resumable(out, {"model": "other"})
     assert "precious" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    "messages, problem",
+    [
+        ([{"role": "user", "content": "hi"}], None),
+        ([], r'"messages" must be a non-empty list of turns'),
+        ("hi", r'"messages" must be a non-empty list of turns'),
+        ([{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}], r"message 1 of \"messages\" does not"),
+        ([{"role": "user", "content": 3}], r'a string content \("content"\); message 0'),
+        ([{"content": "hi"}], r'a role \("role": system, user or assistant\)'),
+    ],
+)
+def test_one_chat_message_check(messages, problem):
+    from pipeline.core.chat import messages_problem
+
+    found = messages_problem(messages)
+    assert found is None if problem is None else re.search(problem, found)
+
+
+def test_seeds_training_data_and_prompts_share_the_chat_check(tmp_path):
+    from evolve_local.seeds import load_seeds
+    from finetune.data import load_conversations
+
+    path = write_lines(tmp_path / "c.jsonl", [{"id": 1, "messages": [{"role": "user", "content": 5}]}])
+    with pytest.raises(InputError, match=r'c\.jsonl:1: each message needs .* message 0 of "messages" does not'):
+        load_prompts(path)
+    with pytest.raises(InputError, match=r'c\.jsonl:1: each message needs .* message 0 of "messages" does not'):
+        load_seeds(path)
+    assert dict(load_conversations(path)[1].counts) == {"malformed_messages": 1}
+    sharegpt = write_lines(tmp_path / "s.jsonl", [{"conversations": [{"from": "human"}]}])
+    with pytest.raises(InputError, match=r'a role \("from"\) and a string content \("value"\); message 0 of "conv'):
+        load_seeds(sharegpt)

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from pipeline.core.jsonio import InputError, append_jsonl, read_jsonl, read_jsonl_tolerant, write_jsonl
+from pipeline.core.jsonio import (
+    InputError,
+    append_jsonl,
+    iter_records,
+    read_jsonl,
+    read_jsonl_tolerant,
+    write_jsonl,
+)
 from pipeline.core.manifest import begin_stage, finish_stage
 
 
@@ -16,6 +23,44 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
         read_jsonl(path)
     with pytest.raises(InputError, match="not found"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_one_reader_takes_a_json_array_or_jsonl_and_names_each_records_line(tmp_path):
+    array = tmp_path / "a.json"
+    array.write_text('[\n  {"a": 1},\n\n  {"a": 2}\n]\n')
+    assert list(iter_records(array)) == [(2, {"a": 1}), (4, {"a": 2})]
+    sniffed = tmp_path / "b.jsonl"  # an array under a .jsonl name is still read as one
+    sniffed.write_text('  [{"a": 1}, {"a": 2}]')
+    assert [record for _, record in iter_records(sniffed)] == [{"a": 1}, {"a": 2}]
+    lines = tmp_path / "c.jsonl"
+    lines.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert list(iter_records(lines)) == [(1, {"a": 1}), (3, {"a": 2})]
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("x.json", '[{"a": 1},\n {"a": }]', r"x\.json:2: not valid JSON \(Expecting value\); .*one JSON array"),
+        ("x.json", '[{"a": 1} {"a": 2}]', r"x\.json:1: not valid JSON \(expected ',' or '\]'\)"),
+        ("x.json", '[{"a": 1}]\n[{"a": 2}]', r"x\.json:1: not valid JSON \(extra data after the array\)"),
+        ("x.json", '{"a": 1}\n', r"x\.json: a \.json file must hold a list of records"),
+        ("x.json", '[{"a": 1},\n 7]', r"x\.json:2: expected a JSON object, got int"),
+        ("x.jsonl", '{"a": 1}\n"text"\n', r"x\.jsonl:2: expected a JSON object, got str"),
+    ],
+)
+def test_one_reader_refuses_a_bad_file_naming_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        list(iter_records(path))
+
+
+def test_one_reader_can_report_bad_records_instead_of_stopping(tmp_path):
+    bad = []
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{oops\n[1]\n{"a": 2}\n')
+    rows = list(iter_records(path, on_bad=lambda line, reason: bad.append((line, reason))))
+    assert rows == [(1, {"a": 1}), (4, {"a": 2})] and bad == [(2, "invalid_json"), (3, "not_an_object")]
 
 
 def test_atomic_write_leaves_no_temp_and_keeps_old_file_on_failure(tmp_path):

@@ -4,7 +4,6 @@
 (every stage, the skip/resume logic, the report and its ablation rows), not the numbers.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.jsonio import read_json
+from tests.conftest import write_lines
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,20 +24,18 @@ def overrides(tmp_path, models_dir):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"instruction": "Name three fruits."}\n{"instruction": "Explain what a noun is."}\n')
     test = tmp_path / "test.jsonl"
-    test.write_text(
-        "".join(
-            json.dumps(r) + "\n"
-            for r in [
-                {"idx": 1, "Skill": "Math", "Difficulty": 2, "Instruction": "What is 7 times 6?"},
-                {"idx": 2, "Skill": "Writing", "Difficulty": 5, "Instruction": "Write one sentence about autumn."},
-                {
-                    "idx": 3,
-                    "Skill": "Reasoning",
-                    "Difficulty": 9,
-                    "Instruction": "If all cats are animals, is a cat an animal?",
-                },
-            ]
-        )
+    write_lines(
+        test,
+        [
+            {"idx": 1, "Skill": "Math", "Difficulty": 2, "Instruction": "What is 7 times 6?"},
+            {"idx": 2, "Skill": "Writing", "Difficulty": 5, "Instruction": "Write one sentence about autumn."},
+            {
+                "idx": 3,
+                "Skill": "Reasoning",
+                "Difficulty": 9,
+                "Instruction": "If all cats are animals, is a cat an animal?",
+            },
+        ],
     )
     sets = {
         "run.name": "e2e",

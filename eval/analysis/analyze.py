@@ -41,15 +41,13 @@ from pipeline.core.jsonio import (
     write_jsonl,
 )
 from pipeline.core.manifest import begin_stage, file_hash, finish_stage
+from pipeline.core.records import KEPT
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
 
 RATINGS_FILE, PROJECTION_FILE = "ratings.jsonl", "projection.jsonl"
+# The fields of a round record (pipeline.core.records.RoundRecord) the analysis reads.
 RECORD_FIELDS = ("id", "round", "operation", "instruction", "status")
-
-
-def analysis_settings(config: Config) -> AnalysisConfig:
-    return config.analysis
 
 
 # ---------------------------------------------------------------- inputs, checked before any model loads
@@ -121,7 +119,7 @@ def sample(items: list[dict], n: int, seed: int, purpose: str) -> list[dict]:
 
 
 def kept(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["status"] == "kept"]
+    return [r for r in records if r["status"] == KEPT]
 
 
 # ---------------------------------------------------------------- difficulty (the judge)
@@ -137,7 +135,7 @@ def rate_difficulty(
     cached: list[dict],
 ) -> list[dict]:
     """Rate every item not yet in ratings.jsonl (resume), starting the judge only if work remains."""
-    s = analysis_settings(config)
+    s = config.analysis
     expected = {item["id"]: stable_hash([settings_key, item["instruction"]]) for item in items}
     if not ratings_path.exists() and cached:  # the stage restarted for a diversity knob: keep valid ratings
         append_jsonl(ratings_path, [r for r in cached if expected.get(r.get("id")) == r.get("rating_key")])
@@ -195,7 +193,7 @@ def embed_sets(groups: dict[str, list[dict]], embedder, s: AnalysisConfig, seed:
 
 def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = None, embedder=None) -> dict:
     """Everything `evol analyze` does; `engine` (the judge) and `embedder` are built here when None."""
-    s = analysis_settings(config)
+    s = config.analysis
     check_settings(s)
     run = load_run(run_dir)
     seed = config.run.seed

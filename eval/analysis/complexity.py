@@ -15,7 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from eval.scoreparse import NUMBER as _NUMBER
+from eval.scoreparse import OUT_OF_TEN, scale_error, undecorated
 from pipeline.core.seeds import derive_seed
+from pipeline.core.text import clip
 from pipeline.engine import TOO_LONG, ChatRequest, ChatResult
 
 PROMPT_VERSION = "difficulty-v1"
@@ -42,16 +45,14 @@ The task:
 # stop naturally instead of running on with digits).
 SCORE_REGEX = r"(10|[1-9])\n[^\n]{5,300}"
 
-_NUMBER = r"(\d{1,2}(?:\.\d+)?)"
 FIRST_LINE = re.compile(
     rf"^(?:(?:difficulty|score|rating)\s*[:=]?\s*)?{_NUMBER}\s*(?:/\s*10|out of 10)?\s*[.)]?$", re.IGNORECASE
 )
 # "7 - needs several steps", "7: many parts"; not "7. Write ..." (a numbered list, the task answered).
 LEADING = re.compile(rf"^{_NUMBER}\s*(?:/\s*10)?\s*(?:[-:\u2013\u2014]|\()\s*\S")
 LABELLED = re.compile(rf"\b(?:difficulty|score|rating|rate it|rated)\b[^0-9\n]{{0,25}}?{_NUMBER}(?!\d)", re.IGNORECASE)
-OUT_OF_TEN = re.compile(rf"(?<![\d.]){_NUMBER}\s*(?:/|out\s+of)\s*10(?!\d)", re.IGNORECASE)
-DECORATION = re.compile(r"[*_`#>]+")
 REASON_CHARS = 400
+CUT_MARK = "\n[... cut for length ...]"
 
 
 @dataclass
@@ -65,7 +66,7 @@ class ParsedDifficulty:
 def parse_difficulty(text: str) -> ParsedDifficulty:
     if not text or not text.strip():
         return ParsedDifficulty(None, None, "empty judge output", "")
-    clean = DECORATION.sub("", text).strip()
+    clean = undecorated(text).strip()
     lines = [line.strip() for line in clean.splitlines() if line.strip()]
     first = FIRST_LINE.match(lines[0])
     candidates = (
@@ -78,22 +79,17 @@ def parse_difficulty(text: str) -> ParsedDifficulty:
         if number is None:
             continue
         score = float(number)
-        if not 1 <= score <= 10:
-            return ParsedDifficulty(None, None, f"score {score:g} is outside 1-10 ({method})", clean[:REASON_CHARS])
+        error = scale_error(score, method)
+        if error:
+            return ParsedDifficulty(None, None, error, clean[:REASON_CHARS])
         return ParsedDifficulty(score, method, None, reason.strip()[:REASON_CHARS])
     return ParsedDifficulty(None, None, "no score found", clean[:REASON_CHARS])
 
 
-def clip(text: str, limit: int) -> tuple[str, bool]:
-    """Cut an over-long instruction (0: never) so the prompt fits; the cut is marked and recorded."""
-    if limit and len(text) > limit:
-        return text[:limit].rstrip() + "\n[... cut for length ...]", True
-    return text, False
-
-
 def difficulty_request(item_id: str, instruction: str, settings, seed: int) -> tuple[ChatRequest, bool]:
     """The judge request for one instruction; also says whether the instruction had to be cut."""
-    text, cut = clip(instruction, settings.instruction_max_chars)
+    # An over-long instruction is cut so the prompt fits; the cut is marked and recorded.
+    text, cut = clip(instruction, settings.instruction_max_chars, CUT_MARK, trim=True)
     request = ChatRequest(
         id=item_id,
         messages=[{"role": "user", "content": DIFFICULTY_PROMPT.format(instruction=text)}],

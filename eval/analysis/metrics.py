@@ -23,14 +23,14 @@ from statistics import mean, median
 
 import numpy as np
 
-from pipeline.core.records import RULES
+from pipeline.core.records import KEPT, RULES
 from pipeline.core.text import words
 
 # ---------------------------------------------------------------- word counts
 
 
 def word_count(text: str) -> int:
-    """Words as the elimination rules count them (eliminate.words), so the two stages agree."""
+    """Words as the elimination rules count them (pipeline.core.text.words), so the two stages agree."""
     return len(words(text or ""))
 
 
@@ -105,10 +105,6 @@ def attached_data_kinds(text: str) -> list[str]:
     if INPUT_LABEL.search(text) and "\n" in text.strip():
         found.add("labelled_input")
     return [kind for kind in DATA_KINDS if kind in found]
-
-
-def has_attached_data(text: str) -> bool:
-    return bool(attached_data_kinds(text))
 
 
 # ---------------------------------------------------------------- constraint-like clauses
@@ -268,8 +264,8 @@ def project(unit: np.ndarray, method: str, seed: int) -> np.ndarray:
 
 
 def survival(records: list[dict]) -> dict:
-    rules = Counter(r.get("elimination_rule") for r in records if r["status"] != "kept")
-    n, k = len(records), sum(r["status"] == "kept" for r in records)
+    rules = Counter(r.get("elimination_rule") for r in records if r["status"] != KEPT)
+    n, k = len(records), sum(r["status"] == KEPT for r in records)
     return {
         "attempted": n,
         "kept": k,

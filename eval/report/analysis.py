@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.fmt import MISSING, num
+from pipeline.core.fmt import pct as _pct
 from pipeline.core.jsonio import read_json
 
 STAGE = "analysis"
@@ -121,11 +123,7 @@ def plot_all(result: dict, points: list[tuple[dict, int]], xy: np.ndarray, plots
 
 
 def _n(value, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    return num(value, spec=f".{digits}f" if isinstance(value, float) else "")
 
 
 def analysis_section(run_dir: str | Path):
@@ -178,7 +176,7 @@ def analysis_section(run_dir: str | Path):
                     _n(r["text"]["kept"]["mean_words"], 1),
                     _n(r["text"]["kept"]["mean_constraint_clauses"]),
                     _pct(r["text"]["kept"]["attached_data_share"]),
-                    f"{_n(r['difficulty']['mean'])} ({r['difficulty']['rated']})" if r["difficulty"] else "-",
+                    f"{_n(r['difficulty']['mean'])} ({r['difficulty']['rated']})" if r["difficulty"] else MISSING,
                     _n(r["diversity"]["mean_pairwise_cosine_distance"], 3),
                     r["diversity"]["clusters_covered"],
                     _n(r["diversity"]["cluster_entropy_bits"]),
@@ -234,11 +232,11 @@ def analysis_section(run_dir: str | Path):
                     op,
                     f"{v['kept']}/{v['attempted']}",
                     _pct(v["kept_rate"]),
-                    max(((n, rule) for rule, n in v["eliminated"].items() if n), default=(0, "-"))[1],
+                    max(((n, rule) for rule, n in v["eliminated"].items() if n), default=(0, MISSING))[1],
                     _n(v["text_kept"]["mean_words"], 1),
                     _n(v["text_kept"]["mean_constraint_clauses"]),
                     _pct(v["text_kept"]["attached_data_share"]),
-                    f"{_n(v['difficulty']['mean'])} ({v['difficulty']['rated']})" if v["difficulty"] else "-",
+                    f"{_n(v['difficulty']['mean'])} ({v['difficulty']['rated']})" if v["difficulty"] else MISSING,
                 ]
                 for op, v in ops
             ],

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from eval.judge import JUDGMENTS_FILE, SCORES_FILE
 from eval.report.plots import plot_capacity_per_skill, plot_win_rate_by_difficulty, plot_win_tie_lose
+from pipeline.core.fmt import num as _num
+from pipeline.core.fmt import pct as _pct
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, read_jsonl, write_json
 from pipeline.core.manifest import now
 
@@ -45,14 +47,6 @@ def find_judge_dirs(path: str | Path) -> tuple[list[Path], Path]:
             f"judge/*/{SCORES_FILE}; run `evol judge` first."
         )
     return dirs, path
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
-
-
-def _num(value, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:g}{suffix}"
 
 
 def _name(scores: dict) -> str:

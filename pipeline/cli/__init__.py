@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 import pipeline  # noqa: F401  (sets the offline environment before anything imports transformers)
-from pipeline.cli.common import config_options, friendly_errors, load_cli_config
-from pipeline.config import to_yaml
+from pipeline.cli.common import config_options, friendly_errors
+from pipeline.config import load_config, to_yaml
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +45,7 @@ def models_prepare(alias, gguf, name, models_dir, config_path, overrides) -> Non
     from pipeline.core.jsonio import InputError
     from pipeline.core.models import prepare_alias, prepare_gguf
 
-    store = models_dir or load_cli_config(config_path, overrides).models.dir
+    store = models_dir or load_config(config_path, overrides).models.dir
     if gguf and alias:
         raise InputError("Give either a model alias or --gguf FILE --name NAME, not both.")
     if gguf:
@@ -70,7 +70,7 @@ def models_list(models_dir, as_json, config_path, overrides) -> None:
     from pipeline.core.models import list_models
     from pipeline.core.models import models_dir as store_of
 
-    store = models_dir or load_cli_config(config_path, overrides).models.dir
+    store = models_dir or load_config(config_path, overrides).models.dir
     rows = list_models(store)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -102,7 +102,7 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     from pipeline.engine import make_engine
     from pipeline.generate import check_resumable, load_prompts, run_generate, settings_of
 
-    config = load_cli_config(config_path, overrides)
+    config = load_config(config_path, overrides)
     # Everything the user can get wrong is checked before the model loads.
     rows = load_prompts(in_path)
     model_path = resolve_model(model_name or config.models.evolver, config.models.dir)
@@ -129,7 +129,7 @@ def run(config_path, overrides) -> None:
     """The whole pipeline: evolve, train one model per round count, answer, judge, report."""
     from pipeline.run import run_pipeline
 
-    run_pipeline(load_cli_config(config_path, overrides))
+    run_pipeline(load_config(config_path, overrides))
 
 
 @main.command()
@@ -141,7 +141,7 @@ def bundle(out_dir, no_wheels, config_path, overrides) -> None:
     """Gather models, data and wheels for a machine with no internet (with SHA256SUMS)."""
     from pipeline.bundle import make_bundle
 
-    summary = make_bundle(load_cli_config(config_path, overrides), Path(out_dir), wheels=not no_wheels)
+    summary = make_bundle(load_config(config_path, overrides), Path(out_dir), wheels=not no_wheels)
     click.echo(
         f"Bundle {out_dir}: models {', '.join(summary['models'])}, {summary['wheels']} wheels, "
         f"{summary['files']} files checksummed. On the offline machine: ./run_all.sh --bundle {out_dir}"
@@ -161,7 +161,7 @@ def config() -> None:
 @friendly_errors
 def config_show(config_path, overrides) -> None:
     """Print the resolved config (defaults, then the YAML, then --set)."""
-    click.echo(to_yaml(load_cli_config(config_path, overrides)), nl=False)
+    click.echo(to_yaml(load_config(config_path, overrides)), nl=False)
 
 
 def _register_commands() -> None:

@@ -12,7 +12,9 @@ import click
 
 from eval.analysis.analyze import analyze_run
 from eval.report.analysis import ANALYSIS_FILE, STAGE
-from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+from pipeline.cli.common import config_options, friendly_errors
+from pipeline.config import load_config
+from pipeline.core.fmt import MISSING
 
 
 @click.command("analyze")
@@ -25,13 +27,13 @@ def analyze(run_dir, config_path, overrides) -> None:
     if config_path is None and saved.is_file():
         config_path = str(saved)  # the run's own resolved config: its judge model and seed
         click.echo(f"[analysis] using {saved}", err=True)
-    config = load_cli_config(config_path, overrides)
+    config = load_config(config_path, overrides)
     result = analyze_run(config, Path(run_dir))
     first, last = result["per_round"][0], result["per_round"][-1]
 
     def difficulty(r: dict) -> str:
         d = r["difficulty"]
-        return "-" if not d or d["mean"] is None else f"{d['mean']:.2f} ({d['rated']}/{d['n']} rated)"
+        return MISSING if not d or d["mean"] is None else f"{d['mean']:.2f} ({d['rated']}/{d['n']} rated)"
 
     click.echo(
         f"round 0 -> {last['round']}: difficulty {difficulty(first)} -> {difficulty(last)}; mean pairwise "

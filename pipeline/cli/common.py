@@ -3,7 +3,7 @@
     @click.command()
     @config_options
     def mycommand(config_path, overrides):
-        config = load_cli_config(config_path, overrides)
+        config = load_config(config_path, overrides)
 
 A subcommand raises `InputError` (or `ConfigError`) for anything the user can fix; `friendly_errors`
 turns it into one line on stderr and exit status 2, with no traceback.
@@ -16,7 +16,6 @@ import sys
 
 import click
 
-from pipeline.config import Config, load_config
 from pipeline.core.jsonio import InputError
 
 
@@ -36,10 +35,6 @@ def config_options(func):
         help="YAML config file (defaults: dataclass values, see configs/tiny.yaml).",
     )(func)
     return func
-
-
-def load_cli_config(config_path: str | None, overrides: tuple[str, ...]) -> Config:
-    return load_config(config_path, overrides)
 
 
 def friendly_errors(func):

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+from pipeline.cli.common import config_options, friendly_errors
+from pipeline.config import load_config
+from pipeline.core.fmt import num
 
 
 @click.command("answer")
@@ -59,7 +61,7 @@ def answer(model_name, adapter_specs, base_label, adapters_only, testset, out_di
     from eval.answer import answer_testset, parse_adapters
     from pipeline.core.models import resolve_model
 
-    config = load_cli_config(config_path, overrides)
+    config = load_config(config_path, overrides)
     model_path = resolve_model(model_name or config.models.base, config.models.dir)
     adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
     summaries = answer_testset(config, Path(out_dir), model_path, testset, adapters, base_label, adapters_only)
@@ -117,11 +119,11 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
             f"--answers was given {len(answers_dirs)} times and --baseline {len(baseline_dirs)} times; "
             f"give one --baseline per --answers."
         )
-    config = load_cli_config(config_path, overrides)
+    config = load_config(config_path, overrides)
     judge_path = resolve_model(judge_name or config.models.judge, config.models.dir)
     for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
         o, f = scores["overall"], scores["judge_failures"]
-        capacity = "-" if o["capacity_pct"] is None else f"{o['capacity_pct']}%"
+        capacity = num(o["capacity_pct"], "%", spec="")
         click.echo(
             f"{scores['a']} vs {scores['b']}: win {o['win']} / tie {o['tie']} / lose {o['lose']} of {o['n']} "
             f"judged (of {scores['items']}), capacity {capacity}; {f['orders_unparsed']} of {f['orders_total']} "
@@ -141,7 +143,6 @@ def report(path) -> None:
     if out_dir != judge_dirs[0] and run_config.is_file():
         # A whole run: rebuild it the way `evol run` wrote it, ablation over rounds included, so a
         # rebuild never drops the section the run stage added.
-        from pipeline.config import load_config
         from pipeline.report import write_run_report
 
         report_md = write_run_report(out_dir, load_config(run_config))

@@ -3,16 +3,18 @@
 Every write is atomic (a temp file in the same directory, then a rename), so a killed process
 never leaves a half-written output behind. Every read names the file and line of a bad record.
 
-    from pipeline.core.jsonio import read_jsonl, write_jsonl
-    rows = read_jsonl("prompts.jsonl")
+    from pipeline.core.jsonio import iter_records, read_jsonl, write_jsonl
+    rows = read_jsonl("runs/tiny/data/C1.jsonl")             # a stage's own JSONL output
+    for line, seed in iter_records("seeds.json"):            # a user's file: JSON array or JSONL
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -22,8 +24,9 @@ class InputError(ValueError):
     """A user-supplied file or option is wrong; the message says which and what to do."""
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, record) for each non-blank line; a bad line is an InputError."""
+def iter_jsonl(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, record) for each non-blank line; a bad line is an InputError, or with
+    `on_bad(line, reason)` (reason "invalid_json" or "not_an_object") reported there and skipped."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found.")
@@ -34,10 +37,79 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from None
+                if on_bad is None:
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from None
+                on_bad(lineno, "invalid_json")
+                continue
             if not isinstance(record, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
+                if on_bad is None:
+                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
+                on_bad(lineno, "not_an_object")
+                continue
             yield lineno, record
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def is_json_array_file(path: str | Path) -> bool:
+    """A .json file, or any file whose first non-blank character is '[', holds one JSON array."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return True
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        return handle.read(4096).lstrip().startswith("[")
+
+
+def iter_records(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict]]:
+    """(line, record) for each record of a user's input file: one JSON array (`is_json_array_file`;
+    the line is where the record starts) or JSONL (`iter_jsonl`). A record that is not an object is
+    an InputError naming the file and line, or goes to `on_bad` as in `iter_jsonl`; an array must
+    parse as a whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found.")
+    if not is_json_array_file(path):
+        yield from iter_jsonl(path, on_bad)
+        return
+    text = path.read_text(encoding="utf-8")
+
+    def line_at(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    def broken(pos: int, why: str) -> InputError:
+        return InputError(
+            f"{path}:{line_at(pos)}: not valid JSON ({why}); a .json file, or one that starts with '[', "
+            f"must be one JSON array of records (use .jsonl for one record per line)."
+        )
+
+    pos = _JSON_SPACE.match(text).end()
+    if not text.startswith("[", pos):
+        raise InputError(
+            f"{path}: a .json file must hold a list of records (one JSON array); use .jsonl for one record per line."
+        )
+    decoder = json.JSONDecoder()
+    pos = _JSON_SPACE.match(text, pos + 1).end()
+    more = not text.startswith("]", pos)
+    while more:
+        try:
+            record, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise broken(err.pos, err.msg) from None
+        if isinstance(record, dict):
+            yield line_at(pos), record
+        elif on_bad is None:
+            raise InputError(f"{path}:{line_at(pos)}: expected a JSON object, got {type(record).__name__}.")
+        else:
+            on_bad(line_at(pos), "not_an_object")
+        pos = _JSON_SPACE.match(text, end).end()
+        more = text.startswith(",", pos)
+        if more:
+            pos = _JSON_SPACE.match(text, pos + 1).end()
+        elif not text.startswith("]", pos):
+            raise broken(pos, "expected ',' or ']'")
+    if text[_JSON_SPACE.match(text, pos + 1).end() :]:
+        raise broken(pos + 1, "extra data after the array")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -85,14 +157,45 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
 
 
+class JsonlWriter:
+    """Streams records to a temp file and renames it into place on success (`atomic_open`): readers
+    only ever see a complete file, and a crash leaves the previous version (or nothing) behind.
+
+        with JsonlWriter("out.jsonl") as out:
+            out.write({"id": 1})
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.count = 0
+
+    def __enter__(self) -> JsonlWriter:
+        self._context = atomic_open(self.path)
+        self.handle = self._context.__enter__()
+        return self
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def copy_lines(self, path: str | Path) -> None:
+        """Append another JSONL file's non-blank lines verbatim (e.g. the previous cumulative set)."""
+        with Path(path).open("r", encoding="utf-8") as source:
+            for line in source:
+                if line.strip():
+                    self.handle.write(line if line.endswith("\n") else line + "\n")
+                    self.count += 1
+
+    def __exit__(self, kind, value, traceback) -> bool | None:
+        return self._context.__exit__(kind, value, traceback)
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write records atomically, streaming; returns the number written."""
-    count = 0
-    with atomic_open(path) as handle:
+    with JsonlWriter(path) as out:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+            out.write(record)
+    return out.count
 
 
 def append_jsonl(path: str | Path, records: Iterable[dict]) -> int:

@@ -1,11 +1,20 @@
-"""The vocabulary of the evolution's round records, shared by the stage that writes them
-(evolve_local/) and the ones that read them (eval/analysis/, the reports).
+"""The round record: what the evolution stage writes for every attempt, and the vocabulary its
+readers (eval/analysis/, the reports, finetune's data loading) share with it.
 
-    from pipeline.core.records import RULES, NO_INFORMATION_GAIN
+    evol evolve --config configs/tiny.yaml --out runs/tiny && head -1 runs/tiny/evolve/round_1.jsonl
 
-An eliminated attempt names the first rule that fired; `RULES` is every name it can hold, in the
+    from pipeline.core.records import RoundRecord, RULES, KEPT
+    record = RoundRecord.from_dict(json.loads(line))
+
+One `RoundRecord` is one line of evolve/round_<k>.jsonl (every attempt, kept or not, with its
+lineage); a kept one also becomes one line of data/C<k>.jsonl through `training_row()`. An
+eliminated attempt names the first rule that fired; `RULES` is every name it can hold, in the
 order the rules run (see evolve_local/eliminate.py for what each one means).
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
 
 TOO_LONG_RULE = "too_long"
 NO_INFORMATION_GAIN = "no_information_gain"
@@ -26,3 +35,71 @@ RULES = (
 
 # The equality verdict of a check, as parsed from the model's text.
 EQUAL, DIFFERENT, UNPARSED = "equal", "different", "unparsed"
+
+# A record's status.
+KEPT, ELIMINATED = "kept", "eliminated"
+
+SEED_OPERATION = "seed"  # the operation of every round-0 record
+SEED_FILE = "seed file"  # the responder_model of a seed whose answer came from the seed file
+
+# Fields that only an evolution (round >= 1) has: a seed is never checked, and its lines in
+# round_0.jsonl leave them out rather than carry four nulls.
+EVOLUTION_ONLY = ("verdict", "verdict_text", "equality_model", "answer_finish_reason")
+
+
+@dataclass
+class RoundRecord:
+    """One attempt of one round, with its lineage. Written in this field order."""
+
+    id: str  # "<root_id>@r<k>" for the evolution of round k; the seed's own id in round 0
+    parent_id: str | None  # the pool item this was evolved from; None for a seed
+    root_id: str  # the seed at the start of the lineage (the pool holds one item per root)
+    round: int  # k: 0 for the seeds, 1..M for evolutions
+    operation: str  # the evolution operation (pipeline.config.evolve.OPERATIONS) or "seed"
+    instruction: str  # the evolved instruction (stripped), or the seed's instruction
+    response: str | None  # the answer (stripped); None when none was generated (rejected before)
+    status: str = KEPT  # KEPT or ELIMINATED
+    elimination_rule: str | None = None  # the first rule that fired (one of RULES); None when kept
+    elimination_detail: str | None = None  # why, in one sentence; for near_duplicate the kept twin's id
+    verdict: str | None = None  # EQUAL / DIFFERENT / UNPARSED; None when not checked (round >= 1 only)
+    verdict_text: str | None = None  # the equality model's raw reply (round >= 1 only)
+    evolver_model: str | None = None  # the model that wrote the instruction; None for a seed
+    equality_model: str | None = None  # the model that gave the verdict (round >= 1 only)
+    responder_model: str | None = None  # the model that wrote the response, SEED_FILE, or None
+    answer_finish_reason: str | None = None  # "stop", "length" or "too_long" (round >= 1 only)
+    tokens: dict = field(default_factory=dict)  # step -> {"prompt", "completion"} token counts
+    seeds: dict = field(default_factory=dict)  # step -> the sampling seed of that request
+
+    @property
+    def kept(self) -> bool:
+        return self.status == KEPT
+
+    def eliminate(self, rule: str, detail: str) -> None:
+        self.status, self.elimination_rule, self.elimination_detail = ELIMINATED, rule, detail
+
+    def to_dict(self) -> dict:
+        """The line of round_<k>.jsonl: every field in declaration order (round 0 without EVOLUTION_ONLY)."""
+        return {name: getattr(self, name) for name in field_names(self.round)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RoundRecord:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def training_row(self) -> dict:
+        """The line of data/C<k>.jsonl: the instruction and answer as chat `messages`, and the lineage."""
+        return {
+            "id": self.id,
+            "messages": [
+                {"role": "user", "content": self.instruction},
+                {"role": "assistant", "content": self.response or ""},
+            ],
+            "round": self.round,
+            "root_id": self.root_id,
+            "parent_id": self.parent_id,
+            "operation": self.operation,
+        }
+
+
+def field_names(round_k: int) -> list[str]:
+    """The keys of a round_<k>.jsonl line, in the order they are written."""
+    return [f.name for f in fields(RoundRecord) if round_k or f.name not in EVOLUTION_ONLY]

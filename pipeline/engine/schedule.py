@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult, Engine, StreamingEngine
 
@@ -26,7 +26,6 @@ class ChunkStats:
     completion_tokens: int = 0
     too_long: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:

@@ -1,0 +1,206 @@
+"""How a round's attempts are generated: the evolution's state (`Run`), the operation and the next
+missing request of each attempt, and the two schedules (chained on one engine, or step by step).
+
+    evol evolve --config configs/tiny.yaml --out runs/tiny      # evolve.py runs a round with these
+
+An attempt's steps are evolve, check, answer, each needing the one before; an attempt stops at the
+first step whose rule fires (eliminate.step_problem), and the progress bar counts with that rule.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from evolve_local import eliminate as rules
+from evolve_local.dedup import NearDuplicates, TestSetFilter
+from evolve_local.prompts import equality_prompt, evolution_prompt, messages
+from evolve_local.steps import Engines, ModelSet, load_step, run_chained, run_step
+from pipeline.config import Config
+from pipeline.config.evolve import OPERATIONS
+from pipeline.core.jsonio import iter_jsonl
+from pipeline.core.seeds import derive_seed
+from pipeline.engine import ChatRequest
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """One evolution: its config, who plays each role, the live engine, the two filters and its files."""
+
+    config: Config
+    models: ModelSet
+    engines: Engines
+    stage_dir: Path
+    data_dir: Path
+    dedup: NearDuplicates
+    tests: TestSetFilter
+
+    @property
+    def seed(self) -> int:
+        return self.config.run.seed
+
+    def work(self, k: int, step: str) -> Path:
+        return self.stage_dir / "work" / f"round_{k}.{step}.jsonl"
+
+    def pool(self, k: int) -> Path:
+        return self.stage_dir / "work" / f"pool_{k}.jsonl"  # written last: its presence = round done
+
+    def round_stats(self, k: int) -> Path:
+        return self.stage_dir / "work" / f"stats_{k}.json"
+
+    def training_set(self, k: int) -> Path:
+        return self.data_dir / f"C{k}.jsonl"
+
+
+# ---------------------------------------------------------------- one attempt of round k >= 1
+
+
+def choose_operation(run_seed: int, item_id: str, k: int, weights: dict[str, float]) -> str:
+    rng = random.Random(derive_seed(run_seed, item_id, k, "operation"))
+    ops = [op for op in OPERATIONS if weights.get(op, 0) > 0]
+    return rng.choices(ops, weights=[weights[op] for op in ops])[0]
+
+
+def attempt_id(item: dict, k: int) -> str:
+    return f"{item['root_id']}@r{k}"  # one attempt per root per round: the pool holds one item per root
+
+
+STEPS = rules.STEPS
+ROLE_OF = {"evolve": "evolver", "check": "equality", "answer": "responder"}
+
+
+def step_problem(run: Run, item: dict, step: str, result: dict) -> tuple[str, str] | None:
+    """The one survival rule (eliminate.step_problem): the files, the next request and the bar ask it."""
+    return rules.step_problem(step, item["instruction"], result, run.config.evolve.refusal_max_words)
+
+
+def next_step(run: Run, k: int, item: dict, done: dict[str, dict]) -> str | None:
+    """The attempt's next missing request, or None when it needs no more: an evolution that broke
+    an instruction rule is never checked, one the verdict rejected is never answered."""
+    aid = attempt_id(item, k)
+    for step in STEPS:
+        result = done[step].get(aid)
+        if result is None:
+            return step
+        if step_problem(run, item, step, result) is not None:
+            return None
+    return None
+
+
+def step_request(run: Run, k: int, item: dict, step: str, done: dict[str, dict]) -> ChatRequest:
+    e, aid = run.config.evolve, attempt_id(item, k)
+    if step == "evolve":
+        operation = choose_operation(run.seed, item["id"], k, e.operation_weights)
+        return ChatRequest(
+            id=aid,
+            purpose=step,
+            max_tokens=e.evolution_max_tokens,
+            messages=messages(evolution_prompt(operation, item["instruction"])),
+            seed=derive_seed(run.seed, item["id"], k, "evolve"),
+        )
+    evolved = done["evolve"][aid]["text"].strip()
+    if step == "check":
+        return ChatRequest(
+            id=aid,
+            purpose=step,
+            temperature=0.0,
+            max_tokens=e.verdict_max_tokens,
+            choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
+            messages=messages(equality_prompt(item["instruction"], evolved)),
+            seed=derive_seed(run.seed, item["id"], k, "equality"),
+        )
+    return ChatRequest(
+        id=aid,
+        purpose=step,
+        max_tokens=e.answer_max_tokens,
+        messages=messages(evolved),
+        seed=derive_seed(run.seed, item["id"], k, "answer"),
+    )
+
+
+def step_passes(run: Run, step: str, item_of: Callable[[str], dict]) -> Callable[[dict], bool]:
+    """Whether a finished record of `step` survives it, for the progress bar's kept%; `item_of`
+    gives the pool item of an attempt id."""
+    return lambda record: step_problem(run, item_of(record["id"]), step, record) is None
+
+
+def overlapped(run: Run) -> bool:
+    """One model in every role: the steps can share one engine and run as chains."""
+    return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
+
+
+def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
+    """Each step over the whole pool in large chunks, then the next: with a different model per role,
+    each model's engine starts once per round. `done` gains each step's records as it ends."""
+    for step in STEPS:
+        sent: dict[str, dict] = {}  # attempt id -> pool item, for the records the bar has not counted yet
+        total = sum(next_step(run, k, item, done) == step for item in pool_items(pool_in))
+        run_step(
+            run.engines,
+            ROLE_OF[step],
+            step,
+            f"round {k} {step}",
+            run.work(k, step),
+            run.work(k, "timing"),
+            step_requests(run, k, pool_in, done, step, sent),
+            total,
+            run.config.engine.chunk_size,
+            passes=step_passes(run, step, sent.pop),
+        )
+        done[step] = load_step(run.work(k, step))
+
+
+def step_requests(
+    run: Run, k: int, pool_in: Path, done: dict[str, dict], step: str, sent: dict[str, dict]
+) -> Iterator[ChatRequest]:
+    """The requests of one step for the attempts that need it next; `sent` gains their pool items."""
+    for item in pool_items(pool_in):
+        if next_step(run, k, item, done) == step:
+            sent[attempt_id(item, k)] = item
+            yield step_request(run, k, item, step, done)
+
+
+def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
+    """Every step at once on the one engine: an item's check is sent as soon as its evolution ends,
+    its answer as soon as its check does, so the engine's batch stays full across the steps.
+    `done` gains every record as it finishes (and is saved)."""
+    active: dict[str, dict] = {}  # pool items with a request in flight, by attempt id
+
+    def first() -> Iterator[ChatRequest]:
+        for item in pool_items(pool_in):
+            step = next_step(run, k, item, done)
+            if step is not None:
+                active[attempt_id(item, k)] = item
+                yield step_request(run, k, item, step, done)
+
+    def follow_up(request: ChatRequest, record: dict) -> ChatRequest | None:
+        done[request.purpose][request.id] = record
+        item = active[request.id]
+        step = next_step(run, k, item, done)
+        if step is None:
+            del active[request.id]
+            return None
+        return step_request(run, k, item, step, done)
+
+    total = sum(next_step(run, k, item, done) is not None for item in pool_items(pool_in))
+    run_chained(
+        run.engines,
+        "evolver",
+        f"round {k}",
+        {step: run.work(k, step) for step in STEPS},
+        run.work(k, "timing"),
+        first(),
+        follow_up,
+        total,
+        run.config.engine.chunk_size,
+        passes={step: step_passes(run, step, active.__getitem__) for step in STEPS},
+    )
+
+
+def pool_items(path: Path) -> Iterator[dict]:
+    """The pool of a round, one item at a time (never the whole file in memory)."""
+    return (item for _, item in iter_jsonl(path))
