@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ConfigError, load_config, semantic_dict, stable_hash, to_dict
+from pipeline.config import ConfigError, load_config, semantic_dict, stable_hash, to_dict
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

@@ -17,7 +17,7 @@ from pipeline.core.jsonio import read_json
 from pipeline.core.manifest import begin_stage, finish_stage, write_run_manifest
 from pipeline.core.paths import SAMPLE_TESTSET
 from pipeline.engine.fake import FakeEngine
-from tests.test_evolve_loop import Factory, make_config
+from tests.conftest import Factory, make_config
 
 
 @pytest.fixture(autouse=True)
