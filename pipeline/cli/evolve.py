@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import config_options, friendly_errors, load_cli_config
+from pipeline.cli.common import config_options, friendly_errors, load_cli_config, lock_output
 
 
 def vllm_models(config):
@@ -63,6 +63,7 @@ def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
     from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
     from pipeline.core.manifest import write_run_manifest
 
+    lock_output(run_dir)
     config = load_cli_config(config_path, overrides)
     if seeds_file:
         config.evolve.seeds = seeds_file

@@ -1,0 +1,301 @@
+"""Soak test of `evol run`: kill the whole process group at seeded random moments, rerun until it
+finishes, and check that every finished run equals one that was never interrupted.
+
+    nice -n 10 python -m benchmarks.soak --work /tmp/soak --runs 4 --kills-per-run 3 --seed 7 \
+        --json /tmp/soak/soak.json
+
+A script, not a CI test: it takes the better part of an hour on 2 CPU cores. Steps:
+  1. one uninterrupted `evol run` of the small soak config (SOAK_SETTINGS below), timing each stage
+     from the `=== [n/N] stage label ===` lines of its log;
+  2. --runs runs from scratch; each plans --kills-per-run kills, each aimed at a stage (rotating over
+     evolve, train, answer, judge, analyze so every stage is hit) at a seeded random moment within
+     that stage's step as long as it took in step 1; SIGKILL goes to the whole process group
+     (the vLLM engine core and the stage process with it); the same command runs again until it
+     exits 0;
+  3. each finished run is compared with step 1 file by file: JSON/JSONL records with the volatile
+     fields (times, speeds, paths, dates) left out, every other file byte for byte, and every JSONL
+     file is checked for duplicated ids.
+The stage in progress at a kill is the last stage line of the log at that moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+STAGES = ("evolve", "train", "answer", "judge", "analyze")
+
+# The tiny config made smaller so one run takes a few minutes on 2 cores: 2 rounds (C0, C1) from
+# 4 seeds, 4 test items, short generations; a batch of 1 and a checkpoint per step so a kill in
+# training resumes from a checkpoint.
+SOAK_SETTINGS = [
+    "run.rounds=[0,1]",
+    "evolve.max_seeds=4",
+    "evolve.evolution_max_tokens=48",
+    "evolve.answer_max_tokens=48",
+    "eval.limit=4",
+    "eval.answer_max_tokens=48",
+    "eval.judge_max_tokens=24",
+    "engine.max_tokens=48",
+    "train.effective_batch_size=2",
+    "train.per_device_train_batch_size=1",
+    "train.save_steps=1",
+    "analysis.difficulty_per_round=4",
+    "analysis.difficulty_max_tokens=8",
+    "analysis.clusters=2",
+    "analysis.projection=pca",
+]
+
+# Fields that record when or how fast, or where: they differ between two equal runs.
+VOLATILE = {
+    "started",
+    "finished",
+    "created",
+    "date",
+    "time",
+    "timestamp",
+    "seconds",
+    "elapsed",
+    "wall_s",
+    "wall_seconds",
+    "duration",
+    "duration_s",
+    "tokens_per_second",
+    "requests_per_second",
+    "generation_seconds",
+    "engine_seconds",
+    "performance",
+    "timing",
+    "git",
+    "versions",
+    "hostname",
+    "pid",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "train_tokens_per_second",
+    "runtime",
+    "resumed_from",
+    "resumed",
+}
+SKIP_FILES = {".lock"}
+STAGE_LINE = "=== ["
+
+
+def command(config: str, runs_dir: Path, name: str) -> list[str]:
+    sets = [*SOAK_SETTINGS, f"run.runs_dir={runs_dir}", f"run.name={name}"]
+    return [sys.executable, "-m", "pipeline", "run", "--config", config, *(a for s in sets for a in ("--set", s))]
+
+
+def stage_lines(log: Path) -> list[tuple[str, str]]:
+    """(stage, label) of every `=== [n/N] stage label ===` line written so far."""
+    out = []
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith(STAGE_LINE):
+                parts = line.strip("= ").split(" ", 2)
+                out.append((parts[1], parts[2] if len(parts) > 2 else ""))
+    return out
+
+
+def attempt(cmd: list[str], log: Path, kill_at: tuple[int, float] | None) -> dict:
+    """Run `cmd` once; with kill_at (step index, delay), SIGKILL its process group that long after
+    that step's line appears. Returns exit code, wall time, step start times and the kill's stage."""
+    started = time.time()
+    seen: dict[int, float] = {}
+    with log.open("w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    killed_in = None
+    while proc.poll() is None:
+        lines = stage_lines(log)
+        for i in range(len(lines)):
+            seen.setdefault(i, time.time() - started)
+        if kill_at is not None and kill_at[0] in seen and time.time() - started >= seen[kill_at[0]] + kill_at[1]:
+            lines = stage_lines(log)
+            killed_in = lines[-1] if lines else ("before the first stage", "")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.2)
+    wall = time.time() - started
+    text = log.read_text(errors="replace")
+    return {
+        "code": proc.returncode,
+        "wall_s": round(wall, 1),
+        "step_starts": [round(seen[i], 1) for i in sorted(seen)],
+        "steps": stage_lines(log),
+        "killed_in": killed_in,
+        "resumed_lines": text.count("resuming from the work already in"),
+        "skipped_lines": text.count("up to date (key"),
+    }
+
+
+def run_until_done(cmd: list[str], logs: Path, kills: list[tuple[int, float]], limit: int = 12) -> list[dict]:
+    attempts = []
+    pending = list(kills)
+    while len(attempts) < limit:
+        kill_at = pending.pop(0) if pending else None
+        result = attempt(cmd, logs / f"attempt{len(attempts)}.log", kill_at)
+        result["planned_kill"] = kill_at
+        attempts.append(result)
+        print(json.dumps({k: result[k] for k in ("code", "wall_s", "killed_in", "planned_kill")}), flush=True)
+        if result["killed_in"] is None and result["code"] == 0:
+            return attempts
+        if result["killed_in"] is None:
+            raise SystemExit(f"attempt failed with exit status {result['code']}; see {logs}")
+    raise SystemExit(f"no finish after {limit} attempts; see {logs}")
+
+
+# ---------------------------------------------------------------- comparing two runs
+
+
+def _clean(value, root: str):
+    if isinstance(value, dict):
+        return {k: _clean(v, root) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_clean(v, root) for v in value]
+    if isinstance(value, str):
+        return value.replace(root, "<RUN>")
+    return value
+
+
+def _load(path: Path, root: str):
+    if path.suffix == ".jsonl":
+        return [_clean(json.loads(line), root) for line in path.read_text().splitlines() if line.strip()]
+    return _clean(json.loads(path.read_text()), root)
+
+
+def _files(run: Path) -> dict[str, Path]:
+    return {
+        str(p.relative_to(run)): p
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name not in SKIP_FILES and not p.name.endswith(".tmp")
+    }
+
+
+def compare(base: Path, other: Path) -> dict:
+    """Per file: identical (after cleaning), differs, missing or extra; and duplicated ids."""
+    a, b = _files(base), _files(other)
+    result = {"identical": [], "differs": [], "missing": sorted(set(a) - set(b)), "extra": sorted(set(b) - set(a))}
+    for rel in sorted(set(a) & set(b)):
+        pa, pb = a[rel], b[rel]
+        if pa.suffix in (".json", ".jsonl"):
+            try:
+                same = _load(pa, str(base)) == _load(pb, str(other))
+            except ValueError:
+                same = False
+        elif pa.suffix in (".md", ".html", ".yaml", ".txt", ".log", ".key"):
+            same = pa.read_text(errors="replace").replace(str(base), "<RUN>") == pb.read_text(
+                errors="replace"
+            ).replace(str(other), "<RUN>")
+        else:
+            same = _digest(pa) == _digest(pb)
+        result["identical" if same else "differs"].append(rel)
+    result["duplicated_ids"] = _duplicates(other)
+    return result
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _duplicates(run: Path) -> dict[str, int]:
+    found = {}
+    for rel, path in _files(run).items():
+        if path.suffix != ".jsonl" or "timing" in path.name:
+            continue
+        ids = [r.get("id") for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))]
+        ids = [i for i in ids if i is not None]
+        dup = sum(n - 1 for n in Counter(map(str, ids)).values() if n > 1)
+        if dup:
+            found[rel] = dup
+    return found
+
+
+# ---------------------------------------------------------------- the soak
+
+
+def plan_kills(base_attempt: dict, runs: int, per_run: int, rng: random.Random) -> list[list[tuple[int, float]]]:
+    """Kills per run: (step index, delay into that step), aimed at stages in rotation."""
+    steps = base_attempt["steps"]
+    starts = base_attempt["step_starts"] + [base_attempt["wall_s"]]
+    durations = [starts[i + 1] - starts[i] for i in range(len(steps))]
+    rotation = [STAGES[i % len(STAGES)] for i in range(runs * per_run)]
+    out = []
+    for r in range(runs):
+        targets = sorted(rotation[r * per_run : (r + 1) * per_run], key=STAGES.index)
+        kills = []
+        for stage in targets:
+            index = rng.choice([i for i, (s, _) in enumerate(steps) if s == stage])
+            kills.append((index, round(rng.uniform(0.0, durations[index]), 1)))
+        out.append(kills)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--work", default="/tmp/soak")
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--kills-per-run", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", default=None, help="Write the results here (default: WORK/soak.json).")
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    rng = random.Random(args.seed)
+    name = "soak"
+    results = {"settings": SOAK_SETTINGS, "config": args.config, "seed": args.seed, "runs": []}
+    out = Path(args.json or work / "soak.json")
+
+    base_dir = work / "base"
+    (base_dir / "logs").mkdir(parents=True, exist_ok=True)
+    print("uninterrupted run", flush=True)
+    base = run_until_done(command(args.config, base_dir / "runs", name), base_dir / "logs", [], limit=1)[0]
+    results["uninterrupted"] = base
+    for r, kills in enumerate(plan_kills(base, args.runs, args.kills_per_run, rng)):
+        run_dir = work / f"run{r}"
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        print(f"run {r}: kills {kills}", flush=True)
+        attempts = run_until_done(command(args.config, run_dir / "runs", name), run_dir / "logs", kills)
+        diff = compare(base_dir / "runs" / name, run_dir / "runs" / name)
+        results["runs"].append({"kills": kills, "attempts": attempts, "comparison": diff})
+        print(
+            f"run {r}: {len(diff['identical'])} identical, differs {diff['differs']}, missing {diff['missing']}, "
+            f"extra {diff['extra']}, duplicated ids {diff['duplicated_ids']}",
+            flush=True,
+        )
+        out.write_text(json.dumps(results, indent=2))
+    summarize(results)
+    out.write_text(json.dumps(results, indent=2))
+
+
+def summarize(results: dict) -> None:
+    kills = Counter(a["killed_in"][0] for run in results["runs"] for a in run["attempts"] if a["killed_in"])
+    base_wall = results["uninterrupted"]["wall_s"]
+    extra = [sum(a["wall_s"] for a in run["attempts"]) - base_wall for run in results["runs"]]
+    results["summary"] = {
+        "kills_per_stage": dict(kills),
+        "kills": sum(kills.values()),
+        "runs": len(results["runs"]),
+        "runs_resumed": sum(any(a["resumed_lines"] for a in run["attempts"]) for run in results["runs"]),
+        "runs_identical": sum(
+            not (run["comparison"]["differs"] or run["comparison"]["missing"] or run["comparison"]["duplicated_ids"])
+            for run in results["runs"]
+        ),
+        "uninterrupted_wall_s": base_wall,
+        "extra_wall_s": [round(e, 1) for e in extra],
+    }
+    print(json.dumps(results["summary"], indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
