@@ -29,6 +29,7 @@ from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
 from pipeline.core.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
 from pipeline.core.paths import REFERENCE, label, seeds_path, testset_path
+from pipeline.engine.vllm_backend import check_loopback
 
 
 @dataclass
@@ -175,6 +176,7 @@ def run_pipeline(config: Config) -> Path:
     # One evolution to the largest round count; every smaller C<k> is a slice of it.
     config.evolve.rounds = max(config.run.rounds)
     ensure_models(config)
+    check_loopback()  # every stage's engine needs it: say so before the first stage, not in it
     run_dir = Path(config.run.runs_dir) / config.run.name
     # One writer per run: the stage processes below inherit this lock instead of being refused by it.
     with hold(run_dir):

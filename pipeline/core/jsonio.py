@@ -9,6 +9,7 @@ never leaves a half-written output behind. Every read names the file and line of
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -61,8 +62,10 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
 
 
@@ -103,11 +106,24 @@ def append_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise _naming(err, path) from err
     return payload.count("\n")
+
+
+# A write or fsync that fails for want of space says no file name; the message to the user needs it.
+_DISK_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    if err.filename or err.errno not in _DISK_FAULTS:
+        return err
+    return type(err)(err.errno, err.strerror or os.strerror(err.errno), str(path))
 
 
 def read_jsonl_tolerant(path: str | Path) -> list[dict]:
