@@ -14,11 +14,10 @@ after it are the instruction and answer of a conversation. Every problem names t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.jsonio import InputError, iter_jsonl
+from pipeline.core.jsonio import InputError, check_file, iter_jsonl, read_json
 
 FORMATS = {
     "alpaca": '{"instruction", "input", "output"}',
@@ -56,15 +55,13 @@ def detect_format(record: dict) -> str | None:
 
 def _records(path: Path):
     """(location, record) pairs from a JSON array or a JSONL file."""
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"Seed file {path} not found; pass --seeds FILE or set evolve.seeds.")
+    check_file(path)
     with path.open("r", encoding="utf-8", errors="replace") as handle:
-        text_start = handle.read(4096).lstrip()
+        text_start = handle.read(4096).lstrip("\ufeff \t\r\n")
     if text_start.startswith("["):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
+        data = read_json(path)
         for index, record in enumerate(data):
             if not isinstance(record, dict):
                 raise InputError(f"{path}: item {index} is not a JSON object.")
@@ -135,9 +132,9 @@ def load_seeds(path: str | Path) -> tuple[list[Seed], str]:
         found = detect_format(record)
         if fmt is None:
             if found is None:
+                keys = ", ".join(k if k.isprintable() else repr(k) for k in sorted(record))
                 raise InputError(
-                    f"{where}: unknown seed format (keys: {', '.join(sorted(record)) or 'none'}); "
-                    f"accepted formats: {accepted_formats()}."
+                    f"{where}: unknown seed format (keys: {keys or 'none'}); accepted formats: {accepted_formats()}."
                 )
             fmt = found
         elif found != fmt and not {found, fmt} <= {"alpaca", "plain"}:

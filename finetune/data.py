@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.jsonio import InputError
+from pipeline.core.jsonio import InputError, check_file, decode_utf8, parse_json, read_text_file
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100  # the label PyTorch's cross-entropy skips
@@ -78,24 +78,28 @@ class Conversation:
 def _records(path: Path, bad: BadRows):
     """(line, record) pairs; a .json file is one list (its item index stands in for the line)."""
     if path.suffix == ".json":
+        text = read_text_file(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as err:
             raise InputError(
                 f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json data file must "
                 f"hold one list of records (use .jsonl for one record per line)."
             ) from None
+        except (ValueError, RecursionError):
+            data = parse_json(text, str(path))
         if not isinstance(data, list):
             raise InputError(f"{path}: a .json data file must hold a list of records.")
         yield from enumerate(data, start=1)
         return
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = decode_utf8(raw, path, lineno)  # another encoding is the file's fault, not a row's
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # bad syntax, a 5000-digit number, deep nesting
                 bad.total += 1
                 bad.add("invalid_json", lineno)
 
@@ -139,6 +143,8 @@ def _problem(messages: list[dict]) -> str | None:
 def load_conversations(path: str | Path) -> tuple[list[Conversation], BadRows]:
     """Every row of a chat JSONL or Alpaca JSON/JSONL file, with the bad ones counted by reason."""
     path = Path(path)
+    if path.is_dir():
+        check_file(path)
     if not path.is_file():
         raise InputError(
             f"Training data {path} not found; pass --data with a chat-messages JSONL "

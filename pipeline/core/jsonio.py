@@ -23,19 +23,53 @@ class InputError(ValueError):
     """A user-supplied file or option is wrong; the message says which and what to do."""
 
 
+def check_file(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; a file was expected there.")
+    if not path.is_file():
+        raise InputError(f"{path}: file not found.")
+
+
+def decode_utf8(data: bytes, path: Path, first_line: int = 1) -> str:
+    """The text of `data`, or an InputError naming the line that is not UTF-8 (a BOM is accepted)."""
+    try:
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data[: err.start].count(b"\n")
+        kind = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "UTF-8"
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text{' (the file is ' + kind + ')' if kind != 'UTF-8' else ''}; "
+            f"save it as UTF-8."
+        ) from None
+
+
+def read_text_file(path: str | Path) -> str:
+    """A whole UTF-8 file; missing, a directory or another encoding is an InputError naming it."""
+    path = Path(path)
+    check_file(path)
+    return decode_utf8(path.read_bytes(), path)
+
+
+def parse_json(text: str, where: str):
+    """json.loads whose every failure (bad syntax, a 5000-digit number, deep nesting) is an InputError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where}: not valid JSON ({err.msg}).") from None
+    except (ValueError, RecursionError) as err:
+        raise InputError(f"{where}: not usable JSON ({err or 'nested too deeply'}).") from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, record) for each non-blank line; a bad line is an InputError."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found.")
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    check_file(path)
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = decode_utf8(raw, path, lineno)
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from None
+            record = parse_json(line, f"{path}:{lineno}")
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
             yield lineno, record
@@ -80,12 +114,13 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     path = Path(path)
+    text = read_text_file(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found.") from None
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
+    except (ValueError, RecursionError):
+        return parse_json(text, str(path))
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
