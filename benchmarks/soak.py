@@ -241,6 +241,36 @@ def plan_kills(base_attempt: dict, runs: int, per_run: int, rng: random.Random) 
     return out
 
 
+def reuse_base(base_dir: Path, name: str) -> dict:
+    """The uninterrupted run of an earlier soak: its saved result, else its step start times
+    rebuilt from when each step's outputs were finished (the manifest written last)."""
+    saved = base_dir / "result.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    log, run = base_dir / "logs" / "attempt0.log", base_dir / "runs" / name
+    steps = stage_lines(log)
+    started = (base_dir / "logs").stat().st_mtime  # the log was created as the run started
+    ends = {"evolve": [run / "evolve" / "manifest.json"], "answer": list((run / "answers").glob("*/manifest.json"))}
+    ends["judge"] = list((run / "judge").glob("*/manifest.json"))
+    train_ends = [run / "sft" / label / "manifest.json" for stage, label in steps if stage == "train"]
+    finished, trained = [], iter(train_ends)
+    for stage, _ in steps:
+        files = [next(trained)] if stage == "train" else ends.get(stage, [run / "analysis" / "manifest.json"])
+        finished.append(max(p.stat().st_mtime for p in files) - started)
+    base = {
+        "code": 0,
+        "wall_s": round((run / "report.md").stat().st_mtime - started, 1),
+        "step_starts": [0.0] + [round(t, 1) for t in finished[:-1]],
+        "steps": steps,
+        "killed_in": None,
+        "resumed_lines": 0,
+        "skipped_lines": 0,
+        "rebuilt_from_file_times": True,
+    }
+    saved.write_text(json.dumps(base, indent=2))
+    return base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/tiny.yaml")
@@ -249,6 +279,11 @@ def main() -> None:
     parser.add_argument("--kills-per-run", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", default=None, help="Write the results here (default: WORK/soak.json).")
+    parser.add_argument(
+        "--reuse-base",
+        action="store_true",
+        help="Take the uninterrupted run already in WORK/base instead of a new one.",
+    )
     args = parser.parse_args()
     work = Path(args.work).resolve()
     rng = random.Random(args.seed)
@@ -257,9 +292,13 @@ def main() -> None:
     out = Path(args.json or work / "soak.json")
 
     base_dir = work / "base"
-    (base_dir / "logs").mkdir(parents=True, exist_ok=True)
-    print("uninterrupted run", flush=True)
-    base = run_until_done(command(args.config, base_dir / "runs", name), base_dir / "logs", [], limit=1)[0]
+    if args.reuse_base:
+        base = reuse_base(base_dir, name)
+    else:
+        (base_dir / "logs").mkdir(parents=True, exist_ok=True)
+        print("uninterrupted run", flush=True)
+        base = run_until_done(command(args.config, base_dir / "runs", name), base_dir / "logs", [], limit=1)[0]
+        (base_dir / "result.json").write_text(json.dumps(base, indent=2))
     results["uninterrupted"] = base
     for r, kills in enumerate(plan_kills(base, args.runs, args.kills_per_run, rng)):
         run_dir = work / f"run{r}"
