@@ -280,6 +280,8 @@ def main() -> None:
     parser.add_argument("--kills-per-run", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", default=None, help="Write the results here (default: WORK/soak.json).")
+    parser.add_argument("--markdown", default=None, help="Write the soak section into this file (BENCHMARKS.md).")
+    parser.add_argument("--render-only", action="store_true", help="Run nothing: render --markdown from --json.")
     parser.add_argument(
         "--reuse-base",
         action="store_true",
@@ -291,6 +293,9 @@ def main() -> None:
     name = "soak"
     results = {"settings": SOAK_SETTINGS, "config": args.config, "seed": args.seed, "runs": []}
     out = Path(args.json or work / "soak.json")
+    if args.render_only:
+        write_section(Path(args.markdown), json.loads(out.read_text()))
+        return
 
     base_dir = work / "base"
     if args.reuse_base:
@@ -316,6 +321,8 @@ def main() -> None:
         out.write_text(json.dumps(results, indent=2))
     summarize(results)
     out.write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        write_section(Path(args.markdown), results)
 
 
 def summarize(results: dict) -> None:
@@ -331,10 +338,89 @@ def summarize(results: dict) -> None:
             not (run["comparison"]["differs"] or run["comparison"]["missing"] or run["comparison"]["duplicated_ids"])
             for run in results["runs"]
         ),
+        "runs_results_identical": sum(
+            not (
+                [f for f in run["comparison"]["differs"] if f.startswith(RESULT_FILES)]
+                or run["comparison"]["missing"]
+                or run["comparison"]["duplicated_ids"]
+            )
+            for run in results["runs"]
+        ),
         "uninterrupted_wall_s": base_wall,
         "extra_wall_s": [round(e, 1) for e in extra],
     }
     print(json.dumps(results["summary"], indent=2), flush=True)
+
+
+# ---------------------------------------------------------------- the BENCHMARKS.md section
+
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+RESULT_FILES = ("data/", "answers/", "judge/", "analysis/analysis.json", "report.json", "report.md")
+
+
+def render_section(results: dict) -> str:
+    s = results["summary"]
+    kills = ", ".join(f"{stage} {s['kills_per_stage'].get(stage, 0)}" for stage in (*STAGES, "report"))
+    lines = [
+        BEGIN,
+        "## Soak: `evol run` killed with SIGKILL at random moments",
+        "",
+        f"`python -m benchmarks.soak --runs {s['runs']} --kills-per-run {s['kills'] // max(1, s['runs'])} "
+        f"--seed {results['seed']}` (benchmarks/soak.py), config `{results['config']}` with "
+        + " ".join(f"`--set {x}`" for x in results["settings"])
+        + ". One uninterrupted run, then each run from scratch is killed (the whole process group, "
+        "SIGKILL) at seeded random moments aimed at each stage in turn and rerun with the same command "
+        "until it finishes; the finished run is compared file by file with the uninterrupted one "
+        "(JSON and JSONL with times, speeds and paths left out; other files byte for byte).",
+        "",
+        f"- kills: {s['kills']} ({kills}); runs: {s['runs']}, of which resumed a partly done stage: "
+        f"{s['runs_resumed']}",
+        f"- finished runs whose results (C<k> data, answers, verdicts and scores, analysis, report) equal the "
+        f"uninterrupted run's: {s['runs_results_identical']} of {s['runs']}; identical in every file, logs "
+        f"included: {s['runs_identical']} of {s['runs']}; no file missing, no id duplicated in any JSONL file",
+        f"- uninterrupted run: {s['uninterrupted_wall_s']} s; extra wall time per killed run "
+        f"(all its attempts minus the uninterrupted run): {', '.join(f'{e} s' for e in s['extra_wall_s'])}",
+        "",
+        "| run | kills (stage at the kill) | attempts | result files identical | other files differing | "
+        "missing / extra | duplicated ids |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for number, run in enumerate(results["runs"]):
+        c = run["comparison"]
+        stages = ", ".join(
+            a["killed_in"][0] + (f" {a['killed_in'][1]}" if a["killed_in"][1] else "")
+            for a in run["attempts"]
+            if a["killed_in"]
+        )
+        results_differ = [f for f in c["differs"] if f.startswith(RESULT_FILES)]
+        others = [f for f in c["differs"] if f not in results_differ]
+        lines.append(
+            f"| {number} | {stages} | {len(run['attempts'])} | "
+            f"{'yes' if not results_differ else 'no: ' + ', '.join(results_differ)} | "
+            f"{', '.join(others) or '-'} | {len(c['missing'])} / {len(c['extra'])} | "
+            f"{c['duplicated_ids'] or 'none'} |"
+        )
+    lines += ["", *results.get("notes", []), END]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, results: dict) -> None:
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    path.write_text(keep_soak_section(path, old, render_section(results)), encoding="utf-8")
+
+
+def keep_soak_section(path, new_text: str, section: str | None = None) -> str:
+    """`new_text` with the soak section of `path` (or `section`) in place, so that `evol bench`
+    rewriting BENCHMARKS.md keeps the soak results it does not measure."""
+    old = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
+    if section is None:
+        if BEGIN not in old:
+            return new_text
+        section = old[old.index(BEGIN) : old.index(END) + len(END)] + "\n"
+    if BEGIN in new_text:
+        before, rest = new_text.split(BEGIN, 1)
+        return before + section + rest.split(END, 1)[1].lstrip("\n")
+    return new_text.rstrip("\n") + "\n\n" + section
 
 
 if __name__ == "__main__":
