@@ -346,6 +346,8 @@ def summarize(results: dict) -> None:
             )
             for run in results["runs"]
         ),
+        "missing_files": sum(len(run["comparison"]["missing"]) for run in results["runs"]),
+        "duplicated_ids": sum(sum(run["comparison"]["duplicated_ids"].values()) for run in results["runs"]),
         "uninterrupted_wall_s": base_wall,
         "extra_wall_s": [round(e, 1) for e in extra],
     }
@@ -377,7 +379,8 @@ def render_section(results: dict) -> str:
         f"{s['runs_resumed']}",
         f"- finished runs whose results (C<k> data, answers, verdicts and scores, analysis, report) equal the "
         f"uninterrupted run's: {s['runs_results_identical']} of {s['runs']}; identical in every file, logs "
-        f"included: {s['runs_identical']} of {s['runs']}; no file missing, no id duplicated in any JSONL file",
+        f"included: {s['runs_identical']} of {s['runs']}; files missing: {s['missing_files']}; ids duplicated in "
+        f"a JSONL file: {s['duplicated_ids']}",
         f"- uninterrupted run: {s['uninterrupted_wall_s']} s; extra wall time per killed run "
         f"(all its attempts minus the uninterrupted run): {', '.join(f'{e} s' for e in s['extra_wall_s'])}",
         "",

@@ -122,8 +122,11 @@ def hold(target: str | Path) -> Iterator[Path]:
             fd = _take(path, fcntl.LOCK_EX, target)
             taken.append((str(path), fd))
             record = {"pid": os.getpid(), "command": " ".join(sys.argv), "started": time.time()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+            except OSError:
+                pass  # a full disk: the lock holds all the same, only a refusal cannot name its holder
         for name, fd in taken:
             _held[name] = fd
         previous = os.environ.get(ENV)
