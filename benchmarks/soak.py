@@ -21,7 +21,6 @@ The stage in progress at a kill is the last stage line of the log at that moment
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -88,7 +87,6 @@ VOLATILE = {
     "resumed_from",
     "resumed",
 }
-SKIP_FILES = {".lock"}
 STAGE_LINE = "=== ["
 
 
@@ -179,7 +177,7 @@ def _files(run: Path) -> dict[str, Path]:
     return {
         str(p.relative_to(run)): p
         for p in sorted(run.rglob("*"))
-        if p.is_file() and p.name not in SKIP_FILES and not p.name.endswith(".tmp")
+        if p.is_file() and not p.name.endswith((".lock", ".tmp"))  # lock records name a pid
     }
 
 
@@ -198,15 +196,13 @@ def compare(base: Path, other: Path) -> dict:
             same = pa.read_text(errors="replace").replace(str(base), "<RUN>") == pb.read_text(
                 errors="replace"
             ).replace(str(other), "<RUN>")
-        else:
-            same = _digest(pa) == _digest(pb)
+        else:  # binary: training_args.bin holds the output path
+            same = pa.read_bytes().replace(str(base).encode(), b"<RUN>") == pb.read_bytes().replace(
+                str(other).encode(), b"<RUN>"
+            )
         result["identical" if same else "differs"].append(rel)
     result["duplicated_ids"] = _duplicates(other)
     return result
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _duplicates(run: Path) -> dict[str, int]:
@@ -293,8 +289,13 @@ def main() -> None:
     name = "soak"
     results = {"settings": SOAK_SETTINGS, "config": args.config, "seed": args.seed, "runs": []}
     out = Path(args.json or work / "soak.json")
-    if args.render_only:
-        write_section(Path(args.markdown), json.loads(out.read_text()))
+    if args.render_only:  # compare again (the comparison may have changed since), then render
+        results = json.loads(out.read_text())
+        for number, run in enumerate(results["runs"]):
+            run["comparison"] = compare(work / "base" / "runs" / name, work / f"run{number}" / "runs" / name)
+        summarize(results)
+        out.write_text(json.dumps(results, indent=2))
+        write_section(Path(args.markdown), results)
         return
 
     base_dir = work / "base"
