@@ -75,10 +75,18 @@ def _describe(path: Path, target: Path) -> str:
     if not alive:  # a shared holder (a command working inside the target) writes no record
         return f"{target} is in use by another evol command working in it; wait for it to finish or stop it."
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+    command = str(holder.get("command", "?"))
+    command = command if len(command) <= 100 else command[:97] + "..."  # a run's --set list is long
     return (
-        f"{target} is in use by process {pid} (`{holder.get('command', '?')}`, started {since}); "
+        f"{target} is in use by process {pid} (`{command}`, started {since}); "
         f"wait for it to finish or stop it, then run this command again."
     )
+
+
+def _command_line() -> str:
+    program = Path(sys.argv[0])
+    name = "evol" if program.name == "evol" or program.parent.name == "pipeline" else program.name
+    return " ".join([name, *sys.argv[1:]])
 
 
 def _alive(pid: int) -> bool:
@@ -121,7 +129,7 @@ def hold(target: str | Path) -> Iterator[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = _take(path, fcntl.LOCK_EX, target)
             taken.append((str(path), fd))
-            record = {"pid": os.getpid(), "command": " ".join(sys.argv), "started": time.time()}
+            record = {"pid": os.getpid(), "command": _command_line(), "started": time.time()}
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
