@@ -221,19 +221,28 @@ def _duplicates(run: Path) -> dict[str, int]:
 # ---------------------------------------------------------------- the soak
 
 
-def plan_kills(base_attempt: dict, runs: int, per_run: int, rng: random.Random) -> list[list[tuple[int, float]]]:
-    """Kills per run: (step index, delay into that step), aimed at stages in rotation."""
+def plan_kills(
+    base_attempt: dict,
+    runs: int,
+    per_run: int,
+    rng: random.Random,
+    stages: tuple[str, ...] = STAGES,
+    delay_scale: float = 1.0,
+) -> list[list[tuple[int, float]]]:
+    """Kills per run: (step index, delay into that step), aimed at `stages` in rotation; the delay is
+    uniform over the step's uninterrupted duration times `delay_scale` (below 1 when a busier
+    machine made the uninterrupted run slow, so the kill still lands in the stage)."""
     steps = base_attempt["steps"]
     starts = base_attempt["step_starts"] + [base_attempt["wall_s"]]
     durations = [starts[i + 1] - starts[i] for i in range(len(steps))]
-    rotation = [STAGES[i % len(STAGES)] for i in range(runs * per_run)]
+    rotation = [stages[i % len(stages)] for i in range(runs * per_run)]
     out = []
     for r in range(runs):
         targets = sorted(rotation[r * per_run : (r + 1) * per_run], key=STAGES.index)
         kills = []
         for stage in targets:
             index = rng.choice([i for i, (s, _) in enumerate(steps) if s == stage])
-            kills.append((index, round(rng.uniform(0.0, durations[index]), 1)))
+            kills.append((index, round(rng.uniform(0.0, durations[index] * delay_scale), 1)))
         out.append(kills)
     return out
 
@@ -276,6 +285,9 @@ def main() -> None:
     parser.add_argument("--kills-per-run", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", default=None, help="Write the results here (default: WORK/soak.json).")
+    parser.add_argument("--stages", default=",".join(STAGES), help="Stages to aim kills at, in rotation.")
+    parser.add_argument("--delay-scale", type=float, default=1.0, help="Kill delays up to this share of a step.")
+    parser.add_argument("--first-run", type=int, default=0, help="Number of the first run (its folder runN).")
     parser.add_argument("--markdown", default=None, help="Write the soak section into this file (BENCHMARKS.md).")
     parser.add_argument("--render-only", action="store_true", help="Run nothing: render --markdown from --json.")
     parser.add_argument(
@@ -307,7 +319,9 @@ def main() -> None:
         base = run_until_done(command(args.config, base_dir / "runs", name), base_dir / "logs", [], limit=1)[0]
         (base_dir / "result.json").write_text(json.dumps(base, indent=2))
     results["uninterrupted"] = base
-    for r, kills in enumerate(plan_kills(base, args.runs, args.kills_per_run, rng)):
+    stages = tuple(args.stages.split(","))
+    plans = plan_kills(base, args.runs, args.kills_per_run, rng, stages, args.delay_scale)
+    for r, kills in enumerate(plans, start=args.first_run):
         run_dir = work / f"run{r}"
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         print(f"run {r}: kills {kills}", flush=True)
