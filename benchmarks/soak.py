@@ -300,6 +300,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     name = "soak"
     results = {"settings": SOAK_SETTINGS, "config": args.config, "seed": args.seed, "runs": []}
+    results["commands"] = [" ".join(["python -m benchmarks.soak", *sys.argv[1:]])]
     out = Path(args.json or work / "soak.json")
     if args.render_only:  # compare again (the comparison may have changed since), then render
         results = json.loads(out.read_text())
@@ -382,8 +383,11 @@ def render_section(results: dict) -> str:
         BEGIN,
         "## Soak: `evol run` killed with SIGKILL at random moments",
         "",
-        f"`python -m benchmarks.soak --runs {s['runs']} --kills-per-run {s['kills'] // max(1, s['runs'])} "
-        f"--seed {results['seed']}` (benchmarks/soak.py), config `{results['config']}` with "
+        ", then ".join(
+            f"`{c}`" for c in results.get("commands", [" ".join(["python -m benchmarks.soak", *sys.argv[1:]])])
+        )
+        + " "
+        + f"(benchmarks/soak.py), config `{results['config']}` with "
         + " ".join(f"`--set {x}`" for x in results["settings"])
         + ". One uninterrupted run, then each run from scratch is killed (the whole process group, "
         "SIGKILL) at seeded random moments aimed at each stage in turn and rerun with the same command "
