@@ -21,6 +21,7 @@ The stage in progress at a kill is the last stage line of the log at that moment
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import random
@@ -86,6 +87,10 @@ VOLATILE = {
     "runtime",
     "resumed_from",
     "resumed",
+    "elapsed_s",
+    "updated",
+    "throughput",
+    "key",  # a stage key hashes its inputs' paths, which differ between two run directories
 }
 STAGE_LINE = "=== ["
 
@@ -159,11 +164,14 @@ def run_until_done(cmd: list[str], logs: Path, kills: list[tuple[int, float]], l
 
 def _clean(value, root: str):
     if isinstance(value, dict):
-        return {k: _clean(v, root) for k, v in value.items() if k not in VOLATILE}
+        cleaned = {k: _clean(v, root) for k, v in value.items() if k not in VOLATILE}
+        if isinstance(cleaned.get("target_modules"), list):  # PEFT writes a set, in hash order
+            cleaned["target_modules"] = sorted(map(str, cleaned["target_modules"]))
+        return cleaned
     if isinstance(value, list):
         return [_clean(v, root) for v in value]
     if isinstance(value, str):
-        return value.replace(root, "<RUN>")
+        return value.replace(root, "<RUN>").replace(str(Path(root).parent), "<RUNS>")
     return value
 
 
@@ -177,7 +185,7 @@ def _files(run: Path) -> dict[str, Path]:
     return {
         str(p.relative_to(run)): p
         for p in sorted(run.rglob("*"))
-        if p.is_file() and not p.name.endswith((".lock", ".tmp"))  # lock records name a pid
+        if p.is_file() and not p.name.endswith((".lock", ".tmp", ".stage-key"))  # pids, temp files, path hashes
     }
 
 
@@ -193,9 +201,7 @@ def compare(base: Path, other: Path) -> dict:
             except ValueError:
                 same = False
         elif pa.suffix in (".md", ".html", ".yaml", ".txt", ".log", ".key"):
-            same = pa.read_text(errors="replace").replace(str(base), "<RUN>") == pb.read_text(
-                errors="replace"
-            ).replace(str(other), "<RUN>")
+            same = _mask(pa.read_text(errors="replace"), base) == _mask(pb.read_text(errors="replace"), other)
         else:  # binary: training_args.bin holds the output path
             same = pa.read_bytes().replace(str(base).encode(), b"<RUN>") == pb.read_bytes().replace(
                 str(other).encode(), b"<RUN>"
@@ -205,13 +211,18 @@ def compare(base: Path, other: Path) -> dict:
     return result
 
 
+def _mask(text: str, run: Path) -> str:
+    return text.replace(str(run), "<RUN>").replace(str(run.parent), "<RUNS>")
+
+
 def _duplicates(run: Path) -> dict[str, int]:
     found = {}
     for rel, path in _files(run).items():
         if path.suffix != ".jsonl" or "timing" in path.name:
             continue
-        ids = [r.get("id") for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))]
-        ids = [i for i in ids if i is not None]
+        rows = map(json.loads, filter(str.strip, path.read_text().splitlines()))
+        # A record is one id, or one id in one judge order / round / label.
+        ids = [(r["id"], r.get("order"), r.get("round"), r.get("label")) for r in rows if r.get("id") is not None]
         dup = sum(n - 1 for n in Counter(map(str, ids)).values() if n > 1)
         if dup:
             found[rel] = dup
@@ -356,7 +367,7 @@ def summarize(results: dict) -> None:
         ),
         "runs_results_identical": sum(
             not (
-                [f for f in run["comparison"]["differs"] if f.startswith(RESULT_FILES)]
+                [f for f in run["comparison"]["differs"] if is_result(f)]
                 or run["comparison"]["missing"]
                 or run["comparison"]["duplicated_ids"]
             )
@@ -373,7 +384,24 @@ def summarize(results: dict) -> None:
 # ---------------------------------------------------------------- the BENCHMARKS.md section
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
-RESULT_FILES = ("data/", "answers/", "judge/", "analysis/analysis.json", "report.json", "report.md")
+# What a run produces, as opposed to its manifests, logs and cards (times, speeds, hashes of paths).
+RESULT_FILES = (
+    "data/*.jsonl",
+    "evolve/round_*.jsonl",
+    "sft/*/adapter/adapter_model.safetensors",
+    "answers/*/answers.jsonl",
+    "judge/*/judgments.jsonl",
+    "judge/*/orders.jsonl",
+    "judge/*/scores.json",
+    "analysis/analysis.json",
+    "analysis/projection.jsonl",
+    "report.json",
+    "report.md",
+)
+
+
+def is_result(rel: str) -> bool:
+    return any(fnmatch.fnmatch(rel, pattern) for pattern in RESULT_FILES)
 
 
 def render_section(results: dict) -> str:
@@ -414,7 +442,7 @@ def render_section(results: dict) -> str:
             for a in run["attempts"]
             if a["killed_in"]
         )
-        results_differ = [f for f in c["differs"] if f.startswith(RESULT_FILES)]
+        results_differ = [f for f in c["differs"] if is_result(f)]
         others = [f for f in c["differs"] if f not in results_differ]
         lines.append(
             f"| {number} | {stages} | {len(run['attempts'])} | "

@@ -19,7 +19,7 @@ from pipeline.config import EngineConfig
 from pipeline.core import jsonio
 from pipeline.core.jsonio import InputError, read_json, read_jsonl, write_json
 from pipeline.engine.fake import FakeEngine
-from pipeline.engine.vllm_backend import VLLMEngine, check_loopback
+from pipeline.engine.vllm_backend import VLLMEngine, check_loopback, configure_structured_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_FSYNC = os.fsync
@@ -222,3 +222,15 @@ def test_model_gone_between_stages_is_one_sentence(tmp_path):
         main, ["generate", "--model", str(model), "--in", str(prompts), "--out", str(tmp_path / "o.jsonl")]
     )
     assert str(model) in one_line_error(result)
+
+
+# ---------------------------------------------------------------- a busy machine
+
+
+def test_structured_output_compilation_does_not_depend_on_machine_load(monkeypatch):
+    monkeypatch.delenv("VLLM_REGEX_COMPILATION_TIMEOUT_S", raising=False)
+    configure_structured_outputs()
+    assert float(os.environ["VLLM_REGEX_COMPILATION_TIMEOUT_S"]) >= 60  # vLLM's own 5 s ran out under load
+    monkeypatch.setenv("VLLM_REGEX_COMPILATION_TIMEOUT_S", "7")
+    configure_structured_outputs()
+    assert os.environ["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "7"  # a user's setting wins

@@ -70,6 +70,13 @@ def check_model_files(model_path: str | Path, adapters: dict[str, str | Path]) -
             )
 
 
+def configure_structured_outputs() -> None:
+    """vLLM gives up compiling a structured-output regex after 5 s of wall time, a guard against
+    hostile patterns; ours are the project's own (judge scores, verdicts, difficulty), and on a busy
+    machine 5 s ran out: the request failed, and a resumed run judged differently (benchmarks/soak.py)."""
+    os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", "300")
+
+
 class VLLMEngine:
     """A `StreamingEngine` on one `vllm.LLM` (submit/poll go through its continuous batching)."""
 
@@ -84,6 +91,7 @@ class VLLMEngine:
         # Faults of the machine, said in one sentence before vLLM buries them in a traceback.
         check_model_files(model_path, adapters or {})
         check_loopback()
+        configure_structured_outputs()
         cpu = on_cpu()
         if cpu:
             configure_cpu_threads(settings.cpu_threads_bind)
