@@ -203,12 +203,14 @@ def compare(base: Path, other: Path) -> dict:
         elif pa.suffix in (".md", ".html", ".yaml", ".txt", ".log", ".key"):
             same = _mask(pa.read_text(errors="replace"), base) == _mask(pb.read_text(errors="replace"), other)
         else:  # binary: training_args.bin holds the output path
-            same = pa.read_bytes().replace(str(base).encode(), b"<RUN>") == pb.read_bytes().replace(
-                str(other).encode(), b"<RUN>"
-            )
+            same = _mask_bytes(pa.read_bytes(), base) == _mask_bytes(pb.read_bytes(), other)
         result["identical" if same else "differs"].append(rel)
     result["duplicated_ids"] = _duplicates(other)
     return result
+
+
+def _mask_bytes(data: bytes, run: Path) -> bytes:
+    return data.replace(str(run).encode(), b"<RUN>").replace(str(run.parent).encode(), b"<RUNS>")
 
 
 def _mask(text: str, run: Path) -> str:
