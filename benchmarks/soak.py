@@ -25,6 +25,7 @@ import fnmatch
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,7 @@ VOLATILE = {
     "resumed",
     "elapsed_s",
     "updated",
+    "generated",
     "throughput",
     "key",  # a stage key hashes its inputs' paths, which differ between two run directories
 }
@@ -214,6 +216,7 @@ def _mask_bytes(data: bytes, run: Path) -> bytes:
 
 
 def _mask(text: str, run: Path) -> str:
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+\-]\d\d:\d\d", "<TIME>", text)  # "Generated ..." of a report
     return text.replace(str(run), "<RUN>").replace(str(run.parent), "<RUNS>")
 
 
