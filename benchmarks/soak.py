@@ -2,7 +2,9 @@
 finishes, and check that every finished run equals one that was never interrupted.
 
     nice -n 10 python -m benchmarks.soak --work /tmp/soak --runs 2 --kills-per-run 5 --seed 7 \
-        --json /tmp/soak/soak.json
+        --json /tmp/soak/soak.json --markdown BENCHMARKS.md
+    python -m benchmarks.soak --work /tmp/soak --json benchmarks/soak_results.json --render-only \
+        --markdown BENCHMARKS.md          # compare again and rewrite the section (the last soak's results)
 
 A script, not a CI test: it takes the better part of an hour on 2 CPU cores. Steps:
   1. one uninterrupted `evol run` of the small soak config (SOAK_SETTINGS below), timing each stage
