@@ -28,8 +28,8 @@ from pipeline.config import Config
 from pipeline.core.jsonio import (
     InputError,
     append_jsonl,
+    iter_jsonl,
     read_json,
-    read_jsonl,
     read_jsonl_tolerant,
     write_json,
     write_jsonl,
@@ -70,8 +70,10 @@ def load_answer_set(path: str | Path, option: str) -> AnswerSet:
             f"`evol answer` command to complete them."
         )
     meta = read_json(manifest)
+    if not isinstance(meta, dict) or not isinstance(meta.get("testset") or {}, dict):
+        raise InputError(f"{manifest}: not the manifest of an `evol answer` output; rerun that command.")
     records: dict[str, dict] = {}
-    for lineno, record in enumerate(read_jsonl(answers), start=1):
+    for lineno, record in iter_jsonl(answers):
         missing = [k for k in ("id", "instruction", "answer") if k not in record]
         if missing:
             raise InputError(f"{answers}:{lineno}: missing {', '.join(missing)}; not an `evol answer` output.")

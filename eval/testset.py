@@ -59,7 +59,7 @@ def _difficulty(record: dict, key: str, where: str) -> int | None:
     value = record[key]
     try:
         number = int(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         number = None
     if number is None or (isinstance(value, float) and value != number):
         raise InputError(f'{where}: field "{key}" must be a whole number (a difficulty level), got {value!r}.')

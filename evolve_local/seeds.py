@@ -57,7 +57,7 @@ def detect_format(record: dict) -> str | None:
 
 def _records(path: Path):
     """(location, record) pairs from a JSON array or a JSONL file."""
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"Seed file {path} not found; pass --seeds FILE or set evolve.seeds.")
     for lineno, record in iter_records(path):
         yield f"{path}:{lineno}", record
@@ -122,9 +122,9 @@ def load_seeds(path: str | Path) -> tuple[list[Seed], str]:
         found = detect_format(record)
         if fmt is None:
             if found is None:
+                keys = ", ".join(k if k.isprintable() else repr(k) for k in sorted(record))
                 raise InputError(
-                    f"{where}: unknown seed format (keys: {', '.join(sorted(record)) or 'none'}); "
-                    f"accepted formats: {accepted_formats()}."
+                    f"{where}: unknown seed format (keys: {keys or 'none'}); accepted formats: {accepted_formats()}."
                 )
             fmt = found
         elif found != fmt and not {found, fmt} <= {"alpaca", "plain"}:

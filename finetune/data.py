@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.chat import messages_problem
-from pipeline.core.jsonio import InputError, iter_records
+from pipeline.core.jsonio import InputError, check_file, iter_records
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 
@@ -107,6 +107,8 @@ def _problem(messages: list[dict]) -> str | None:
 def load_conversations(path: str | Path) -> tuple[list[Conversation], BadRows]:
     """Every row of a chat JSONL or Alpaca JSON/JSONL file, with the bad ones counted by reason."""
     path = Path(path)
+    if path.is_dir():
+        check_file(path)
     if not path.is_file():
         raise InputError(
             f"Training data {path} not found; pass --data with a chat-messages JSONL "

@@ -28,9 +28,11 @@ from pathlib import Path
 
 from pipeline.config import Config, semantic_dict, stable_hash, to_dict, to_yaml
 from pipeline.core.jsonio import InputError
+from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
 from pipeline.core.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
 from pipeline.core.paths import REFERENCE, label, seeds_path, testset_path
+from pipeline.engine.vllm_backend import check_loopback
 
 
 @dataclass
@@ -184,23 +186,26 @@ def run_pipeline(config: Config) -> Path:
     # One evolution to the largest round count; every smaller C<k> is a slice of it.
     config.evolve.rounds = max(config.run.rounds)
     ensure_models(config)
+    check_loopback()  # every stage's engine needs it: say so before the first stage, not in it
     run_dir = Path(config.run.runs_dir) / config.run.name
-    write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
-    config_file = run_dir / "config.yaml"
-    steps = plan(config, run_dir, config_file)
-    started = time.time()
-    for number, step in enumerate(steps, start=1):
-        print(f"\n=== [{number}/{len(steps)}] {step.stage} {step.label} ===", file=sys.stderr, flush=True)
-        _run_step(step)
-    from pipeline.report import write_run_report
+    # One writer per run: the stage processes below inherit this lock instead of being refused by it.
+    with hold(run_dir):
+        write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+        config_file = run_dir / "config.yaml"
+        steps = plan(config, run_dir, config_file)
+        started = time.time()
+        for number, step in enumerate(steps, start=1):
+            print(f"\n=== [{number}/{len(steps)}] {step.stage} {step.label} ===", file=sys.stderr, flush=True)
+            _run_step(step)
+        from pipeline.report import write_run_report
 
-    report = write_run_report(run_dir, config)
+        report = write_run_report(run_dir, config)
     print(f"\nDone in {time.time() - started:.0f} s: {report}", file=sys.stderr)
     return run_dir
 
 
 def _run_step(step: Step) -> None:
-    process = subprocess.Popen(step.command)
+    process = subprocess.Popen(step.command, pass_fds=held_fds())
     try:
         code = process.wait()
     except KeyboardInterrupt:

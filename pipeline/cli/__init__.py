@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 import pipeline  # noqa: F401  (sets the offline environment before anything imports transformers)
-from pipeline.cli.common import config_options, friendly_errors
+from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config, to_yaml
 
 
@@ -102,6 +102,7 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     from pipeline.engine import make_engine
     from pipeline.generate import check_resumable, load_prompts, run_generate, settings_of
 
+    lock_output(out_path)
     config = load_config(config_path, overrides)
     # Everything the user can get wrong is checked before the model loads.
     rows = load_prompts(in_path)

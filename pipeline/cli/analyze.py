@@ -12,7 +12,7 @@ import click
 
 from eval.analysis.analyze import analyze_run
 from eval.report.analysis import ANALYSIS_FILE, STAGE
-from pipeline.cli.common import config_options, friendly_errors
+from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config
 from pipeline.core.fmt import MISSING
 
@@ -23,6 +23,7 @@ from pipeline.core.fmt import MISSING
 @friendly_errors
 def analyze(run_dir, config_path, overrides) -> None:
     """Complexity, diversity and survival of an evolution run, per round and per C<k>."""
+    lock_output(run_dir)
     saved = Path(run_dir) / "config.yaml"
     if config_path is None and saved.is_file():
         config_path = str(saved)  # the run's own resolved config: its judge model and seed

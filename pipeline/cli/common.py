@@ -6,17 +6,21 @@
         config = load_config(config_path, overrides)
 
 A subcommand raises `InputError` (or `ConfigError`) for anything the user can fix; `friendly_errors`
-turns it into one line on stderr and exit status 2, with no traceback.
+turns it into one line on stderr and exit status 2, with no traceback. A command that writes calls
+`lock_output(path)` first: one writer per output (pipeline/core/lock.py).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 
 import click
 
 from pipeline.core.jsonio import InputError
+from pipeline.core.lock import hold
 
 
 def config_options(func):
@@ -37,6 +41,31 @@ def config_options(func):
     return func
 
 
+def lock_output(target) -> None:
+    """Hold the one-writer lock on `target` until the command returns; refused at once if busy."""
+    if os.environ.get("RANK", "0") != "0":
+        return  # a non-main rank under `accelerate launch`: its main rank holds the lock for all
+    click.get_current_context().with_resource(hold(target))
+
+
+def machine_fault(err: OSError) -> str | None:
+    """One sentence for a fault of the machine the user can fix; None for anything else (a bug)."""
+    where = err.filename or "a file"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"No space left on the device while writing {where}; free some space and run the same command "
+            f"again: the finished work is kept and the command resumes from it."
+        )
+    if err.errno == errno.EACCES:
+        return (
+            f"Permission denied on {where}; make it readable and writable for this user (or choose another "
+            f"output directory) and run the command again."
+        )
+    if err.errno == errno.EROFS:
+        return f"{where} is on a read-only file system; choose a writable output directory and run the command again."
+    return None
+
+
 def friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -44,6 +73,12 @@ def friendly_errors(func):
             return func(*args, **kwargs)
         except InputError as err:
             click.echo(f"Error: {err}", err=True)
+            sys.exit(2)
+        except OSError as err:
+            sentence = machine_fault(err)
+            if sentence is None:
+                raise
+            click.echo(f"Error: {sentence}", err=True)
             sys.exit(2)
 
     return wrapper

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import config_options, friendly_errors
+from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config
 from pipeline.core.fmt import num
 
@@ -61,6 +61,7 @@ def answer(model_name, adapter_specs, base_label, adapters_only, testset, out_di
     from eval.answer import answer_testset, parse_adapters
     from pipeline.core.models import resolve_model
 
+    lock_output(out_dir)
     config = load_config(config_path, overrides)
     model_path = resolve_model(model_name or config.models.base, config.models.dir)
     adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
@@ -119,6 +120,7 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
             f"--answers was given {len(answers_dirs)} times and --baseline {len(baseline_dirs)} times; "
             f"give one --baseline per --answers."
         )
+    lock_output(out_dir)
     config = load_config(config_path, overrides)
     judge_path = resolve_model(judge_name or config.models.judge, config.models.dir)
     for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):

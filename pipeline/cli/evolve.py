@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import config_options, friendly_errors
+from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config
 
 
@@ -64,6 +64,7 @@ def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
     from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
     from pipeline.core.manifest import write_run_manifest
 
+    lock_output(run_dir)
     config = load_config(config_path, overrides)
     if seeds_file:
         config.evolve.seeds = seeds_file

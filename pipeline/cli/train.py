@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli.common import config_options, friendly_errors
+from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config
 
 
@@ -45,6 +45,7 @@ def train(data_path, out_dir, base, method, merge, config_path, overrides) -> No
     """Supervised fine-tuning with TRL SFTTrainer; loss on the assistant's tokens only."""
     from finetune.train import run_train
 
+    lock_output(out_dir)
     config = load_config(config_path, overrides)
     manifest = run_train(config, data_path, out_dir, base=base, method=method, merge=merge)
     if not manifest:  # a non-main process under accelerate launch

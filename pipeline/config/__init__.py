@@ -35,6 +35,7 @@ from pipeline.config.eval import EvalConfig
 from pipeline.config.evolve import EvolveConfig
 from pipeline.config.fields import throughput
 from pipeline.config.train import TrainConfig
+from pipeline.core.jsonio import InputError, read_text_file
 
 __all__ = ["Config", "ConfigError", "load_config", "semantic_dict", "stable_hash", "to_dict", "to_yaml"]
 
@@ -178,19 +179,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"Config file {path} not found.")
+            raise ConfigError(f"Config file {path} {'is a directory' if path.is_dir() else 'not found'}.")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(read_text_file(path)) or {}
+        except InputError as err:
+            raise ConfigError(f"Config file {err}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"Config file {path} is not valid YAML: {_yaml_problem(err)}.") from None
         if not isinstance(data, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of sections at the top level.")
         _merge(config, data, prefix="", source=str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"Override '{item}' must look like section.key=value.")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+            raise ConfigError(f"Override {item!r} must look like section.key=value.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Override {item!r}: the value is not valid YAML ({_yaml_problem(err)}).") from None
         nested: dict = {}
         cursor = nested
         parts = key.strip().split(".")
@@ -201,6 +207,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: its problem and where (its own text spans several lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def _merge(target: Any, data: dict, prefix: str, source: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     hints = typing.get_type_hints(type(target))
@@ -208,7 +221,7 @@ def _merge(target: Any, data: dict, prefix: str, source: str) -> None:
         dotted = f"{prefix}{key}"
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"Unknown config key '{dotted}' ({source}); known keys here: {known}.")
+            raise ConfigError(f"Unknown config key {dotted!r} ({source}); known keys here: {known}.")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

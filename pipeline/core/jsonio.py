@@ -10,6 +10,7 @@ never leaves a half-written output behind. Every read names the file and line of
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,21 +25,58 @@ class InputError(ValueError):
     """A user-supplied file or option is wrong; the message says which and what to do."""
 
 
+def check_file(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; a file was expected there.")
+    if not path.is_file():
+        raise InputError(f"{path}: file not found.")
+
+
+def decode_utf8(data: bytes, path: Path, first_line: int = 1) -> str:
+    """The text of `data`, or an InputError naming the line that is not UTF-8 (a BOM is accepted)."""
+    try:
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data[: err.start].count(b"\n")
+        kind = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "UTF-8"
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text{' (the file is ' + kind + ')' if kind != 'UTF-8' else ''}; "
+            f"save it as UTF-8."
+        ) from None
+
+
+def read_text_file(path: str | Path) -> str:
+    """A whole UTF-8 file; missing, a directory or another encoding is an InputError naming it."""
+    path = Path(path)
+    check_file(path)
+    return decode_utf8(path.read_bytes(), path)
+
+
+def parse_json(text: str, where: str):
+    """json.loads whose every failure (bad syntax, a 5000-digit number, deep nesting) is an InputError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where}: not valid JSON ({err.msg}).") from None
+    except (ValueError, RecursionError) as err:
+        raise InputError(f"{where}: not usable JSON ({err or 'nested too deeply'}).") from None
+
+
 def iter_jsonl(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, record) for each non-blank line; a bad line is an InputError, or with
     `on_bad(line, reason)` (reason "invalid_json" or "not_an_object") reported there and skipped."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found.")
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    check_file(path)
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = decode_utf8(raw, path, lineno)
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
+                record = parse_json(line, f"{path}:{lineno}")
+            except InputError:
                 if on_bad is None:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from None
+                    raise
                 on_bad(lineno, "invalid_json")
                 continue
             if not isinstance(record, dict):
@@ -58,7 +96,7 @@ def is_json_array_file(path: str | Path) -> bool:
     if path.suffix == ".json":
         return True
     with path.open("r", encoding="utf-8", errors="replace") as handle:
-        return handle.read(4096).lstrip().startswith("[")
+        return handle.read(4096).lstrip("\ufeff \t\r\n").startswith("[")
 
 
 def iter_records(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict]]:
@@ -67,12 +105,11 @@ def iter_records(path: str | Path, on_bad: Callable[[int, str], None] | None = N
     an InputError naming the file and line, or goes to `on_bad` as in `iter_jsonl`; an array must
     parse as a whole."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found.")
+    check_file(path)
     if not is_json_array_file(path):
         yield from iter_jsonl(path, on_bad)
         return
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
 
     def line_at(pos: int) -> int:
         return text.count("\n", 0, pos) + 1
@@ -96,6 +133,8 @@ def iter_records(path: str | Path, on_bad: Callable[[int, str], None] | None = N
             record, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             raise broken(err.pos, err.msg) from None
+        except (ValueError, RecursionError) as err:  # a 5000-digit number, nesting too deep
+            raise broken(pos, str(err) or "nested too deeply") from None
         if isinstance(record, dict):
             yield line_at(pos), record
         elif on_bad is None:
@@ -133,8 +172,10 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
 
 
@@ -149,12 +190,13 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     path = Path(path)
+    text = read_text_file(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found.") from None
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}).") from None
+    except (ValueError, RecursionError):
+        return parse_json(text, str(path))
 
 
 class JsonlWriter:
@@ -206,11 +248,24 @@ def append_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise _naming(err, path) from err
     return payload.count("\n")
+
+
+# A write or fsync that fails for want of space says no file name; the message to the user needs it.
+_DISK_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    if err.filename or err.errno not in _DISK_FAULTS:
+        return err
+    return type(err)(err.errno, err.strerror or os.strerror(err.errno), str(path))
 
 
 def read_jsonl_tolerant(path: str | Path) -> list[dict]:

@@ -11,9 +11,12 @@ the context is reported per request (`finish_reason == "too_long"`) instead of f
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from pipeline.config import EngineConfig
+from pipeline.core.jsonio import InputError
+from pipeline.core.models import is_model_dir
 from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult
 
 
@@ -35,6 +38,45 @@ def configure_cpu_threads(bind: str) -> None:
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
 
 
+def check_loopback() -> None:
+    """vLLM's process group (gloo) talks over 127.0.0.1 even on one machine with no network; without
+    a loopback interface it dies deep inside with "Unable to find interface for: [127.0.0.1]"."""
+    try:
+        with socket.socket() as server, socket.socket() as client:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            client.settimeout(5)
+            client.connect(server.getsockname())  # bind alone succeeds while `lo` is down
+    except OSError as err:
+        raise InputError(
+            f"No working loopback network interface (connecting to 127.0.0.1 failed: {err.strerror or err}); "
+            f"the inference engine needs one even on a machine with no network: bring it up with "
+            f"`ip link set lo up` (in a container or network namespace, start it with a loopback interface)."
+        ) from None
+
+
+def check_model_files(model_path: str | Path, adapters: dict[str, str | Path]) -> None:
+    """The model (and adapters) may have been moved or deleted since the command checked them."""
+    if not is_model_dir(Path(model_path)):
+        raise InputError(
+            f"Model directory {model_path} is gone or no longer holds a model (it was there when the run "
+            f"started); restore it (or `evol models prepare` it again) and rerun the same command to resume."
+        )
+    for name, path in adapters.items():
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise InputError(
+                f"Adapter {name} at {path} is gone (no adapter_config.json); restore it or rerun the training "
+                f"stage, then rerun the same command to resume."
+            )
+
+
+def configure_structured_outputs() -> None:
+    """vLLM gives up compiling a structured-output regex after 5 s of wall time, a guard against
+    hostile patterns; ours are the project's own (judge scores, verdicts, difficulty), and on a busy
+    machine 5 s ran out: the request failed, and a resumed run judged differently (benchmarks/soak.py)."""
+    os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", "300")
+
+
 class VLLMEngine:
     """A `StreamingEngine` on one `vllm.LLM` (submit/poll go through its continuous batching)."""
 
@@ -46,6 +88,10 @@ class VLLMEngine:
         adapters: dict[str, str | Path] | None = None,
         trust_remote_code: bool = False,
     ):
+        # Faults of the machine, said in one sentence before vLLM buries them in a traceback.
+        check_model_files(model_path, adapters or {})
+        check_loopback()
+        configure_structured_outputs()
         cpu = on_cpu()
         if cpu:
             configure_cpu_threads(settings.cpu_threads_bind)
