@@ -133,7 +133,7 @@ def run_evolve(
         rows={f"C{k}": s["training_set_size"] for k, s in enumerate(all_stats)},
         models={role: models.names[role] for role in ("evolver", "equality", "responder")},
         seeds={"run_seed": config.run.seed},
-        extra={"rounds_done": rounds},
+        extra={"rounds_done": rounds, "backend": config.engine.backend},
     )
     return stats
 
@@ -318,7 +318,11 @@ def step_passes(e) -> dict:
 
 
 def overlapped(run: Run) -> bool:
-    """One model in every role: the steps can share one engine and run as chains."""
+    """One model in every role: the steps can share one engine and run as chains. On Ray each step
+    is one job over the pool instead (see pipeline/engine/ray_backend.py and README "Running on a
+    cluster"): a job holds one model copy per replica, so a large model fits where three would not."""
+    if run.config.engine.backend == "ray":
+        return False
     return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 

@@ -28,6 +28,7 @@ from pipeline.config.analysis import AnalysisConfig
 from pipeline.config.eval import EvalConfig
 from pipeline.config.evolve import EvolveConfig
 from pipeline.config.fields import throughput
+from pipeline.config.ray import RayConfig
 from pipeline.config.train import TrainConfig
 from pipeline.core.jsonio import InputError
 
@@ -69,7 +70,12 @@ class EngineConfig:
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
+    # Where generation runs: "local" (a vLLM engine in this process, the default) or "ray" (Ray Data
+    # with `replicas` vLLM engines, on this machine or a cluster; see the `ray` section).
+    backend: str = throughput("local")
+    replicas: int = throughput(1)  # backend=ray: vLLM engine replicas, each tensor x pipeline parallel
     tensor_parallel_size: int = throughput(1)
+    pipeline_parallel_size: int = throughput(1)  # backend=ray: a replica may span nodes through it
     # Engine processes for data-parallel generation (one per group of tensor_parallel_size GPUs).
     data_parallel_size: int = throughput(1)
     gpu_memory_utilization: float = throughput(0.4)  # on CPU: share of one NUMA node's RAM for vLLM
@@ -97,6 +103,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # ---------------------------------------------------------------- loading and overriding
