@@ -62,8 +62,9 @@ def check_run_config(config: Config) -> None:
             f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
             f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/."
         )
-    if config.engine.data_parallel_size < 1 or config.engine.tensor_parallel_size < 1:
-        raise InputError("engine.data_parallel_size and engine.tensor_parallel_size must be at least 1.")
+    from pipeline.engine.ray_backend import check_backend  # engine.backend, replicas, parallel sizes, Ray
+
+    check_backend(config.engine, config.ray)
 
 
 def ensure_models(config: Config) -> dict[str, Path]:

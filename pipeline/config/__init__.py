@@ -76,8 +76,6 @@ class EngineConfig:
     replicas: int = throughput(1)  # backend=ray: vLLM engine replicas, each tensor x pipeline parallel
     tensor_parallel_size: int = throughput(1)
     pipeline_parallel_size: int = throughput(1)  # backend=ray: a replica may span nodes through it
-    # Engine processes for data-parallel generation (one per group of tensor_parallel_size GPUs).
-    data_parallel_size: int = throughput(1)
     gpu_memory_utilization: float = throughput(0.4)  # on CPU: share of one NUMA node's RAM for vLLM
     # KV cache size in GiB; set, it wins over gpu_memory_utilization. On CPU this is the robust
     # choice: the utilization share counts the worker's own memory and fails on small machines.

@@ -7,7 +7,6 @@
   types.py         ChatRequest, ChatResult, the Engine and StreamingEngine protocols
   vllm_backend.py  VLLMEngine: one vllm.LLM in this process (chat template, seeds, LoRA, constraints)
   ray_backend.py   RayEngine: a Ray Data job over engine.replicas vLLM engines (local Ray or a cluster)
-  parallel.py      DataParallelEngine: several engine processes, one per GPU group
   fake.py          FakeEngine: scripted answers for unit tests
   factory.py       make_engine: the backend a config asks for
   schedule.py      generate_in_chunks (resumable chunks), run_dataflow (dependent requests)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.config import EngineConfig
 from pipeline.config.ray import RayConfig
 from pipeline.engine.types import Engine
-from pipeline.engine.vllm_backend import VLLMEngine, on_cpu
+from pipeline.engine.vllm_backend import VLLMEngine
 
 
 def make_engine(
@@ -21,8 +21,8 @@ def make_engine(
     trust_remote_code: bool = False,
     ray_settings: RayConfig | None = None,
 ) -> Engine:
-    """One vLLM engine in this process, `engine.data_parallel_size` of them in worker processes (one
-    per GPU group), or with `engine.backend=ray` a Ray Data job over `engine.replicas` engines."""
+    """One vLLM engine in this process, or with `engine.backend=ray` a Ray Data job over
+    `engine.replicas` engines (data parallel on one box or over a cluster)."""
     if settings.backend == "ray":
         from pipeline.engine.ray_backend import RayEngine, check_backend
 
@@ -31,19 +31,4 @@ def make_engine(
         return RayEngine(
             model_path, settings, ray_settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code
         )
-    if settings.data_parallel_size <= 1:
-        return VLLMEngine(model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code)
-    import functools
-
-    from pipeline.engine.parallel import DataParallelEngine
-
-    factory = functools.partial(
-        VLLMEngine, model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code
-    )
-    return DataParallelEngine(
-        factory,
-        settings.data_parallel_size,
-        settings.tensor_parallel_size,
-        model_name=Path(model_path).name,
-        pin_devices=not on_cpu(),
-    )
+    return VLLMEngine(model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -84,6 +85,16 @@ def connect(ray_settings: RayConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    address = ray_settings.address
+    if ADDRESS.match(address or ""):
+        # Ray itself retries a dead address for minutes; a plain connection attempt answers at once.
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as err:
+            raise InputError(
+                f"Cannot join the Ray cluster at ray.address '{address}': nothing answers there ({err.strerror or err})."
+            ) from None
     options: dict = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     if ray_settings.address:
         options["address"] = ray_settings.address
@@ -121,8 +132,6 @@ def _eos_ids(model_path: str, tokenizer) -> set[int]:
 
 def _slim(row: dict, eos: frozenset) -> dict:
     """The few columns the driver needs from an engine row (or an error row)."""
-    import ray
-
     error = row.get("__inference_error__") or ""
     tokens = list(row.get("generated_tokens") if row.get("generated_tokens") is not None else [])
     count = int(row.get("num_generated_tokens") or 0)
@@ -134,8 +143,7 @@ def _slim(row: dict, eos: frozenset) -> dict:
         "completion_tokens": count,
         "finish_reason": "length" if ran_out else "stop",
         "error": str(error),
-        "node": ray.get_runtime_context().get_node_id(),
-        "pid": os.getpid(),
+        "engine_request": int(row.get("request_id", -1)),  # numbered per replica: 0 once per replica used
     }
 
 
@@ -161,7 +169,7 @@ class RayEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
         self.eos = frozenset(_eos_ids(self.model_path, self.tokenizer))
         self.started_ray = connect(ray_settings)
-        self.placement: list[dict] = []  # (node, pid) of each row's engine process in the last job
+        self.placement: list[dict] = []  # each row of the last job with its number in its replica
         self.failed: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------ the processor
@@ -252,7 +260,7 @@ class RayEngine:
             pairs = []
             for out in batch.to_dict("records"):
                 request = by_id[out["id"]]
-                self.placement.append({"id": out["id"], "node": out["node"], "pid": int(out["pid"])})
+                self.placement.append({"id": out["id"], "engine_request": int(out["engine_request"])})
                 if out["error"]:
                     self.failed.append((out["id"], out["error"]))
                     print(f"[ray] row {out['id']} failed: {out['error']}", file=sys.stderr)
