@@ -67,7 +67,12 @@ def run_scripted(seeds: int, rounds: int, backend: str, work: Path) -> dict:
     testset.write_text(json.dumps({"idx": 1, "Instruction": "Name three rivers in Europe."}) + "\n")
     config = load_config(
         None,
-        [f"evolve.seeds={seeds_file}", f"eval.testset={testset}", f"evolve.rounds={rounds}", f"engine.backend={backend}"],
+        [
+            f"evolve.seeds={seeds_file}",
+            f"eval.testset={testset}",
+            f"evolve.rounds={rounds}",
+            f"engine.backend={backend}",
+        ],
     )
     engine_class = BlockFakeEngine if backend == "ray" else StreamingFakeEngine
     options = {"block_size": config.ray.batch_size} if backend == "ray" else {"finish_per_poll": 64}
