@@ -109,3 +109,55 @@ def test_fake_engines_agree():
     request = ChatRequest(id="a", messages=[{"role": "user", "content": "Explain how tides work."}], seed=3)
     (pair,) = next(BlockFakeEngine(scripted).stream([request]))
     assert pair[1] == FakeEngine(scripted).generate([request])[0]
+
+
+class WordTokenizer:
+    """Stands for the model's tokenizer: one token per word of the joined messages."""
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        return list(range(len(" ".join(m["content"] for m in messages).split()) + 2))
+
+
+def bare_ray_engine(**settings):
+    from pipeline.engine.ray_backend import RayEngine
+
+    config = load_config(None, ["engine.backend=ray", *[f"engine.{k}={v}" for k, v in settings.items()]])
+    engine = object.__new__(RayEngine)  # no Ray, no model: only the rows the driver would send
+    engine.settings, engine.ray_settings = config.engine, config.ray
+    engine.model_path, engine.tokenizer = "/models/base", WordTokenizer()
+    engine.adapters = {"C1": "/adapters/c1"}
+    return engine
+
+
+def test_ray_rows_carry_seed_limits_constraints_and_adapter():
+    engine = bare_ray_engine(max_model_len=12, max_tokens=100, temperature=0.7)
+    ask = [{"role": "user", "content": "one two three"}]
+    row, result = engine._row(ChatRequest(id="a", messages=ask, seed=5, choice=["EQUAL", "DIFFERENT"]))
+    assert result is None and row["id"] == "a" and row["tokenized_prompt"] == list(range(5))
+    assert row["sampling_params"] == {
+        "max_tokens": 7,  # what the context leaves, as the local backend clips
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "seed": 5,
+        "structured_outputs": {"choice": ["EQUAL", "DIFFERENT"]},
+    }
+    assert row["model"] == "/models/base" and row["max_tokens"] == 7
+    row, _ = engine._row(ChatRequest(id="b", messages=ask, max_tokens=3, regex="[0-9]+ [0-9]+", adapter="C1"))
+    assert row["sampling_params"]["structured_outputs"] == {"regex": "[0-9]+ [0-9]+"}
+    assert row["sampling_params"]["max_tokens"] == 3 and row["model"] == "/adapters/c1"  # LoRA by the row's model
+    row, result = engine._row(ChatRequest(id="c", messages=[{"role": "user", "content": "w " * 20}]))
+    assert row is None and result.finish_reason == "too_long" and result.completion_tokens == 0
+    with pytest.raises(KeyError, match="Adapter 'C9'"):
+        engine._row(ChatRequest(id="d", messages=ask, adapter="C9"))
+
+
+def test_ray_output_rows_become_results_with_their_finish_reason():
+    from pipeline.engine.ray_backend import _slim
+
+    row = {"id": "a", "generated_text": "hi", "num_input_tokens": 5, "generated_tokens": [7, 8], "max_tokens": 2}
+    assert _slim({**row, "num_generated_tokens": 2}, frozenset({2}))["finish_reason"] == "length"
+    assert _slim({**row, "num_generated_tokens": 2, "generated_tokens": [7, 2]}, frozenset({2}))["finish_reason"] == (
+        "stop"  # the last token allowed was the end of text: it stopped, it did not run out
+    )
+    failed = _slim({"id": "b", "__inference_error__": "EngineDeadError: boom", "max_tokens": 4}, frozenset())
+    assert failed["error"].startswith("EngineDeadError") and failed["text"] == ""
