@@ -161,3 +161,18 @@ def test_ray_output_rows_become_results_with_their_finish_reason():
     )
     failed = _slim({"id": "b", "__inference_error__": "EngineDeadError: boom", "max_tokens": 4}, frozenset())
     assert failed["error"].startswith("EngineDeadError") and failed["text"] == ""
+
+
+def test_a_job_ray_gives_up_on_ends_in_one_sentence_after_its_blocks():
+    exceptions = pytest.importorskip("ray.exceptions")
+    from pipeline.engine.ray_backend import _job_blocks
+
+    class Dataset:
+        def iter_batches(self, **_):
+            yield "first block"
+            raise exceptions.RayError("ActorDiedError: the actor died unexpectedly\n  traceback lines")
+
+    blocks = _job_blocks(Dataset())
+    assert next(blocks) == "first block"
+    with pytest.raises(RowsFailed, match=r"^The Ray job stopped \(ActorDiedError: the actor died unexpectedly\)"):
+        next(blocks)

@@ -147,6 +147,21 @@ def _slim(row: dict, eos: frozenset) -> dict:
     }
 
 
+def _job_blocks(dataset) -> Iterator:
+    """The job's output blocks; a job Ray gave up on (an engine that cannot start, a lost node) ends
+    in one sentence with its first line, the blocks already handed back being saved."""
+    from ray.exceptions import RayError
+
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="pandas")
+    except RayError as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise RowsFailed(
+            f"The Ray job stopped ({first.strip()[:300]}); the rows handed back before are saved, a rerun "
+            "sends the rest. Engine logs: /tmp/ray/session_latest/logs on each node."
+        ) from err
+
+
 class RayEngine:
     """A `BlockStreamingEngine` (and a plain `Engine`) whose every call is one Ray Data job."""
 
@@ -256,7 +271,7 @@ class RayEngine:
         blocks = max(1, min(len(rows), -(-len(rows) // self.ray_settings.batch_size)))
         eos = self.eos
         dataset = processor(ray.data.from_items(rows, override_num_blocks=blocks)).map(lambda row: _slim(row, eos))
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pandas"):
+        for batch in _job_blocks(dataset):
             pairs = []
             for out in batch.to_dict("records"):
                 request = by_id[out["id"]]
