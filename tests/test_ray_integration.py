@@ -137,8 +137,10 @@ def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
         from pipeline.engine import ChatRequest
 
         requests = [
-            ChatRequest(id=f"q{i}", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8, seed=i)
-            for i in range(8)
+            ChatRequest(id=f"q{i}", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=4, seed=i)
+            # more rows than the first replica to start takes in flight (8 batches of ray.batch_size),
+            # so the second one gets work too (with 8 rows, measured: the first took them all)
+            for i in range(32)
         ]
         results = engine.generate(requests)
         assert [r.id for r in results] == [r.id for r in requests] and all(r.completion_tokens for r in results)
