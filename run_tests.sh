@@ -8,5 +8,7 @@
 # ../shared/data when present (or $EVOL_TESTSET / $EVOL_SEED_TASKS); they are never copied here.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The Ray backend's tests need the optional ray extra; run_all.sh does not install it.
+export EVOL_EXTRAS="${EVOL_EXTRAS:-ray}"
 source scripts/bootstrap.sh
 exec python -m pytest -ra "$@"

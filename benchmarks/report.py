@@ -9,6 +9,7 @@ Everything here is a pure function of the results dict, so tests check it withou
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 from pipeline.core.fmt import MISSING
 
@@ -371,6 +372,10 @@ def render_markdown(results: dict) -> str:
         lines.append(f"| 7 | scaling (1 round) | {text} | ~linear | |")
     lines.append("")
     lines += _details(m, s)
+    # Measured by benchmarks/ray_bench.py, by hand: kept beside the generated sections so a rerun keeps it.
+    ray_section = Path(__file__).with_name("ray_backend.md")
+    if ray_section.is_file():
+        lines += ["", ray_section.read_text(encoding="utf-8").rstrip()]
     return "\n".join(lines) + "\n"
 
 

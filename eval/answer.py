@@ -275,6 +275,7 @@ def answer_testset(
             seed=config.run.seed,
             adapters={job.label: job.adapter_path for job in jobs if job.adapter_path and not job.stage.done},
             trust_remote_code=config.models.trust_remote_code,
+            ray_settings=config.ray,
         )
     try:
         return run_answers(engine, jobs, items, config, model_path)

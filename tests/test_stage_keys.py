@@ -41,7 +41,8 @@ def keys(config, inputs):
     [
         ("engine.chunk_size=999", set()),  # throughput knobs never invalidate
         ("engine.gpu_memory_utilization=0.8", set()),
-        ("engine.data_parallel_size=4", set()),
+        ("engine.replicas=4", set()),
+        ("engine.backend=ray", set()),
         ("train.per_device_train_batch_size=1", set()),
         ("evolve.overlap_steps=false", set()),
         ("engine.core_process=true", set()),

@@ -110,7 +110,11 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     settings = settings_of(config, str(model_path))
     finished = check_resumable(Path(out_path), settings)
     engine = make_engine(
-        model_path, config.engine, seed=config.run.seed, trust_remote_code=config.models.trust_remote_code
+        model_path,
+        config.engine,
+        seed=config.run.seed,
+        trust_remote_code=config.models.trust_remote_code,
+        ray_settings=config.ray,
     )
     summary = run_generate(engine, rows, Path(out_path), config, settings, finished)
     click.echo(

@@ -24,6 +24,11 @@ def vllm_models(config):
     from pipeline.core.models import content_hash, models_dir, resolve_model
 
     m = config.models
+    if config.engine.backend == "ray":  # a missing Ray or a wrong address: one sentence, before any model
+        from pipeline.engine.ray_backend import check_backend, connect
+
+        check_backend(config.engine, config.ray)
+        connect(config.ray)
     paths = {
         "evolver": resolve_model(m.evolver, m.dir),
         "equality": resolve_model(config.evolve.equality_model or m.evolver, m.dir),
@@ -35,7 +40,13 @@ def vllm_models(config):
     def make(role: str):
         from pipeline.engine import make_engine
 
-        return make_engine(paths[role], config.engine, seed=config.run.seed, trust_remote_code=m.trust_remote_code)
+        return make_engine(
+            paths[role],
+            config.engine,
+            seed=config.run.seed,
+            trust_remote_code=m.trust_remote_code,
+            ray_settings=config.ray,
+        )
 
     return ModelSet(names={role: path.name for role, path in paths.items()}, hashes=hashes, make=make)
 

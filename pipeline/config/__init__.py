@@ -34,6 +34,7 @@ from pipeline.config.checks import ConfigError, at_least, between, not_empty, on
 from pipeline.config.eval import EvalConfig
 from pipeline.config.evolve import EvolveConfig
 from pipeline.config.fields import throughput
+from pipeline.config.ray import BACKENDS, RayConfig
 from pipeline.config.train import TrainConfig
 from pipeline.core.jsonio import InputError, read_text_file
 
@@ -100,9 +101,12 @@ class EngineConfig:
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
+    # Where generation runs: "local" (a vLLM engine in this process, the default) or "ray" (Ray Data
+    # with `replicas` vLLM engines, on this machine or a cluster; see the `ray` section).
+    backend: str = throughput("local")
+    replicas: int = throughput(1)  # backend=ray: vLLM engine replicas, each tensor x pipeline parallel
     tensor_parallel_size: int = throughput(1)
-    # Engine processes for data-parallel generation (one per group of tensor_parallel_size GPUs).
-    data_parallel_size: int = throughput(1)
+    pipeline_parallel_size: int = throughput(1)  # backend=ray: a replica may span nodes through it
     gpu_memory_utilization: float = throughput(0.4)  # on CPU: share of one NUMA node's RAM for vLLM
     # KV cache size in GiB; set, it wins over gpu_memory_utilization. On CPU this is the robust
     # choice: the utilization share counts the worker's own memory and fails on small machines.
@@ -125,7 +129,14 @@ class EngineConfig:
         at_least("engine.temperature", self.temperature, 0)
         between("engine.top_p", self.top_p, 0, 1, low_open=True)
         at_least("engine.tensor_parallel_size", self.tensor_parallel_size, 1)
-        at_least("engine.data_parallel_size", self.data_parallel_size, 1)
+        one_of("engine.backend", self.backend, BACKENDS)
+        at_least("engine.replicas", self.replicas, 1)
+        at_least("engine.pipeline_parallel_size", self.pipeline_parallel_size, 1)
+        if self.backend != "ray" and (self.replicas > 1 or self.pipeline_parallel_size > 1):
+            raise ConfigError(
+                "engine.replicas and engine.pipeline_parallel_size above 1 need engine.backend=ray "
+                "(the local backend runs one engine)."
+            )
         between("engine.gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True)
         if self.kv_cache_gb is not None:
             positive("engine.kv_cache_gb", self.kv_cache_gb)
@@ -144,6 +155,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self, *sections: str) -> None:
         """Check the named sections (all of them when none is named), then every rule across

@@ -6,7 +6,7 @@
 
   types.py         ChatRequest, ChatResult, the Engine and StreamingEngine protocols
   vllm_backend.py  VLLMEngine: one vllm.LLM in this process (chat template, seeds, LoRA, constraints)
-  parallel.py      DataParallelEngine: several engine processes, one per GPU group
+  ray_backend.py   RayEngine: a Ray Data job over engine.replicas vLLM engines (local Ray or a cluster)
   fake.py          FakeEngine: scripted answers for unit tests
   factory.py       make_engine: the backend a config asks for
   schedule.py      generate_in_chunks (resumable chunks), run_dataflow (dependent requests)
@@ -17,10 +17,11 @@ not fit the context is reported per request (`finish_reason == "too_long"`) inst
 
 from pipeline.engine.factory import make_engine
 from pipeline.engine.schedule import ChunkStats, generate_in_chunks, run_dataflow
-from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult, Engine, StreamingEngine
+from pipeline.engine.types import TOO_LONG, BlockStreamingEngine, ChatRequest, ChatResult, Engine, StreamingEngine
 
 __all__ = [
     "TOO_LONG",
+    "BlockStreamingEngine",
     "ChatRequest",
     "ChatResult",
     "ChunkStats",

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import EngineConfig
+from pipeline.config.ray import RayConfig
 from pipeline.engine.types import Engine
-from pipeline.engine.vllm_backend import VLLMEngine, on_cpu
+from pipeline.engine.vllm_backend import VLLMEngine
 
 
 def make_engine(
@@ -18,21 +19,16 @@ def make_engine(
     seed: int = 0,
     adapters: dict[str, str | Path] | None = None,
     trust_remote_code: bool = False,
+    ray_settings: RayConfig | None = None,
 ) -> Engine:
-    """One vLLM engine, or `engine.data_parallel_size` of them in worker processes (one per GPU group)."""
-    if settings.data_parallel_size <= 1:
-        return VLLMEngine(model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code)
-    import functools
+    """One vLLM engine in this process, or with `engine.backend=ray` a Ray Data job over
+    `engine.replicas` engines (data parallel on one box or over a cluster)."""
+    if settings.backend == "ray":
+        from pipeline.engine.ray_backend import RayEngine, check_backend
 
-    from pipeline.engine.parallel import DataParallelEngine
-
-    factory = functools.partial(
-        VLLMEngine, model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code
-    )
-    return DataParallelEngine(
-        factory,
-        settings.data_parallel_size,
-        settings.tensor_parallel_size,
-        model_name=Path(model_path).name,
-        pin_devices=not on_cpu(),
-    )
+        ray_settings = ray_settings or RayConfig()
+        check_backend(settings, ray_settings)
+        return RayEngine(
+            model_path, settings, ray_settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code
+        )
+    return VLLMEngine(model_path, settings, seed=seed, adapters=adapters, trust_remote_code=trust_remote_code)

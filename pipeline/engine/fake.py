@@ -8,7 +8,7 @@ Tokens are counted as whitespace-separated words. Every batch it receives is rec
 `FakeEngine` is a batch `Engine`; `StreamingFakeEngine` also has the submit/poll interface of
 `VLLMEngine` (a `StreamingEngine`, for `pipeline.engine.run_dataflow`): each poll finishes the
 `finish_per_poll` oldest requests in flight, and `engine.polls` records which requests were in
-flight at each poll.
+flight at each poll. `BlockFakeEngine` streams out-of-order blocks like the Ray backend.
 """
 
 from __future__ import annotations
@@ -82,3 +82,28 @@ class StreamingFakeEngine(FakeEngine):
         done, self.in_flight = self.in_flight[: self.finish_per_poll], self.in_flight[self.finish_per_poll :]
         self.batches.append(done)
         return [(request, self._result(request)) for request in done]
+
+
+class BlockFakeEngine(FakeEngine):
+    """A `BlockStreamingEngine` like the Ray backend: `stream` hands back blocks of `block_size`
+    results in reverse order (the order must not matter), then raises `RowsFailed` if any request
+    id is in `fail` (those get no result, as on Ray). `engine.streams` records each call's requests."""
+
+    def __init__(self, *args, block_size: int = 3, fail: set[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.block_size, self.fail = block_size, set(fail or ())
+        self.streams: list[list[ChatRequest]] = []
+
+    def stream(self, requests):
+        from pipeline.engine.ray_backend import RowsFailed
+
+        requests = list(requests)
+        self.streams.append(requests)
+        good = [r for r in requests if r.id not in self.fail]
+        blocks = [good[i : i + self.block_size] for i in range(0, len(good), self.block_size)]
+        for block in reversed(blocks):
+            self.batches.append(block)
+            yield [(request, self._result(request)) for request in reversed(block)]
+        failed = [r.id for r in requests if r.id in self.fail]
+        if failed:
+            raise RowsFailed(f"{len(failed)} of {len(requests)} rows failed (first, {failed[0]}: scripted).")

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult, Engine, StreamingEngine
+from pipeline.engine.types import TOO_LONG, BlockStreamingEngine, ChatRequest, ChatResult, Engine, StreamingEngine
 
 
 @dataclass
@@ -43,6 +43,8 @@ def generate_in_chunks(
 ) -> ChunkStats:
     """Send requests in chunks of `chunk_size`; after each chunk call `on_chunk` (which saves it).
 
+    A `BlockStreamingEngine` (Ray) gets every request in one job instead, and `on_chunk` each block
+    as it arrives (out of order: callers pair requests with results, never rely on position).
     The progress bar shows requests done and output tokens/s, plus whatever `postfix` adds.
     """
     from tqdm import tqdm
@@ -51,10 +53,12 @@ def generate_in_chunks(
     bar = tqdm(total=total, desc=desc, unit="req", dynamic_ncols=True, mininterval=1.0)
     chunk: list[ChatRequest] = []
 
-    def flush() -> None:
-        started = time.perf_counter()
-        results = engine.generate(chunk)
-        stats.seconds += time.perf_counter() - started
+    def flush(results: list[ChatResult] | None = None, seconds: float = 0.0) -> None:
+        if results is None:
+            started = time.perf_counter()
+            results = engine.generate(chunk)
+            seconds = time.perf_counter() - started
+        stats.seconds += seconds
         stats.requests += len(results)
         stats.prompt_tokens += sum(r.prompt_tokens for r in results)
         stats.completion_tokens += sum(r.completion_tokens for r in results)
@@ -65,6 +69,13 @@ def generate_in_chunks(
         chunk.clear()
 
     try:
+        if isinstance(engine, BlockStreamingEngine):
+            waited = time.perf_counter()
+            for pairs in engine.stream(requests):
+                chunk[:] = [request for request, _ in pairs]
+                flush([result for _, result in pairs], time.perf_counter() - waited)
+                waited = time.perf_counter()
+            return stats
         for request in requests:
             chunk.append(request)
             if len(chunk) >= chunk_size:

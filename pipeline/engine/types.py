@@ -3,12 +3,14 @@
     from pipeline.engine import ChatRequest, Engine, StreamingEngine
 
 `Engine` is a batch interface (`generate` returns results in request order); `StreamingEngine` adds
-continuous batching (`submit`/`poll`/`pending`). Stages depend on these types only, never on a
+continuous batching (`submit`/`poll`/`pending`); `BlockStreamingEngine` runs a whole stream as one
+job and returns blocks as they finish (`stream`). Stages depend on these types only, never on a
 backend, so a new backend (another process layout, a cluster) is one new module in this package.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -72,3 +74,12 @@ class StreamingEngine(Engine, Protocol):
     def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
         """Advance the engine one step; the requests that finished in it, in no particular order."""
         ...
+
+
+@runtime_checkable
+class BlockStreamingEngine(Engine, Protocol):
+    """An engine that runs a whole request stream as one job and hands back finished blocks as they
+    arrive, in no particular order (the Ray backend). `generate_in_chunks` saves each block as it
+    comes, so a killed job loses only the blocks in flight."""
+
+    def stream(self, requests: Iterable[ChatRequest]) -> Iterator[list[tuple[ChatRequest, ChatResult]]]: ...

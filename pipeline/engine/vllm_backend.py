@@ -26,16 +26,51 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def threads_bind(bind: str) -> str:
+    """The value of VLLM_CPU_OMP_THREADS_BIND for a setting: "all" names every core of this process."""
+    if bind != "all":
+        return bind
+    cores = sorted(os.sched_getaffinity(0))
+    return f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1)) else ",".join(map(str, cores))
+
+
 def configure_cpu_threads(bind: str) -> None:
     """vLLM-cpu binds its worker to one core of two by default; binding all roughly doubles speed."""
     if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or not bind:
         return
-    if bind == "all":
-        cores = sorted(os.sched_getaffinity(0))
-        bind = (
-            f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1)) else ",".join(map(str, cores))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind(bind)
+
+
+def engine_options(
+    settings: EngineConfig, model_path: str, seed: int, trust_remote_code: bool, cpu: bool, adapters: int = 0
+) -> dict:
+    """The keyword arguments of a vLLM engine for these settings (shared with the Ray backend)."""
+    enforce_eager = settings.enforce_eager if settings.enforce_eager is not None else cpu
+    options = dict(
+        model=model_path,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        enforce_eager=enforce_eager,
+        trust_remote_code=trust_remote_code,
+        seed=seed,
+    )
+    if settings.kv_cache_gb:
+        options["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * 2**30)
+    if cpu:
+        # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
+        # own seed is cut by chunked prefill; whole-prompt prefill avoids that cut.
+        options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, settings.max_model_len))
+    if adapters:
+        # At least 2: vLLM-cpu 0.32 with max_loras=1 applies the only adapter to the base-model
+        # requests of a mixed batch too (reproduced here with a memorising adapter).
+        options.update(
+            enable_lora=True,
+            max_loras=max(2, min(settings.max_loras, adapters)),
+            max_lora_rank=settings.max_lora_rank,
         )
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    return options
 
 
 def check_loopback() -> None:
@@ -107,31 +142,7 @@ class VLLMEngine:
         self.model_name = Path(model_path).name
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
-        enforce_eager = settings.enforce_eager if settings.enforce_eager is not None else cpu
-        options = dict(
-            model=self.model_path,
-            dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-        )
-        if settings.kv_cache_gb:
-            options["kv_cache_memory_bytes"] = int(settings.kv_cache_gb * 2**30)
-        if cpu:
-            # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its
-            # own seed is cut by chunked prefill; whole-prompt prefill avoids that cut.
-            options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, settings.max_model_len))
-        if self.adapters:
-            # At least 2: vLLM-cpu 0.32 with max_loras=1 applies the only adapter to the base-model
-            # requests of a mixed batch too (reproduced here with a memorising adapter).
-            options.update(
-                enable_lora=True,
-                max_loras=max(2, min(settings.max_loras, len(self.adapters))),
-                max_lora_rank=settings.max_lora_rank,
-            )
+        options = engine_options(settings, self.model_path, seed, trust_remote_code, cpu, len(self.adapters))
         self.llm = LLM(**options)
         self._lora_requests: dict[str, object] = {}
         self._in_flight: dict[str, ChatRequest] = {}  # submitted requests by engine request id

