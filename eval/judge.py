@@ -265,7 +265,13 @@ def run_judge(
         "prompt_version": PROMPT_VERSION,
         "single_order_fallback": config.eval.single_order_fallback,
     }
-    scores = aggregate(judgments, meta, high_difficulty=config.eval.high_difficulty)
+    scores = aggregate(
+        judgments,
+        meta,
+        high_difficulty=config.eval.high_difficulty,
+        resamples=config.eval.bootstrap_resamples,
+        seed=config.run.seed,
+    )
     write_json(stage.dir / SCORES_FILE, scores)
     finish_stage(
         stage,

@@ -9,8 +9,8 @@ import pytest
 from eval.answer import answer_testset, parse_adapters
 from eval.judge import judge_answers
 from eval.report.evaluation import build_report
-from pipeline.core import paths as data_paths
 from pipeline.config import Config
+from pipeline.core import paths as data_paths
 from pipeline.core.jsonio import read_json, read_jsonl
 
 pytestmark = pytest.mark.integration

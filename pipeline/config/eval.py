@@ -43,4 +43,9 @@ class EvalConfig:
     # the judge's context; 0: never cut (a pair that does not fit is then a recorded failure).
     judge_answer_max_chars: int = 6000
     high_difficulty: int = 8  # the "high-difficulty subset" is difficulty >= this
+    # Bootstrap draws over test items for every 95% interval in scores.json and the report. An
+    # analysis setting: not part of the judge's cache key (verdicts do not depend on it), and
+    # `evol report` recomputes the intervals from judgments.jsonl with the current value.
+    # 1000 draws of 218 items take ~10 ms per block; 0: no intervals.
+    bootstrap_resamples: int = 1000
     chunk_size: int = throughput(0)  # requests per engine call; 0: engine.chunk_size
