@@ -123,6 +123,11 @@ def _headline(s: dict) -> str:
         f"(high difficulty >= {s['high_difficulty']['threshold']}: {with_ci(s['high_difficulty'], 'capacity_pct')}). "
         f"Judge {s['judge_model']}, prompt {s['prompt_version']}; {f['orders_unparsed']} of {f['orders_total']} "
         f"judge outputs unparseable, {f['pairs_unjudged']} pairs unjudged."
+        + (
+            f" {s['first_turn_only_items']} multi-turn questions were asked and judged on their first turn only."
+            if s.get("first_turn_only_items")
+            else ""
+        )
     )
 
 
