@@ -49,3 +49,9 @@ class EvalConfig:
     # 1000 draws of 218 items take ~10 ms per block; 0: no intervals.
     bootstrap_resamples: int = 1000
     chunk_size: int = throughput(0)  # requests per engine call; 0: engine.chunk_size
+    # How `evol run` answers with LoRA fine-tunes: "lora" serves every adapter from one engine
+    # (vLLM multi-LoRA), "merged" folds each adapter into the base weights (`evol train --merge`)
+    # and answers each model on its own engine at base-model speed. "auto": merged on CPU, where
+    # vLLM's LoRA path measured ~3x slower than the base model (BENCHMARKS.md), lora on a GPU.
+    # A throughput knob: the answers' cache key holds the weights they came from, not this choice.
+    answer_with: str = throughput("auto")
