@@ -23,7 +23,7 @@ from pathlib import Path
 from eval.answer import ANSWERS_FILE
 from eval.judge_parse import parse_scores
 from eval.judge_prompt import PROMPT_VERSION, clip, judge_messages
-from eval.scores import aggregate
+from eval.scores import aggregate, check_resamples
 from pipeline.config import Config
 from pipeline.core.jsonio import (
     InputError,
@@ -321,6 +321,7 @@ def judge_pairs(
     """
     from pipeline.core.models import content_hash
 
+    check_resamples(config.eval.bootstrap_resamples)  # a typo here must not cost a finished judging
     judge_model = Path(judge_model)
     judge_hash = content_hash(judge_model) if judge_model.is_dir() else str(judge_model)
     loaded = []

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.scores import check_resamples
 from pipeline.config import Config, semantic_dict, stable_hash, to_dict, to_yaml
 from pipeline.core.jsonio import InputError
 from pipeline.core.manifest import write_run_manifest
@@ -63,6 +64,7 @@ def check_run_config(config: Config) -> None:
             f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
             f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/."
         )
+    check_resamples(config.eval.bootstrap_resamples)
     if config.eval.answer_with not in ANSWER_WITH:
         raise InputError(f"eval.answer_with must be one of {', '.join(ANSWER_WITH)}, got {config.eval.answer_with!r}.")
     if config.engine.data_parallel_size < 1 or config.engine.tensor_parallel_size < 1:

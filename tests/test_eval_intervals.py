@@ -9,7 +9,7 @@ from eval.report.ablation import difference_sentence
 from eval.report.evaluation import load_scores
 from eval.scores import aggregate, paired_difference, with_intervals
 from pipeline.config import Config
-from pipeline.core.jsonio import read_json, read_jsonl
+from pipeline.core.jsonio import InputError, read_json, read_jsonl
 from pipeline.engine.fake import FakeEngine
 from pipeline.report import write_run_report
 from tests.test_eval_judge import shown, write_answers
@@ -135,3 +135,12 @@ def test_run_report_shows_intervals_and_significance_lines(tmp_path):
     scores = load_scores(run / "judge" / "C2__vs__reference", 400, config.run.seed)
     assert scores == read_json(run / "judge" / "C2__vs__reference" / "scores.json")
     assert len(read_jsonl(run / "judge" / "C2__vs__reference" / "orders.jsonl")) == 80
+
+
+def test_a_negative_resample_count_is_refused_before_the_judge_loads(tmp_path):
+    config = Config()
+    config.eval.bootstrap_resamples = -5
+    engine = FakeEngine(judge_by_content)
+    with pytest.raises(InputError, match="eval.bootstrap_resamples must be 0 .* got -5"):
+        judge_answers(config, tmp_path / "a", tmp_path / "b", tmp_path / "judge", "j", engine=engine)
+    assert engine.calls == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eval.judge import JUDGMENTS_FILE, SCORES_FILE
 from eval.report.plots import plot_capacity_per_skill, plot_win_rate_by_difficulty, plot_win_tie_lose
-from eval.scores import with_intervals
+from eval.scores import check_resamples, with_intervals
 from pipeline.config.eval import EvalConfig
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, read_jsonl, write_json
 from pipeline.core.manifest import now
@@ -241,7 +241,7 @@ def load_scores(judge_dir: str | Path, resamples: int | None = None, seed: int |
     if not judgments.is_file():
         return scores
     recorded = scores.get("bootstrap") or {}
-    resamples = EvalConfig.bootstrap_resamples if resamples is None else resamples
+    resamples = EvalConfig.bootstrap_resamples if resamples is None else check_resamples(resamples)
     seed = recorded.get("seed", 0) if seed is None else seed
     if recorded.get("resamples") == resamples and recorded.get("seed") == seed:
         return scores
