@@ -56,10 +56,16 @@ def plot_win_tie_lose(comparisons: list[tuple[str, dict]], path: Path) -> Path:
                     fontsize=8,
                 )
             left += share
+        ci = overall.get("win_rate_ci")
+        if ci:  # the win share's 95% interval, drawn where the win segment ends
+            win = (overall.get("win_rate") or 0) * 100
+            ax.errorbar(
+                win, row, xerr=[[win - 100 * ci[0]], [100 * ci[1] - win]], fmt="none", ecolor="black", capsize=4
+            )
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(len(names) - 0.5, -0.5)  # first comparison on top, rows fixed even when all are empty
     ax.set_xlim(0, 100)
-    ax.set_xlabel("% of judged pairs (A's side)")
+    ax.set_xlabel("% of judged pairs (A's side); black bar: 95% interval of the win share")
     ax.set_title("Win / tie / lose", pad=24)
     if any(overall.get("n") for _, overall in comparisons):
         ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
