@@ -60,7 +60,7 @@ def plot_win_tie_lose(comparisons: list[tuple[str, dict]], path: Path) -> Path:
         if ci:  # the win share's 95% interval, drawn where the win segment ends
             win = (overall.get("win_rate") or 0) * 100
             ax.errorbar(
-                win, row, xerr=[[win - 100 * ci[0]], [100 * ci[1] - win]], fmt="none", ecolor="black", capsize=4
+                win, row + 0.3, xerr=[[win - 100 * ci[0]], [100 * ci[1] - win]], fmt="none", ecolor="black", capsize=4
             )
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(len(names) - 0.5, -0.5)  # first comparison on top, rows fixed even when all are empty
