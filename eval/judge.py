@@ -267,8 +267,16 @@ def run_judge(
         "judge_model": judge_model,
         "prompt_version": PROMPT_VERSION,
         "single_order_fallback": config.eval.single_order_fallback,
+        # Multi-turn questions (MT-bench) are asked and judged on their first turn only.
+        "first_turn_only_items": sum(a.records[i].get("turns", 1) > 1 for i in item_ids),
     }
-    scores = aggregate(judgments, meta, high_difficulty=config.eval.high_difficulty)
+    scores = aggregate(
+        judgments,
+        meta,
+        high_difficulty=config.eval.high_difficulty,
+        resamples=config.eval.bootstrap_resamples,
+        seed=config.run.seed,
+    )
     write_json(stage.dir / SCORES_FILE, scores)
     finish_stage(
         stage,

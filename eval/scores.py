@@ -1,32 +1,95 @@
-"""Aggregate per-item judgments into the numbers of `scores.json`.
+"""Aggregate per-item judgments into the numbers of `scores.json`, each with a 95% bootstrap interval.
 
-    scores = aggregate(read_jsonl("runs/tiny/judge/C1__vs__base/judgments.jsonl"), meta)
+    scores = aggregate(read_jsonl("runs/tiny/judge/C1__vs__base/judgments.jsonl"), meta, resamples=1000, seed=42)
 
 Each block (overall, every skill, every difficulty level, the high-difficulty subset) holds:
   n                       pairs with a verdict (status "judged" or "single_order")
   win / tie / lose        counts, from A's side; win_rate / tie_rate / lose_rate over n
   score_a_sum, score_b_sum, mean_a, mean_b
   capacity_pct            score_a_sum / score_b_sum * 100: how the WizardLM paper reports "% of ChatGPT"
+  <rate>_ci               [low, high]: the 95% percentile interval of win_rate, tie_rate, lose_rate and
+                          capacity_pct over `resamples` bootstrap draws of the block's test items
 Unjudged pairs (status "failed") are left out of every block and counted under judge_failures,
 beside the count of single orders the parser could not read and the reasons it gave.
+
+The bootstrap resamples test items, each with its one combined verdict and both-order scores, so
+the two orders of an item always travel together. The draws are seeded from the run seed and the
+comparison's labels: the same files give the same intervals. `paired_difference` compares two
+comparisons against the same baseline on their common items, resampling those items jointly.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
+from pipeline.core.jsonio import InputError
+from pipeline.core.seeds import derive_seed
+
+CONFIDENCE = 0.95
+RATES = ("win_rate", "tie_rate", "lose_rate", "capacity_pct")
+
+
+def check_resamples(resamples: int) -> int:
+    if not isinstance(resamples, int) or resamples < 0:
+        raise InputError(f"eval.bootstrap_resamples must be 0 (no intervals) or a positive count, got {resamples!r}.")
+    return resamples
+
 
 def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def block(judgments: list[dict]) -> dict:
-    scored = [j for j in judgments if j.get("verdict") is not None]
+def _scored(judgments: list[dict]) -> list[dict]:
+    return [j for j in judgments if j.get("verdict") is not None]
+
+
+def _columns(scored: list[dict]) -> dict[str, np.ndarray]:
+    return {
+        "win": np.array([j["verdict"] == "win" for j in scored], dtype=float),
+        "tie": np.array([j["verdict"] == "tie" for j in scored], dtype=float),
+        "lose": np.array([j["verdict"] == "lose" for j in scored], dtype=float),
+        "a": np.array([j["score_a"] for j in scored], dtype=float),
+        "b": np.array([j["score_b"] for j in scored], dtype=float),
+    }
+
+
+def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) item indices drawn with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _resampled_rates(columns: dict[str, np.ndarray], draws: np.ndarray) -> dict[str, np.ndarray]:
+    n = draws.shape[1]
+    sum_b = columns["b"][draws].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        capacity = np.where(sum_b > 0, columns["a"][draws].sum(axis=1) / sum_b * 100, np.nan)
+    return {
+        "win_rate": columns["win"][draws].sum(axis=1) / n,
+        "tie_rate": columns["tie"][draws].sum(axis=1) / n,
+        "lose_rate": columns["lose"][draws].sum(axis=1) / n,
+        "capacity_pct": capacity,
+    }
+
+
+def interval(values: np.ndarray, digits: int) -> list[float] | None:
+    """The central 95% of the bootstrap values, or None when no draw gave a number."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [round(float(low), digits), round(float(high), digits)]
+
+
+def block(judgments: list[dict], resamples: int = 0, seed: int = 0) -> dict:
+    scored = _scored(judgments)
     counts = Counter(j["verdict"] for j in scored)
     n = len(scored)
     sum_a = sum(j["score_a"] for j in scored)
     sum_b = sum(j["score_b"] for j in scored)
-    return {
+    out = {
         "n": n,
         "win": counts["win"],
         "tie": counts["tie"],
@@ -40,19 +103,35 @@ def block(judgments: list[dict]) -> dict:
         "mean_b": round(sum_b / n, 3) if n else None,
         "capacity_pct": round(sum_a / sum_b * 100, 2) if sum_b else None,
     }
+    resampled = _resampled_rates(_columns(scored), _draws(n, resamples, seed)) if n and resamples else {}
+    for key in RATES:
+        out[f"{key}_ci"] = interval(resampled[key], 2 if key == "capacity_pct" else 4) if resampled else None
+    return out
 
 
 def _difficulty_key(value) -> str:
     return "unknown" if value is None else str(value)
 
 
-def aggregate(judgments: list[dict], meta: dict | None = None, high_difficulty: int = 8) -> dict:
+def aggregate(
+    judgments: list[dict],
+    meta: dict | None = None,
+    high_difficulty: int = 8,
+    resamples: int = 0,
+    seed: int = 0,
+) -> dict:
+    """scores.json's content; with `resamples` > 0 every block carries bootstrap intervals."""
     by_skill: dict[str, list[dict]] = {}
     by_difficulty: dict[str, list[dict]] = {}
     for j in judgments:
         by_skill.setdefault(j.get("category") or "uncategorised", []).append(j)
         by_difficulty.setdefault(_difficulty_key(j.get("difficulty")), []).append(j)
     high = [j for j in judgments if j.get("difficulty") is not None and j["difficulty"] >= high_difficulty]
+    # One seed per block, derived from the comparison, so adding a skill does not move the others.
+    names = (meta or {}).get("a"), (meta or {}).get("b")
+
+    def part(rows: list[dict], *where: str) -> dict:
+        return block(rows, resamples, derive_seed(seed, *names, *where, "bootstrap"))
 
     both = [j for j in judgments if j.get("status") == "judged"]
     orders = [o for j in judgments for o in (j.get("orders") or {}).values()]
@@ -61,15 +140,21 @@ def aggregate(judgments: list[dict], meta: dict | None = None, high_difficulty: 
     return {
         **(meta or {}),
         "items": len(judgments),
-        "overall": block(judgments),
-        "per_skill": {skill: block(rows) for skill, rows in sorted(by_skill.items())},
+        "bootstrap": {
+            "resamples": resamples,
+            "seed": seed,
+            "confidence": CONFIDENCE,
+            "unit": "test item, with its verdict and scores from both orders",
+        },
+        "overall": part(judgments, "overall"),
+        "per_skill": {skill: part(rows, "skill", skill) for skill, rows in sorted(by_skill.items())},
         "per_difficulty": {
-            key: block(rows)
+            key: part(rows, "difficulty", key)
             for key, rows in sorted(
                 by_difficulty.items(), key=lambda kv: (kv[0] == "unknown", int(kv[0]) if kv[0].isdigit() else 0)
             )
         },
-        "high_difficulty": {"threshold": high_difficulty, **block(high)},
+        "high_difficulty": {"threshold": high_difficulty, **part(high, "high")},
         "position_consistency": {
             "pairs_with_both_orders": len(both),
             "consistent": sum(bool(j.get("consistent")) for j in both),
@@ -85,3 +170,41 @@ def aggregate(judgments: list[dict], meta: dict | None = None, high_difficulty: 
             "parser_rules": dict(Counter(o.get("method") for o in orders if o.get("method")).most_common()),
         },
     }
+
+
+COMPUTED = ("items", "bootstrap", "overall", "per_skill", "per_difficulty", "high_difficulty")
+COMPUTED += ("position_consistency", "judge_failures")
+
+
+def with_intervals(scores: dict, judgments: list[dict], resamples: int, seed: int) -> dict:
+    """scores.json recomputed from its judgments with this resample count and seed (the verdicts stay)."""
+    meta = {k: v for k, v in scores.items() if k not in COMPUTED}
+    return aggregate(judgments, meta, scores["high_difficulty"]["threshold"], resamples, seed)
+
+
+def paired_difference(first: list[dict], second: list[dict], resamples: int, seed: int) -> dict | None:
+    """`second` minus `first` (two judgment lists against one baseline) on the items both judged.
+
+    Capacity in points (percentage points of the baseline's score) and win rate in percentage
+    points, each with a 95% interval from resampling the common items jointly; significant when
+    the interval leaves out zero. None when no item was judged in both.
+    """
+    first_by_id = {j["id"]: j for j in _scored(first)}
+    pairs = [(first_by_id[j["id"]], j) for j in _scored(second) if j["id"] in first_by_id]
+    if not pairs:
+        return None
+    left = _columns([p for p, _ in pairs])
+    right = _columns([q for _, q in pairs])
+    everything = np.arange(len(pairs))[None, :]  # the point estimate is the "draw" of every item once
+    draws = _draws(len(pairs), max(resamples, 1), seed)
+    out = {"items": len(pairs), "resamples": resamples}
+    for key, scale, name in (("capacity_pct", 1, "capacity_points"), ("win_rate", 100, "win_rate_points")):
+        point = (_resampled_rates(right, everything)[key] - _resampled_rates(left, everything)[key])[0] * scale
+        spread = (_resampled_rates(right, draws)[key] - _resampled_rates(left, draws)[key]) * scale
+        ci = interval(spread, 2) if resamples else None
+        out[name] = {
+            "difference": None if np.isnan(point) else round(float(point), 2),
+            "ci": ci,
+            "significant": bool(ci and (ci[0] > 0 or ci[1] < 0)),
+        }
+    return out

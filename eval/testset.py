@@ -6,14 +6,17 @@ The default mapping reads the Evol-Instruct schema (`idx`, `Skill`, `Difficulty`
 `Instruction`); any other JSONL (or JSON array) works by naming its keys, e.g.
 `--set eval.id_field=question_id --set eval.instruction_field=prompt --set eval.category_field=category
 --set eval.difficulty_field= --set eval.reference_field=answer`. The whole file is checked before
-any model loads: every problem names the file and line.
+any model loads: every problem names the file and line. FastChat (Vicuna-80, MT-bench), Arena-Hard
+and AlpacaEval question files are recognised and read without options (eval/testset_formats.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from eval import testset_formats as formats
 from pipeline.config.eval import EvalConfig
 from pipeline.core.jsonio import InputError, iter_records
 
@@ -30,6 +33,7 @@ class TestItem:
     category: str
     difficulty: int | None = None
     reference: str | None = None
+    turns: int = 1  # turns of the source question; only the first is asked (see eval/testset_formats.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,9 +79,10 @@ def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
         )
     if settings.limit < 0:
         raise InputError(f"eval.limit must be 0 (all items) or a positive count, got {settings.limit}.")
+    records, settings = _records_and_mapping(path, settings)
     items: list[TestItem] = []
     seen: dict[str, int] = {}
-    for lineno, record in iter_records(path):
+    for lineno, record in records:
         where = f"{path}:{lineno}"
         item_id = _text(record, settings.id_field, where, "id_field", required=True).strip()
         if not item_id:
@@ -102,12 +107,60 @@ def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
                 category=(category or "").strip() or "uncategorised",
                 difficulty=_difficulty(record, settings.difficulty_field, where),
                 reference=reference if reference and reference.strip() else None,
+                turns=record.get(formats.TURNS, 1),
             )
         )
     if not items:
         raise InputError(f"{path}: the test set has no items.")
-    if not settings.limit or settings.limit >= len(items):
+    items = _limited(items, settings.limit)
+    multi = sum(item.turns > 1 for item in items)
+    if multi:
+        print(
+            f"[testset] {path.name}: {multi} of {len(items)} questions have several turns; only the first "
+            f"turn is asked and judged (answers and scores record it).",
+            file=sys.stderr,
+        )
+    return items
+
+
+def _records_and_mapping(path: Path, settings: EvalConfig) -> tuple[list[tuple[int, dict]], EvalConfig]:
+    """The file's records, converted to the Evol-Instruct keys when it is a standard format.
+
+    Formats are only detected under the default mapping: a mapping the user set always wins.
+    """
+    records = list(iter_records(path))
+    default = EvalConfig()
+    if not records or (settings.id_field, settings.instruction_field) != (default.id_field, default.instruction_field):
+        return records, settings
+    lineno, first = records[0]
+    if formats.is_evol_instruct(first):
+        return records, settings
+    fmt = formats.detect(first)
+    if fmt is None:
+        raise InputError(
+            f"{path}:{lineno}: a test set format I do not recognise (keys: {', '.join(sorted(first)) or 'none'}). "
+            f"Accepted: {formats.ACCEPTED}."
+        )
+    converted = []
+    for lineno, record in records:
+        try:
+            converted.append((lineno, formats.convert(record, fmt, lineno)))
+        except formats.FormatError as err:
+            raise InputError(f"{path}:{lineno}: {err}.") from None
+    mapping = replace(
+        settings,
+        id_field=formats.ID,
+        instruction_field=formats.INSTRUCTION,
+        category_field=formats.CATEGORY,
+        difficulty_field="",
+        reference_field=formats.REFERENCE,
+    )
+    return converted, mapping
+
+
+def _limited(items: list[TestItem], limit: int) -> list[TestItem]:
+    if not limit or limit >= len(items):
         return items
     # Evenly spaced rather than the first N: test sets are often sorted by skill, and a smoke run
     # should still see every kind of question.
-    return [items[i * len(items) // settings.limit] for i in range(settings.limit)]
+    return [items[i * len(items) // limit] for i in range(limit)]

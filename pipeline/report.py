@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.report.ablation import ablation_rows, plot_ablation, survival
+from eval.report.ablation import ablation_rows, plot_ablation, round_differences, survival
 from eval.report.analysis import analysis_report_json, analysis_section
-from eval.report.evaluation import Section, build_report, find_judge_dirs
+from eval.report.evaluation import Section, build_report, find_judge_dirs, with_ci
 from pipeline.config import Config
 from pipeline.core import fmt
 from pipeline.core.jsonio import read_json, write_json
@@ -25,9 +25,27 @@ def _fmt(block: dict | None, key: str, pct: bool = False) -> str:
     return fmt.pct(value) if pct else fmt.num(value)
 
 
+def _direct_sentences(rows: list[dict]) -> list[str]:
+    """C<k> judged directly against C0: is its capacity different from parity (100%)?"""
+    out = []
+    for r in rows:
+        c0 = r["vs_C0"]
+        ci = c0 and c0.get("capacity_pct_ci")
+        if not ci:
+            continue
+        word = "significant" if ci[0] > 100 or ci[1] < 100 else "not significant"
+        out.append(
+            f"C{r['rounds']} vs C0 (judged directly): capacity {with_ci(c0, 'capacity_pct')}, "
+            f"{c0['capacity_pct'] - 100:+.1f} points from parity: {word} on {c0['n']} items."
+        )
+    return out
+
+
 def write_run_report(run_dir: Path, config: Config) -> Path:
     """report.json (ablation rows, survival, every comparison) and report.md/html with the plots."""
-    rows = ablation_rows(run_dir, config.run.rounds)
+    resamples, seed = config.eval.bootstrap_resamples, config.run.seed
+    rows = ablation_rows(run_dir, config.run.rounds, resamples, seed)
+    differences = round_differences(run_dir, config.run.rounds, resamples, seed)
     survival_rows = survival(run_dir)
     images = plot_ablation(rows, survival_rows, run_dir / "plots")
     header = [
@@ -36,10 +54,11 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         "evolved share",
         "kept rate of round",
         "W/T/L vs C0",
-        "capacity vs C0",
+        "capacity vs C0 [95% CI]",
         "W/T/L vs reference",
-        "capacity vs reference",
-        "high-difficulty win rate vs reference",
+        "capacity vs reference [95% CI]",
+        "win rate vs reference [95% CI]",
+        "high-difficulty win rate vs reference [95% CI]",
     ]
     table = []
     for r in rows:
@@ -51,10 +70,11 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
                 _fmt(r, "evolved_share", pct=True),
                 _fmt(r, "kept_rate_of_round", pct=True),
                 f"{c0['win']}/{c0['tie']}/{c0['lose']}" if c0 else fmt.MISSING,
-                _fmt(c0, "capacity_pct"),
+                with_ci(c0, "capacity_pct") if c0 else fmt.MISSING,
                 f"{ref['win']}/{ref['tie']}/{ref['lose']}" if ref else fmt.MISSING,
-                _fmt(ref, "capacity_pct"),
-                _fmt(ref, "high_difficulty_win_rate", pct=True),
+                with_ci(ref, "capacity_pct") if ref else fmt.MISSING,
+                with_ci(ref, "win_rate") if ref else fmt.MISSING,
+                with_ci(ref, "high_difficulty_win_rate") if ref else fmt.MISSING,
             ]
         )
     section = Section(
@@ -62,17 +82,36 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         paragraphs=[
             f"Run {run_dir.name}: evolver {config.models.evolver}, base {config.models.base}, "
             f"judge {config.models.judge}, method {config.train.method}. Each C<k> is the seeds plus the "
-            f"evolutions kept in rounds 1..k of one evolution; each model was fine-tuned on one C<k>."
+            f"evolutions kept in rounds 1..k of one evolution; each model was fine-tuned on one C<k>.",
+            f"Intervals are 95% paired bootstrap intervals over test items ({resamples} draws, seed {seed}); "
+            f"a difference is called significant when its interval leaves out zero (no correction for "
+            f"the number of comparisons, so expect one false alarm in twenty).",
+            *_direct_sentences(rows),
+            *(d["sentence"] for d in differences),
         ],
         tables=[(header, table)],
         images=images,
     )
     judge_dirs, _ = find_judge_dirs(run_dir)
     analysis = analysis_section(run_dir)
-    build_report(judge_dirs, run_dir, extra_sections=[section] + ([analysis] if analysis else []))
+    build_report(
+        judge_dirs,
+        run_dir,
+        extra_sections=[section] + ([analysis] if analysis else []),
+        resamples=resamples,
+        seed=seed,
+    )
     # eval's report.json describes the comparisons; the run adds its ablation and survival rows.
     report_json = run_dir / "report.json"
     report = read_json(report_json) if report_json.is_file() else {}
-    report.update({"run": run_dir.name, "ablation": rows, "survival": survival_rows, **analysis_report_json(run_dir)})
+    report.update(
+        {
+            "run": run_dir.name,
+            "ablation": rows,
+            "round_differences": differences,
+            "survival": survival_rows,
+            **analysis_report_json(run_dir),
+        }
+    )
     write_json(report_json, report)
     return run_dir / "report.md"

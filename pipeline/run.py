@@ -6,8 +6,9 @@
 Stages, each a separate `evol` process so accelerator memory is returned in between:
   evolve    once, to the largest round count in `run.rounds`; C<k> are slices of it
   train     one fine-tune per round count k: data/C<k>.jsonl -> sft/C<k>
-  answer    one engine for every LoRA adapter (a full fine-tune gets its own engine), plus the
-            evolver's own answers as the reference ("% of ChatGPT" in the paper)
+  answer    one engine for every LoRA adapter (a full fine-tune, or on CPU an adapter merged into
+            its base, gets its own engine: eval.answer_with), plus the evolver's own answers as
+            the reference ("% of ChatGPT" in the paper)
   judge     C<k> against C0, and every C<k> against the reference
   analyze   judge-rated difficulty and embedding diversity per round (evol analyze)
   report    report.md / report.html / report.json with the ablation over rounds
@@ -95,9 +96,26 @@ def ensure_models(config: Config) -> dict[str, Path]:
     return paths
 
 
-def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
-    """The stage commands of a run, in order (also what a test inspects for a multi-GPU config)."""
+def answers_from_merged(config: Config, gpu: bool | None = None) -> bool:
+    """Whether LoRA fine-tunes answer as merged models (eval.answer_with; auto: on CPU only)."""
+    if config.train.method not in ("lora", "qlora") or config.eval.answer_with == "lora":
+        return False
+    if config.eval.answer_with == "merged":
+        return True
+    if gpu is None:
+        from pipeline.core.manifest import gpu_names
+
+        gpu = bool(gpu_names())
+    return not gpu
+
+
+def plan(config: Config, run_dir: Path, config_file: Path, gpu: bool | None = None) -> list[Step]:
+    """The stage commands of a run, in order (also what a test inspects for a multi-GPU config).
+
+    `gpu`: whether the answers run on a GPU (None: look), which decides eval.answer_with=auto.
+    """
     common = ["--config", str(config_file)]
+    merged = answers_from_merged(config, gpu)
     rounds = sorted(config.run.rounds)
     steps = [Step("evolve", "evolve", ["evolve", *common, "--rounds", str(max(rounds)), "--out", str(run_dir)])]
     launcher = None
@@ -124,6 +142,7 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
                     str(run_dir / "data" / f"{label(k)}.jsonl"),
                     "--out",
                     str(run_dir / "sft" / label(k)),
+                    *(["--merge"] if merged else []),
                 ],
                 launcher,
             )
@@ -133,7 +152,7 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
     # When the reference model is the base model (the tiny default), its answers come from the
     # same engine as the adapters': one start instead of two.
     reference_with_base = config.run.reference and reference_model == config.models.base
-    if config.train.method in ("lora", "qlora"):
+    if config.train.method in ("lora", "qlora") and not merged:
         adapters = [f"--adapter={label(k)}={run_dir / 'sft' / label(k) / 'adapter'}" for k in rounds]
         base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
         steps.append(
@@ -145,6 +164,7 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
         )
     else:
         reference_with_base = False
+        weights = "merged" if merged else "model"  # merged: the adapter folded in by `train --merge`
         for k in rounds:
             steps.append(
                 Step(
@@ -154,7 +174,7 @@ def plan(config: Config, run_dir: Path, config_file: Path) -> list[Step]:
                         "answer",
                         *common,
                         "--model",
-                        str(run_dir / "sft" / label(k) / "model"),
+                        str(run_dir / "sft" / label(k) / weights),
                         "--label",
                         label(k),
                         "--out",

@@ -16,7 +16,8 @@ CFG = RUN / "config.yaml"
 
 
 def test_tiny_plan_evolves_once_trains_each_round_and_shares_engines():
-    steps = plan(load_config(ROOT / "configs" / "tiny.yaml", ["run.rounds=[0,1,2]"]), RUN, CFG)
+    # on a GPU: eval.answer_with=auto serves the adapters (tests/test_answer_with.py has the CPU plan)
+    steps = plan(load_config(ROOT / "configs" / "tiny.yaml", ["run.rounds=[0,1,2]"]), RUN, CFG, gpu=True)
     assert [s.stage for s in steps] == ["evolve", "train", "train", "train", "answer", "judge", "analyze"]
     assert steps[0].args[steps[0].args.index("--rounds") + 1] == "2"  # one evolution, to the largest count
     assert [s.args[s.args.index("--data") + 1] for s in steps[1:4]] == [

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from eval.judge import JUDGMENTS_FILE, SCORES_FILE
 from eval.report.plots import plot_capacity_per_skill, plot_win_rate_by_difficulty, plot_win_tie_lose
+from eval.scores import check_resamples, with_intervals
+from pipeline.config.eval import EvalConfig
+from pipeline.core.fmt import MISSING
 from pipeline.core.fmt import num as _num
 from pipeline.core.fmt import pct as _pct
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, read_jsonl, write_json
@@ -49,6 +52,16 @@ def find_judge_dirs(path: str | Path) -> tuple[list[Path], Path]:
     return dirs, path
 
 
+def with_ci(block: dict, key: str) -> str:
+    """A rate or capacity with its 95% interval: "50.0% [31.2, 68.8]", "93.3% [80.1, 104.0]"."""
+    value, ci = block.get(key), block.get(f"{key}_ci")
+    if value is None:
+        return MISSING
+    scale = 1 if key == "capacity_pct" else 100
+    text = f"{value * scale:.1f}%"
+    return f"{text} [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if ci else text
+
+
 def _name(scores: dict) -> str:
     return f"{scores['a']} vs {scores['b']}"
 
@@ -65,9 +78,10 @@ def _summary_rows(comparisons: list[dict]) -> list[list]:
                 o["win"],
                 o["tie"],
                 o["lose"],
-                _pct(o["win_rate"]),
-                _num(o["capacity_pct"], "%"),
-                _num(h["capacity_pct"], "%"),
+                with_ci(o, "win_rate"),
+                with_ci(o, "tie_rate"),
+                with_ci(o, "capacity_pct"),
+                with_ci(h, "capacity_pct"),
                 _pct(s["position_consistency"]["rate"]),
                 f"{f['orders_unparsed']}/{f['orders_total']}",
             ]
@@ -82,9 +96,10 @@ SUMMARY_HEADER = [
     "win",
     "tie",
     "lose",
-    "win rate",
-    "capacity",
-    "capacity (high diff.)",
+    "win rate [95% CI]",
+    "tie rate [95% CI]",
+    "capacity [95% CI]",
+    "capacity (high diff.) [95% CI]",
     "position consistency",
     "unparsed orders",
 ]
@@ -98,11 +113,16 @@ def _headline(s: dict) -> str:
             f"outputs unparseable); the judge model {s['judge_model']} does not follow the score format."
         )
     return (
-        f"**{_name(s)}**: A wins {_pct(o['win_rate'])}, ties {_pct(o['tie_rate'])}, loses {_pct(o['lose_rate'])} "
-        f"of {o['n']} judged pairs; capacity {_num(o['capacity_pct'], '%')} of B "
-        f"(high difficulty >= {s['high_difficulty']['threshold']}: {_num(s['high_difficulty']['capacity_pct'], '%')}). "
+        f"**{_name(s)}**: A wins {with_ci(o, 'win_rate')}, ties {with_ci(o, 'tie_rate')}, "
+        f"loses {with_ci(o, 'lose_rate')} of {o['n']} judged pairs; capacity {with_ci(o, 'capacity_pct')} of B "
+        f"(high difficulty >= {s['high_difficulty']['threshold']}: {with_ci(s['high_difficulty'], 'capacity_pct')}). "
         f"Judge {s['judge_model']}, prompt {s['prompt_version']}; {f['orders_unparsed']} of {f['orders_total']} "
         f"judge outputs unparseable, {f['pairs_unjudged']} pairs unjudged."
+        + (
+            f" {s['first_turn_only_items']} multi-turn questions were asked and judged on their first turn only."
+            if s.get("first_turn_only_items")
+            else ""
+        )
     )
 
 
@@ -112,15 +132,15 @@ def _comparison_section(s: dict, judge_dir: Path, plots_dir: Path, slug: str) ->
     skills = sorted(s["per_skill"].items(), key=lambda kv: (kv[1]["capacity_pct"] is None, kv[1]["capacity_pct"] or 0))
     section.tables.append(
         (
-            ["skill", "judged", "win", "tie", "lose", "capacity"],
-            [[k, b["n"], b["win"], b["tie"], b["lose"], _num(b["capacity_pct"], "%")] for k, b in skills],
+            ["skill", "judged", "win", "tie", "lose", "capacity [95% CI]"],
+            [[k, b["n"], b["win"], b["tie"], b["lose"], with_ci(b, "capacity_pct")] for k, b in skills],
         )
     )
     section.tables.append(
         (
-            ["difficulty", "judged", "win", "tie", "lose", "win rate", "capacity"],
+            ["difficulty", "judged", "win", "tie", "lose", "win rate [95% CI]", "capacity [95% CI]"],
             [
-                [k, b["n"], b["win"], b["tie"], b["lose"], _pct(b["win_rate"]), _num(b["capacity_pct"], "%")]
+                [k, b["n"], b["win"], b["tie"], b["lose"], with_ci(b, "win_rate"), with_ci(b, "capacity_pct")]
                 for k, b in s["per_difficulty"].items()
             ],
         )
@@ -156,10 +176,14 @@ def build_report(
     out_dir: str | Path,
     extra_sections: list[Section] | None = None,
     title: str = "Evaluation report",
+    resamples: int | None = None,
+    seed: int | None = None,
 ) -> dict[str, Path]:
+    """The report; intervals are recomputed from judgments.jsonl with `resamples` draws (default: the
+    eval config's) and `seed` (default: the one scores.json records), so they follow the current setting."""
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
-    comparisons = [(Path(d), read_json(Path(d) / SCORES_FILE)) for d in judge_dirs]
+    comparisons = [(Path(d), load_scores(d, resamples, seed)) for d in judge_dirs]
     if not comparisons:
         raise InputError("build_report needs at least one judge directory.")
     scores = [s for _, s in comparisons]
@@ -167,7 +191,9 @@ def build_report(
     overview.paragraphs += [_headline(s) for s in scores]
     overview.paragraphs.append(
         "Capacity = sum of A's judge scores / sum of B's x 100. Each pair is judged in both "
-        "orders at temperature 0; a verdict that changes with the order counts as a tie."
+        "orders at temperature 0; a verdict that changes with the order counts as a tie. Brackets hold the "
+        "95% interval from a bootstrap over test items (each item drawn with its verdict from both orders): "
+        "on a few items they are wide, and two numbers whose intervals overlap may well be equal."
     )
     overview.tables.append((SUMMARY_HEADER, _summary_rows(scores)))
     overview.images.append(
@@ -200,6 +226,21 @@ def build_report(
         },
     )
     return paths
+
+
+def load_scores(judge_dir: str | Path, resamples: int | None = None, seed: int | None = None) -> dict:
+    """scores.json with its intervals recomputed for this resample count (the verdicts are never redone)."""
+    judge_dir = Path(judge_dir)
+    scores = read_json(judge_dir / SCORES_FILE)
+    judgments = judge_dir / JUDGMENTS_FILE
+    if not judgments.is_file():
+        return scores
+    recorded = scores.get("bootstrap") or {}
+    resamples = EvalConfig.bootstrap_resamples if resamples is None else check_resamples(resamples)
+    seed = recorded.get("seed", 0) if seed is None else seed
+    if recorded.get("resamples") == resamples and recorded.get("seed") == seed:
+        return scores
+    return with_intervals(scores, read_jsonl(judgments), resamples, seed)
 
 
 # ---------------------------------------------------------------- rendering

@@ -26,6 +26,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def error_bars(values: list[float], cis: list[list[float] | None]) -> list[list[float]]:
+    """matplotlib's error rows (below, above) from [low, high] intervals; no interval, no bar."""
+    below = [max(0.0, v - ci[0]) if ci else 0.0 for v, ci in zip(values, cis)]
+    above = [max(0.0, ci[1] - v) if ci else 0.0 for v, ci in zip(values, cis)]
+    return [below, above]
+
+
 def plot_win_tie_lose(comparisons: list[tuple[str, dict]], path: Path) -> Path:
     """One horizontal stacked bar per comparison: win / tie / lose shares of the judged pairs."""
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(comparisons)))
@@ -49,10 +56,16 @@ def plot_win_tie_lose(comparisons: list[tuple[str, dict]], path: Path) -> Path:
                     fontsize=8,
                 )
             left += share
+        ci = overall.get("win_rate_ci")
+        if ci:  # the win share's 95% interval, drawn where the win segment ends
+            win = (overall.get("win_rate") or 0) * 100
+            ax.errorbar(
+                win, row + 0.3, xerr=[[win - 100 * ci[0]], [100 * ci[1] - win]], fmt="none", ecolor="black", capsize=4
+            )
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(len(names) - 0.5, -0.5)  # first comparison on top, rows fixed even when all are empty
     ax.set_xlim(0, 100)
-    ax.set_xlabel("% of judged pairs (A's side)")
+    ax.set_xlabel("% of judged pairs (A's side); black bar: 95% interval of the win share")
     ax.set_title("Win / tie / lose", pad=24)
     if any(overall.get("n") for _, overall in comparisons):
         ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
@@ -62,17 +75,25 @@ def plot_win_tie_lose(comparisons: list[tuple[str, dict]], path: Path) -> Path:
 def plot_capacity_per_skill(name: str, per_skill: dict[str, dict], path: Path) -> Path:
     """Capacity (A's summed score over B's, %) per skill, sorted, with the 100% parity line."""
     rows = sorted(
-        ((skill, b["capacity_pct"], b["n"]) for skill, b in per_skill.items() if b.get("capacity_pct") is not None),
+        (
+            (skill, b["capacity_pct"], b["n"], b.get("capacity_pct_ci"))
+            for skill, b in per_skill.items()
+            if b.get("capacity_pct") is not None
+        ),
         key=lambda r: r[1],
     )
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.28 * max(1, len(rows))))
     if rows:
         values = [r[1] for r in rows]
-        ax.barh(range(len(rows)), values, color=[WIN if v >= 100 else LOSE for v in values])
+        ax.barh(range(len(rows)), values, color=[WIN if v >= 100 else LOSE for v in values], alpha=0.8)
+        ax.errorbar(
+            values, range(len(rows)), xerr=error_bars(values, [r[3] for r in rows]), fmt="none", ecolor="black"
+        )
         ax.set_yticks(range(len(rows)), [f"{r[0]} (n={r[2]})" for r in rows], fontsize=8)
         for i, value in enumerate(values):
-            ax.text(value, i, f" {value:.0f}%", va="center", fontsize=7)
-        ax.set_xlim(0, max(110, max(values) * 1.15))
+            ax.text(value, i + 0.3, f" {value:.0f}%", va="center", fontsize=7)
+        highs = [r[3][1] if r[3] else r[1] for r in rows]
+        ax.set_xlim(0, max(110, max(highs) * 1.1))
     else:
         ax.text(0.5, 0.5, "no judged pairs", ha="center", va="center", transform=ax.transAxes)
     ax.axvline(100, color="black", linewidth=0.8, linestyle="--")
@@ -89,7 +110,10 @@ def plot_win_rate_by_difficulty(comparisons: list[tuple[str, dict]], path: Path)
         if not levels:
             continue
         xs = [level for level, _ in levels]
-        (line,) = ax.plot(xs, [b["win_rate"] * 100 for _, b in levels], marker="o", label=f"{name}: win rate")
+        win = [b["win_rate"] * 100 for _, b in levels]
+        cis = [[100 * v for v in b["win_rate_ci"]] if b.get("win_rate_ci") else None for _, b in levels]
+        bars = ax.errorbar(xs, win, yerr=error_bars(win, cis), marker="o", capsize=3, label=f"{name}: win rate")
+        line = bars.lines[0]
         ax.plot(
             xs,
             [(b["win_rate"] + b["tie_rate"] / 2) * 100 for _, b in levels],

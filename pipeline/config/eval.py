@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config.checks import at_least, between, not_empty
+from pipeline.config.checks import ConfigError, at_least, between, not_empty, one_of
 from pipeline.config.fields import throughput
+
+ANSWER_WITH = ("auto", "lora", "merged")  # eval.answer_with
 
 
 @dataclass
@@ -44,7 +46,19 @@ class EvalConfig:
     # the judge's context; 0: never cut (a pair that does not fit is then a recorded failure).
     judge_answer_max_chars: int = 6000
     high_difficulty: int = 8  # the "high-difficulty subset" is difficulty >= this
+    # Bootstrap draws over test items for every 95% interval in scores.json and the report. An
+    # analysis setting: not part of the judge's cache key (verdicts do not depend on it), and
+    # `evol report` recomputes the intervals from judgments.jsonl with the current value.
+    # 1000 draws of 218 items take ~10 ms per block; 0: no intervals.
+    bootstrap_resamples: int = 1000
     chunk_size: int = throughput(0)  # requests per engine call; 0: engine.chunk_size
+
+    # How `evol run` answers with LoRA fine-tunes: "lora" serves every adapter from one engine
+    # (vLLM multi-LoRA), "merged" folds each adapter into the base weights (`evol train --merge`)
+    # and answers each model on its own engine at base-model speed. "auto": merged on CPU, where
+    # vLLM's LoRA path measured ~3x slower than the base model (BENCHMARKS.md), lora on a GPU.
+    # A throughput knob: the answers' cache key holds the weights they came from, not this choice.
+    answer_with: str = throughput("auto")
 
     def validate(self) -> None:
         """Values no answering or judging can run with; each failure names its key."""
@@ -59,3 +73,8 @@ class EvalConfig:
         at_least("eval.judge_answer_max_chars", self.judge_answer_max_chars, 0, " (0: never cut)")
         between("eval.high_difficulty", self.high_difficulty, 1, 10)
         at_least("eval.chunk_size", self.chunk_size, 0, " (0: engine.chunk_size)")
+        if not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 0:
+            raise ConfigError(
+                f"eval.bootstrap_resamples must be 0 (no intervals) or a positive count, got {self.bootstrap_resamples!r}."
+            )
+        one_of("eval.answer_with", self.answer_with, ANSWER_WITH)

@@ -1,0 +1,63 @@
+"""eval.answer_with: LoRA fine-tunes answer as merged models on CPU and through multi-LoRA on a GPU."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config, semantic_dict
+from pipeline.core.jsonio import InputError
+from pipeline.run import answers_from_merged, check_run_config, plan
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = Path("runs/x")
+CFG = RUN / "config.yaml"
+
+
+def tiny(*sets):
+    return load_config(ROOT / "configs" / "tiny.yaml", ["run.rounds=[0,1,2]", *sets])
+
+
+def test_on_cpu_each_adapter_is_merged_by_train_and_answered_as_a_model():
+    steps = plan(tiny(), RUN, CFG, gpu=False)
+    assert [(s.stage, s.label) for s in steps] == [
+        ("evolve", "evolve"),
+        ("train", "C0"),
+        ("train", "C1"),
+        ("train", "C2"),
+        ("answer", "C0"),
+        ("answer", "C1"),
+        ("answer", "C2"),
+        ("answer", "reference"),
+        ("judge", "5 comparisons"),
+        ("analyze", "analysis"),
+    ]
+    assert all("--merge" in s.args for s in steps if s.stage == "train")
+    answers = [s for s in steps if s.stage == "answer"]
+    assert [s.args[s.args.index("--model") + 1] for s in answers] == [
+        *(str(RUN / "sft" / f"C{k}" / "merged") for k in range(3)),
+        "smollm2-135m",
+    ]
+    assert not any(a.startswith("--adapter") for s in answers for a in s.args)
+
+
+@pytest.mark.parametrize(
+    "sets, gpu, merged",
+    [
+        ((), False, True),  # auto on CPU
+        ((), True, False),  # auto on a GPU
+        (("eval.answer_with=lora",), False, False),
+        (("eval.answer_with=merged",), True, True),
+        (("eval.answer_with=merged", "train.method=full"), False, False),  # a full fine-tune has no adapter
+    ],
+)
+def test_the_choice(sets, gpu, merged):
+    config = tiny(*sets)
+    assert answers_from_merged(config, gpu) is merged
+    trains = [s for s in plan(config, RUN, CFG, gpu=gpu) if s.stage == "train"]
+    assert all(("--merge" in s.args) is merged for s in trains)
+
+
+def test_the_choice_is_a_throughput_knob_and_checked():
+    assert semantic_dict(tiny("eval.answer_with=lora")) == semantic_dict(tiny("eval.answer_with=merged"))
+    with pytest.raises(InputError, match="eval.answer_with must be one of auto, lora, merged, not 'fast'"):
+        check_run_config(tiny("eval.answer_with=fast"))
