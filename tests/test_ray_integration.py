@@ -124,12 +124,6 @@ def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_p
     assert ray_stats["attempted"] == SEEDS and ray_stats["generation"]["evolve"]["requests"] == SEEDS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 13): on this 2-core box Ray Data hands every row to the replica that starts "
-    "first (measured: 32 of 32 rows on one replica), so 'both replicas used' does not hold yet; strict, so "
-    "the day it holds this test fails and the marker must go",
-)
 def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
     import ray
     from ray.cluster_utils import Cluster
@@ -151,7 +145,12 @@ def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
         results = engine.generate(requests)
         assert [r.id for r in results] == [r.id for r in requests] and all(r.completion_tokens for r in results)
         assert sorted(p["id"] for p in engine.placement) == sorted(r.id for r in requests)  # none missing or twice
-        assert sum(p["engine_request"] == 0 for p in engine.placement) == 2  # each replica numbers its own rows
+        replicas_used = sum(p["engine_request"] == 0 for p in engine.placement)  # each replica numbers its rows
+        assert 1 <= replicas_used <= 2
+        if replicas_used < 2:
+            # Known gap (issue 13): on the 2-core box Ray Data handed every row to the replica that
+            # started first (measured: 32 of 32). Everything above held; the spread is not shown yet.
+            pytest.xfail(f"one replica of 2 took all {len(requests)} rows on this machine")
         actors = [
             a
             for a in ray._private.state.actors().values()
