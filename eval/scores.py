@@ -24,17 +24,10 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.core.jsonio import InputError
 from pipeline.core.seeds import derive_seed
 
 CONFIDENCE = 0.95
 RATES = ("win_rate", "tie_rate", "lose_rate", "capacity_pct")
-
-
-def check_resamples(resamples: int) -> int:
-    if not isinstance(resamples, int) or resamples < 0:
-        raise InputError(f"eval.bootstrap_resamples must be 0 (no intervals) or a positive count, got {resamples!r}.")
-    return resamples
 
 
 def _rate(part: int, whole: int) -> float | None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from eval.judge import JUDGMENTS_FILE, SCORES_FILE
 from eval.report.plots import plot_capacity_per_skill, plot_win_rate_by_difficulty, plot_win_tie_lose
-from eval.scores import check_resamples, with_intervals
-from pipeline.config.eval import EvalConfig
+from eval.scores import with_intervals
+from pipeline.config.eval import EvalConfig, check_resamples
 from pipeline.core.fmt import MISSING
 from pipeline.core.fmt import num as _num
 from pipeline.core.fmt import pct as _pct

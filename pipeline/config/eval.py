@@ -73,8 +73,12 @@ class EvalConfig:
         at_least("eval.judge_answer_max_chars", self.judge_answer_max_chars, 0, " (0: never cut)")
         between("eval.high_difficulty", self.high_difficulty, 1, 10)
         at_least("eval.chunk_size", self.chunk_size, 0, " (0: engine.chunk_size)")
-        if not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 0:
-            raise ConfigError(
-                f"eval.bootstrap_resamples must be 0 (no intervals) or a positive count, got {self.bootstrap_resamples!r}."
-            )
+        check_resamples(self.bootstrap_resamples)
         one_of("eval.answer_with", self.answer_with, ANSWER_WITH)
+
+
+def check_resamples(resamples: int) -> int:
+    """eval.bootstrap_resamples, also when `evol report` is given a count of its own."""
+    if not isinstance(resamples, int) or resamples < 0:
+        raise ConfigError(f"eval.bootstrap_resamples must be 0 (no intervals) or a positive count, got {resamples!r}.")
+    return resamples
