@@ -30,8 +30,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.report import config_sizes, machine_info, measurement_summaries, render_markdown
-from benchmarks.soak import keep_soak_section
+from benchmarks.report import config_sizes, machine_info, measurement_summaries, write_markdown
 from pipeline.cli.common import config_options, friendly_errors
 from pipeline.config import load_config
 from pipeline.core.jsonio import InputError, read_json, read_jsonl_tolerant, write_json
@@ -453,7 +452,7 @@ def bench_command(
             results["config_sizes"] = config_sizes(load_config(results["config_file"], results.get("overrides", ())))
         results["summary"] = measurement_summaries(results.get("measurements", {}))
         write_json(results_path, results)
-        Path(markdown_path).write_text(keep_soak_section(markdown_path, render_markdown(results)), encoding="utf-8")
+        write_markdown(markdown_path, results)
         click.echo(f"{markdown_path} rewritten from {results_path}")
         return
     names = parse_only(only)
@@ -513,7 +512,7 @@ def bench_command(
         results["summary"] = measurement_summaries(measurements)
         write_json(results_path, results)  # after every measurement: a crash keeps what was measured
         click.echo(f"[bench] {name} done in {measurements[name]['wall_seconds']} s", err=True)
-    Path(markdown_path).write_text(keep_soak_section(markdown_path, render_markdown(results)), encoding="utf-8")
+    write_markdown(markdown_path, results)
     click.echo(f"{results_path}, {markdown_path}")
 
 

@@ -2,9 +2,12 @@
 finishes, and check that every finished run equals one that was never interrupted.
 
     nice -n 10 python -m benchmarks.soak --work /tmp/soak --runs 2 --kills-per-run 5 --seed 7 \
-        --json /tmp/soak/soak.json --markdown BENCHMARKS.md
+        --json /tmp/soak/soak.json --markdown
     python -m benchmarks.soak --work /tmp/soak --json benchmarks/soak_results.json --render-only \
-        --markdown BENCHMARKS.md          # compare again and rewrite the section (the last soak's results)
+        --markdown                        # compare again and rewrite the section (the last soak's results)
+
+--markdown writes the section to benchmarks/sections/40-soak.md and rewrites BENCHMARKS.md with it
+(benchmarks/report.py write_markdown, which keeps every section).
 
 A script, not a CI test: it takes the better part of an hour on 2 CPU cores. Steps:
   1. one uninterrupted `evol run` of the small soak config (SOAK_SETTINGS below), timing each stage
@@ -33,7 +36,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.report import write_markdown
 from benchmarks.soak_compare import compare, is_result
+from pipeline.core.paths import ROOT
 
 STAGES = ("evolve", "train", "answer", "judge", "analyze")
 
@@ -196,7 +201,9 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help="Stages to aim kills at, in rotation.")
     parser.add_argument("--delay-scale", type=float, default=1.0, help="Kill delays up to this share of a step.")
     parser.add_argument("--first-run", type=int, default=0, help="Number of the first run (its folder runN).")
-    parser.add_argument("--markdown", default=None, help="Write the soak section into this file (BENCHMARKS.md).")
+    parser.add_argument(
+        "--markdown", action="store_true", help=f"Write the soak section ({SECTION}) and rewrite BENCHMARKS.md."
+    )
     parser.add_argument("--render-only", action="store_true", help="Run nothing: render --markdown from --json.")
     parser.add_argument(
         "--reuse-base",
@@ -216,7 +223,7 @@ def main() -> None:
             run["comparison"] = compare(work / "base" / "runs" / name, work / f"run{number}" / "runs" / name)
         summarize(results)
         out.write_text(json.dumps(results, indent=2))
-        write_section(Path(args.markdown), results)
+        write_section(results)
         return
 
     base_dir = work / "base"
@@ -246,7 +253,7 @@ def main() -> None:
     summarize(results)
     out.write_text(json.dumps(results, indent=2))
     if args.markdown:
-        write_section(Path(args.markdown), results)
+        write_section(results)
 
 
 def summarize(results: dict) -> None:
@@ -280,14 +287,13 @@ def summarize(results: dict) -> None:
 
 # ---------------------------------------------------------------- the BENCHMARKS.md section
 
-BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+SECTION = ROOT / "benchmarks" / "sections" / "40-soak.md"
 
 
 def render_section(results: dict) -> str:
     s = results["summary"]
     kills = ", ".join(f"{stage} {s['kills_per_stage'].get(stage, 0)}" for stage in (*STAGES, "report"))
     lines = [
-        BEGIN,
         "## Soak: `evol run` killed with SIGKILL at random moments",
         "",
         ", then ".join(
@@ -329,27 +335,18 @@ def render_section(results: dict) -> str:
             f"{', '.join(others) or '-'} | {len(c['missing'])} / {len(c['extra'])} | "
             f"{c['duplicated_ids'] or 'none'} |"
         )
-    lines += ["", *results.get("notes", []), END]
+    lines += ["", *results.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, results: dict) -> None:
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    path.write_text(keep_soak_section(path, old, render_section(results)), encoding="utf-8")
-
-
-def keep_soak_section(path, new_text: str, section: str | None = None) -> str:
-    """`new_text` with the soak section of `path` (or `section`) in place, so that `evol bench`
-    rewriting BENCHMARKS.md keeps the soak results it does not measure."""
-    old = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
-    if section is None:
-        if BEGIN not in old:
-            return new_text
-        section = old[old.index(BEGIN) : old.index(END) + len(END)] + "\n"
-    if BEGIN in new_text:
-        before, rest = new_text.split(BEGIN, 1)
-        return before + section + rest.split(END, 1)[1].lstrip("\n")
-    return new_text.rstrip("\n") + "\n\n" + section
+def write_section(results: dict, section: Path | None = None, markdown: Path | None = None) -> None:
+    """The soak section into its file, then BENCHMARKS.md rewritten around it (the generated part
+    from benchmarks/results.json when there is one)."""
+    section = section or SECTION
+    section.write_text(render_section(results), encoding="utf-8")
+    bench_results = ROOT / "benchmarks" / "results.json"
+    previous = json.loads(bench_results.read_text()) if bench_results.is_file() else None
+    write_markdown(markdown or ROOT / "BENCHMARKS.md", previous, section.parent)
 
 
 if __name__ == "__main__":
