@@ -6,9 +6,9 @@
 Stages, each a separate `evol` process so accelerator memory is returned in between:
   evolve    once, to the largest round count in `run.rounds`; C<k> are slices of it
   train     one fine-tune per round count k: data/C<k>.jsonl -> sft/C<k>
-  answer    one engine for every LoRA adapter (a full fine-tune, or on CPU an adapter merged into
-            its base, gets its own engine: eval.answer_with), plus the evolver's own answers as
-            the reference ("% of ChatGPT" in the paper)
+  answer    one engine for every LoRA adapter, plus the evolver's own answers as the reference
+            ("% of ChatGPT" in the paper); a full fine-tune, or on CPU an adapter merged into its
+            base (eval.answer_with), gets an engine of its own, one after the other in one process
   judge     C<k> against C0, and every C<k> against the reference
   analyze   judge-rated difficulty and embedding diversity per round (evol analyze)
   report    report.md / report.html / report.json with the ablation over rounds
@@ -164,30 +164,25 @@ def plan(config: Config, run_dir: Path, config_file: Path, gpu: bool | None = No
         )
     else:
         reference_with_base = False
-        weights = "merged" if merged else "model"  # merged: the adapter folded in by `train --merge`
-        for k in rounds:
-            steps.append(
-                Step(
-                    "answer",
-                    label(k),
-                    [
-                        "answer",
-                        *common,
-                        "--model",
-                        str(run_dir / "sft" / label(k) / weights),
-                        "--label",
-                        label(k),
-                        "--out",
-                        str(answers),
-                    ],
-                )
-            )
+    # Every model without adapters (merged, full fine-tunes, a reference that is not the base) answers
+    # in one process, one engine after the other: one import of vLLM instead of one per model.
+    weights = "merged" if merged else "model"  # merged: the adapter folded in by `train --merge`
+    own = [] if config.train.method in ("lora", "qlora") and not merged else rounds
+    models = [(str(run_dir / "sft" / label(k) / weights), label(k)) for k in own]
     if config.run.reference and not reference_with_base:
+        models.append((reference_model, REFERENCE))
+    if models:
         steps.append(
             Step(
                 "answer",
-                REFERENCE,
-                ["answer", *common, "--model", reference_model, "--label", REFERENCE, "--out", str(answers)],
+                ", ".join(name for _, name in models),
+                [
+                    "answer",
+                    *common,
+                    *[a for m, name in models for a in ("--model", m, "--label", name)],
+                    "--out",
+                    str(answers),
+                ],
             )
         )
     judged = [(label(k), label(0)) for k in rounds if k != 0]

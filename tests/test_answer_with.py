@@ -24,20 +24,18 @@ def test_on_cpu_each_adapter_is_merged_by_train_and_answered_as_a_model():
         ("train", "C0"),
         ("train", "C1"),
         ("train", "C2"),
-        ("answer", "C0"),
-        ("answer", "C1"),
-        ("answer", "C2"),
-        ("answer", "reference"),
+        ("answer", "C0, C1, C2, reference"),  # one process, one engine after the other
         ("judge", "5 comparisons"),
         ("analyze", "analysis"),
     ]
     assert all("--merge" in s.args for s in steps if s.stage == "train")
-    answers = [s for s in steps if s.stage == "answer"]
-    assert [s.args[s.args.index("--model") + 1] for s in answers] == [
-        *(str(RUN / "sft" / f"C{k}" / "merged") for k in range(3)),
-        "smollm2-135m",
+    (answers,) = [s for s in steps if s.stage == "answer"]
+    pairs = [(answers.args[i + 1], answers.args[i + 3]) for i, a in enumerate(answers.args) if a == "--model"]
+    assert pairs == [
+        *((str(RUN / "sft" / f"C{k}" / "merged"), f"C{k}") for k in range(3)),
+        ("smollm2-135m", "reference"),
     ]
-    assert not any(a.startswith("--adapter") for s in answers for a in s.args)
+    assert not any(a.startswith("--adapter") for a in answers.args)
 
 
 @pytest.mark.parametrize(

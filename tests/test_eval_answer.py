@@ -123,3 +123,58 @@ def test_impossible_option_combinations(tmp_path):
         )
     with pytest.raises(InputError, match="also an --adapter label"):
         answer_testset(small_config(), tmp_path / "o", model, SAMPLE_TESTSET, {"C1": a1}, "C1", engine=FakeEngine())
+
+
+def test_several_models_answer_in_one_process_one_engine_at_a_time(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    models = []
+    for name in ("C0", "C1"):
+        models.append(tmp_path / "sft" / name / "merged")
+        models[-1].mkdir(parents=True)
+        (models[-1] / "config.json").write_text(json.dumps({"name": name}))
+    events = []
+
+    class Recording(FakeEngine):
+        def __init__(self, model_path):
+            super().__init__(lambda r: f"{model_path.parent.name} says: {r.messages[-1]['content'][:10]}")
+            events.append(("start", model_path.parent.name))
+            self.name = model_path.parent.name
+
+        def close(self):
+            events.append(("close", self.name))
+
+    monkeypatch.setattr("pipeline.engine.make_engine", lambda model_path, *a, **k: Recording(model_path))
+    out = tmp_path / "answers"
+    args = ["answer", "--testset", str(SAMPLE_TESTSET), "--out", str(out), "--set", "eval.limit=3"]
+    pairs = ["--model", str(models[0]), "--label", "C0", "--model", str(models[1]), "--label", "C1"]
+    result = CliRunner().invoke(main, [*args, *pairs])
+    assert result.exit_code == 0, result.output
+    assert events == [("start", "C0"), ("close", "C0"), ("start", "C1"), ("close", "C1")]  # never two at once
+    for name in ("C0", "C1"):
+        rows = read_jsonl(out / name / "answers.jsonl")
+        assert len(rows) == 3 and all(r["answer"].startswith(f"{name} says") for r in rows)
+    again = CliRunner().invoke(main, [*args, *pairs])
+    assert again.exit_code == 0 and "C1: already answered" in again.output and len(events) == 4
+
+    for wrong, message in [
+        (pairs[:-2], "2 --model options need as many --label options"),
+        ([*pairs, "--adapter", f"C9={tmp_path}"], "--adapter and --adapters-only go with one --model"),
+        (
+            ["--model", str(models[0]), "--label", "C0", "--label", "C1"],
+            "Several --label options need as many --model",
+        ),
+        (
+            ["--model", str(models[0]), "--label", "C0", "--model", str(models[1]), "--label", "C0"],
+            "Each --label must be different",
+        ),
+        (
+            ["--model", str(models[0]), "--label", "C0", "--model", str(tmp_path / "none"), "--label", "C5"],
+            "neither a local model directory",
+        ),
+    ]:
+        result = CliRunner().invoke(main, [*args, *wrong])
+        assert result.exit_code == 2 and message in result.output, (wrong, result.output)
+    assert len(events) == 4  # no engine started for any of them

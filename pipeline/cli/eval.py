@@ -1,6 +1,8 @@
 """The `evol` subcommands of this package (registered by pipeline/cli/__init__.py).
 
     evol answer --model smollm2-135m --label base --adapter C1=runs/tiny/sft/C1/adapter --out runs/tiny/answers
+    evol answer --model runs/tiny/sft/C0/merged --label C0 --model runs/tiny/sft/C1/merged --label C1 \
+        --out runs/tiny/answers            # several models, one after the other in one process
     evol judge --answers runs/tiny/answers/C1 --baseline runs/tiny/answers/base --judge smollm2-135m \\
         --out runs/tiny/judge
     evol report runs/tiny
@@ -23,9 +25,10 @@ from pipeline.core.fmt import num
 @click.command("answer")
 @click.option(
     "--model",
-    "model_name",
-    default=None,
-    help="Base model: a local directory or a prepared name (default: models.base).",
+    "model_names",
+    multiple=True,
+    help="Base model: a local directory or a prepared name (default: models.base). Repeat it, each with "
+    "its --label, to answer with several models one after the other in this process (one import of vLLM).",
 )
 @click.option(
     "--adapter",
@@ -36,9 +39,10 @@ from pipeline.core.fmt import num
 )
 @click.option(
     "--label",
-    "base_label",
-    default=None,
-    help="Label (output subdirectory) of the base model's answers (default: the model's directory name).",
+    "base_labels",
+    multiple=True,
+    help="Label (output subdirectory) of the base model's answers (default: the model's directory name); "
+    "one per --model when there are several.",
 )
 @click.option("--adapters-only", is_flag=True, help="Answer with the adapters only, not with the base model.")
 @click.option(
@@ -56,16 +60,29 @@ from pipeline.core.fmt import num
 )
 @config_options
 @friendly_errors
-def answer(model_name, adapter_specs, base_label, adapters_only, testset, out_dir, config_path, overrides) -> None:
-    """Answer the test set with a base model and its LoRA adapters (one engine, greedy by default)."""
-    from eval.answer import answer_testset, parse_adapters
+def answer(model_names, adapter_specs, base_labels, adapters_only, testset, out_dir, config_path, overrides) -> None:
+    """Answer the test set with a base model and its LoRA adapters (one engine, greedy by default),
+    or with several models, one engine after the other."""
+    from eval.answer import answer_testset, check_label, parse_adapters
     from pipeline.core.models import resolve_model
 
+    if len(model_names) > 1 and len(base_labels) != len(model_names):
+        raise click.UsageError(f"{len(model_names)} --model options need as many --label options, one each.")
+    if len(model_names) > 1 and (adapter_specs or adapters_only):
+        raise click.UsageError("--adapter and --adapters-only go with one --model (its engine serves the adapters).")
+    if len(model_names) <= 1 and len(base_labels) > 1:
+        raise click.UsageError("Several --label options need as many --model options, one each.")
+    labels = [check_label(name, "--label") for name in base_labels]
+    if len(set(labels)) < len(labels):
+        raise click.UsageError(f"Each --label must be different: {', '.join(labels)}.")
     lock_output(out_dir)
     config = load_config(config_path, overrides)
-    model_path = resolve_model(model_name or config.models.base, config.models.dir)
+    paths = [resolve_model(name, config.models.dir) for name in model_names or [config.models.base]]
     adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
-    summaries = answer_testset(config, Path(out_dir), model_path, testset, adapters, base_label, adapters_only)
+    summaries = {}
+    for i, model_path in enumerate(paths):  # every model resolved before the first engine starts
+        label = labels[i] if labels else None
+        summaries |= answer_testset(config, Path(out_dir), model_path, testset, adapters, label, adapters_only)
     for label, summary in summaries.items():
         if summary["skipped"]:
             click.echo(f"{label}: already answered, {summary['dir']}")
