@@ -173,6 +173,43 @@ def test_output_that_cannot_be_written_is_one_sentence_naming_it(tmp_path, monke
     assert expected in message and str(target) in message
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        # torch.save into a full disk (what a checkpoint at train.save_steps raises)
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1536 vs 1478"),
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+        # safetensors save_file into a full disk
+        Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })'),
+    ],
+)
+def test_a_full_disk_hidden_in_a_library_error_is_one_sentence(tmp_path, monkeypatch, error):
+    if "enforce fail" in str(error):
+        error.__context__ = OSError(errno.ENOSPC, "No space left on device")  # what torch chains
+
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("pipeline.cli.evolve.vllm_models", lambda config: None)
+    monkeypatch.setattr("pipeline.core.manifest.write_run_manifest", full)
+    result = CliRunner().invoke(
+        main, ["evolve", "--out", str(tmp_path / "run"), "--set", "evolve.decontaminate=false"]
+    )
+    assert one_line_error(result).startswith("Error: No space left on the device while writing")
+
+
+def test_other_library_errors_keep_their_traceback(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch in layer 3")
+
+    monkeypatch.setattr("pipeline.cli.evolve.vllm_models", lambda config: None)
+    monkeypatch.setattr("pipeline.core.manifest.write_run_manifest", broken)
+    result = CliRunner().invoke(
+        main, ["evolve", "--out", str(tmp_path / "run"), "--set", "evolve.decontaminate=false"]
+    )
+    assert isinstance(result.exception, RuntimeError) and "shape mismatch" in str(result.exception)
+
+
 def test_other_os_errors_are_bugs_and_keep_their_traceback(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(errno.EBADF, "Bad file descriptor")

@@ -66,6 +66,23 @@ def machine_fault(err: OSError) -> str | None:
     return None
 
 
+# What a full disk looks like when a library wraps the OSError in its own exception: torch.save
+# ("PytorchStreamWriter failed writing file ...: file write failed") and safetensors ("StorageFull").
+DISK_FULL_MESSAGES = ("No space left on device", "file write failed", "StorageFull", "Disk quota exceeded")
+
+
+def wrapped_disk_full(err: BaseException) -> str | None:
+    """The ENOSPC sentence for a library error that hides a full disk, else None."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return machine_fault(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(text in str(err) for text in DISK_FULL_MESSAGES):
+        return machine_fault(OSError(errno.ENOSPC, "No space left on device"))
+    return None
+
+
 def friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -76,6 +93,12 @@ def friendly_errors(func):
             sys.exit(2)
         except OSError as err:
             sentence = machine_fault(err)
+            if sentence is None:
+                raise
+            click.echo(f"Error: {sentence}", err=True)
+            sys.exit(2)
+        except Exception as err:  # noqa: BLE001 - only a hidden full disk is turned into a sentence
+            sentence = wrapped_disk_full(err)
             if sentence is None:
                 raise
             click.echo(f"Error: {sentence}", err=True)
