@@ -17,6 +17,7 @@ a verdict that flips with the order, or a win in one order and a tie in the othe
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from pipeline.core.jsonio import (
 from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import clip
-from pipeline.engine import TOO_LONG, ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.engine import ENGINE_ERROR, TOO_LONG, ChatRequest, ChatResult, Engine, generate_in_chunks
 
 ORDERS = ("AB", "BA")
 ORDERS_FILE, JUDGMENTS_FILE, SCORES_FILE = "orders.jsonl", "judgments.jsonl", "scores.json"
@@ -231,17 +232,25 @@ def run_judge(
 ) -> dict:
     """Judge every pair in both orders (resuming from orders.jsonl), then write judgments and scores."""
     orders_path = stage.dir / ORDERS_FILE
+    # the last record of an order counts: a retried order is appended after the failed one
     done = {(r["id"], r["order"]): r for r in read_jsonl_tolerant(orders_path)}
     clipped: dict[str, bool] = {}
 
-    def requests():
-        for item_id in item_ids:
-            for order in ORDERS:
-                if (item_id, order) in done:
-                    continue
-                request, cut = order_request(item_id, order, a.records[item_id], b.records[item_id], config)
-                clipped[request.id] = cut
-                yield request
+    def todo() -> list[tuple[str, str]]:
+        # An order the engine failed on (finish_reason "error": e.g. a grammar that did not compile in
+        # time) is not a verdict: it is sent again, here and when an interrupted stage resumes.
+        return [
+            (item_id, order)
+            for item_id in item_ids
+            for order in ORDERS
+            if (item_id, order) not in done or done[(item_id, order)]["finish_reason"] == ENGINE_ERROR
+        ]
+
+    def requests(keys):
+        for item_id, order in keys:
+            request, cut = order_request(item_id, order, a.records[item_id], b.records[item_id], config)
+            clipped[request.id] = cut
+            yield request
 
     def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
         records = []
@@ -251,9 +260,16 @@ def run_judge(
         append_jsonl(orders_path, records)
         done.update(((r["id"], r["order"]), r) for r in records)
 
-    todo = sum((item_id, order) not in done for item_id in item_ids for order in ORDERS)
     chunk_size = config.eval.chunk_size or config.engine.chunk_size
-    stats = generate_in_chunks(engine, requests(), chunk_size, save, total=todo, desc="judge")
+    keys = todo()
+    stats = generate_in_chunks(engine, requests(keys), chunk_size, save, total=len(keys), desc="judge")
+    failed = todo()
+    if failed:  # once more; what fails again is counted as unparsed, with the engine's reason
+        print(f"[judge] the engine failed on {len(failed)} order(s); sending them once more", file=sys.stderr)
+        again = generate_in_chunks(engine, requests(failed), chunk_size, save, total=len(failed), desc="judge retry")
+        stats.requests += again.requests
+        stats.completion_tokens += again.completion_tokens
+        stats.seconds += again.seconds
 
     judgments = [
         judgment(a.records[i], done[(i, "AB")], done[(i, "BA")], config.eval.single_order_fallback) for i in item_ids

@@ -179,3 +179,35 @@ def test_several_pairs_share_one_engine_and_are_all_checked_first(tmp_path, answ
     with pytest.raises(InputError):
         judge_module.judge_pairs(Config(), [(c, b), (a, a)], tmp_path / "judge2", "fake-judge")
     assert not started
+
+
+def test_an_order_the_engine_failed_on_is_sent_again_now_and_on_resume(tmp_path, answer_dirs):
+    a, b = answer_dirs
+    config = Config()
+    config.engine.chunk_size = 4
+    failing = {"BA"}  # item 1's BA order fails in the engine (vLLM finish_reason "error") until healed
+
+    class Flaky(FakeEngine):
+        def _result(self, request):
+            result = super()._result(request)
+            if request.id.startswith("1\x1f") and request.id.endswith(tuple(failing)):
+                return ChatResult(request.id, "", result.prompt_tokens, 0, "error")
+            return result
+
+    engine = Flaky(scripted_judge)
+    judge_dir, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=engine)[0]
+    ids = [r.id for r in engine.requests_seen]
+    assert len(ids) == 7 and ids[-1] == "1\x1fBA"  # six orders, then the failed one once more
+    assert scores["judge_failures"]["orders_unparsed"] == 2  # it failed again: counted, with its reason
+    orders = read_jsonl(judge_dir / "orders.jsonl")
+    assert [o["finish_reason"] for o in orders if o["id"] == "1" and o["order"] == "BA"] == ["error", "error"]
+
+    # an interrupted stage (no finished manifest) resumes: only the failed order is sent, and it now works
+    (judge_dir / "manifest.json").unlink()
+    failing.clear()
+    healed = Flaky(scripted_judge)
+    _, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "fake-judge", engine=healed)[0]
+    assert [r.id for r in healed.requests_seen] == ["1\x1fBA"]
+    assert scores["judge_failures"]["orders_unparsed"] == 1  # item 3's unreadable AB order, as before
+    judgments = {j["id"]: j for j in read_jsonl(judge_dir / "judgments.jsonl")}
+    assert judgments["1"]["status"] == "judged" and judgments["1"]["orders"]["BA"]["finish_reason"] == "stop"

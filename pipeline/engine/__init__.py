@@ -17,9 +17,18 @@ not fit the context is reported per request (`finish_reason == "too_long"`) inst
 
 from pipeline.engine.factory import make_engine
 from pipeline.engine.schedule import ChunkStats, generate_in_chunks, run_dataflow
-from pipeline.engine.types import TOO_LONG, BlockStreamingEngine, ChatRequest, ChatResult, Engine, StreamingEngine
+from pipeline.engine.types import (
+    ENGINE_ERROR,
+    TOO_LONG,
+    BlockStreamingEngine,
+    ChatRequest,
+    ChatResult,
+    Engine,
+    StreamingEngine,
+)
 
 __all__ = [
+    "ENGINE_ERROR",
     "TOO_LONG",
     "BlockStreamingEngine",
     "ChatRequest",

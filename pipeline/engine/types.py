@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 TOO_LONG = "too_long"
+# vLLM's finish reason for a request the engine failed on (e.g. its grammar did not compile in time).
+ENGINE_ERROR = "error"
 
 
 @dataclass
@@ -43,7 +45,7 @@ class ChatResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop", "length", or "too_long" (prompt did not fit; nothing generated)
+    finish_reason: str  # "stop", "length", "too_long" (prompt did not fit; nothing generated), or "error"
 
 
 @runtime_checkable
