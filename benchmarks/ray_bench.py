@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -168,36 +169,60 @@ def one_round(seeds, work, config_path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     picked = SHIPPED_SEEDS.read_text().splitlines()[:seeds]
     (work / "seeds.jsonl").write_text("\n".join(picked) + "\n")
+    results = {}
     for backend in ("local", "ray"):
         run_dir = work / f"round_{backend}_{seeds}"
         started = time.perf_counter()
-        subprocess.run(
+        out = subprocess.run(
             [sys.executable, "-m", "pipeline", "evolve", "--config", config_path, "--rounds", "1"]
             + ["--seeds", str(work / "seeds.jsonl"), "--out", str(run_dir)]
-            + ["--set", f"engine.backend={backend}", "--set", "ray.num_cpus=4"],
-            check=True,
+            + ["--set", f"engine.backend={backend}", "--set", "ray.num_cpus=4", "--set", "ray.batch_size=1"],
+            stderr=subprocess.PIPE,
+            text=True,
         )
         wall = time.perf_counter() - started
+        if out.returncode:
+            raise SystemExit(f"{backend} round failed:\n{out.stderr[-3000:]}")
         stats = json.loads((run_dir / "evolve" / "stats.json").read_text())
         generation = [s["generation"] for s in stats["rounds"]]
         tokens = sum(step["completion_tokens"] for g in generation for step in g.values())
         seconds = sum(step["seconds"] for g in generation for step in g.values())
-        jobs = sum(len(g) for g in generation)
-        print(
-            json.dumps(
-                {
-                    "backend": backend,
-                    "seeds": seeds,
-                    "wall_s": round(wall, 1),
-                    "completion_tokens": tokens,
-                    "generation_s": round(seconds, 1),
-                    "tok_per_s_generation": round(tokens / seconds, 1) if seconds else None,
-                    "tok_per_s_wall": round(tokens / wall, 1),
-                    "steps": jobs,
-                }
-            ),
-            flush=True,
-        )
+        # each Ray job's start-up: "[ray] job of N rows: first block after X s, all after Y s"
+        jobs = [
+            (float(m.group(1)), float(m.group(2)))
+            for m in re.finditer(r"first block after ([0-9.]+) s, all after ([0-9.]+) s", out.stderr)
+        ]
+        startup = sum(first for first, _ in jobs)
+        results[backend] = {
+            "backend": backend,
+            "seeds": seeds,
+            "wall_s": round(wall, 1),
+            "completion_tokens": tokens,
+            "generation_s": round(seconds, 1),
+            "tok_per_s_generation": round(tokens / seconds, 1) if seconds else None,
+            "tok_per_s_wall": round(tokens / wall, 1),
+            "steps": sum(len(g) for g in generation),
+            "ray_jobs": len(jobs),
+            "ray_startup_s": round(startup, 1),
+            # generation time less each job's time to its first block: what the engines took once running
+            "tok_per_s_after_startup": round(tokens / (seconds - startup), 1) if seconds > startup else None,
+        }
+        print(json.dumps(results[backend]), flush=True)
+    local, ray = results["local"], results["ray"]
+    print(
+        json.dumps(
+            {
+                "ray_over_local_tok_per_s": round(ray["tok_per_s_generation"] / local["tok_per_s_generation"], 3),
+                "ray_over_local_after_startup": round(
+                    ray["tok_per_s_after_startup"] / local["tok_per_s_generation"], 3
+                )
+                if ray["tok_per_s_after_startup"]
+                else None,
+                "ray_startup_per_job_s": round(ray["ray_startup_s"] / max(1, ray["ray_jobs"]), 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -170,6 +171,7 @@ class RayEngine:
         self.eos = frozenset(_eos_ids(self.model_path, self.tokenizer))
         self.started_ray = connect(ray_settings)
         self.placement: list[dict] = []  # each row of the last job with its number in its replica
+        self.last_job: dict = {}  # rows, seconds to the first block (start-up), seconds in all
         self.failed: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------ the processor
@@ -279,8 +281,12 @@ class RayEngine:
         processor = self._processor()
         blocks = max(1, min(len(rows), -(-len(rows) // self.ray_settings.batch_size)))
         eos = self.eos
+        started = time.perf_counter()
+        first_block = None
         dataset = processor(ray.data.from_items(rows, override_num_blocks=blocks)).map(lambda row: _slim(row, eos))
         for batch in _job_blocks(dataset):
+            if first_block is None:  # the job's fixed cost: Ray, the engine actors and vLLM starting
+                first_block = time.perf_counter() - started
             pairs = []
             for out in batch.to_dict("records"):
                 request = by_id[out["id"]]
@@ -303,6 +309,16 @@ class RayEngine:
                 )
             if pairs:
                 yield pairs
+        self.last_job = {
+            "rows": len(rows),
+            "first_block_s": round(first_block or 0.0, 1),
+            "job_s": round(time.perf_counter() - started, 1),
+        }
+        print(
+            f"[ray] job of {len(rows)} rows: first block after {self.last_job['first_block_s']} s, "
+            f"all after {self.last_job['job_s']} s",
+            file=sys.stderr,
+        )
         if self.failed:
             first_id, first_error = self.failed[0]
             raise RowsFailed(
