@@ -11,6 +11,7 @@ Both are deterministic (fixed MinHash seed), so a resumed run rebuilds the same 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from pipeline.core.jsonio import InputError, iter_jsonl
@@ -27,10 +28,24 @@ def shingles(text: str, size: int) -> set[bytes]:
     return {text[i : i + size].encode("utf-8") for i in range(len(text) - size + 1)}
 
 
-def minhash(text: str, size: int, permutations: int):
+@functools.lru_cache(maxsize=4)
+def _permutations(permutations: int):
+    """The seeded hash permutations, made once: datasketch draws them again for every MinHash,
+    which was a third of the evolve stage's own time at 52K seeds."""
     from datasketch import MinHash
 
-    sketch = MinHash(num_perm=permutations, seed=MINHASH_SEED)
+    template = MinHash(num_perm=permutations, seed=MINHASH_SEED)
+    return template.permutations, template.scheme
+
+
+@functools.lru_cache(maxsize=1)
+def minhash(text: str, size: int, permutations: int):
+    """The sketch of one text; the last one is kept, since a kept evolution is sketched for the
+    test-set filter and then again for the near-duplicate index."""
+    from datasketch import MinHash
+
+    drawn, scheme = _permutations(permutations)
+    sketch = MinHash(num_perm=permutations, seed=MINHASH_SEED, permutations=drawn, scheme=scheme)
     sketch.update_batch(sorted(shingles(text, size)))
     return sketch
 

@@ -73,3 +73,17 @@ def test_test_set_loading(tmp_path):
     path.write_text(json.dumps({"idx": 7, "Skill": "Math"}) + "\n")
     with pytest.raises(InputError, match=r"t\.jsonl:1: .*\"Instruction\""):
         load_test_instructions(path)
+
+
+def test_the_shared_permutations_give_the_sketch_datasketch_would_give():
+    # minhash draws the seeded permutations once, not per sketch: the signature must not change
+    from datasketch import MinHash
+
+    from evolve_local.dedup import MINHASH_SEED, minhash, shingles
+
+    for text in ("Explain how tides work.", "Explain how the tides work, step by step.", "x"):
+        plain = MinHash(num_perm=64, seed=MINHASH_SEED)
+        plain.update_batch(sorted(shingles(text, 5)))
+        assert (minhash(text, 5, 64).hashvalues == plain.hashvalues).all()
+    assert minhash("a b c d e f", 5, 64) is minhash("a b c d e f", 5, 64)  # the last sketch is reused
+    assert minhash("a b c d e f", 5, 128).hashvalues.shape == (128,)
