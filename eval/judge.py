@@ -267,9 +267,8 @@ def run_judge(
     if failed:  # once more; what fails again is counted as unparsed, with the engine's reason
         print(f"[judge] the engine failed on {len(failed)} order(s); sending them once more", file=sys.stderr)
         again = generate_in_chunks(engine, requests(failed), chunk_size, save, total=len(failed), desc="judge retry")
-        stats.requests += again.requests
-        stats.completion_tokens += again.completion_tokens
-        stats.seconds += again.seconds
+        for name in ("requests", "prompt_tokens", "completion_tokens", "too_long", "seconds"):
+            setattr(stats, name, getattr(stats, name) + getattr(again, name))
 
     judgments = [
         judgment(a.records[i], done[(i, "AB")], done[(i, "BA")], config.eval.single_order_fallback) for i in item_ids

@@ -31,7 +31,7 @@ def shingles(text: str, size: int) -> set[bytes]:
 @functools.lru_cache(maxsize=4)
 def _permutations(permutations: int):
     """The seeded hash permutations, made once: datasketch draws them again for every MinHash,
-    which was a third of the evolve stage's own time at 52K seeds."""
+    which was a fifth of the evolve stage's own time (profiled at 2K seeds)."""
     from datasketch import MinHash
 
     template = MinHash(num_perm=permutations, seed=MINHASH_SEED)
