@@ -21,6 +21,7 @@ import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from finetune.card import MetricsCallback, peak_memory, plot_loss, trim_metrics, write_model_card
@@ -294,6 +295,30 @@ def run_train(
             "hyperparameters": hyper,
         },
     )
+
+
+def run_trains(config: Config, jobs: list[tuple[str | Path, str | Path]], **options) -> Iterator[dict]:
+    """Several fine-tunes (data file, output directory) one after the other in this process: the
+    imports of torch, transformers and TRL are paid once. Every data file is checked before the first
+    model loads; each fine-tune is finished (its manifest written) before the next starts, and the
+    memory of one is released before the next loads its model. Yields each stage manifest."""
+    check_options(config, options.get("method") or config.train.method, options.get("merge", False))
+    for data_path, _ in jobs:
+        data_sha256(Path(data_path))  # a missing file is said now, not after the first fine-tune
+    for data_path, out_dir in jobs:
+        yield run_train(config, data_path, out_dir, **options)
+        release_memory()
+
+
+def release_memory() -> None:
+    """Return the last fine-tune's memory (its model, optimizer state and trainer) before the next."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- helpers

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from finetune import train as train_module
-from finetune.train import run_train
+from finetune.train import run_train, run_trains
 from pipeline.config import load_config
 from tests.conftest import write_lines
 
@@ -104,6 +104,18 @@ def test_a_finished_run_is_skipped(lora_run, tiny_model, data, monkeypatch):
     monkeypatch.setattr(train_module, "load_model", lambda *a, **k: pytest.fail("a finished run trained again"))
     again = run_train(load_config(None, OVERRIDES), data, out, base=str(tiny_model), method="lora")
     assert again["finished"] == manifest["finished"]
+
+
+def test_fine_tunes_one_after_another_in_one_process_are_independent(tiny_model, data, tmp_path):
+    # what `evol run` does on one device: C0..Ck trained in turn by one `evol train` process
+    config = load_config(None, [*OVERRIDES, "train.max_steps=2"])
+    jobs = [(data, tmp_path / "sft" / "A"), (data, tmp_path / "sft" / "B")]
+    manifests = list(run_trains(config, jobs, base=str(tiny_model), method="lora"))
+    assert [m["stage"] for m in manifests] == ["A", "B"]
+    first, second = (load_file(out / "adapter" / "adapter_model.safetensors") for _, out in jobs)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)  # the first job leaves no trace
+    assert [r["loss"] for r in metrics_of(jobs[0][1])] == [r["loss"] for r in metrics_of(jobs[1][1])]
 
 
 def test_merge_folds_the_adapter_into_the_base(lora_run, tiny_model, data):
