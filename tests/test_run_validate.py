@@ -34,7 +34,7 @@ def nothing_may_start(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a stage or an engine was started")
 
-    monkeypatch.setattr(pipeline.run, "_run_step", refuse)
+    monkeypatch.setattr(pipeline.run, "_start", refuse)
     monkeypatch.setattr(vllm_backend.VLLMEngine, "__init__", refuse)
 
 
@@ -67,11 +67,11 @@ def test_a_valid_config_gets_past_the_checks_to_the_first_stage(tmp_path, monkey
     """The same command without the wrong value reaches the stages (so the tests above can fail)."""
     launched = []
 
-    def record(step):
+    def record(step, cores):
         launched.append(step.stage)
         raise pipeline.run.InputError("stopped by the test")
 
-    monkeypatch.setattr(pipeline.run, "_run_step", record)
+    monkeypatch.setattr(pipeline.run, "_start", record)
     runs = tmp_path / "runs"
     args = ["run", "--config", str(ROOT / "configs" / "tiny.yaml"), "--set", f"run.runs_dir={runs}"]
     result = CliRunner().invoke(main, [*args, "--set", f"models.dir={ROOT / 'models'}"])
@@ -96,3 +96,33 @@ def test_a_stage_run_alone_checks_the_sections_it_reads(command, override, key, 
     assert result.exit_code == 2, result.output
     assert key in result.output and "Traceback" not in result.output
     assert not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        (["--data", "D.jsonl", "--out", "OUT", "--data", "E.jsonl"], "2 --data options need as many --out options"),
+        (
+            ["--data", "D.jsonl", "--out", "OUT", "--data", "D.jsonl", "--out", "OUT"],
+            "Each --out must be a different directory",
+        ),
+    ],
+)
+def test_train_pairs_each_data_file_with_one_output(pairs, message, tmp_path, nothing_may_start):
+    args = [str(tmp_path / a) if a in ("OUT", "D.jsonl", "E.jsonl") else a for a in pairs]
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 2 and message in result.output.replace("\n", " "), result.output
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_train_names_a_missing_later_data_file_before_the_first_fine_tune(tmp_path, monkeypatch):
+    import finetune.train
+
+    monkeypatch.setattr(finetune.train, "run_train", lambda *a, **k: pytest.fail("a fine-tune started"))
+    first = tmp_path / "C0.jsonl"
+    first.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
+    args = ["train", "--data", str(first), "--out", str(tmp_path / "C0")]
+    args += ["--data", str(tmp_path / "C1.jsonl"), "--out", str(tmp_path / "C1")]
+    result = CliRunner().invoke(main, [*args, "--set", f"models.dir={ROOT / 'models'}"])
+    assert result.exit_code == 2, result.output
+    assert "C1.jsonl not found" in result.output and "Traceback" not in result.output

@@ -75,10 +75,14 @@ def answer(model_names, adapter_specs, base_labels, adapters_only, testset, out_
     labels = [check_label(name, "--label") for name in base_labels]
     if len(set(labels)) < len(labels):
         raise click.UsageError(f"Each --label must be different: {', '.join(labels)}.")
-    lock_output(out_dir)
     config = load_config(config_path, overrides)
+    config.validate("engine", "eval")  # the sections this stage reads, before anything is written
     paths = [resolve_model(name, config.models.dir) for name in model_names or [config.models.base]]
     adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
+    # One writer per label directory, so answers of other labels may be written beside at the same time.
+    written = [*([] if adapters_only else labels or [path.name for path in paths]), *adapters]
+    for name in written:
+        lock_output(Path(out_dir) / name)
     summaries = {}
     for i, model_path in enumerate(paths):  # every model resolved before the first engine starts
         label = labels[i] if labels else None
@@ -137,8 +141,10 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
             f"--answers was given {len(answers_dirs)} times and --baseline {len(baseline_dirs)} times; "
             f"give one --baseline per --answers."
         )
-    lock_output(out_dir)
     config = load_config(config_path, overrides)
+    config.validate("engine", "eval")  # the sections this stage reads, before anything is written
+    for a, b in zip(answers_dirs, baseline_dirs):  # one writer per comparison; others may run beside
+        lock_output(Path(out_dir) / f"{Path(a).name}__vs__{Path(b).name}")
     judge_path = resolve_model(judge_name or config.models.judge, config.models.dir)
     for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
         o, f = scores["overall"], scores["judge_failures"]

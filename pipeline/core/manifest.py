@@ -26,6 +26,7 @@ stage with no manifest but partial outputs under the same key resumes from them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
@@ -296,9 +297,13 @@ def write_run_manifest(run_dir: str | Path, resolved_config: dict, config_hash: 
 def _update_run_manifest(stage_dir: Path, entry: dict) -> None:
     root, name = run_listing(stage_dir)
     path = root / "manifest.json"
-    manifest = read_json(path) if path.is_file() else {"run": root.name, "created": now(), "stages": {}}
-    if manifest.get("stages", {}).get(name) == entry:
-        return  # a skipped stage already listed as it is: leave the file alone
-    manifest.setdefault("stages", {})[name] = entry
-    manifest["updated"] = now()
-    write_json(path, manifest)
+    root.mkdir(parents=True, exist_ok=True)
+    # Stages of one run may finish at the same time (`evol run` lanes): one read-modify-write at a time.
+    with open(root / ".manifest.update", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        manifest = read_json(path) if path.is_file() else {"run": root.name, "created": now(), "stages": {}}
+        if manifest.get("stages", {}).get(name) == entry:
+            return  # a skipped stage already listed as it is: leave the file alone
+        manifest.setdefault("stages", {})[name] = entry
+        manifest["updated"] = now()
+        write_json(path, manifest)
