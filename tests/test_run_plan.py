@@ -18,15 +18,16 @@ CFG = RUN / "config.yaml"
 def test_tiny_plan_evolves_once_trains_each_round_and_shares_engines():
     # on a GPU: eval.answer_with=auto serves the adapters (tests/test_answer_with.py has the CPU plan)
     steps = plan(load_config(ROOT / "configs" / "tiny.yaml", ["run.rounds=[0,1,2]"]), RUN, CFG, gpu=True)
-    assert [s.stage for s in steps] == ["evolve", "train", "train", "train", "answer", "judge", "analyze"]
+    assert [s.stage for s in steps] == ["evolve", "train", "answer", "judge", "analyze"]
     assert steps[0].args[steps[0].args.index("--rounds") + 1] == "2"  # one evolution, to the largest count
-    assert [s.args[s.args.index("--data") + 1] for s in steps[1:4]] == [
-        str(RUN / "data" / f"C{k}.jsonl") for k in range(3)
-    ]
-    answer = steps[4].args
+    train = steps[1].args  # one process trains C0, C1, C2 in turn: each --data with its --out
+    pairs = [(train[i + 1], train[i + 3]) for i, a in enumerate(train) if a == "--data"]
+    assert pairs == [(str(RUN / "data" / f"C{k}.jsonl"), str(RUN / "sft" / f"C{k}")) for k in range(3)]
+    assert [train[i + 2] for i, a in enumerate(train) if a == "--data"] == ["--out"] * 3
+    answer = steps[2].args
     assert sum(a.startswith("--adapter=") for a in answer) == 3
     assert answer[answer.index("--label") + 1] == "reference"  # base model == reference model: same engine
-    judge = steps[5].args
+    judge = steps[3].args
     assert judge.count("--answers") == 5  # C1, C2 vs C0 and C0..C2 vs reference, one judge engine
     assert all(s.command[:3] == [sys.executable, "-m", "pipeline"] for s in steps)
 
@@ -47,7 +48,8 @@ def test_four_gpu_config_launches_accelerate_and_parallel_engines():
     )
     steps = plan(config, RUN, CFG)
     trains = [s for s in steps if s.stage == "train"]
-    assert len(trains) == 5
+    assert [s.label for s in trains] == [f"C{k}" for k in range(5)]  # one accelerate launch per fine-tune
+    assert all(s.args.count("--data") == 1 for s in trains)
     for step in trains:
         assert step.command[:7] == [
             "accelerate",

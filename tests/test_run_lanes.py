@@ -1,0 +1,137 @@
+"""`evol run` lanes: the two-lane plan of the tiny run on CPU, and the scheduler that runs it
+(real processes: short Python commands that record when they ran and on which cores)."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config, semantic_dict
+from pipeline.core.jsonio import InputError
+from pipeline.run import Step, lane_cores, lanes_for, plan, run_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = Path("runs/x")
+CFG = RUN / "config.yaml"
+
+
+def tiny(*sets):
+    return load_config(ROOT / "configs" / "tiny.yaml", ["run.rounds=[0,1,2]", *sets])
+
+
+def titles(steps):
+    return [s.title for s in steps]
+
+
+def test_two_lanes_split_training_answers_and_judging_and_say_what_waits_for_what():
+    steps = plan(tiny(), RUN, CFG, gpu=False, lanes=2)
+    by_title = {s.title: s for s in steps}
+    assert titles(steps) == [
+        "evolve evolve",
+        "answer reference",  # needs no fine-tune: beside the evolution
+        "train C0, C1",  # C<k> grows with k: C2 alone in one lane, C0 and C1 in the other
+        "train C2",
+        "answer C0, C1",
+        "answer C2",
+        "judge C1 vs C0, C0 vs reference, C1 vs reference",
+        "judge C2 vs C0, C2 vs reference",
+        "analyze analysis",
+    ]
+
+    def needs(title):
+        return sorted(a.title for a in by_title[title].after)
+
+    assert needs("answer reference") == needs("evolve evolve") == []
+    assert needs("train C0, C1") == needs("train C2") == needs("analyze analysis") == ["evolve evolve"]
+    assert needs("answer C2") == ["train C2"]
+    assert needs("judge C1 vs C0, C0 vs reference, C1 vs reference") == ["answer C0, C1", "answer reference"]
+    assert needs("judge C2 vs C0, C2 vs reference") == ["answer C0, C1", "answer C2", "answer reference"]
+    train = by_title["train C0, C1"].args
+    assert [train[i + 1] for i, a in enumerate(train) if a in ("--data", "--out")] == [
+        str(RUN / "data" / "C0.jsonl"),
+        str(RUN / "sft" / "C0"),
+        str(RUN / "data" / "C1.jsonl"),
+        str(RUN / "sft" / "C1"),
+    ]
+    assert "--merge" in train
+    # every comparison and every answer label exactly once over the lanes
+    judged = [a for s in steps if s.stage == "judge" for a in s.args if a.startswith(str(RUN / "answers"))]
+    assert len(judged) == 10
+    labels = [s.args[i + 1] for s in steps if s.stage == "answer" for i, a in enumerate(s.args) if a == "--label"]
+    assert sorted(labels) == ["C0", "C1", "C2", "reference"]
+
+
+def test_more_round_counts_than_lanes_share_a_lane():
+    steps = plan(tiny("run.rounds=[0,1,2,3,4]", "evolve.rounds=4"), RUN, CFG, gpu=False, lanes=2)
+    assert [s.label for s in steps if s.stage == "train"] == ["C0, C1, C4", "C2, C3"]
+    assert [s.label for s in steps if s.stage == "answer"] == ["reference", "C0, C1, C4", "C2, C3"]
+
+
+def test_lanes_are_automatic_on_a_cpu_with_two_cores_and_a_throughput_knob(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert lanes_for(tiny(), gpu=False) == 2
+    assert lanes_for(tiny(), gpu=True) == 1
+    assert lanes_for(tiny("engine.backend=ray"), gpu=False) == 1
+    assert lanes_for(tiny("run.lanes=3"), gpu=True) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert lanes_for(tiny(), gpu=False) == 1
+    assert semantic_dict(tiny("run.lanes=1")) == semantic_dict(tiny("run.lanes=2"))
+    assert lane_cores(2) == [[0]]  # never more lanes than cores
+
+
+def recorder(log: Path, name: str, seconds: float = 0.3, code: int = 0) -> Step:
+    fields = f"{{'name': {name!r}, 'start': t, 'end': time.time(), 'cores': sorted(os.sched_getaffinity(0)), "
+    fields += "'omp': os.environ.get('OMP_NUM_THREADS')}"
+    script = (
+        f"import json, os, sys, time; t = time.time(); time.sleep({seconds!r}); "
+        f"open({str(log)!r}, 'a').write(json.dumps({fields}) + '\\n'); sys.exit({code})"
+    )
+    return Step("test", name, [], launcher=[sys.executable, "-c", script])
+
+
+def records(log: Path) -> dict:
+    return {r["name"]: r for r in map(json.loads, log.read_text().splitlines())}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to give two lanes")
+def test_the_scheduler_runs_ready_steps_side_by_side_on_their_own_cores(tmp_path):
+    log = tmp_path / "log.jsonl"
+    a, b = recorder(log, "a", 1.0), recorder(log, "b", 0.2)
+    c = recorder(log, "c", 0.2)
+    c.after = [b]  # starts when b is done, while a still runs
+    x = recorder(log, "x")
+    x.after, x.exclusive = [a], True  # waits for an empty machine
+    d, e = recorder(log, "d", 0.5), recorder(log, "e")
+    d.after = [c]  # ready while a runs: starts, x not being ready yet
+    e.after = [x]
+    run_steps([a, b, c, x, d, e], lanes=2)
+    r = records(log)
+    assert r["c"]["start"] >= r["b"]["end"] and r["c"]["start"] < r["a"]["end"]
+    assert r["d"]["start"] < r["a"]["end"]
+    assert all(r[n]["end"] <= r["x"]["start"] or r[n]["start"] >= r["x"]["end"] for n in "abcde")  # x alone
+    assert r["a"]["cores"] != r["b"]["cores"] and len(r["a"]["cores"]) == len(r["b"]["cores"])
+    assert r["a"]["omp"] == str(len(r["a"]["cores"]))
+    assert r["x"]["cores"] == sorted(os.sched_getaffinity(0)) and r["x"]["omp"] == os.environ.get("OMP_NUM_THREADS")
+
+
+def test_one_lane_runs_the_plan_in_order(tmp_path):
+    log = tmp_path / "log.jsonl"
+    steps = [recorder(log, n, 0.1) for n in "abc"]
+    run_steps(steps, lanes=1)
+    r = records(log)
+    assert r["a"]["end"] <= r["b"]["start"] and r["b"]["end"] <= r["c"]["start"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to give two lanes")
+def test_a_failed_step_stops_its_neighbours_and_nothing_after_it_starts(tmp_path):
+    log = tmp_path / "log.jsonl"
+    slow, bad = recorder(log, "slow", 30), recorder(log, "bad", 0.2, code=3)
+    later = recorder(log, "later", 0.1)
+    started = time.time()
+    with pytest.raises(InputError, match=r"Stage test bad failed \(exit status 3\).*rerun the same command"):
+        run_steps([slow, bad, later], lanes=2)
+    assert time.time() - started < 20  # the slow neighbour was stopped, not waited for
+    assert set(records(log)) == {"bad"}
