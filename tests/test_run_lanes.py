@@ -82,14 +82,27 @@ def test_lanes_are_automatic_on_a_cpu_with_two_cores_and_a_throughput_knob(monke
     assert lane_cores(2) == [[0]]  # never more lanes than cores
 
 
-def recorder(log: Path, name: str, seconds: float = 0.3, code: int = 0) -> Step:
-    fields = f"{{'name': {name!r}, 'start': t, 'end': time.time(), 'cores': sorted(os.sched_getaffinity(0)), "
-    fields += "'omp': os.environ.get('OMP_NUM_THREADS')}"
-    script = (
-        f"import json, os, sys, time; t = time.time(); time.sleep({seconds!r}); "
-        f"open({str(log)!r}, 'a').write(json.dumps({fields}) + '\\n'); sys.exit({code})"
-    )
-    return Step("test", name, [], launcher=[sys.executable, "-c", script])
+def recorder(log: Path, name: str, seconds: float = 0.3, code: int = 0, wait_for: Path | None = None, touch=None):
+    """A step whose process records when it ran, on which cores, and (with `wait_for`) whether the
+    file appeared while it waited, up to 60 s: an order shown by events, not by timing."""
+    lines = ["import json, os, pathlib, sys, time", "t, saw = time.time(), None"]
+    if touch:
+        lines.append(f"pathlib.Path({str(touch)!r}).touch()")
+    if wait_for:
+        lines += [
+            f"w = pathlib.Path({str(wait_for)!r})",
+            "while not w.exists() and time.time() - t < 60:",
+            "    time.sleep(0.05)",
+            "saw = w.exists()",
+        ]
+    lines += [
+        f"time.sleep({seconds!r})",
+        "cores = sorted(os.sched_getaffinity(0))",
+        f"record = dict(name={name!r}, start=t, end=time.time(), cores=cores, omp=os.environ.get('OMP_NUM_THREADS'), saw=saw)",
+        f"open({str(log)!r}, 'a').write(json.dumps(record) + '\\n')",
+        f"sys.exit({code})",
+    ]
+    return Step("test", name, [], launcher=[sys.executable, "-c", "\n".join(lines)])
 
 
 def records(log: Path) -> dict:
@@ -98,20 +111,22 @@ def records(log: Path) -> dict:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to give two lanes")
 def test_the_scheduler_runs_ready_steps_side_by_side_on_their_own_cores(tmp_path):
-    log = tmp_path / "log.jsonl"
-    a, b = recorder(log, "a", 1.0), recorder(log, "b", 0.2)
-    c = recorder(log, "c", 0.2)
-    c.after = [b]  # starts when b is done, while a still runs
+    log, marker = tmp_path / "log.jsonl", tmp_path / "d-started"
+    a = recorder(log, "a", 0.0, wait_for=marker)  # ends only once d has started (or after 60 s)
+    b, c = recorder(log, "b", 0.1), recorder(log, "c", 0.1)
+    c.after = [b]
+    d = recorder(log, "d", 0.1, touch=marker)
+    d.after = [c]  # b, c and d run one after the other in the lane a leaves free
     x = recorder(log, "x")
     x.after, x.exclusive = [a], True  # waits for an empty machine
-    d, e = recorder(log, "d", 0.5), recorder(log, "e")
-    d.after = [c]  # ready while a runs: starts, x not being ready yet
+    e = recorder(log, "e")
     e.after = [x]
     run_steps([a, b, c, x, d, e], lanes=2)
     r = records(log)
-    assert r["c"]["start"] >= r["b"]["end"] and r["c"]["start"] < r["a"]["end"]
-    assert r["d"]["start"] < r["a"]["end"]
+    assert r["a"]["saw"] is True  # d started while a was still running
+    assert r["c"]["start"] >= r["b"]["end"] and r["d"]["start"] >= r["c"]["end"]
     assert all(r[n]["end"] <= r["x"]["start"] or r[n]["start"] >= r["x"]["end"] for n in "abcde")  # x alone
+    assert r["e"]["start"] >= r["x"]["end"]
     assert r["a"]["cores"] != r["b"]["cores"] and len(r["a"]["cores"]) == len(r["b"]["cores"])
     assert r["a"]["omp"] == str(len(r["a"]["cores"]))
     assert r["x"]["cores"] == sorted(os.sched_getaffinity(0)) and r["x"]["omp"] == os.environ.get("OMP_NUM_THREADS")
