@@ -304,7 +304,7 @@ def run_trains(config: Config, jobs: list[tuple[str | Path, str | Path]], **opti
     memory of one is released before the next loads its model. Yields each stage manifest."""
     check_options(config, options.get("method") or config.train.method, options.get("merge", False))
     for data_path, _ in jobs:
-        data_sha256(Path(data_path))  # a missing file is said now, not after the first fine-tune
+        require_data_file(Path(data_path))  # a missing file is said now, not after the first fine-tune
     for data_path, out_dir in jobs:
         yield run_train(config, data_path, out_dir, **options)
         release_memory()
@@ -324,12 +324,16 @@ def release_memory() -> None:
 # ---------------------------------------------------------------- helpers
 
 
-def data_sha256(data_path: Path) -> str:
+def require_data_file(data_path: Path) -> None:
     if not data_path.is_file():
         raise InputError(
             f"Training data {data_path} not found; pass --data with a chat-messages JSONL "
             f"(runs/<name>/data/C<k>.jsonl) or an Alpaca JSON/JSONL file."
         )
+
+
+def data_sha256(data_path: Path) -> str:
+    require_data_file(data_path)
     return file_sha256(data_path)
 
 

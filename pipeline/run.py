@@ -266,8 +266,11 @@ def run_pipeline(config: Config) -> Path:
     with hold(run_dir):
         write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
         config_file = run_dir / "config.yaml"
-        lanes = lanes_for(config)
-        steps = plan(config, run_dir, config_file, lanes=lanes)
+        from pipeline.core.manifest import gpu_names
+
+        gpu = bool(gpu_names())  # asked once: it decides eval.answer_with=auto and the lanes
+        lanes = lanes_for(config, gpu)
+        steps = plan(config, run_dir, config_file, gpu=gpu, lanes=lanes)
         started = time.time()
         run_steps(steps, lanes)
         from pipeline.report import write_run_report
