@@ -136,6 +136,9 @@ def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_model: str, ju
 # ---------------------------------------------------------------- one order, then the pair
 
 # With constrained_judge: "<score 1> <score 2>", a newline, then one to three lines of reasons.
+# The counted bounds make xgrammar compile for ~6 s, once per judge process, while every request
+# of the batch waits: they then start together. An unbounded form compiles in 0.1 s, and the
+# requests started as each one's grammar came ready: two runs judged differently (measured).
 SCORE_LINE_REGEX = r"(10|[1-9]) (10|[1-9])\n[^\n]{10,400}(\n[^\n]{1,400}){0,2}"
 
 

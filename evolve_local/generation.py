@@ -21,6 +21,7 @@ from evolve_local.steps import Engines, ModelSet, load_step, run_chained, run_st
 from pipeline.config import Config
 from pipeline.config.evolve import OPERATIONS
 from pipeline.core.jsonio import iter_jsonl
+from pipeline.core.paths import round_pool
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest
 
@@ -47,7 +48,7 @@ class Run:
         return self.stage_dir / "work" / f"round_{k}.{step}.jsonl"
 
     def pool(self, k: int) -> Path:
-        return self.stage_dir / "work" / f"pool_{k}.jsonl"  # written last: its presence = round done
+        return round_pool(self.stage_dir.parent, k)  # written last: its presence = round done
 
     def round_stats(self, k: int) -> Path:
         return self.stage_dir / "work" / f"stats_{k}.json"

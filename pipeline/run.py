@@ -16,7 +16,9 @@ Stages, each a separate `evol` process so accelerator memory is returned in betw
 Lanes (run.lanes; automatic: 2 on a CPU machine with two or more cores): stage processes run side
 by side, each bound to its share of the cores, as soon as what they read is written. On the tiny
 CPU run the reference answers beside the evolution, then the fine-tunes, answers and judgments are
-split over the lanes and the analysis fills a gap (`plan`, `run_steps`). With one lane (a GPU box) the stages run one after the other.
+split over the lanes and the analysis fills a gap (`plan`, `run_steps`). With one lane (a GPU box)
+the stages run one after the other. On a CPU machine each stage process is forked from one
+interpreter that imported vLLM, torch and TRL once (run.warm_start, pipeline/warm.py).
 Before the first stage, every config section, the seed file, the test set and every model the run
 will load are checked (check_run_config, ensure_models); nothing is written until they pass.
 Every stage command skips itself when its manifest matches, and resumes from its partial outputs
@@ -26,6 +28,7 @@ listed in runs/<name>/manifest.json (pipeline/core/manifest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -38,8 +41,9 @@ from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
 from pipeline.core.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
-from pipeline.core.paths import REFERENCE, label, seeds_path, testset_path
+from pipeline.core.paths import REFERENCE, label, round_pool, seeds_path, testset_path
 from pipeline.engine.vllm_backend import check_loopback
+from pipeline.warm import Warm, WarmProcess
 
 
 @dataclass
@@ -52,6 +56,10 @@ class Step:
     # core (a multi-process fine-tune). Without lanes the steps simply run in plan order.
     after: list[Step] = field(default_factory=list)
     exclusive: bool = False
+    # With lanes: a file whose appearance during this run lets the step start before its `after`
+    # steps are done (a round's pool: C<k> is complete while later rounds still evolve). A copy
+    # older than the run may be stale and does not count.
+    early: Path | None = None
 
     @property
     def command(self) -> list[str]:
@@ -140,6 +148,12 @@ def lanes_for(config: Config, gpu: bool | None = None) -> int:
     return 2 if not gpu and len(os.sched_getaffinity(0)) >= 2 else 1
 
 
+def warm_start_for(config: Config, gpu: bool) -> bool:
+    """Whether the stages are forked from a warm interpreter (pipeline/warm.py): run.warm_start, or
+    automatically on a CPU machine only (CUDA does not survive a fork)."""
+    return config.run.warm_start if config.run.warm_start is not None else not gpu
+
+
 def plan(
     config: Config, run_dir: Path, config_file: Path, gpu: bool | None = None, lanes: int | None = None
 ) -> list[Step]:
@@ -224,32 +238,35 @@ def plan(
         steps.append(analyze)
         return steps
 
-    # Lanes: the reference answers beside the evolution (they need neither); then each lane trains
-    # its share of the round counts, answers with those models and judges them; the analysis fills
-    # a lane that would otherwise wait for the other.
+    # Lanes: each model is a chain of its own, fine-tune -> answers -> judgments, and `run_steps`
+    # gives every step to the first free lane once what it reads is written. C<k>'s fine-tune may
+    # start as soon as evolution round k is committed (its pool file, written last) while the later
+    # rounds evolve; the reference answers need neither. Small steps cost little when each is forked
+    # from a warm interpreter (run.warm_start). The analysis comes last: it never delays a model.
     reference = []
     if config.run.reference:
         reference = [answer_step([(reference_model, REFERENCE)], [])]
         steps += reference
-    groups: list[list[int]] = [[] for _ in range(min(lanes, len(rounds)))]
-    for k in sorted(rounds, reverse=True):  # C<k> grows with k: the largest first, to the lightest lane
-        min(groups, key=lambda g: (sum(j + 1 for j in g), len(g))).append(k)
-    groups = sorted((sorted(g) for g in groups if g), key=lambda g: g[0])
-    if launcher:
-        groups = [[k] for g in groups for k in g]  # accelerate launch: one launch per fine-tune
-    trains = [train_step(g, launcher) for g in groups]
-    steps += trains
-    weights_of = [[(str(run_dir / "sft" / label(k) / weights), label(k)) for k in g] for g in groups]
-    answered = [answer_step(models, [train]) for models, train in zip(weights_of, trains)]
-    steps += answered
-    by_label = {label(k): step for g, step in zip(groups, answered) for k in g}
+    trains = {k: train_step([k], launcher) for k in rounds}
+    for k, step in trains.items():
+        step.early = round_pool(run_dir, k)
+    steps += trains.values()
+    answered = {
+        label(k): answer_step([(str(run_dir / "sft" / label(k) / weights), label(k))], [trains[k]]) for k in rounds
+    }
+    steps += answered.values()
     if reference:
-        by_label[REFERENCE] = reference[0]
-    for g in groups:
-        mine = [(a, b) for a, b in judged if a in {label(k) for k in g}]
-        if mine:
-            needs = list({id(by_label[x]): by_label[x] for pair in mine for x in pair}.values())
-            steps.append(judge_step(mine, ", ".join(f"{a} vs {b}" for a, b in mine), needs))
+        answered[REFERENCE] = reference[0]
+    # The comparisons in the order their models are trained, cut into one judge step per lane
+    # (each step starts a judge engine: ~25 s on CPU before the first verdict).
+    # The earlier parts take the odd comparison: the last part waits for the last model.
+    ordered = [(a, b) for k in rounds for a, b in judged if a == label(k)]
+    parts = min(lanes, len(ordered))
+    cuts = [-(-i * len(ordered) // parts) for i in range(parts + 1)]  # rounded up
+    for i in range(parts):
+        mine = ordered[cuts[i] : cuts[i + 1]]
+        needs = [answered[x] for x in dict.fromkeys(x for pair in mine for x in pair)]
+        steps.append(judge_step(mine, ", ".join(f"{a} vs {b}" for a, b in mine), needs))
     steps.append(analyze)
     return steps
 
@@ -272,7 +289,8 @@ def run_pipeline(config: Config) -> Path:
         lanes = lanes_for(config, gpu)
         steps = plan(config, run_dir, config_file, gpu=gpu, lanes=lanes)
         started = time.time()
-        run_steps(steps, lanes)
+        with Warm() if warm_start_for(config, gpu) else contextlib.nullcontext() as server:
+            run_steps(steps, lanes, server)
         from pipeline.report import write_run_report
 
         report = write_run_report(run_dir, config)
@@ -287,21 +305,32 @@ def lane_cores(lanes: int) -> list[list[int]]:
     return [cores[i * len(cores) // n : (i + 1) * len(cores) // n] for i in range(n)]
 
 
-def run_steps(steps: list[Step], lanes: int = 1) -> None:
+def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> None:
     """Run the steps, each a process: with one lane in order, one at a time; with more, every step
-    whose `after` steps are done starts as soon as a lane is free (plan order decides ties), bound
+    whose `after` steps are done (or whose `early` file was written) starts as soon as a lane is
+    free (plan order decides ties), bound
     to that lane's cores (its vLLM threads and OMP_NUM_THREADS follow). An exclusive step waits for
     an empty machine and runs alone. When a step fails, the running ones are stopped (their finished
-    work is kept, as after an interruption) and the failure is reported."""
+    work is kept, as after an interruption) and the failure is reported. With `warm` (a server
+    that has imported the heavy libraries), an `evol` step is forked from it instead of started fresh."""
     shares = lane_cores(lanes) if lanes > 1 else [None]
     pending, running, done = list(steps), {}, set()  # running: process -> (step, lane)
     failed: tuple[Step, int] | None = None
+    began = time.time()
+
+    def inputs_ready(step: Step) -> bool:
+        if all(id(a) in done for a in step.after):
+            return True
+        try:
+            return step.early is not None and step.early.stat().st_mtime >= began
+        except OSError:
+            return False
 
     try:
         while pending or running:
             while not failed and pending:
                 free = [i for i in range(len(shares)) if i not in {lane for _, lane in running.values()}]
-                ready = next((s for s in pending if all(id(a) in done for a in s.after)), None)
+                ready = next((s for s in pending if inputs_ready(s)), None)
                 if len(shares) == 1:
                     ready = pending[0] if not running else None  # one lane: plan order, one at a time
                 if ready is None or not free or (ready.exclusive and running):
@@ -314,10 +343,15 @@ def run_steps(steps: list[Step], lanes: int = 1) -> None:
                 number = len(steps) - len(pending)
                 where = f" (cores {','.join(map(str, cores))})" if cores else ""
                 print(f"\n=== [{number}/{len(steps)}] {ready.title}{where} ===", file=sys.stderr, flush=True)
-                running[_start(ready, cores)] = (ready, lane)
+                running[_start(ready, cores, warm)] = (ready, lane)
             if not running:
                 break
-            process = _wait_any(running)
+            # A lane is free and a step may start on a file: look again each second, not only when a
+            # process ends.
+            watch = not failed and len(running) < len(shares) and any(s.early for s in pending)
+            process = _wait_any(running, 1.0 if watch else None)
+            if process is None:
+                continue
             step, _ = running.pop(process)
             if process.returncode != 0:
                 failed = failed or (step, process.returncode)
@@ -340,7 +374,9 @@ def run_steps(steps: list[Step], lanes: int = 1) -> None:
         )
 
 
-def _start(step: Step, cores: list[int] | None) -> subprocess.Popen:
+def _start(step: Step, cores: list[int] | None, warm: Warm | None = None) -> subprocess.Popen | WarmProcess:
+    if warm is not None and step.launcher is None:
+        return warm.start(step.args, cores)  # the same lane settings, applied in the forked child
     env = None
     preexec = None
     if cores:
@@ -355,10 +391,13 @@ def _start(step: Step, cores: list[int] | None) -> subprocess.Popen:
     return subprocess.Popen(step.command, pass_fds=held_fds(), env=env, preexec_fn=preexec)
 
 
-def _wait_any(running: dict) -> subprocess.Popen:
-    """The first of the running processes to end (polled: a step runs for seconds to hours)."""
-    while True:
+def _wait_any(running: dict, give_up: float | None = None) -> subprocess.Popen | WarmProcess | None:
+    """The first of the running processes to end (polled: a step runs for seconds to hours), or None
+    after `give_up` seconds."""
+    start = time.time()
+    while give_up is None or time.time() - start < give_up:
         for process in running:
             if process.poll() is not None:
                 return process
         time.sleep(0.2)
+    return None

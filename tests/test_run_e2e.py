@@ -79,12 +79,13 @@ def test_run_is_interrupted_between_stages_then_resumes_and_reports(tmp_path, ti
     run = tmp_path / "runs" / "e2e"
     cmd = command(tmp_path, tiny_model.parent)
 
-    # 1. kill the whole run (orchestrator and its stage process) once the first model is trained
+    # 1. kill the whole run (orchestrator and its stage processes) once the evolution is done and the
+    # first model trained (with lanes C0 may be trained while the later rounds evolve)
     process = subprocess.Popen(
         cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 900
-    while not (run / "sft" / "C0" / "manifest.json").exists():
+    while not ((run / "sft" / "C0" / "manifest.json").exists() and (run / "evolve" / "manifest.json").exists()):
         assert process.poll() is None, "the run ended before its first training stage finished"
         assert time.time() < deadline
         time.sleep(1)

@@ -26,17 +26,19 @@ def titles(steps):
     return [s.title for s in steps]
 
 
-def test_two_lanes_split_training_answers_and_judging_and_say_what_waits_for_what():
+def test_two_lanes_make_each_model_a_chain_that_may_start_once_its_round_is_committed():
     steps = plan(tiny(), RUN, CFG, gpu=False, lanes=2)
     by_title = {s.title: s for s in steps}
     assert titles(steps) == [
         "evolve evolve",
         "answer reference",  # needs no fine-tune: beside the evolution
-        "train C0, C1",  # C<k> grows with k: C2 alone in one lane, C0 and C1 in the other
+        "train C0",
+        "train C1",
         "train C2",
-        "answer C0, C1",
+        "answer C0",
+        "answer C1",
         "answer C2",
-        "judge C1 vs C0, C0 vs reference, C1 vs reference",
+        "judge C0 vs reference, C1 vs C0, C1 vs reference",  # one judge engine per lane, in model order
         "judge C2 vs C0, C2 vs reference",
         "analyze analysis",
     ]
@@ -45,14 +47,17 @@ def test_two_lanes_split_training_answers_and_judging_and_say_what_waits_for_wha
         return sorted(a.title for a in by_title[title].after)
 
     assert needs("answer reference") == needs("evolve evolve") == []
-    assert needs("train C0, C1") == needs("train C2") == needs("analyze analysis") == ["evolve evolve"]
+    assert needs("train C1") == needs("analyze analysis") == ["evolve evolve"]
+    # ... or, for a fine-tune, round k's pool, written last once C<k> is complete
+    assert [by_title[f"train C{k}"].early for k in range(3)] == [
+        RUN / "evolve" / "work" / f"pool_{k}.jsonl" for k in range(3)
+    ]
+    assert by_title["analyze analysis"].early is None and by_title["answer C1"].early is None
     assert needs("answer C2") == ["train C2"]
-    assert needs("judge C1 vs C0, C0 vs reference, C1 vs reference") == ["answer C0, C1", "answer reference"]
-    assert needs("judge C2 vs C0, C2 vs reference") == ["answer C0, C1", "answer C2", "answer reference"]
-    train = by_title["train C0, C1"].args
+    assert needs("judge C0 vs reference, C1 vs C0, C1 vs reference") == ["answer C0", "answer C1", "answer reference"]
+    assert needs("judge C2 vs C0, C2 vs reference") == ["answer C0", "answer C2", "answer reference"]
+    train = by_title["train C1"].args
     assert [train[i + 1] for i, a in enumerate(train) if a in ("--data", "--out")] == [
-        str(RUN / "data" / "C0.jsonl"),
-        str(RUN / "sft" / "C0"),
         str(RUN / "data" / "C1.jsonl"),
         str(RUN / "sft" / "C1"),
     ]
@@ -64,10 +69,22 @@ def test_two_lanes_split_training_answers_and_judging_and_say_what_waits_for_wha
     assert sorted(labels) == ["C0", "C1", "C2", "reference"]
 
 
-def test_more_round_counts_than_lanes_share_a_lane():
+def test_the_evolution_commits_a_round_where_the_plan_looks_for_it():
+    from evolve_local.generation import Run
+
+    run = Run(None, None, None, RUN / "evolve", RUN / "data", None, None)
+    steps = plan(tiny(), RUN, CFG, gpu=False, lanes=2)
+    assert run.pool(2) == next(s for s in steps if s.title == "train C2").early
+
+
+def test_more_round_counts_than_lanes_still_get_a_chain_each():
     steps = plan(tiny("run.rounds=[0,1,2,3,4]", "evolve.rounds=4"), RUN, CFG, gpu=False, lanes=2)
-    assert [s.label for s in steps if s.stage == "train"] == ["C0, C1, C4", "C2, C3"]
-    assert [s.label for s in steps if s.stage == "answer"] == ["reference", "C0, C1, C4", "C2, C3"]
+    assert [s.label for s in steps if s.stage == "train"] == ["C0", "C1", "C2", "C3", "C4"]
+    assert [s.label for s in steps if s.stage == "answer"] == ["reference", "C0", "C1", "C2", "C3", "C4"]
+    assert [s.label for s in steps if s.stage == "judge"] == [
+        "C0 vs reference, C1 vs C0, C1 vs reference, C2 vs C0, C2 vs reference",
+        "C3 vs C0, C3 vs reference, C4 vs C0, C4 vs reference",
+    ]
 
 
 def test_lanes_are_automatic_on_a_cpu_with_two_cores_and_a_throughput_knob(monkeypatch):
@@ -150,3 +167,19 @@ def test_a_failed_step_stops_its_neighbours_and_nothing_after_it_starts(tmp_path
         run_steps([slow, bad, later], lanes=2)
     assert time.time() - started < 20  # the slow neighbour was stopped, not waited for
     assert set(records(log)) == {"bad"}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to give two lanes")
+def test_a_step_starts_on_its_early_file_while_the_step_it_waits_for_still_runs(tmp_path):
+    log, committed, stale = tmp_path / "log.jsonl", tmp_path / "pool_0.jsonl", tmp_path / "pool_1.jsonl"
+    stale.write_text("from an earlier run\n")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    writer = recorder(log, "writer", 0.0, wait_for=tmp_path / "early-started", touch=committed)
+    early = recorder(log, "early", 0.0, touch=tmp_path / "early-started")
+    early.after, early.early = [writer], committed
+    late = recorder(log, "late", 0.0)
+    late.after, late.early = [writer], stale  # an older copy does not count: waits for the writer
+    run_steps([writer, early, late], lanes=2)
+    r = records(log)
+    assert r["writer"]["saw"] is True  # `early` started while the writer still ran
+    assert r["late"]["start"] >= r["writer"]["end"]

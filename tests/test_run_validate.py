@@ -67,13 +67,15 @@ def test_a_valid_config_gets_past_the_checks_to_the_first_stage(tmp_path, monkey
     """The same command without the wrong value reaches the stages (so the tests above can fail)."""
     launched = []
 
-    def record(step, cores):
+    def record(step, cores, warm):
         launched.append(step.stage)
         raise pipeline.run.InputError("stopped by the test")
 
     monkeypatch.setattr(pipeline.run, "_start", record)
     runs = tmp_path / "runs"
     args = ["run", "--config", str(ROOT / "configs" / "tiny.yaml"), "--set", f"run.runs_dir={runs}"]
+    # run.warm_start=false: no warm server importing vLLM for a stage that never starts
+    args += ["--set", "run.warm_start=false"]
     result = CliRunner().invoke(main, [*args, "--set", f"models.dir={ROOT / 'models'}"])
     assert launched == ["evolve"] and "stopped by the test" in result.output
     assert (runs / "tiny" / "manifest.json").is_file()

@@ -48,3 +48,9 @@ REFERENCE = "reference"
 
 def label(k: int) -> str:
     return f"C{k}"
+
+
+def round_pool(run_dir: str | Path, k: int) -> Path:
+    """The pool after evolution round k, written last: once it is there, data/C<k>.jsonl is complete
+    (`evol run` starts C<k>'s fine-tune on it while the later rounds evolve)."""
+    return Path(run_dir) / "evolve" / "work" / f"pool_{k}.jsonl"
