@@ -86,7 +86,9 @@ def test_a_step_with_a_launcher_still_starts_fresh(tmp_path):
 
 def test_a_server_that_cannot_start_is_one_sentence(tmp_path):
     with Warm(preload=(), entry="tests.test_warm:no_such_function") as warm:
-        with pytest.raises(InputError, match=r"warm stage server .* stopped before starting a stage.*warm_start=false"):
+        with pytest.raises(
+            InputError, match=r"warm stage server .* stopped before starting a stage.*warm_start=false"
+        ):
             warm.start(["x"])
 
 
