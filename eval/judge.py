@@ -118,6 +118,7 @@ def judge_settings(config: Config) -> dict:
         "single_order_fallback": e.single_order_fallback,
         "high_difficulty": e.high_difficulty,
         "constrained_judge": e.constrained_judge,
+        "score_line": SCORE_LINE_REGEX if e.constrained_judge else None,
         "max_model_len": config.engine.max_model_len,
         "seed": config.run.seed,
     }
@@ -136,10 +137,9 @@ def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_model: str, ju
 # ---------------------------------------------------------------- one order, then the pair
 
 # With constrained_judge: "<score 1> <score 2>", a newline, then one to three lines of reasons.
-# The counted bounds make xgrammar compile for ~6 s, once per judge process, while every request
-# of the batch waits: they then start together. An unbounded form compiles in 0.1 s, and the
-# requests started as each one's grammar came ready: two runs judged differently (measured).
-SCORE_LINE_REGEX = r"(10|[1-9]) (10|[1-9])\n[^\n]{10,400}(\n[^\n]{1,400}){0,2}"
+# No upper bound on a line's length (judge_max_tokens is one): with counted bounds such as {10,400}
+# xgrammar took 6 s to compile the pattern, once in every judge process; this form takes 0.1 s.
+SCORE_LINE_REGEX = r"(10|[1-9]) (10|[1-9])\n[^\n]{10,}(\n[^\n]+){0,2}"
 
 
 def order_request(item_id: str, order: str, a: dict, b: dict, config: Config) -> tuple[ChatRequest, bool]:

@@ -71,6 +71,24 @@ def test_constrained_decoding_follows_the_choice_and_the_regex(engine):
     assert re.fullmatch(r"(10|[1-9]) (10|[1-9])", first_line), results[1].text
 
 
+def test_a_constrained_batch_is_the_same_whether_its_grammar_is_new_or_cached(engine):
+    """Grammars compile when a request arrives (compile_grammars_on_arrival): the first batch, which
+    compiles the pattern, runs in the same steps as the second, which finds it cached."""
+    from pipeline.engine.vllm_backend import compile_grammars_on_arrival
+
+    assert compile_grammars_on_arrival(engine.llm)  # this vLLM still has the setting
+    pattern = r"(10|[1-9]) (10|[1-9])\n[^\n]{4,}"  # used by no other test: compiled in the first call
+    ask = "Score two replies to '{}' from 1 to 10 each and say why."
+    batch = [
+        ChatRequest(id=f"c{i}", messages=[{"role": "user", "content": ask.format(q)}], temperature=0.0, regex=pattern)
+        if i % 2
+        else ChatRequest(id=f"f{i}", messages=[{"role": "user", "content": q}], seed=i)
+        for i, q in enumerate(["Name a fruit.", "What is 2 + 2?", "Say hello.", "Name a planet.", "Count to 3."] * 2)
+    ]
+    first, second = engine.generate(batch), engine.generate(batch)
+    assert [r.text for r in first] == [r.text for r in second]
+
+
 def test_dataflow_sends_follow_ups_into_the_running_batch(engine):
     from pipeline.engine import run_dataflow
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.analysis import metrics
-from eval.analysis.complexity import PROMPT_VERSION, difficulty_request, rating_record
+from eval.analysis.complexity import PROMPT_VERSION, SCORE_REGEX, difficulty_request, rating_record
 from eval.report.analysis import ANALYSIS_FILE, STAGE, plot_all
 from pipeline.config import Config, semantic_dict, stable_hash
 from pipeline.config.analysis import AnalysisConfig
@@ -221,6 +221,7 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
             PROMPT_VERSION,
             s.difficulty_max_tokens,
             s.constrained_difficulty,
+            SCORE_REGEX if s.constrained_difficulty else None,
             s.instruction_max_chars,
             seed,
         ]

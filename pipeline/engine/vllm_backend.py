@@ -112,6 +112,22 @@ def configure_structured_outputs() -> None:
     os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", "300")
 
 
+def compile_grammars_on_arrival(llm) -> bool:
+    """Compile a constrained request's grammar when the request is added, not in vLLM's thread pool.
+
+    vLLM schedules a constrained request once its grammar is compiled, so with the pool the step a
+    request joins depends on timing: two runs of the same judge batch gave different reasons in one
+    order of 24 (the batch decides the numerics). With the engine core in this process, compiling on
+    arrival makes a batch exactly what was sent before the step, as for other requests. A separate
+    core process (engine.core_process) keeps vLLM's pool. Returns whether the setting was made."""
+    client = getattr(llm.llm_engine, "engine_core", None)
+    manager = getattr(getattr(client, "engine_core", None), "structured_output_manager", None)
+    if manager is None or not hasattr(manager, "_use_async_grammar_compilation"):
+        return False  # another vLLM, or the core in its own process
+    manager._use_async_grammar_compilation = False
+    return True
+
+
 class VLLMEngine:
     """A `StreamingEngine` on one `vllm.LLM` (submit/poll go through its continuous batching)."""
 
@@ -144,6 +160,7 @@ class VLLMEngine:
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
         options = engine_options(settings, self.model_path, seed, trust_remote_code, cpu, len(self.adapters))
         self.llm = LLM(**options)
+        compile_grammars_on_arrival(self.llm)
         self._lora_requests: dict[str, object] = {}
         self._in_flight: dict[str, ChatRequest] = {}  # submitted requests by engine request id
         self._ready: list[tuple[ChatRequest, ChatResult]] = []  # too long: finished without the engine
