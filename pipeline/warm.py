@@ -127,22 +127,29 @@ class Warm:
                 if not _alive(pid):
                     self.exits[pid] = 1
 
-    def close(self) -> None:
-        """No more stages: the server waits for its children, then exits."""
+    def close(self, abort: bool = False) -> None:
+        """No more stages: the server waits for its children, then exits. `abort` (the run stopped
+        with an error or Ctrl-C): stop the server too, and any stage it started that the run does
+        not know of (asked for just before Ctrl-C, while the server was still importing)."""
+        if abort:
+            self.server.terminate()  # a server still importing never starts what it was asked
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         while not self.closed:
             self._receive(timeout=None)
+            if abort:
+                for pid in self._unreported():
+                    WarmProcess(self, pid).terminate()
         self.sock.close()
         self.server.wait()
 
     def __enter__(self) -> Warm:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, trace) -> None:
+        self.close(abort=kind is not None)
 
     def _unreported(self) -> list[int]:
         return [pid for pid in self.started if pid not in self.exits]

@@ -99,3 +99,28 @@ def test_warm_start_is_automatic_on_cpu_only_and_a_throughput_knob():
     off = load_config(ROOT / "configs" / "tiny.yaml", ["run.warm_start=false"])
     assert warm_start_for(off, gpu=False) is False
     assert semantic_dict(off) == semantic_dict(config)
+
+
+def test_a_run_that_stops_leaves_no_stage_of_the_server_behind(tmp_path):
+    log = tmp_path / "log.jsonl"
+    started = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        with Warm(preload=(), entry=ENTRY) as warm:
+            stray = warm.start(recorder(log, "stray", 30).args)  # as if asked for just before Ctrl-C
+            raise KeyboardInterrupt
+    assert time.time() - started < 20  # the stage was stopped, not waited for
+    assert not records(log) and warm.server.returncode is not None
+    assert ended(stray.pid)
+
+
+def ended(pid: int, within: float = 10.0) -> bool:
+    """Whether the process is gone or a zombie (its parent, the server, is gone too) within a while."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
