@@ -197,7 +197,9 @@ def _alive(pid: int) -> bool:
 
 
 def serve(fd: int, entry: str, preload: list[str]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the stages; `evol run` closes the server
+    # Ctrl-C is for the stages; `evol run` closes the server. A stage gets the Ctrl-C handling the
+    # server was started with, as a fresh process inherits `evol run`'s (ignored in a background job).
+    on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in preload:
         try:
             importlib.import_module(name)
@@ -243,18 +245,18 @@ def serve(fd: int, entry: str, preload: list[str]) -> None:
             pid = os.fork()
             if pid == 0:
                 sock.close()
-                _child(target, request["argv"], request["cores"], request["env"])
+                _child(target, request["argv"], request["cores"], request["env"], on_interrupt)
             children.add(pid)
             report({"started": pid})
     sock.close()
 
 
-def _child(target, argv: list[str], cores: list[int] | None, env: dict[str, str]) -> None:
+def _child(target, argv: list[str], cores: list[int] | None, env: dict[str, str], on_interrupt) -> None:
     """Become the stage: `evol run`'s environment, the lane's cores and thread count, the terminal's
     Ctrl-C, then `evol ARGV`."""
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, on_interrupt)
         os.environ.clear()
         os.environ.update(env)
         if cores:

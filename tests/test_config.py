@@ -169,3 +169,10 @@ def test_engine_choices_match_the_installed_vllm():
 
     assert set(DTYPES) == set(typing.get_args(ModelDType))
     assert set(LORA_RANKS) == set(typing.get_args(MaxLoRARanks))
+
+
+def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"Config file .*empty.yaml is empty; give it at least one section"):
+        load_config(empty)

