@@ -33,7 +33,7 @@ import time
 import traceback
 
 from pipeline.core.jsonio import InputError
-from pipeline.core.lock import held_fds
+from pipeline.core.lock import held_fds, process_alive
 
 # What the stages import before their first line of work; a module missing here (trl on a box
 # that only answers) is skipped, and the stage that needs it imports it as before.
@@ -124,7 +124,7 @@ class Warm:
         self._receive(timeout)
         if self.closed:
             for pid in self._unreported():
-                if not _alive(pid):
+                if not process_alive(pid):
                     self.exits[pid] = 1
 
     def close(self, abort: bool = False) -> None:
@@ -181,16 +181,6 @@ class Warm:
             if "ended" in message:
                 self.exits[message["ended"]] = message["returncode"]
         return messages
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------ the server (python -m pipeline.warm)

@@ -71,7 +71,7 @@ def _held_by_ancestor(path: Path) -> bool:
 def _describe(path: Path, target: Path) -> str:
     holder = _holder(path)
     pid = holder.get("pid")
-    alive = isinstance(pid, int) and _alive(pid)
+    alive = isinstance(pid, int) and process_alive(pid)
     if not alive:  # a shared holder (a command working inside the target) writes no record
         return f"{target} is in use by another evol command working in it; wait for it to finish or stop it."
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
@@ -89,7 +89,8 @@ def _command_line() -> str:
     return " ".join([name, *sys.argv[1:]])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
