@@ -15,9 +15,10 @@ Stages, each a separate `evol` process so accelerator memory is returned in betw
   report    report.md / report.html / report.json with the ablation over rounds
 Lanes (run.lanes; automatic: 2 on a CPU machine with two or more cores): stage processes run side
 by side, each bound to its share of the cores, as soon as what they read is written. On the tiny
-CPU run the reference answers beside the evolution, then the fine-tunes, answers and judgments are
-split over the lanes and the analysis fills a gap (`plan`, `run_steps`). With one lane (a GPU box)
-the stages run one after the other. On a CPU machine each stage process is forked from one
+CPU run the reference answers beside the evolution, C<k> is fine-tuned as soon as round k is
+committed, each model's answers follow its fine-tune in the first free lane, and the judgments and
+the analysis come last (`plan`, `run_steps`). With one lane (a GPU box) the stages run one after
+the other. On a CPU machine each stage process is forked from one
 interpreter that imported vLLM, torch and TRL once (run.warm_start, pipeline/warm.py).
 Before the first stage, every config section, the seed file, the test set and every model the run
 will load are checked (check_run_config, ensure_models); nothing is written until they pass.
@@ -161,9 +162,10 @@ def plan(
 
     `gpu`: whether the answers run on a GPU (None: look), which decides eval.answer_with=auto.
     `lanes`: stage processes at once (None: lanes_for). With one lane the steps run in this order,
-    one at a time. With more, the fine-tunes and the models' answers and judgments are split into
-    that many groups, each step lists the steps it waits for, and `run_steps` starts every step whose
-    inputs are ready while a lane is free, in this order.
+    one at a time. With more, each model gets its own fine-tune and answer steps, the comparisons
+    are cut into one judge step per lane, each step lists the steps it waits for (a fine-tune also
+    the file that commits its round), and `run_steps` starts every step whose inputs are ready
+    while a lane is free, in this order.
     """
     common = ["--config", str(config_file)]
     merged = answers_from_merged(config, gpu)
@@ -308,8 +310,8 @@ def lane_cores(lanes: int) -> list[list[int]]:
 def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> None:
     """Run the steps, each a process: with one lane in order, one at a time; with more, every step
     whose `after` steps are done (or whose `early` file was written) starts as soon as a lane is
-    free (plan order decides ties), bound
-    to that lane's cores (its vLLM threads and OMP_NUM_THREADS follow). An exclusive step waits for
+    free (plan order decides ties), bound to that lane's cores (its vLLM threads and OMP_NUM_THREADS
+    follow). An exclusive step waits for
     an empty machine and runs alone. When a step fails, the running ones are stopped (their finished
     work is kept, as after an interruption) and the failure is reported. With `warm` (a server
     that has imported the heavy libraries), an `evol` step is forked from it instead of started fresh."""
