@@ -124,3 +124,23 @@ def ended(pid: int, within: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["default", "ignored"])
+def test_a_forked_step_handles_ctrl_c_as_evol_run_does(tmp_path, ignored):
+    """A fresh stage inherits evol run's Ctrl-C handling (ignored in a background job); so does a forked one."""
+    import signal
+
+    log = tmp_path / "log.jsonl"
+    code = (
+        "import json, signal\n"
+        "h = signal.getsignal(signal.SIGINT)\n"
+        f"open({str(log)!r}, 'w').write(json.dumps('ignored' if h == signal.SIG_IGN else h.__name__))\n"
+    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    try:
+        with Warm(preload=(), entry=ENTRY) as warm:
+            assert warm.start([code]).wait() == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert json.loads(log.read_text()) == ("ignored" if ignored else "default_int_handler")
