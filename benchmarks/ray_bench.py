@@ -5,9 +5,10 @@ evolve stage's own cost at paper scale with a scripted engine (no model).
     python -m benchmarks.ray_bench round --seeds 16 --work runs/ray-bench --config configs/tiny.yaml
 
 `overhead` runs each (seeds, backend) in a fresh process with a zero-cost scripted engine: the local
-backend's chained path (a StreamingFakeEngine) against the Ray backend's driver path (a
-BlockFakeEngine: one job per step, blocks saved as they come). It adds what Ray Data itself costs
-per row: the same rows through a Ray Data actor pool that echoes them, on a local Ray. Each prints
+backend's chained path (a StreamingFakeEngine); the Ray backend's driver path (a BlockFakeEngine:
+one chain job per round, requests and finished chains through the JSON trip to a replica, blocks
+saved as they come); and the whole Ray path, `ray-data`: a real Ray Data chain job on a local Ray
+whose one replica runs the scripted engine, so Ray's own row traffic is in the number. Each prints
 wall seconds, peak RSS and run-directory size. `round` runs one evolution round on SmolLM2 with each
 backend and compares output tokens per second and the time before the first result.
 Results go to BENCHMARKS.md ("Ray backend") by hand; a 2-core box cannot show a multi-node speed-up.
@@ -16,12 +17,14 @@ Results go to BENCHMARKS.md ("Ray backend") by hand; a 2-core box cannot show a 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -72,14 +75,20 @@ def run_scripted(seeds: int, rounds: int, backend: str, work: Path) -> dict:
             f"evolve.seeds={seeds_file}",
             f"eval.testset={testset}",
             f"evolve.rounds={rounds}",
-            f"engine.backend={backend}",
+            f"engine.backend={'local' if backend == 'local' else 'ray'}",
+            "ray.num_cpus=2",
         ],
     )
-    engine_class = BlockFakeEngine if backend == "ray" else StreamingFakeEngine
-    options = {"block_size": config.ray.batch_size} if backend == "ray" else {"finish_per_poll": 64}
 
     def make(role):
-        return engine_class(scripted, **options)
+        if backend == "ray-data":  # a real Ray Data chain job; its one replica answers with `scripted`
+            from pipeline.engine.ray_backend import RayEngine
+
+            replica = partial(StreamingFakeEngine, scripted, finish_per_poll=64)
+            return RayEngine("scripted", config.engine, config.ray, replica=replica)
+        if backend == "ray":
+            return BlockFakeEngine(scripted, block_size=config.ray.batch_size)
+        return StreamingFakeEngine(scripted, finish_per_poll=64)
 
     names = {role: "scripted" for role in ("evolver", "equality", "responder")}
     run_dir = work / f"{backend}_{seeds}"
@@ -98,32 +107,6 @@ def run_scripted(seeds: int, rounds: int, backend: str, work: Path) -> dict:
     }
 
 
-class Echo:
-    """A Ray Data actor standing for an engine replica: returns each row's id with a fixed text."""
-
-    def __call__(self, batch):
-        return {"id": batch["id"], "text": ["x" * 200] * len(batch["id"])}
-
-
-def ray_data_cost(rows: int, batch_size: int) -> dict:
-    """What a Ray Data job costs per row with an engine that costs nothing (local Ray)."""
-    import ray
-
-    from pipeline.config.ray import RayConfig
-    from pipeline.engine.ray_backend import connect
-
-    connect(RayConfig(num_cpus=2))
-    started = time.perf_counter()
-    items = [{"id": f"r{i}", "tokenized_prompt": list(range(300))} for i in range(rows)]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, rows // batch_size))
-    dataset = dataset.map_batches(Echo, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=1))
-    seen = sum(len(b["id"]) for b in dataset.iter_batches(batch_size=None))
-    wall = time.perf_counter() - started
-    ray.shutdown()
-    assert seen == rows
-    return {"rows": rows, "wall_s": round(wall, 1), "ms_per_row": round(1000 * wall / rows, 3)}
-
-
 @click.group()
 def main() -> None:
     """The Ray backend's benchmarks."""
@@ -139,17 +122,13 @@ def overhead(seeds, rounds, work, one) -> None:
     work = Path(work)
     if one:
         backend, count = one.split(":")
-        if backend == "raydata":
-            print(json.dumps(ray_data_cost(int(count), 16)))
-        else:
-            print(json.dumps(run_scripted(int(count), rounds, backend, work)))
+        print(json.dumps(run_scripted(int(count), rounds, backend, work)))
         return
     for count in [int(x) for x in seeds.split(",")]:
-        for backend in ("local", "ray", "raydata"):
-            rows = count * 3 if backend == "raydata" else count  # one round's three steps
+        for backend in ("local", "ray", "ray-data"):
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.ray_bench", "overhead", "--rounds", str(rounds)]
-                + ["--work", str(work), "--one", f"{backend}:{rows}"],
+                + ["--work", str(work), "--one", f"{backend}:{count}"],
                 capture_output=True,
                 text=True,
             )
@@ -176,7 +155,9 @@ def one_round(seeds, work, config_path) -> None:
         out = subprocess.run(
             [sys.executable, "-m", "pipeline", "evolve", "--config", config_path, "--rounds", "1"]
             + ["--seeds", str(work / "seeds.jsonl"), "--out", str(run_dir)]
-            + ["--set", f"engine.backend={backend}", "--set", "ray.num_cpus=4", "--set", "ray.batch_size=1"],
+            + ["--set", f"engine.backend={backend}", "--set", "ray.num_cpus=4", "--set", "ray.batch_size=1"]
+            # the one replica gets the cores the local engine has
+            + ["--set", f"ray.cpus_per_worker={len(os.sched_getaffinity(0))}"],
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -187,12 +168,13 @@ def one_round(seeds, work, config_path) -> None:
         generation = [s["generation"] for s in stats["rounds"]]
         tokens = sum(step["completion_tokens"] for g in generation for step in g.values())
         seconds = sum(step["seconds"] for g in generation for step in g.values())
-        # each Ray job's start-up: "[ray] job of N rows: first block after X s, all after Y s"
+        # each Ray job: "[ray] job of N chains on R replica(s): replicas ready after X s, first block after
+        # F s, longest shard B s, all after Y s"
         jobs = [
             (float(m.group(1)), float(m.group(2)))
-            for m in re.finditer(r"first block after ([0-9.]+) s, all after ([0-9.]+) s", out.stderr)
+            for m in re.finditer(r"replicas ready after ([0-9.]+) s, .*?longest shard ([0-9.]+) s", out.stderr)
         ]
-        startup = sum(first for first, _ in jobs)
+        startup, busy = sum(j[0] for j in jobs), sum(j[1] for j in jobs)
         results[backend] = {
             "backend": backend,
             "seeds": seeds,
@@ -204,8 +186,10 @@ def one_round(seeds, work, config_path) -> None:
             "steps": sum(len(g) for g in generation),
             "ray_jobs": len(jobs),
             "ray_startup_s": round(startup, 1),
-            # generation time less each job's time to its first block: what the engines took once running
+            # generation time less each job's start-up (until its replicas' engines were ready)
             "tok_per_s_after_startup": round(tokens / (seconds - startup), 1) if seconds > startup else None,
+            # the replicas' own time on their shards: the engines' speed, without Ray's transport
+            "tok_per_s_in_replicas": round(tokens / busy, 1) if busy else None,
         }
         print(json.dumps(results[backend]), flush=True)
     local, ray = results["local"], results["ray"]
@@ -217,6 +201,9 @@ def one_round(seeds, work, config_path) -> None:
                     ray["tok_per_s_after_startup"] / local["tok_per_s_generation"], 3
                 )
                 if ray["tok_per_s_after_startup"]
+                else None,
+                "ray_in_replicas_over_local": round(ray["tok_per_s_in_replicas"] / local["tok_per_s_generation"], 3)
+                if ray["tok_per_s_in_replicas"]
                 else None,
                 "ray_startup_per_job_s": round(ray["ray_startup_s"] / max(1, ray["ray_jobs"]), 1),
             }

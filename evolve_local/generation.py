@@ -17,13 +17,13 @@ from pathlib import Path
 from evolve_local import eliminate as rules
 from evolve_local.dedup import NearDuplicates, TestSetFilter
 from evolve_local.prompts import equality_prompt, evolution_prompt, messages
-from evolve_local.steps import Engines, ModelSet, load_step, run_chained, run_step
+from evolve_local.steps import Engines, ModelSet, load_step, run_chained, run_step, step_record
 from pipeline.config import Config
-from pipeline.config.evolve import OPERATIONS
+from pipeline.config.evolve import OPERATIONS, EvolveConfig
 from pipeline.core.jsonio import iter_jsonl
 from pipeline.core.paths import round_pool
 from pipeline.core.seeds import derive_seed
-from pipeline.engine import ChatRequest
+from pipeline.engine import ChatRequest, ChatResult
 
 # ---------------------------------------------------------------- the run
 
@@ -79,48 +79,82 @@ def step_problem(run: Run, item: dict, step: str, result: dict) -> tuple[str, st
     return rules.step_problem(step, item["instruction"], result, run.config.evolve.refusal_max_words)
 
 
+@dataclass(frozen=True)
+class Attempts:
+    """How round k's attempts go on: the next missing step of an attempt and its request.
+
+    It holds only plain values, and `follow_up` reads nothing but the request's `context` (the pool
+    item and the attempt's finished records), so on Ray it travels to the engine replicas and each
+    chains its attempts there (`ChainEngine.run_chains`), exactly as the local engine chains them."""
+
+    evolve: EvolveConfig
+    seed: int
+    k: int
+
+    def next_step(self, item: dict, results: dict[str, dict]) -> str | None:
+        """The attempt's next missing step, or None when it needs no more: an evolution that broke an
+        instruction rule is never checked, one the verdict rejected is never answered."""
+        for step in STEPS:
+            result = results.get(step)
+            if result is None:
+                return step
+            if rules.step_problem(step, item["instruction"], result, self.evolve.refusal_max_words) is not None:
+                return None
+        return None
+
+    def request(self, item: dict, step: str, results: dict[str, dict]) -> ChatRequest:
+        e, aid, k = self.evolve, attempt_id(item, self.k), self.k
+        context = {"item": item, "results": results}
+        if step == "evolve":
+            operation = choose_operation(self.seed, item["id"], k, e.operation_weights)
+            return ChatRequest(
+                id=aid,
+                purpose=step,
+                max_tokens=e.evolution_max_tokens,
+                messages=messages(evolution_prompt(operation, item["instruction"])),
+                seed=derive_seed(self.seed, item["id"], k, "evolve"),
+                context=context,
+            )
+        evolved = results["evolve"]["text"].strip()
+        if step == "check":
+            return ChatRequest(
+                id=aid,
+                purpose=step,
+                temperature=0.0,
+                max_tokens=e.verdict_max_tokens,
+                choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
+                messages=messages(equality_prompt(item["instruction"], evolved)),
+                seed=derive_seed(self.seed, item["id"], k, "equality"),
+                context=context,
+            )
+        return ChatRequest(
+            id=aid,
+            purpose=step,
+            max_tokens=e.answer_max_tokens,
+            messages=messages(evolved),
+            seed=derive_seed(self.seed, item["id"], k, "answer"),
+            context=context,
+        )
+
+    def follow_up(self, request: ChatRequest, result: ChatResult) -> ChatRequest | None:
+        """The attempt's next request after `request` finished with `result`, or None: it is done."""
+        item = request.context["item"]
+        results = {**request.context["results"], request.purpose: step_record(request, result)}
+        step = self.next_step(item, results)
+        return None if step is None else self.request(item, step, results)
+
+
+def attempts(run: Run, k: int) -> Attempts:
+    return Attempts(run.config.evolve, run.seed, k)
+
+
+def attempt_results(done: dict[str, dict], aid: str) -> dict[str, dict]:
+    """The finished records of one attempt, by step."""
+    return {step: done[step][aid] for step in STEPS if aid in done[step]}
+
+
 def next_step(run: Run, k: int, item: dict, done: dict[str, dict]) -> str | None:
-    """The attempt's next missing request, or None when it needs no more: an evolution that broke
-    an instruction rule is never checked, one the verdict rejected is never answered."""
-    aid = attempt_id(item, k)
-    for step in STEPS:
-        result = done[step].get(aid)
-        if result is None:
-            return step
-        if step_problem(run, item, step, result) is not None:
-            return None
-    return None
-
-
-def step_request(run: Run, k: int, item: dict, step: str, done: dict[str, dict]) -> ChatRequest:
-    e, aid = run.config.evolve, attempt_id(item, k)
-    if step == "evolve":
-        operation = choose_operation(run.seed, item["id"], k, e.operation_weights)
-        return ChatRequest(
-            id=aid,
-            purpose=step,
-            max_tokens=e.evolution_max_tokens,
-            messages=messages(evolution_prompt(operation, item["instruction"])),
-            seed=derive_seed(run.seed, item["id"], k, "evolve"),
-        )
-    evolved = done["evolve"][aid]["text"].strip()
-    if step == "check":
-        return ChatRequest(
-            id=aid,
-            purpose=step,
-            temperature=0.0,
-            max_tokens=e.verdict_max_tokens,
-            choice=["EQUAL", "DIFFERENT"] if e.constrained_verdict else None,
-            messages=messages(equality_prompt(item["instruction"], evolved)),
-            seed=derive_seed(run.seed, item["id"], k, "equality"),
-        )
-    return ChatRequest(
-        id=aid,
-        purpose=step,
-        max_tokens=e.answer_max_tokens,
-        messages=messages(evolved),
-        seed=derive_seed(run.seed, item["id"], k, "answer"),
-    )
+    return attempts(run, k).next_step(item, attempt_results(done, attempt_id(item, k)))
 
 
 def step_passes(run: Run, step: str, item_of: Callable[[str], dict]) -> Callable[[dict], bool]:
@@ -130,11 +164,8 @@ def step_passes(run: Run, step: str, item_of: Callable[[str], dict]) -> Callable
 
 
 def overlapped(run: Run) -> bool:
-    """One model in every role: the steps can share one engine and run as chains. On Ray each step
-    is one job over the pool instead (see pipeline/engine/ray_backend.py and README "Running on a
-    cluster"): a job holds one model copy per replica, so a large model fits where three would not."""
-    if run.config.engine.backend == "ray":
-        return False
+    """One model in every role: the steps share one engine and run as chains, on the local engine
+    or, on Ray, on each replica (one model copy per replica; see README "Running on a cluster")."""
     return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 
@@ -163,33 +194,35 @@ def step_requests(
     run: Run, k: int, pool_in: Path, done: dict[str, dict], step: str, sent: dict[str, dict]
 ) -> Iterator[ChatRequest]:
     """The requests of one step for the attempts that need it next; `sent` gains their pool items."""
+    plan = attempts(run, k)
     for item in pool_items(pool_in):
-        if next_step(run, k, item, done) == step:
+        results = attempt_results(done, attempt_id(item, k))
+        if plan.next_step(item, results) == step:
             sent[attempt_id(item, k)] = item
-            yield step_request(run, k, item, step, done)
+            request = plan.request(item, step, results)
+            request.context = None  # no follow-up: a step at a time
+            yield request
 
 
 def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
     """Every step at once on the one engine: an item's check is sent as soon as its evolution ends,
     its answer as soon as its check does, so the engine's batch stays full across the steps.
     `done` gains every record as it finishes (and is saved)."""
-    active: dict[str, dict] = {}  # pool items with a request in flight, by attempt id
+    plan = attempts(run, k)
+    active: dict[str, dict] = {}  # pool items with a chain under way, by attempt id
 
     def first() -> Iterator[ChatRequest]:
         for item in pool_items(pool_in):
-            step = next_step(run, k, item, done)
+            results = attempt_results(done, attempt_id(item, k))
+            step = plan.next_step(item, results)
             if step is not None:
                 active[attempt_id(item, k)] = item
-                yield step_request(run, k, item, step, done)
+                yield plan.request(item, step, results)
 
-    def follow_up(request: ChatRequest, record: dict) -> ChatRequest | None:
+    def finished(request: ChatRequest, record: dict, last: bool) -> None:
         done[request.purpose][request.id] = record
-        item = active[request.id]
-        step = next_step(run, k, item, done)
-        if step is None:
-            del active[request.id]
-            return None
-        return step_request(run, k, item, step, done)
+        if last:
+            active.pop(request.id, None)
 
     total = sum(next_step(run, k, item, done) is not None for item in pool_items(pool_in))
     run_chained(
@@ -199,10 +232,11 @@ def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> 
         {step: run.work(k, step) for step in STEPS},
         run.work(k, "timing"),
         first(),
-        follow_up,
+        plan.follow_up,
         total,
         run.config.engine.chunk_size,
         passes={step: step_passes(run, step, active.__getitem__) for step in STEPS},
+        on_record=finished,
     )
 
 

@@ -7,7 +7,8 @@ A step (evolve, check, answer) appends its finished records to `evolve/work/roun
 and its timing to `round_<k>.timing.jsonl`; a rerun reads what is there and sends only the missing
 requests, so nothing is generated twice and nothing finished is lost. `run_step` runs one step
 over the pool in chunks; `run_chained` runs every step at once on one engine, each item's next
-request sent as soon as its last one finished (see `pipeline.engine.run_dataflow`).
+request sent as soon as its last one finished (see `pipeline.engine.run_dataflow`), or on Ray on
+every replica at once (`ChainEngine.run_chains`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from pathlib import Path
 from pipeline.core.jsonio import append_jsonl, read_jsonl_tolerant
 from pipeline.engine import (
     BlockStreamingEngine,
+    ChainEngine,
     ChatRequest,
     ChatResult,
     Engine,
+    FollowUp,
     StreamingEngine,
     generate_in_chunks,
     run_dataflow,
@@ -117,7 +120,9 @@ class TimedBlockEngine(TimedEngine):
     last block, so a step's timing rows sum to the job's wall time, start-up included."""
 
     def stream(self, requests):
-        blocks = self.engine.stream(requests)
+        return self._blocks(self.engine.stream(requests))
+
+    def _blocks(self, blocks):
         while True:
             started = time.perf_counter()
             try:
@@ -130,7 +135,16 @@ class TimedBlockEngine(TimedEngine):
             yield block
 
 
+class TimedChainEngine(TimedBlockEngine):
+    """A `TimedBlockEngine` around a `ChainEngine` (Ray): each block of finished chains timed alike."""
+
+    def run_chains(self, first, follow_up):
+        return self._blocks(self.engine.run_chains(first, follow_up))
+
+
 def timed_engine(engine: Engine) -> TimedEngine:
+    if isinstance(engine, ChainEngine):
+        return TimedChainEngine(engine)
     if isinstance(engine, BlockStreamingEngine):
         return TimedBlockEngine(engine)
     return TimedStreamingEngine(engine) if isinstance(engine, StreamingEngine) else TimedEngine(engine)
@@ -254,16 +268,20 @@ def run_chained(
     outs: dict[str, Path],
     timing: Path,
     first: Iterable[ChatRequest],
-    follow_up: Callable[[ChatRequest, dict], ChatRequest | None],
+    follow_up: FollowUp,
     total: int,
     chunk_size: int,
     passes: dict[str, Callable[[dict], bool]],
+    on_record: Callable[[ChatRequest, dict, bool], None] = lambda request, record, last: None,
 ) -> None:
     """Run chains of requests (one chain per pool item) on one engine, up to `chunk_size` in flight.
 
     `first` holds each chain's first missing request, its step in `request.purpose`; `follow_up`
-    gets a finished request and its record and returns the chain's next request, or None when the
-    chain is done. Records go to `outs[step]` as in `run_step`; the bar counts finished chains.
+    gets a finished request and its result and returns the chain's next request, or None when the
+    chain is done. A `ChainEngine` (Ray) runs the chains on its replicas and hands back finished
+    chains; any other engine runs them here (`run_dataflow`). Records go to `outs[step]` as in
+    `run_step`, and each to `on_record(request, record, last)` after its step's `passes` counted it
+    (`last`: the chain ended with it); the bar counts finished chains.
     """
     if total == 0:
         return
@@ -275,29 +293,41 @@ def run_chained(
     tokens = [0]
     bar = tqdm(total=total, desc=label, unit="item", dynamic_ncols=True, mininterval=1.0)
 
-    def on_results(pairs: list[tuple[ChatRequest, ChatResult]]) -> list[ChatRequest]:
-        following = []
-        for request, result in pairs:
-            record = step_record(request, result)
-            log.add(request.purpose, record)
-            seen[request.purpose][0] += 1
-            seen[request.purpose][1] += passes[request.purpose](record)
-            tokens[0] += result.completion_tokens
-            after = follow_up(request, record)
-            if after is None:
-                bar.update(1)
-            else:
-                following.append(after)
+    def finished(request: ChatRequest, result: ChatResult, last: bool) -> None:
+        record = step_record(request, result)
+        log.add(request.purpose, record)
+        seen[request.purpose][0] += 1
+        seen[request.purpose][1] += passes[request.purpose](record)
+        tokens[0] += result.completion_tokens
+        on_record(request, record, last)
+        bar.update(int(last))
+
+    def show() -> None:
         bar.set_postfix(
             {
                 "tok/s": f"{tokens[0] / max(timed.seconds, 1e-9):.0f}",
                 **{f"{step} kept%": f"{100 * n[1] / n[0]:.0f}" for step, n in seen.items() if n[0]},
             }
         )
+
+    def on_results(pairs: list[tuple[ChatRequest, ChatResult]]) -> list[ChatRequest]:
+        following = []
+        for request, result in pairs:
+            after = follow_up(request, result)
+            finished(request, result, after is None)
+            if after is not None:
+                following.append(after)
+        show()
         return following
 
     try:
-        run_dataflow(timed, first, on_results, window=chunk_size)
+        if isinstance(timed, TimedChainEngine):
+            for pairs in timed.run_chains(first, follow_up):
+                for i, (request, result) in enumerate(pairs):  # whole chains, each one's pairs in order
+                    finished(request, result, i + 1 == len(pairs) or pairs[i + 1][0].id != request.id)
+                show()
+        else:
+            run_dataflow(timed, first, on_results, window=chunk_size)
     finally:
         log.flush()  # finished records survive an error in a later request too
         bar.close()

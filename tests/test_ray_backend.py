@@ -4,6 +4,7 @@ path writes (resume after failed rows included). The real Ray runs are in test_r
 
 import builtins
 import filecmp
+import json
 
 import pytest
 
@@ -64,13 +65,15 @@ def test_block_streaming_hands_every_block_to_the_caller_in_one_job():
     assert stats.requests == 5
 
 
-def test_evolution_on_blocks_writes_what_the_local_path_writes(tmp_path):
+@pytest.mark.parametrize("chained", [True, False], ids=["chains", "by_step"])
+def test_evolution_on_ray_writes_what_the_local_path_writes(tmp_path, chained):
+    overlap = [] if chained else ["evolve.overlap_steps=false"]
     local = Factory()
-    run_evolve(make_config(tmp_path), tmp_path / "local", local.models, quiet=True)
+    run_evolve(make_config(tmp_path, *overlap), tmp_path / "local", local.models, quiet=True)
 
     blocks = Factory(block_size=2)
     blocks.engine_class = BlockFakeEngine
-    config = make_config(tmp_path, "engine.backend=ray")
+    config = make_config(tmp_path, "engine.backend=ray", *overlap)
     run_evolve(config, tmp_path / "ray", blocks.models, quiet=True)
 
     for k in range(3):
@@ -78,26 +81,43 @@ def test_evolution_on_blocks_writes_what_the_local_path_writes(tmp_path):
         assert filecmp.cmp(
             tmp_path / "local" / "evolve" / f"round_{k}.jsonl", tmp_path / "ray" / "evolve" / f"round_{k}.jsonl"
         )
-    # one job per step and round (round 0: the seed answers), each over every request of that step
-    assert [len(s) for _, engine in blocks.started for s in engine.streams] == [9, 9, 6, 5, 9, 6, 5]
+    streams = [len(s) for _, engine in blocks.started for s in engine.streams]
+    chains = [len(c) for _, engine in blocks.started for c in engine.chains]
+    if chained:
+        # round 0's seed answers are one job; each round is one chain job over the whole pool, its
+        # evolve, check and answer steps chained on the replicas
+        assert (streams, chains) == ([9], [9, 9])
+    else:  # one job per step and round, each over every request of that step
+        assert (streams, chains) == ([9, 9, 6, 5, 9, 6, 5], [])
     from pipeline.core.jsonio import read_json
 
     assert read_json(tmp_path / "ray" / "evolve" / "manifest.json")["backend"] == "ray"
 
 
-def test_failed_rows_stop_the_stage_and_a_rerun_generates_only_them(tmp_path):
-    config = make_config(tmp_path, "engine.backend=ray", rounds=1)
+@pytest.mark.parametrize("chained", [True, False], ids=["chains", "by_step"])
+def test_failed_rows_stop_the_stage_and_a_rerun_generates_only_them(tmp_path, chained):
+    overlap = [] if chained else ["evolve.overlap_steps=false"]
+    config = make_config(tmp_path, "engine.backend=ray", *overlap, rounds=1)
     failing = Factory(block_size=2, fail={"s1@r1", "s6@r1"})
     failing.engine_class = BlockFakeEngine
-    with pytest.raises(RowsFailed, match=r"2 of 9 rows failed"):
+    with pytest.raises(RowsFailed, match=r"2 of 9 (rows|chains) failed"):
         run_evolve(config, tmp_path / "run", failing.models, quiet=True)
 
     rerun = Factory(block_size=2)
     rerun.engine_class = BlockFakeEngine
     run_evolve(config, tmp_path / "run", rerun.models, quiet=True)
-    streams = [[r.id for r in s] for _, engine in rerun.started for s in engine.streams]
-    assert sorted(streams[0]) == ["s1@r1", "s6@r1"]  # round 0 and the other evolutions were saved: not sent again
-    assert [len(s) for s in streams] == [2, 6, 5]  # then the check and answer steps, which the failure never reached
+    if chained:
+        (sent,) = [[r.id for r in c] for _, engine in rerun.started for c in engine.chains]
+        assert sorted(sent) == ["s1@r1", "s6@r1"]  # round 0 and the other chains were saved: not sent again
+        assert not [s for _, engine in rerun.started for s in engine.streams]
+    else:
+        streams = [[r.id for r in s] for _, engine in rerun.started for s in engine.streams]
+        assert sorted(streams[0]) == ["s1@r1", "s6@r1"]  # round 0 and the other evolutions were saved
+        assert [len(s) for s in streams] == [
+            2,
+            6,
+            5,
+        ]  # then the check and answer steps, which the failure never reached
 
     local = Factory()
     run_evolve(make_config(tmp_path, rounds=1), tmp_path / "local", local.models, quiet=True)
@@ -111,90 +131,124 @@ def test_fake_engines_agree():
     assert pair[1] == FakeEngine(scripted).generate([request])[0]
 
 
-class WordTokenizer:
-    """Stands for the model's tokenizer: one token per word of the joined messages."""
+def test_requests_and_results_travel_to_a_replica_and_back_whole():
+    from pipeline.engine.ray_job import decode_pairs, decode_request, encode_pairs, encode_request
 
-    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-        return list(range(len(" ".join(m["content"] for m in messages).split()) + 2))
+    request = ChatRequest(
+        id="s1@r1",
+        messages=[{"role": "user", "content": "Ünïcode \u2014 and a newline\n"}],
+        max_tokens=7,
+        temperature=0.0,
+        top_p=0.9,
+        seed=5,
+        adapter="C1",
+        regex="[0-9]+ [0-9]+",
+        choice=None,
+        purpose="check",
+        context={"item": {"id": "s1", "instruction": "x"}, "results": {"evolve": {"text": "y", "seed": 3}}},
+    )
+    assert decode_request(encode_request(request)) == request
+    result = FakeEngine("a b c").generate([request])[0]
+    assert decode_pairs(json.loads(json.dumps(encode_pairs([(request, result)])))) == [(request, result)]
+
+
+class ScriptedPlan:
+    """A two-step chain (ask, then confirm) whose follow-up fails for one id, as a buggy step would."""
+
+    def __call__(self, request, result):
+        if request.id == "broken":
+            raise ValueError("no rule for this record")
+        if request.purpose == "ask":
+            return ChatRequest(id=request.id, messages=request.messages, purpose="confirm", seed=request.seed)
+        return None
+
+
+def test_a_replica_chains_its_shard_and_yields_one_row_per_block_with_errors_counted():
+    from pipeline.engine.fake import StreamingFakeEngine
+    from pipeline.engine.ray_job import Replica, encode_request
+
+    replica = object.__new__(Replica)  # no Ray: the actor's work on one shard
+    replica.engine = StreamingFakeEngine(lambda r: f"{r.purpose} {r.id}", finish_per_poll=2)
+    replica.follow_up, replica.window, replica.block = ScriptedPlan(), 4, 2
+    replica.where, replica.ready = "node:1", 0.0
+    ids = ["a", "b", "broken", "c", "d"]
+    shard = {"request": [encode_request(ChatRequest(id=i, messages=[], purpose="ask", seed=1)) for i in ids]}
+    rows = list(replica(shard))
+    assert all(list(row) == ["block"] and len(row["block"]) == 1 for row in rows)  # one row per block
+    chains = [chain for row in rows for chain in json.loads(row["block"][0])["chains"]]
+    assert sorted(c["id"] for c in chains) == sorted(ids)  # every chain once, the failed one too
+    (broken,) = [c for c in chains if c["error"]]
+    assert broken["id"] == "broken" and broken["error"] == "ValueError: no rule for this record"
+    for chain in chains:
+        if not chain["error"]:  # both steps, in order, in the replica's engine
+            assert [request["purpose"] for request, _ in chain["chain"]] == ["ask", "confirm"]
+    assert (
+        max(len(json.loads(row["block"][0])["chains"]) for row in rows) <= 3
+    )  # block=2 chains, a poll may end one more
 
 
 def bare_ray_engine(**settings):
     from pipeline.engine.ray_backend import RayEngine
 
     config = load_config(None, ["engine.backend=ray", *[f"engine.{k}={v}" for k, v in settings.items()]])
-    engine = object.__new__(RayEngine)  # no Ray, no model: only the rows the driver would send
+    engine = object.__new__(RayEngine)  # no Ray, no model: the driver's side of a job
     engine.settings, engine.ray_settings = config.engine, config.ray
-    engine.model_path, engine.tokenizer = "/models/base", WordTokenizer()
-    engine.adapters = {"C1": "/adapters/c1"}
+    engine.model_path, engine.adapters, engine.replica = "/models/base", {"C1": "/adapters/c1"}, None
+    engine.seed, engine.trust_remote_code = 0, False
     return engine
 
 
-def test_ray_rows_carry_seed_limits_constraints_and_adapter():
-    engine = bare_ray_engine(max_model_len=12, max_tokens=100, temperature=0.7)
-    ask = [{"role": "user", "content": "one two three"}]
-    row, result = engine._row(ChatRequest(id="a", messages=ask, seed=5, choice=["EQUAL", "DIFFERENT"]))
-    assert result is None and row["id"] == "a" and row["tokenized_prompt"].tolist() == list(range(5))
-    assert row["tokenized_prompt"].dtype == "int32"  # not Python ints: the driver holds a whole step of these
-    assert row["sampling_params"] == {
-        "max_tokens": 7,  # what the context leaves, as the local backend clips
-        "temperature": 0.7,
-        "top_p": 0.95,
-        "seed": 5,
-        "structured_outputs": {"choice": ["EQUAL", "DIFFERENT"]},
-    }
-    assert row["model"] == "/models/base" and row["max_tokens"] == 7
-    row, _ = engine._row(ChatRequest(id="b", messages=ask, max_tokens=3, regex="[0-9]+ [0-9]+", adapter="C1"))
-    assert row["sampling_params"]["structured_outputs"] == {"regex": "[0-9]+ [0-9]+"}
-    assert row["sampling_params"]["max_tokens"] == 3 and row["model"] == "/adapters/c1"  # LoRA by the row's model
-    row, result = engine._row(ChatRequest(id="c", messages=[{"role": "user", "content": "w " * 20}]))
-    assert row is None and result.finish_reason == "too_long" and result.completion_tokens == 0
-    with pytest.raises(KeyError, match="Adapter 'C9'"):
-        engine._row(ChatRequest(id="d", messages=ask, adapter="C9"))
+def test_an_unknown_adapter_is_refused_before_any_replica_starts():
+    from pipeline.engine.ray_job import ray_job
+
+    engine = bare_ray_engine()
+    ask = [{"role": "user", "content": "hi"}]
+    with pytest.raises(KeyError, match=r"Adapter 'C9' was not given to the engine; known: \['C1'\]"):
+        next(ray_job(engine, [ChatRequest(id="a", messages=ask, adapter="C9")], None))
 
 
-def test_the_processor_waits_for_every_replica_and_bounds_the_retries(monkeypatch, capsys):
+def test_the_job_waits_for_every_replica_and_places_each_one(monkeypatch, capsys):
     ray = pytest.importorskip("ray")
     from ray.data import DataContext
 
+    from pipeline.engine.ray_job import prepare_job, replica_resources
+    from pipeline.engine.vllm_backend import VLLMEngine
+
     engine = bare_ray_engine(replicas=3)
-    engine.seed, engine.trust_remote_code, engine.settings.cpu_threads_bind = 0, False, ""
-    engine.ray_settings.retries, engine.ray_settings.start_timeout_s = 1, 77
+    engine.ray_settings.start_timeout_s = 77
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     before = DataContext.get_current().wait_for_min_actors_s
     try:
-        processor = engine._processor()
+        assert prepare_job(engine) == (False, 1)
         assert DataContext.get_current().wait_for_min_actors_s == 77  # no row before all 3 replicas started
     finally:
         DataContext.get_current().wait_for_min_actors_s = before
-    stage = processor.get_stage_by_name("vLLMEngineStage")
-    assert stage.map_batches_kwargs["max_task_retries"] == 1
-    assert stage.map_batches_kwargs["compute"].min_size == stage.map_batches_kwargs["compute"].max_size == 3
-    warning = capsys.readouterr().err
-    assert "engine.replicas=3 x 1 worker(s) need 3 CPUs; the cluster has 2 now" in warning
+    assert "engine.replicas=3 x 1 worker(s) need 3 CPUs; the cluster has 2 now" in capsys.readouterr().err
 
+    assert replica_resources(False, 1, 2) == {"num_cpus": 2}
+    assert replica_resources(True, 1, 2) == {"num_gpus": 1, "num_cpus": 1}
+    spanning = replica_resources(True, 4, 1)  # tensor x pipeline parallel: a placement group per replica
+    assert spanning["num_gpus"] == 0 and spanning["ray_remote_args_fn"].args == (4,)
 
-def test_ray_output_rows_become_results_with_their_finish_reason():
-    from pipeline.engine.ray_backend import _slim
-
-    row = {"id": "a", "generated_text": "hi", "num_input_tokens": 5, "generated_tokens": [7, 8], "max_tokens": 2}
-    assert _slim({**row, "num_generated_tokens": 2}, frozenset({2}))["finish_reason"] == "length"
-    assert _slim({**row, "num_generated_tokens": 2, "generated_tokens": [7, 2]}, frozenset({2}))["finish_reason"] == (
-        "stop"  # the last token allowed was the end of text: it stopped, it did not run out
+    make = engine.replica_factory(gpus=True, workers=4)
+    assert make.func is VLLMEngine and make.args == ("/models/base", engine.settings)
+    assert make.keywords["extra_options"] == {"pipeline_parallel_size": 1, "distributed_executor_backend": "ray"}
+    assert make.keywords["adapters"] == {"C1": "/adapters/c1"}
+    assert (
+        engine.replica_factory(gpus=False, workers=2).keywords["extra_options"]["distributed_executor_backend"] == "mp"
     )
-    failed = _slim({"id": "b", "__inference_error__": "EngineDeadError: boom", "max_tokens": 4}, frozenset())
-    assert failed["error"].startswith("EngineDeadError") and failed["text"] == ""
 
 
 def test_a_job_ray_gives_up_on_ends_in_one_sentence_after_its_blocks():
     exceptions = pytest.importorskip("ray.exceptions")
-    from pipeline.engine.ray_backend import _job_blocks
+    from pipeline.engine.ray_job import job_blocks
 
     class Dataset:
         def iter_batches(self, **_):
             yield "first block"
             raise exceptions.RayError("ActorDiedError: the actor died unexpectedly\n  traceback lines")
 
-    blocks = _job_blocks(Dataset())
+    blocks = job_blocks(Dataset())
     assert next(blocks) == "first block"
     with pytest.raises(RowsFailed, match=r"^The Ray job stopped \(ActorDiedError: the actor died unexpectedly\)"):
         next(blocks)

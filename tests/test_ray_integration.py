@@ -20,7 +20,7 @@ from pipeline.core.paths import SHIPPED_SEEDS
 from pipeline.engine import ChatRequest
 from pipeline.engine.ray_backend import RayEngine, connect
 
-pytest.importorskip("ray.data.llm")
+pytest.importorskip("ray.data")
 pytestmark = pytest.mark.integration
 
 SEEDS = 3
@@ -76,21 +76,21 @@ def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_p
     models = vllm_models(config)
     make, sent = models.make, []
 
-    def killing(role):  # the first engine dies right after its first block was saved
+    def killing(role):  # the first chain job dies right after its first block was saved
         engine = make(role)
-        stream = engine.stream
+        run_chains = engine.run_chains
 
-        def stream_once(requests):
-            requests = list(requests)
-            sent.append([r.id for r in requests])
-            blocks = stream(requests)
+        def run_chains_once(first, follow_up):
+            first = list(first)
+            sent.append([r.id for r in first])
+            blocks = run_chains(first, follow_up)
             yield next(blocks)
             if len(sent) == 1:
                 blocks.close()
                 raise Killed()
             yield from blocks
 
-        engine.stream = stream_once
+        engine.run_chains = run_chains_once
         return engine
 
     models.make = killing
@@ -98,10 +98,10 @@ def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_p
         run_evolve(config, tmp_path / "ray", models, quiet=True)
     work = tmp_path / "ray" / "evolve" / "work"
     first = read_jsonl(work / "round_1.evolve.jsonl")
-    assert 1 <= len(first) < SEEDS  # the first block is on disk, the others were lost
+    assert 1 <= len(first) < SEEDS  # the first block (one chain: ray.batch_size=1) is on disk, the others lost
 
     run_evolve(config, tmp_path / "ray", models, quiet=True)
-    # the rerun sent only what the kill lost, and no step wrote an id twice
+    # the rerun sent only the chains the kill lost, and no step wrote an id twice
     assert sorted(sent[1] + [r["id"] for r in first]) == sorted(sent[0])
     for step in ("evolve", "check", "answer"):
         ids = [r["id"] for r in read_jsonl(work / f"round_1.{step}.jsonl")]
@@ -128,6 +128,8 @@ def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_p
     print(f"identical lines, Ray vs local: {same} of {SEEDS} each; verdict EQUAL counts {verdicts}")
     ray_stats = read_json(tmp_path / "ray" / "evolve" / "stats.json")["rounds"][1]
     assert ray_stats["attempted"] == SEEDS and ray_stats["generation"]["evolve"]["requests"] == SEEDS
+    # one chain job per round: the steps of a chain overlap on the replica, as on the local engine
+    assert all(row.get("overlapped") for row in read_jsonl(work / "round_1.timing.jsonl"))
 
 
 def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
@@ -140,8 +142,7 @@ def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
         config = tiny_config(tiny_model, tmp_path, "engine.backend=ray", "engine.replicas=2")
         config.ray.address = cluster.address
         engine = RayEngine(tiny_model, config.engine, config.ray, seed=1)
-        # 16 rows of one token batch each: more than one replica keeps in flight (8 batches), and no row
-        # is sent before both replicas started (ray.start_timeout_s), so both get work
+        # one shard per replica, and no row is sent before both replicas started (ray.start_timeout_s)
         requests = [
             ChatRequest(id=f"q{i}", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=4, seed=i)
             for i in range(16)
@@ -149,10 +150,9 @@ def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
         results = engine.generate(requests)
         assert [r.id for r in results] == [r.id for r in requests] and all(r.completion_tokens for r in results)
         assert sorted(p["id"] for p in engine.placement) == sorted(r.id for r in requests)  # none missing or twice
-        replicas_used = sum(p["engine_request"] == 0 for p in engine.placement)  # each replica numbers its rows
-        assert replicas_used == 2
-        nodes = {a["Address"]["NodeID"] for a in engine_actors(ray)}
-        assert len(nodes) == 2
+        replicas = {p["replica"] for p in engine.placement}  # "node id:pid" of the replica that ran each row
+        assert len(replicas) == 2 and len({where.split(":")[0] for where in replicas}) == 2  # two nodes
+        assert {a["Address"]["NodeID"] for a in engine_actors(ray)} == {where.split(":")[0] for where in replicas}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -162,7 +162,7 @@ def engine_actors(ray, state=None) -> list[dict]:
     return [
         a
         for a in ray._private.state.actors().values()
-        if "vLLMEngineStageUDF" in a["ActorClassName"] and (state is None or a["State"] == state)
+        if "MapBatches(Replica)" in a["ActorClassName"] and (state is None or a["State"] == state)
     ]
 
 
@@ -185,7 +185,7 @@ def test_a_killed_engine_replica_is_restarted_and_no_row_is_lost(tiny_model, tmp
     assert sorted(received) == sorted(r.id for r in requests)  # every row once, none lost
     assert not engine.failed
     restarted = [a for a in engine_actors(ray) if a["ActorID"] == killed]
-    assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray started the replica again and resent its batches
+    assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray started the replica again and resent its shard
     assert len(received) < len(requests) + 1 and len(engine.placement) == len(requests)
 
 

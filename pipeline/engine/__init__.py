@@ -4,26 +4,29 @@
     engine = make_engine(resolve_model("smollm2-135m"), config.engine, seed=42)
     results = engine.generate([ChatRequest(id="a", messages=[{"role": "user", "content": "Hi"}])])
 
-  types.py         ChatRequest, ChatResult, the Engine and StreamingEngine protocols
+  types.py         ChatRequest, ChatResult, the Engine, StreamingEngine and ChainEngine protocols
   vllm_backend.py  VLLMEngine: one vllm.LLM in this process (chat template, seeds, LoRA, constraints)
-  ray_backend.py   RayEngine: a Ray Data job over engine.replicas vLLM engines (local Ray or a cluster)
+  ray_backend.py   RayEngine: every call a Ray Data job over engine.replicas engines (local Ray or a cluster)
+  ray_job.py       that job: one replica actor per engine, each running its shard as chains
   fake.py          FakeEngine: scripted answers for unit tests
   factory.py       make_engine: the backend a config asks for
-  schedule.py      generate_in_chunks (resumable chunks), run_dataflow (dependent requests)
+  schedule.py      generate_in_chunks (resumable chunks), run_dataflow and chain_blocks (dependent requests)
 
 The chat template is applied by the backend with the model's own tokenizer, so a prompt that does
 not fit the context is reported per request (`finish_reason == "too_long"`) instead of failing.
 """
 
 from pipeline.engine.factory import make_engine
-from pipeline.engine.schedule import ChunkStats, generate_in_chunks, run_dataflow
+from pipeline.engine.schedule import ChunkStats, chain_blocks, generate_in_chunks, run_dataflow
 from pipeline.engine.types import (
     ENGINE_ERROR,
     TOO_LONG,
     BlockStreamingEngine,
+    ChainEngine,
     ChatRequest,
     ChatResult,
     Engine,
+    FollowUp,
     StreamingEngine,
 )
 
@@ -31,10 +34,13 @@ __all__ = [
     "ENGINE_ERROR",
     "TOO_LONG",
     "BlockStreamingEngine",
+    "ChainEngine",
     "ChatRequest",
     "ChatResult",
     "ChunkStats",
+    "chain_blocks",
     "Engine",
+    "FollowUp",
     "StreamingEngine",
     "generate_in_chunks",
     "make_engine",

@@ -8,7 +8,8 @@ Tokens are counted as whitespace-separated words. Every batch it receives is rec
 `FakeEngine` is a batch `Engine`; `StreamingFakeEngine` also has the submit/poll interface of
 `VLLMEngine` (a `StreamingEngine`, for `pipeline.engine.run_dataflow`): each poll finishes the
 `finish_per_poll` oldest requests in flight, and `engine.polls` records which requests were in
-flight at each poll. `BlockFakeEngine` streams out-of-order blocks like the Ray backend.
+flight at each poll. `BlockFakeEngine` streams out-of-order blocks like the Ray backend, and runs
+chains as its chain jobs do (`run_chains`).
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ class BlockFakeEngine(FakeEngine):
         super().__init__(*args, **kwargs)
         self.block_size, self.fail = block_size, set(fail or ())
         self.streams: list[list[ChatRequest]] = []
+        self.chains: list[list[ChatRequest]] = []  # each run_chains call's first requests
 
     def stream(self, requests):
-        from pipeline.engine.ray_backend import RowsFailed
+        from pipeline.engine.ray_job import RowsFailed
 
         requests = list(requests)
         self.streams.append(requests)
@@ -107,3 +109,28 @@ class BlockFakeEngine(FakeEngine):
         failed = [r.id for r in requests if r.id in self.fail]
         if failed:
             raise RowsFailed(f"{len(failed)} of {len(requests)} rows failed (first, {failed[0]}: scripted).")
+
+    def run_chains(self, first, follow_up):
+        """Like the Ray backend's chain job: the requests and the follow-up go through what the trip to
+        a replica needs (JSON text, pickling), the chains run on a streaming fake, and blocks of
+        `block_size` finished chains come back in reverse order; a chain whose id is in `fail` gets
+        no pairs, and `RowsFailed` follows the last block."""
+        import json
+        import pickle
+
+        from pipeline.engine.ray_job import RowsFailed, decode_pairs, decode_request, encode_pairs, encode_request
+        from pipeline.engine.schedule import chain_blocks
+
+        first = [decode_request(encode_request(request)) for request in first]
+        self.chains.append(first)
+        follow_up = pickle.loads(pickle.dumps(follow_up))
+        replica = StreamingFakeEngine(self._respond, self.max_model_len, self.max_tokens, finish_per_poll=4)
+        blocks = list(chain_blocks(replica, first, follow_up, window=8, block=self.block_size))
+        self.batches += replica.batches
+        for pairs in reversed(blocks):
+            kept = [pair for pair in pairs if pair[0].id not in self.fail]
+            if kept:
+                yield decode_pairs(json.loads(json.dumps(encode_pairs(kept))))
+        failed = [r.id for r in first if r.id in self.fail]
+        if failed:
+            raise RowsFailed(f"{len(failed)} of {len(first)} chains failed (first, {failed[0]}: scripted).")

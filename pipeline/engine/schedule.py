@@ -2,21 +2,32 @@
 
     stats = generate_in_chunks(engine, requests, chunk_size=256, on_chunk=save)
     run_dataflow(engine, first_requests, on_results=follow_ups, window=256)
+    for block in chain_blocks(engine, first_requests, follow_up, window=256, block=16): save(block)
 
 `generate_in_chunks` hands each finished chunk to a callback, which is how stages persist work and
 resume after a crash. `run_dataflow` is for work whose next request depends on the last one's
 result (evolve, then check, then answer): on a `StreamingEngine` it keeps continuous batching full
 by sending each follow-up as soon as its predecessor finishes; any other engine gets waves.
+`chain_blocks` runs whole chains on a local engine and hands back the finished ones in blocks: what
+a Ray replica does with its share of a `ChainEngine.run_chains` job.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.engine.types import TOO_LONG, BlockStreamingEngine, ChatRequest, ChatResult, Engine, StreamingEngine
+from pipeline.engine.types import (
+    TOO_LONG,
+    BlockStreamingEngine,
+    ChatRequest,
+    ChatResult,
+    Engine,
+    FollowUp,
+    StreamingEngine,
+)
 
 
 @dataclass
@@ -100,6 +111,17 @@ def run_dataflow(
     further fresh ones, so chains finish early and the batch stays full to the end. An engine
     without `submit`/`poll` (data-parallel workers) gets waves: one `generate` call per window.
     """
+    for _ in dataflow(engine, fresh, on_results, window):
+        pass
+
+
+def dataflow(
+    engine: Engine,
+    fresh: Iterable[ChatRequest],
+    on_results: Callable[[list[tuple[ChatRequest, ChatResult]]], list[ChatRequest]],
+    window: int,
+) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
+    """`run_dataflow` as a generator: yields each batch of finished pairs once `on_results` has had it."""
     fresh = iter(fresh)
     follow: deque[ChatRequest] = deque()
 
@@ -115,7 +137,9 @@ def run_dataflow(
 
     if not isinstance(engine, StreamingEngine):
         while batch := take(window):
-            follow.extend(on_results(list(zip(batch, engine.generate(batch)))))
+            finished = list(zip(batch, engine.generate(batch)))
+            follow.extend(on_results(finished))
+            yield finished
         return
     while True:
         engine.submit(take(window - engine.pending))
@@ -124,3 +148,33 @@ def run_dataflow(
         finished = engine.poll()
         if finished:
             follow.extend(on_results(finished))
+            yield finished
+
+
+def chain_blocks(
+    engine: Engine, first: Iterable[ChatRequest], follow_up: FollowUp, window: int, block: int
+) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
+    """Run chains on this engine (`ChainEngine.run_chains` where the engine is local: a Ray replica
+    runs its share with it). Yields the pairs of every `block` finished chains, each chain's pairs in
+    order; a chain is the requests sharing an id, ended when `follow_up` returns None."""
+    open_chains: dict[str, list[tuple[ChatRequest, ChatResult]]] = {}
+    ended: list[list[tuple[ChatRequest, ChatResult]]] = []
+
+    def on_results(pairs: list[tuple[ChatRequest, ChatResult]]) -> list[ChatRequest]:
+        following = []
+        for request, result in pairs:
+            chain = open_chains.setdefault(request.id, [])
+            chain.append((request, result))
+            after = follow_up(request, result)
+            if after is None:
+                ended.append(open_chains.pop(request.id))
+            else:
+                following.append(after)
+        return following
+
+    for _ in dataflow(engine, first, on_results, window):
+        if len(ended) >= block:
+            yield [pair for chain in ended for pair in chain]
+            ended.clear()
+    if ended:
+        yield [pair for chain in ended for pair in chain]

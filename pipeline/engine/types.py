@@ -4,13 +4,14 @@
 
 `Engine` is a batch interface (`generate` returns results in request order); `StreamingEngine` adds
 continuous batching (`submit`/`poll`/`pending`); `BlockStreamingEngine` runs a whole stream as one
-job and returns blocks as they finish (`stream`). Stages depend on these types only, never on a
+job and returns blocks as they finish (`stream`); `ChainEngine` runs chains of dependent requests
+where it generates them (`run_chains`: on Ray, each replica chains its share on its own batch). Stages depend on these types only, never on a
 backend, so a new backend (another process layout, a cluster) is one new module in this package.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +34,9 @@ class ChatRequest:
     regex: str | None = None
     choice: list[str] | None = None
     purpose: str | None = None  # the caller's tag (which step asked); engines ignore it
+    # The caller's state for the chain's next request (see ChainEngine): plain JSON values, carried
+    # with the request to wherever its follow-up is made; engines ignore it.
+    context: dict | None = None
 
     @property
     def prompt_text(self) -> str:
@@ -85,3 +89,23 @@ class BlockStreamingEngine(Engine, Protocol):
     comes, so a killed job loses only the blocks in flight."""
 
     def stream(self, requests: Iterable[ChatRequest]) -> Iterator[list[tuple[ChatRequest, ChatResult]]]: ...
+
+
+# A chain's next request from the last request and its result, or None when the chain is done.
+FollowUp = Callable[[ChatRequest, ChatResult], "ChatRequest | None"]
+
+
+@runtime_checkable
+class ChainEngine(Engine, Protocol):
+    """An engine that runs chains of dependent requests where it generates them (the Ray backend):
+    each replica keeps its share of the chains on its own continuous batch, sending a chain's next
+    request the moment the last one ends, so the steps of a chain overlap as on the local engine.
+
+    `first` holds each chain's first request; `follow_up` travels to the replicas, so it must be
+    picklable and depend on nothing but the request (its `context`) and the result. Each block holds
+    every (request, result) of the chains that finished, a chain's pairs in order; blocks come in no
+    particular order, and a chain the engine failed on is reported by the engine, not yielded."""
+
+    def run_chains(
+        self, first: Iterable[ChatRequest], follow_up: FollowUp
+    ) -> Iterator[list[tuple[ChatRequest, ChatResult]]]: ...

@@ -138,7 +138,9 @@ class VLLMEngine:
         seed: int = 0,
         adapters: dict[str, str | Path] | None = None,
         trust_remote_code: bool = False,
+        extra_options: dict | None = None,
     ):
+        """`extra_options`: more vLLM engine arguments (a Ray replica's pipeline parallelism and executor)."""
         # Faults of the machine, said in one sentence before vLLM buries them in a traceback.
         check_model_files(model_path, adapters or {})
         check_loopback()
@@ -159,7 +161,7 @@ class VLLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
         options = engine_options(settings, self.model_path, seed, trust_remote_code, cpu, len(self.adapters))
-        self.llm = LLM(**options)
+        self.llm = LLM(**options | (extra_options or {}))
         compile_grammars_on_arrival(self.llm)
         self._lora_requests: dict[str, object] = {}
         self._in_flight: dict[str, ChatRequest] = {}  # submitted requests by engine request id
