@@ -138,7 +138,7 @@ def _records_and_mapping(path: Path, settings: EvalConfig) -> tuple[list[tuple[i
     fmt = formats.detect(first)
     if fmt is None:
         raise InputError(
-            f"{path}:{lineno}: a test set format I do not recognise (keys: {', '.join(sorted(first)) or 'none'}). "
+            f"{path}:{lineno}: a test set format I do not recognise (keys: {', '.join(map(_shown, sorted(first))) or 'none'}). "
             f"Accepted: {formats.ACCEPTED}."
         )
     converted = []
@@ -164,3 +164,8 @@ def _limited(items: list[TestItem], limit: int) -> list[TestItem]:
     # Evenly spaced rather than the first N: test sets are often sorted by skill, and a smoke run
     # should still see every kind of question.
     return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def _shown(key: str) -> str:
+    """A key as the message shows it: one that is not a plain single-line word is quoted, escapes and all."""
+    return key if key.isprintable() and key.strip() == key and key else repr(key)

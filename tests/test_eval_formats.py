@@ -87,6 +87,13 @@ def test_malformed_standard_files_name_file_and_line(tmp_path, rows, message):
         load_testset(write(tmp_path / "x.jsonl", rows), EvalConfig())
 
 
+def test_an_unrecognised_key_with_a_newline_stays_on_the_one_line(tmp_path):
+    # found by the fuzz test: a raw newline inside a key broke the one-sentence message in two
+    with pytest.raises(InputError, match=r"\(keys: 'a\\nb', id\)") as caught:
+        load_testset(write(tmp_path / "x.jsonl", [{"a\nb": 1, "id": 2}]), EvalConfig())
+    assert "\n" not in str(caught.value)
+
+
 def test_a_mapping_the_user_set_wins_over_detection(tmp_path):
     path = write(tmp_path / "x.jsonl", [{"question_id": "a", "turns": ["ignored"], "text": "asked"}])
     config = load_config(None, ["eval.id_field=question_id", "eval.instruction_field=text"])
