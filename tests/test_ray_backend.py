@@ -211,7 +211,7 @@ def test_the_job_waits_for_every_replica_and_places_each_one(monkeypatch, capsys
     ray = pytest.importorskip("ray")
     from ray.data import DataContext
 
-    from pipeline.engine.ray_job import prepare_job, replica_resources
+    from pipeline.engine.ray_job import on_own_cores, prepare_job, replica_resources
     from pipeline.engine.vllm_backend import VLLMEngine
 
     engine = bare_ray_engine(replicas=3)
@@ -234,9 +234,11 @@ def test_the_job_waits_for_every_replica_and_places_each_one(monkeypatch, capsys
     assert make.func is VLLMEngine and make.args == ("/models/base", engine.settings)
     assert make.keywords["extra_options"] == {"pipeline_parallel_size": 1, "distributed_executor_backend": "ray"}
     assert make.keywords["adapters"] == {"C1": "/adapters/c1"}
-    assert (
-        engine.replica_factory(gpus=False, workers=2).keywords["extra_options"]["distributed_executor_backend"] == "mp"
-    )
+    on_cpu = engine.replica_factory(gpus=False, workers=2)  # bound to cores no other replica here holds
+    assert on_cpu.func is on_own_cores and on_cpu.args[1] == 2  # ray.cpus_per_worker (1) x 2 workers
+    assert on_cpu.args[0].keywords["extra_options"]["distributed_executor_backend"] == "mp"
+    engine.settings.cpu_threads_bind = "0-3"  # the user's own binding is kept as it is
+    assert engine.replica_factory(gpus=False, workers=1).func is VLLMEngine
 
 
 def test_a_job_ray_gives_up_on_ends_in_one_sentence_after_its_blocks():
