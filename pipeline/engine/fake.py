@@ -127,8 +127,8 @@ class BlockFakeEngine(FakeEngine):
         replica = StreamingFakeEngine(self._respond, self.max_model_len, self.max_tokens, finish_per_poll=4)
         blocks = list(chain_blocks(replica, first, follow_up, window=8, block=self.block_size))
         self.batches += replica.batches
-        for pairs in reversed(blocks):
-            kept = [pair for pair in pairs if pair[0].id not in self.fail]
+        for chains in reversed(blocks):
+            kept = [pair for chain in chains if chain[0][0].id not in self.fail for pair in chain]
             if kept:
                 yield decode_pairs(json.loads(json.dumps(encode_pairs(kept))))
         failed = [r.id for r in first if r.id in self.fail]

@@ -93,13 +93,11 @@ class Replica:
                 return None
 
         try:
-            for pairs in chain_blocks(self.engine, first, follow_up, self.window, self.block):
-                chains: dict[str, list] = {}
-                for request, result in pairs:
-                    chains.setdefault(request.id, []).append((request, result))
-                rows = [
-                    {"id": i, "error": errors.pop(i, ""), "chain": encode_pairs(chain)} for i, chain in chains.items()
-                ]
+            for chains in chain_blocks(self.engine, first, follow_up, self.window, self.block):
+                rows = []
+                for chain in chains:
+                    chain_id = chain[0][0].id
+                    rows.append({"id": chain_id, "error": errors.pop(chain_id, ""), "chain": encode_pairs(chain)})
                 # One row per block: Ray Data then emits each yield as a block of its own (see ray_job).
                 busy = time.perf_counter() - began  # seconds into the shard: the engine's own time
                 block = {"where": self.where, "ready": self.ready, "busy": busy, "chains": rows}

@@ -2,7 +2,7 @@
 
     stats = generate_in_chunks(engine, requests, chunk_size=256, on_chunk=save)
     run_dataflow(engine, first_requests, on_results=follow_ups, window=256)
-    for block in chain_blocks(engine, first_requests, follow_up, window=256, block=16): save(block)
+    for chains in chain_blocks(engine, first_requests, follow_up, window=256, block=16): save(chains)
 
 `generate_in_chunks` hands each finished chunk to a callback, which is how stages persist work and
 resume after a crash. `run_dataflow` is for work whose next request depends on the last one's
@@ -153,10 +153,10 @@ def dataflow(
 
 def chain_blocks(
     engine: Engine, first: Iterable[ChatRequest], follow_up: FollowUp, window: int, block: int
-) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
+) -> Iterator[list[list[tuple[ChatRequest, ChatResult]]]]:
     """Run chains on this engine (`ChainEngine.run_chains` where the engine is local: a Ray replica
-    runs its share with it). Yields the pairs of every `block` finished chains, each chain's pairs in
-    order; a chain is the requests sharing an id, ended when `follow_up` returns None."""
+    runs its share with it). Yields every `block` finished chains, each one its (request, result)
+    pairs in order; a chain is the requests sharing an id, ended when `follow_up` returns None."""
     open_chains: dict[str, list[tuple[ChatRequest, ChatResult]]] = {}
     ended: list[list[tuple[ChatRequest, ChatResult]]] = []
 
@@ -174,7 +174,7 @@ def chain_blocks(
 
     for _ in dataflow(engine, first, on_results, window):
         if len(ended) >= block:
-            yield [pair for chain in ended for pair in chain]
+            yield ended[:]
             ended.clear()
     if ended:
-        yield [pair for chain in ended for pair in chain]
+        yield ended
