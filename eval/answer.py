@@ -19,12 +19,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.testset import TestItem
 from pipeline.config import Config, semantic_dict
 from pipeline.core.jsonio import InputError, append_jsonl, read_json, read_jsonl_tolerant, write_jsonl
 from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.models import content_hash
 from pipeline.core.seeds import derive_seed
+from pipeline.core.testset import TestItem
 from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
 
 ANSWERS_FILE = "answers.jsonl"
@@ -246,8 +246,8 @@ def answer_testset(
     engine: Engine | None = None,
 ) -> dict[str, dict]:
     """Everything `evol answer` does; the engine is started only when some label still has work."""
-    from eval.testset import load_testset
     from pipeline.core.paths import testset_path
+    from pipeline.core.testset import load_testset
 
     config.validate("engine", "eval")  # the sections this stage reads (pipeline/config/)
     testset_file = Path(testset_file) if testset_file else testset_path(config.eval.testset)
@@ -270,12 +270,9 @@ def answer_testset(
         from pipeline.engine import make_engine
 
         engine = make_engine(
+            config,
             model_path,
-            config.engine,
-            seed=config.run.seed,
             adapters={job.label: job.adapter_path for job in jobs if job.adapter_path and not job.stage.done},
-            trust_remote_code=config.models.trust_remote_code,
-            ray_settings=config.ray,
         )
     try:
         return run_answers(engine, jobs, items, config, model_path)

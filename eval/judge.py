@@ -349,13 +349,7 @@ def judge_pairs(
             if engine is None:
                 from pipeline.engine import make_engine
 
-                engine = make_engine(
-                    judge_model,
-                    config.engine,
-                    seed=config.run.seed,
-                    trust_remote_code=config.models.trust_remote_code,
-                    ray_settings=config.ray,
-                )
+                engine = make_engine(config, judge_model)
             results.append((stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)))
     finally:
         if own_engine and engine is not None:

@@ -12,9 +12,7 @@ Both are deterministic (fixed MinHash seed), so a resumed run rebuilds the same 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
-from pipeline.core.jsonio import InputError, iter_jsonl
 from pipeline.core.text import normalise, words
 
 MINHASH_SEED = 1
@@ -84,22 +82,6 @@ class NearDuplicates:
         self.sketches[item_id] = sketch
         self.exact[key] = item_id
         return None
-
-
-def load_test_instructions(path: Path) -> list[tuple[str, str]]:
-    """(id, instruction) pairs of a test-set JSONL whose instruction is in `Instruction`."""
-    if not path.is_file():
-        raise InputError(
-            f"Test set {path} not found, so evolved data cannot be decontaminated: point "
-            f"eval.testset at the test-set JSONL, or set evolve.decontaminate=false to skip."
-        )
-    items = []
-    for lineno, record in iter_jsonl(path):
-        text = record.get("Instruction", record.get("instruction"))
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(f'{path}:{lineno}: a test item needs a non-empty "Instruction" string.')
-        items.append((str(record.get("idx", record.get("id", lineno))), text))
-    return items
 
 
 class TestSetFilter:

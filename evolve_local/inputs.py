@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evolve_local.dedup import load_test_instructions
 from evolve_local.seeds import Seed, load_seeds
 from evolve_local.steps import ModelSet
-from pipeline.config import Config, semantic_dict
+from pipeline.config import Config, semantic_dict, stable_hash
+from pipeline.core.jsonio import InputError
 from pipeline.core.manifest import file_hash
 from pipeline.core.paths import seeds_path, testset_path
+from pipeline.core.testset import read_testset
 
 
 def check_config(config: Config) -> None:
@@ -41,8 +42,19 @@ def load_inputs(config: Config) -> Inputs:
     testset, tests = None, []
     if config.evolve.decontaminate:
         testset = testset_path(config.eval.testset)
-        tests = load_test_instructions(testset)
+        tests = decontamination_list(testset, config)
     return Inputs(path, seeds, fmt, testset, tests)
+
+
+def decontamination_list(path: Path, config: Config) -> list[tuple[str, str]]:
+    """(id, instruction) of every test item, read as the answer stage reads them (any format and
+    field mapping `eval` accepts; a multi-turn question by its first turn), eval.limit not applied."""
+    if not path.is_file():
+        raise InputError(
+            f"Test set {path} not found, so evolved data cannot be decontaminated: point "
+            f"eval.testset at the test-set file, or set evolve.decontaminate=false to skip."
+        )
+    return [(item.id, item.instruction) for item in read_testset(path, config.eval)]
 
 
 def key_material(config: Config, inputs: Inputs, models: ModelSet) -> dict:
@@ -56,6 +68,7 @@ def key_material(config: Config, inputs: Inputs, models: ModelSet) -> dict:
         "engine": semantic_dict(config.engine),
         "run_seed": config.run.seed,
         "seeds": file_hash(inputs.seeds_file),
-        "testset": file_hash(inputs.testset_file) if inputs.testset_file else None,
+        # the instructions read, not the file: the field mapping decides which text is checked
+        "testset": stable_hash(inputs.tests) if inputs.testset_file else None,
         "models": {role: list(models.identity(role)) for role in ("evolver", "equality", "responder")},
     }

@@ -4,7 +4,7 @@
     ./run_all.sh --bundle /media/usb/evol-bundle                                # on the air-gapped one
 
 The bundle holds:
-  models/<name>/      every model directory the config names (copied, marked as prepared)
+  models/<name>/      every model directory the config loads (model_roles: copied, marked as prepared)
   data/seeds.jsonl, data/testset.jsonl
   wheels/             the Python wheels of this environment (pip download of `pip freeze`) and of
                       this project, so `pip install --no-index` works offline
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import Config, to_yaml
+from pipeline.config import Config, model_roles, to_yaml
 from pipeline.core.jsonio import InputError, atomic_write_text, write_json
 from pipeline.core.manifest import file_sha256
 from pipeline.core.models import MARKER, resolve_model
@@ -92,17 +92,12 @@ def _download_wheels(wheels: Path) -> int:
 
 def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     """Copy models, data and wheels into `out` and write the checksums last."""
-    m = config.models
-    names = {
-        role: name
-        for role, name in {"evolver": m.evolver, "responder": m.responder, "base": m.base, "judge": m.judge}.items()
-        if name
-    }
-    for role, name in names.items():  # every model must exist before anything is copied
+    names = model_roles(config)
+    for key, name in names.items():  # every model must exist before anything is copied
         try:
-            resolve_model(name, m.dir)
+            resolve_model(name, config.models.dir)
         except InputError as err:
-            raise InputError(f"models.{role}: {err}") from None
+            raise InputError(f"{key}: {err}") from None
     seeds, test = seeds_path(config.evolve.seeds), testset_path(config.eval.testset, quiet=True)
     for what, path in (("evolve.seeds", seeds), ("eval.testset", test)):
         if not path.is_file():
@@ -110,15 +105,17 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / CHECKSUMS).unlink(missing_ok=True)  # an unfinished bundle must not look finished
 
-    bundled = {role: _copy_model(name, config, out / "models") for role, name in names.items()}
+    bundled = {key: _copy_model(name, config, out / "models") for key, name in names.items()}
     (out / "data").mkdir(exist_ok=True)
     shutil.copyfile(seeds, out / "data" / "seeds.jsonl")
     shutil.copyfile(test, out / "data" / "testset.jsonl")
     wheel_count = _download_wheels(out / "wheels") if wheels else 0
 
     # Paths in the bundled config are relative to the bundle; run_all.sh --bundle runs from there.
-    for role, name in bundled.items():
-        setattr(config.models, role, name)
+    for key, name in bundled.items():
+        section, _, option = key.partition(".")
+        if getattr(getattr(config, section), option):  # an empty fallback stays empty: it means the same model
+            setattr(getattr(config, section), option, name)
     config.models.dir = "models"
     config.evolve.seeds = "data/seeds.jsonl"
     config.eval.testset = "data/testset.jsonl"

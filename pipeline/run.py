@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import Config, semantic_dict, stable_hash, to_dict, to_yaml
+from pipeline.config import Config, model_roles, semantic_dict, stable_hash, to_dict, to_yaml
 from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
@@ -89,21 +89,6 @@ def check_run_config(config: Config) -> None:
     from pipeline.engine.ray_backend import check_backend  # engine.backend, replicas, parallel sizes, Ray
 
     check_backend(config.engine, config.ray)
-
-
-def model_roles(config: Config) -> dict[str, str]:
-    """Every model the run loads, by the config key that names it (empty fallbacks filled in)."""
-    m = config.models
-    roles = {
-        "models.evolver": m.evolver,
-        "models.responder": m.responder or m.evolver,
-        "evolve.equality_model": config.evolve.equality_model or m.evolver,
-        "models.base": m.base,
-        "models.judge": m.judge,
-    }
-    if config.analysis.difficulty:
-        roles["analysis.judge_model"] = config.analysis.judge_model or m.judge
-    return roles
 
 
 def ensure_models(config: Config) -> dict[str, Path]:

@@ -2,13 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline.bundle import make_bundle, verify_checksums
-from pipeline.config import load_config
+from pipeline.config import load_config, model_roles
 from pipeline.core.jsonio import InputError
 from pipeline.core.models import resolve_model
 
@@ -63,6 +64,28 @@ def test_bundle_round_trip_and_damage_is_named(tmp_path):
     )
     assert check.returncode == 2
     assert "models/tiny-llama/model.safetensors" in check.stderr and "damaged" in check.stderr
+
+
+def test_bundle_carries_every_model_the_config_loads(tmp_path):
+    """A separate equality model and difficulty judge are copied too, and the bundled config finds
+    every model of model_roles inside the bundle (they were left out when the bundle listed models by hand)."""
+    model = small_store(tmp_path)
+    roles = {"evolve.equality_model": "equality-model", "analysis.judge_model": "rating-judge"}
+    others = {}
+    for key, name in roles.items():
+        others[key] = tmp_path / "store" / name
+        shutil.copytree(model, others[key])
+    config = bundle_config(tmp_path, model)
+    config.evolve.equality_model, config.analysis.judge_model = map(str, others.values())
+    out = tmp_path / "bundle"
+    summary = make_bundle(config, out, wheels=False)
+    assert summary["models"] == ["equality-model", "rating-judge", "tiny-llama"]
+    bundled = load_config(out / "config.yaml")
+    assert bundled.evolve.equality_model == "equality-model" and bundled.analysis.judge_model == "rating-judge"
+    assert bundled.models.responder == ""  # an empty fallback stays a fallback
+    for key, name in model_roles(bundled).items():
+        expected = others.get(key, model).name
+        assert resolve_model(name, out / "models") == (out / "models" / expected).resolve(), key
 
 
 def test_missing_model_is_refused_before_copying(tmp_path):

@@ -146,7 +146,7 @@ def test_several_models_answer_in_one_process_one_engine_at_a_time(tmp_path, mon
         def close(self):
             events.append(("close", self.name))
 
-    monkeypatch.setattr("pipeline.engine.make_engine", lambda model_path, *a, **k: Recording(model_path))
+    monkeypatch.setattr("pipeline.engine.make_engine", lambda config, model_path, *a, **k: Recording(model_path))
     out = tmp_path / "answers"
     args = ["answer", "--testset", str(SAMPLE_TESTSET), "--out", str(out), "--set", "eval.limit=3"]
     pairs = ["--model", str(models[0]), "--label", "C0", "--model", str(models[1]), "--label", "C1"]

@@ -8,10 +8,10 @@ import pytest
 
 from eval.answer import answer_testset
 from eval.judge import judge_pairs
-from eval.testset import load_testset
 from pipeline.config import Config, load_config
 from pipeline.config.eval import EvalConfig
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
+from pipeline.core.testset import load_testset
 from pipeline.engine.fake import FakeEngine
 
 FIXTURES = Path(__file__).parent / "fixtures" / "testsets"

@@ -74,7 +74,7 @@ def test_answer_judge_report_end_to_end(engine, tiny_model, lora_adapter, config
 
 def _request(record):
     from eval.answer import answer_messages
-    from eval.testset import TestItem
+    from pipeline.core.testset import TestItem
     from pipeline.engine import ChatRequest
 
     item = TestItem(record["id"], record["instruction"], record["category"], record["difficulty"])

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from eval.testset import load_testset
 from pipeline.config import load_config
 from pipeline.config.eval import EvalConfig
 from pipeline.core.jsonio import InputError
 from pipeline.core.paths import SAMPLE_TESTSET
+from pipeline.core.testset import load_testset
 from tests.conftest import write_lines
 
 

@@ -1,10 +1,13 @@
 """Near-duplicate removal and test-set decontamination."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from evolve_local.dedup import NearDuplicates, TestSetFilter, load_test_instructions
+from evolve_local.dedup import NearDuplicates, TestSetFilter
+from evolve_local.inputs import decontamination_list
+from pipeline.config import load_config
 from pipeline.core.jsonio import InputError
 
 
@@ -65,14 +68,50 @@ def test_unrelated_instruction_is_clean():
 
 
 def test_test_set_loading(tmp_path):
+    config = load_config()
     path = tmp_path / "t.jsonl"
-    path.write_text(json.dumps({"idx": 7, "Instruction": "Do X."}) + "\n")
-    assert load_test_instructions(path) == [("7", "Do X.")]
+    path.write_text(json.dumps({"idx": 7, "Skill": "Math", "Instruction": "Do X."}) + "\n")
+    assert decontamination_list(path, config) == [("7", "Do X.")]
     with pytest.raises(InputError, match="evolve.decontaminate=false"):
-        load_test_instructions(tmp_path / "missing.jsonl")
+        decontamination_list(tmp_path / "missing.jsonl", config)
     path.write_text(json.dumps({"idx": 7, "Skill": "Math"}) + "\n")
-    with pytest.raises(InputError, match=r"t\.jsonl:1: .*\"Instruction\""):
-        load_test_instructions(path)
+    with pytest.raises(InputError, match=r"t\.jsonl:1: missing field \"Instruction\""):
+        decontamination_list(path, config)
+    # eval.limit cuts what is answered, never what is decontaminated against
+    path.write_text("".join(json.dumps({"idx": i, "Skill": "s", "Instruction": f"Q{i}."}) + "\n" for i in range(5)))
+    assert len(decontamination_list(path, load_config(None, ["eval.limit=2"]))) == 5
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "testsets"
+
+
+@pytest.mark.parametrize(
+    "name, first",
+    [
+        ("fastchat_mt_bench.jsonl", ("81", "Draft a short notice inviting colleagues to a Friday book swap.")),
+        ("fastchat_vicuna.jsonl", None),
+        ("arena_hard.jsonl", None),
+        ("alpaca_eval.jsonl", None),
+    ],
+)
+def test_decontamination_reads_every_format_the_answer_stage_reads(name, first):
+    """The decontamination list is the answer stage's items (first turns of multi-turn questions)."""
+    from pipeline.core.testset import load_testset
+
+    config = load_config()
+    pairs = decontamination_list(FIXTURES / name, config)
+    assert pairs == [(i.id, i.instruction) for i in load_testset(FIXTURES / name, config.eval)]
+    if first:
+        assert pairs[0] == first
+        # the second turn is not asked, so it is not decontaminated against either
+        assert not any("letter B" in text for _, text in pairs)
+
+
+def test_a_field_mapping_decides_what_is_decontaminated(tmp_path):
+    path = tmp_path / "custom.jsonl"
+    path.write_text(json.dumps({"qid": "a", "prompt": "Name three primary colours.", "Instruction": "other"}) + "\n")
+    config = load_config(None, ["eval.id_field=qid", "eval.instruction_field=prompt"])
+    assert decontamination_list(path, config) == [("a", "Name three primary colours.")]
 
 
 def test_the_shared_permutations_give_the_sketch_datasketch_would_give():

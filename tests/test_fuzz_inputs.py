@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eval.judge import load_answer_set
-from eval.testset import load_testset
 from evolve_local.seeds import load_seeds
 from finetune.data import load_conversations
 from pipeline.config import ConfigError, EvalConfig, load_config
 from pipeline.core.jsonio import InputError
+from pipeline.core.testset import load_testset
 from pipeline.generate import load_prompts
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

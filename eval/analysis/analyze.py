@@ -28,7 +28,7 @@ import numpy as np
 from eval.analysis import metrics
 from eval.analysis.complexity import PROMPT_VERSION, SCORE_REGEX, difficulty_request, rating_record
 from eval.report.analysis import ANALYSIS_FILE, STAGE, plot_all
-from pipeline.config import Config, semantic_dict, stable_hash
+from pipeline.config import Config, model_roles, semantic_dict, stable_hash
 from pipeline.config.analysis import AnalysisConfig
 from pipeline.config.evolve import OPERATIONS
 from pipeline.core.jsonio import (
@@ -161,9 +161,7 @@ def rate_difficulty(
         if own_engine:
             from pipeline.engine import make_engine
 
-            engine = make_engine(
-                judge_path, config.engine, seed=config.run.seed, trust_remote_code=config.models.trust_remote_code
-            )
+            engine = make_engine(config, judge_path)
         try:
             generate_in_chunks(
                 engine, requests(), s.chunk_size or config.engine.chunk_size, save, total=len(todo), desc="difficulty"
@@ -201,7 +199,7 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
     if s.difficulty and engine is None:
         from pipeline.core.models import content_hash, models_dir, resolve_model
 
-        judge_path = resolve_model(s.judge_model or config.models.judge, config.models.dir)
+        judge_path = resolve_model(model_roles(config)["analysis.judge_model"], config.models.dir)
         judge_id = f"{judge_path.name} {content_hash(judge_path, models_dir(config.models.dir))}"
     elif s.difficulty:
         judge_id = engine.model_name

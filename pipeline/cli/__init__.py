@@ -109,13 +109,7 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     model_path = resolve_model(model_name or config.models.evolver, config.models.dir)
     settings = settings_of(config, str(model_path))
     finished = check_resumable(Path(out_path), settings)
-    engine = make_engine(
-        model_path,
-        config.engine,
-        seed=config.run.seed,
-        trust_remote_code=config.models.trust_remote_code,
-        ray_settings=config.ray,
-    )
+    engine = make_engine(config, model_path)
     summary = run_generate(engine, rows, Path(out_path), config, settings, finished)
     click.echo(
         f"{summary['requests']} answers in {out_path} ({summary['generated']} generated, "

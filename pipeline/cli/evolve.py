@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.common import config_options, friendly_errors, lock_output
-from pipeline.config import load_config
+from pipeline.config import load_config, model_roles
 
 
 def vllm_models(config):
@@ -29,24 +29,16 @@ def vllm_models(config):
 
         check_backend(config.engine, config.ray)
         connect(config.ray)
-    paths = {
-        "evolver": resolve_model(m.evolver, m.dir),
-        "equality": resolve_model(config.evolve.equality_model or m.evolver, m.dir),
-        "responder": resolve_model(m.responder or m.evolver, m.dir),
-    }
+    roles = model_roles(config)
+    keys = {"evolver": "models.evolver", "equality": "evolve.equality_model", "responder": "models.responder"}
+    paths = {role: resolve_model(roles[key], m.dir) for role, key in keys.items()}
     cache = models_dir(m.dir)
     hashes = {role: content_hash(path, cache) for role, path in paths.items()}
 
     def make(role: str):
         from pipeline.engine import make_engine
 
-        return make_engine(
-            paths[role],
-            config.engine,
-            seed=config.run.seed,
-            trust_remote_code=m.trust_remote_code,
-            ray_settings=config.ray,
-        )
+        return make_engine(config, paths[role])
 
     return ModelSet(names={role: path.name for role, path in paths.items()}, hashes=hashes, make=make)
 

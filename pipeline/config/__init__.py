@@ -38,7 +38,7 @@ from pipeline.config.ray import BACKENDS, RayConfig
 from pipeline.config.train import TrainConfig
 from pipeline.core.jsonio import InputError, read_text_file
 
-__all__ = ["Config", "ConfigError", "load_config", "semantic_dict", "stable_hash", "to_dict", "to_yaml"]
+__all__ = ["Config", "ConfigError", "load_config", "model_roles", "semantic_dict", "stable_hash", "to_dict", "to_yaml"]
 
 # vLLM's accepted values (vllm/config: ModelDType, MaxLoRARanks); a wrong one would otherwise
 # fail only when the engine starts, after a minute of loading.
@@ -175,6 +175,24 @@ class Config:
         for needs, check in _CROSS_CHECKS:
             if set(needs) <= set(names):
                 check(self)
+
+
+def model_roles(config: Config) -> dict[str, str]:
+    """Every model the config loads, by the config key that names it (empty fallbacks filled in).
+
+    The one list of a config's models: `evol run` checks and prepares these, `evol bundle` copies
+    them, the evolve stage resolves its three roles from it."""
+    m = config.models
+    roles = {
+        "models.evolver": m.evolver,
+        "models.responder": m.responder or m.evolver,
+        "evolve.equality_model": config.evolve.equality_model or m.evolver,
+        "models.base": m.base,
+        "models.judge": m.judge,
+    }
+    if config.analysis.difficulty:
+        roles["analysis.judge_model"] = config.analysis.judge_model or m.judge
+    return roles
 
 
 def _adapter_fits_the_engine(config: Config) -> None:

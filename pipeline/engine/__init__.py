@@ -1,7 +1,7 @@
 """The engine package: the interface stages use, its backends, and the schedulers that feed them.
 
     from pipeline.engine import ChatRequest, make_engine, generate_in_chunks
-    engine = make_engine(resolve_model("smollm2-135m"), config.engine, seed=42)
+    engine = make_engine(config, resolve_model("smollm2-135m"))
     results = engine.generate([ChatRequest(id="a", messages=[{"role": "user", "content": "Hi"}])])
 
   types.py         ChatRequest, ChatResult, the Engine, StreamingEngine and ChainEngine protocols

@@ -1,4 +1,5 @@
-"""Load a test set into `TestItem`s through the field mapping of the `eval` config.
+"""Read a test set into `TestItem`s through the field mapping of the `eval` config: the one reader
+of test sets, for the answers and judge (`load_testset`) and for decontamination (`read_testset`).
 
     items = load_testset(testset_path(config.eval.testset), config.eval)
 
@@ -7,7 +8,7 @@ The default mapping reads the Evol-Instruct schema (`idx`, `Skill`, `Difficulty`
 `--set eval.id_field=question_id --set eval.instruction_field=prompt --set eval.category_field=category
 --set eval.difficulty_field= --set eval.reference_field=answer`. The whole file is checked before
 any model loads: every problem names the file and line. FastChat (Vicuna-80, MT-bench), Arena-Hard
-and AlpacaEval question files are recognised and read without options (eval/testset_formats.py).
+and AlpacaEval question files are recognised and read without options (pipeline/core/testset_formats.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from eval import testset_formats as formats
 from pipeline.config.eval import EvalConfig
+from pipeline.core import testset_formats as formats
 from pipeline.core.jsonio import InputError, iter_records
 
 # A test instruction this long is a broken file (e.g. a whole document in one field), not a question.
@@ -33,7 +34,7 @@ class TestItem:
     category: str
     difficulty: int | None = None
     reference: str | None = None
-    turns: int = 1  # turns of the source question; only the first is asked (see eval/testset_formats.py)
+    turns: int = 1  # turns of the source question; only the first is asked (see pipeline/core/testset_formats.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +72,22 @@ def _difficulty(record: dict, key: str, where: str) -> int | None:
 
 
 def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
-    """Every item of the file, validated; `settings.limit` keeps N evenly spaced items, in file order."""
+    """The items a run asks: every item of the file, validated, then `settings.limit` keeps N evenly
+    spaced items, in file order. Says once when multi-turn questions are cut to their first turn."""
+    path = Path(path)
+    items = _limited(read_testset(path, settings), settings.limit)
+    multi = sum(item.turns > 1 for item in items)
+    if multi:
+        print(
+            f"[testset] {path.name}: {multi} of {len(items)} questions have several turns; only the first "
+            f"turn is asked and judged (answers and scores record it).",
+            file=sys.stderr,
+        )
+    return items
+
+
+def read_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
+    """Every item of the file, validated (eval.limit is not applied: decontamination checks them all)."""
     path = Path(path)
     if not settings.id_field or not settings.instruction_field:
         raise InputError(
@@ -112,14 +128,6 @@ def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
         )
     if not items:
         raise InputError(f"{path}: the test set has no items.")
-    items = _limited(items, settings.limit)
-    multi = sum(item.turns > 1 for item in items)
-    if multi:
-        print(
-            f"[testset] {path.name}: {multi} of {len(items)} questions have several turns; only the first "
-            f"turn is asked and judged (answers and scores record it).",
-            file=sys.stderr,
-        )
     return items
 
 

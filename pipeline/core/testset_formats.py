@@ -1,6 +1,6 @@
 """Standard benchmark question files, recognised from their keys and read without any option.
 
-    load_testset("mt_bench_question.jsonl", EvalConfig())   # eval/testset.py calls `detect` and `convert`
+    load_testset("mt_bench_question.jsonl", EvalConfig())   # pipeline/core/testset.py calls `detect` and `convert`
 
 Besides the Evol-Instruct schema (`idx`, `Skill`, `Difficulty`, `Instruction`), which the default
 field mapping reads, these shapes are recognised from the first line of the file:
