@@ -24,13 +24,14 @@ from pathlib import Path
 from eval.answer import ANSWERS_FILE
 from eval.judge_parse import parse_scores
 from eval.judge_prompt import CUT_MARK, PROMPT_VERSION, judge_messages
-from eval.scores import aggregate
+from eval.scores import Aggregation, aggregate, combine, rescore, verdict_of
 from pipeline.config import Config
 from pipeline.core.jsonio import (
     InputError,
     append_jsonl,
     iter_jsonl,
     read_json,
+    read_jsonl,
     read_jsonl_tolerant,
     write_json,
     write_jsonl,
@@ -108,6 +109,8 @@ def pair_items(a: AnswerSet, b: AnswerSet) -> list[str]:
 
 
 def judge_settings(config: Config) -> dict:
+    """What a verdict depends on: the judge's stage key. How verdicts are counted (eval.high_difficulty,
+    eval.single_order_fallback, the bootstrap) is left out: see `recount` and eval/scores.py's Aggregation."""
     e = config.eval
     return {
         "prompt_version": PROMPT_VERSION,
@@ -115,16 +118,15 @@ def judge_settings(config: Config) -> dict:
         "max_tokens": e.judge_max_tokens,
         "use_reference": e.use_reference,
         "answer_max_chars": e.judge_answer_max_chars,
-        "single_order_fallback": e.single_order_fallback,
-        "high_difficulty": e.high_difficulty,
         "constrained_judge": e.constrained_judge,
         "score_line": SCORE_LINE_REGEX if e.constrained_judge else None,
+        "dtype": config.engine.dtype,
         "max_model_len": config.engine.max_model_len,
         "seed": config.run.seed,
     }
 
 
-def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_model: str, judge_hash: str, out_dir: Path) -> Stage:
+def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_hash: str, out_dir: Path) -> Stage:
     material = {
         "a": {"label": a.label, "answers": file_hash(a.dir / ANSWERS_FILE)},
         "b": {"label": b.label, "answers": file_hash(b.dir / ANSWERS_FILE)},
@@ -182,36 +184,6 @@ def read_order(item_id: str, order: str, result: ChatResult, clipped: bool) -> d
         "explanation": parsed.explanation,
         "answers_clipped": clipped,
     }
-
-
-def verdict_of(score_a: float | None, score_b: float | None) -> str | None:
-    if score_a is None or score_b is None:
-        return None
-    return "win" if score_a > score_b else "lose" if score_a < score_b else "tie"
-
-
-def combine(ab: dict, ba: dict, single_order_fallback: bool) -> dict:
-    """The pair's verdict from its two orders (see the module docstring for the rule)."""
-    parsed = [o for o in (ab, ba) if o["verdict"] is not None]
-    if len(parsed) == 2:
-        consistent = ab["verdict"] == ba["verdict"]
-        return {
-            "status": "judged",
-            "verdict": ab["verdict"] if consistent else "tie",
-            "consistent": consistent,
-            "score_a": (ab["score_a"] + ba["score_a"]) / 2,
-            "score_b": (ab["score_b"] + ba["score_b"]) / 2,
-        }
-    if len(parsed) == 1 and single_order_fallback:
-        (only,) = parsed
-        return {
-            "status": "single_order",
-            "verdict": only["verdict"],
-            "consistent": None,
-            "score_a": only["score_a"],
-            "score_b": only["score_b"],
-        }
-    return {"status": "failed", "verdict": None, "consistent": None, "score_a": None, "score_b": None}
 
 
 def judgment(item: dict, ab: dict, ba: dict, single_order_fallback: bool) -> dict:
@@ -317,6 +289,17 @@ def run_judge(
     return scores
 
 
+def recount(judge_dir: Path, settings: Aggregation) -> dict:
+    """A finished comparison counted as `settings` say, from its stored orders (no engine): when that
+    changes anything, judgments.jsonl and scores.json are rewritten, judgments first."""
+    scores = read_json(judge_dir / SCORES_FILE)
+    counted, judgments = rescore(scores, read_jsonl(judge_dir / JUDGMENTS_FILE), settings)
+    if counted is not scores:
+        write_jsonl(judge_dir / JUDGMENTS_FILE, judgments)
+        write_json(judge_dir / SCORES_FILE, counted)
+    return counted
+
+
 def judge_pairs(
     config: Config,
     pairs: list[tuple[str | Path, str | Path]],
@@ -342,9 +325,9 @@ def judge_pairs(
     own_engine = engine is None
     try:
         for a, b, item_ids in loaded:
-            stage = begin_judge(config, a, b, str(judge_model), judge_hash, Path(out_dir))
+            stage = begin_judge(config, a, b, judge_hash, Path(out_dir))
             if stage.done:
-                results.append((stage.dir, read_json(stage.dir / SCORES_FILE)))
+                results.append((stage.dir, recount(stage.dir, Aggregation.of(config))))
                 continue
             if engine is None:
                 from pipeline.engine import make_engine

@@ -16,18 +16,71 @@ The bootstrap resamples test items, each with its one combined verdict and both-
 the two orders of an item always travel together. The draws are seeded from the run seed and the
 comparison's labels: the same files give the same intervals. `paired_difference` compares two
 comparisons against the same baseline on their common items, resampling those items jointly.
+
+How verdicts become numbers (`Aggregation`: the high-difficulty threshold, whether a pair with one
+readable order counts, the resample count and seed) is not part of the judge's stage key: changing
+it recomputes judgments.jsonl's verdicts from the stored orders and scores.json (`rescore`), and never
+judges again.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import Config
 from pipeline.core.seeds import derive_seed
 
 CONFIDENCE = 0.95
 RATES = ("win_rate", "tie_rate", "lose_rate", "capacity_pct")
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """The settings that only change how stored verdicts are counted; None: as scores.json records."""
+
+    high_difficulty: int | None = None  # eval.high_difficulty
+    single_order_fallback: bool | None = None  # eval.single_order_fallback
+    resamples: int | None = None  # eval.bootstrap_resamples
+    seed: int | None = None  # run.seed
+
+    @classmethod
+    def of(cls, config: Config) -> Aggregation:
+        e = config.eval
+        return cls(e.high_difficulty, e.single_order_fallback, e.bootstrap_resamples, config.run.seed)
+
+
+def verdict_of(score_a: float | None, score_b: float | None) -> str | None:
+    if score_a is None or score_b is None:
+        return None
+    return "win" if score_a > score_b else "lose" if score_a < score_b else "tie"
+
+
+def combine(ab: dict, ba: dict, single_order_fallback: bool) -> dict:
+    """The pair's verdict from its two orders: both must agree for a win or a loss to stand; a
+    verdict that flips with the order, or a win in one order and a tie in the other, is a tie."""
+    parsed = [o for o in (ab, ba) if o["verdict"] is not None]
+    if len(parsed) == 2:
+        consistent = ab["verdict"] == ba["verdict"]
+        return {
+            "status": "judged",
+            "verdict": ab["verdict"] if consistent else "tie",
+            "consistent": consistent,
+            "score_a": (ab["score_a"] + ba["score_a"]) / 2,
+            "score_b": (ab["score_b"] + ba["score_b"]) / 2,
+        }
+    if len(parsed) == 1 and single_order_fallback:
+        (only,) = parsed
+        return {
+            "status": "single_order",
+            "verdict": only["verdict"],
+            "consistent": None,
+            "score_a": only["score_a"],
+            "score_b": only["score_b"],
+        }
+    return {"status": "failed", "verdict": None, "consistent": None, "score_a": None, "score_b": None}
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -169,10 +222,26 @@ COMPUTED = ("items", "bootstrap", "overall", "per_skill", "per_difficulty", "hig
 COMPUTED += ("position_consistency", "judge_failures")
 
 
-def with_intervals(scores: dict, judgments: list[dict], resamples: int, seed: int) -> dict:
-    """scores.json recomputed from its judgments with this resample count and seed (the verdicts stay)."""
+def rescore(scores: dict, judgments: list[dict], settings: Aggregation) -> tuple[dict, list[dict]]:
+    """scores.json and judgments.jsonl as `settings` count them, from the stored orders: the verdicts of
+    single-order pairs follow single_order_fallback, every block follows the threshold and draws.
+    Returned unchanged (the same objects) when scores.json already counts them that way."""
+    recorded = scores.get("bootstrap") or {}
+    wanted = {
+        "high_difficulty": (scores["high_difficulty"]["threshold"], settings.high_difficulty),
+        "single_order_fallback": (scores.get("single_order_fallback", True), settings.single_order_fallback),
+        "resamples": (recorded.get("resamples", 0), settings.resamples),
+        "seed": (recorded.get("seed", 0), settings.seed),
+    }
+    now = {name: has if want is None else want for name, (has, want) in wanted.items()}
+    if all(now[name] == has for name, (has, _) in wanted.items()):
+        return scores, judgments
+    fallback = now["single_order_fallback"]
+    if fallback != wanted["single_order_fallback"][0]:
+        judgments = [{**j, **combine(j["orders"]["AB"], j["orders"]["BA"], fallback)} for j in judgments]
     meta = {k: v for k, v in scores.items() if k not in COMPUTED}
-    return aggregate(judgments, meta, scores["high_difficulty"]["threshold"], resamples, seed)
+    meta["single_order_fallback"] = fallback
+    return aggregate(judgments, meta, now["high_difficulty"], now["resamples"], now["seed"]), judgments
 
 
 def paired_difference(first: list[dict], second: list[dict], resamples: int, seed: int) -> dict | None:

@@ -63,9 +63,12 @@ def key_material(config: Config, inputs: Inputs, models: ModelSet) -> dict:
     evolve = semantic_dict(config.evolve)
     evolve.pop("rounds")
     evolve.pop("seeds")  # the path does not matter, the content does
+    evolve.pop("equality_model")  # the models are keyed by content below, not by the name that found them
+    engine = semantic_dict(config.engine)
+    engine.pop("max_lora_rank")  # no adapter is served while evolving
     return {
         "evolve": evolve,
-        "engine": semantic_dict(config.engine),
+        "engine": engine,
         "run_seed": config.run.seed,
         "seeds": file_hash(inputs.seeds_file),
         # the instructions read, not the file: the field mapping decides which text is checked

@@ -15,6 +15,7 @@ from pathlib import Path
 from eval.report.ablation import ablation_rows, plot_ablation, round_differences, survival
 from eval.report.analysis import analysis_report_json, analysis_section
 from eval.report.evaluation import Section, build_report, find_judge_dirs, with_ci
+from eval.scores import Aggregation
 from pipeline.config import Config
 from pipeline.core import fmt
 from pipeline.core.jsonio import read_json, write_json
@@ -43,9 +44,10 @@ def _direct_sentences(rows: list[dict]) -> list[str]:
 
 def write_run_report(run_dir: Path, config: Config) -> Path:
     """report.json (ablation rows, survival, every comparison) and report.md/html with the plots."""
-    resamples, seed = config.eval.bootstrap_resamples, config.run.seed
-    rows = ablation_rows(run_dir, config.run.rounds, resamples, seed)
-    differences = round_differences(run_dir, config.run.rounds, resamples, seed)
+    settings = Aggregation.of(config)
+    resamples, seed = settings.resamples, settings.seed
+    rows = ablation_rows(run_dir, config.run.rounds, settings)
+    differences = round_differences(run_dir, config.run.rounds, settings)
     survival_rows = survival(run_dir)
     images = plot_ablation(rows, survival_rows, run_dir / "plots")
     header = [
@@ -98,8 +100,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         judge_dirs,
         run_dir,
         extra_sections=[section] + ([analysis] if analysis else []),
-        resamples=resamples,
-        seed=seed,
+        settings=settings,
     )
     # eval's report.json describes the comparisons; the run adds its ablation and survival rows.
     report_json = run_dir / "report.json"

@@ -7,7 +7,7 @@ import pytest
 from eval.judge import judge_pairs
 from eval.report.ablation import difference_sentence
 from eval.report.evaluation import load_scores
-from eval.scores import aggregate, paired_difference, with_intervals
+from eval.scores import Aggregation, aggregate, paired_difference, rescore
 from pipeline.config import Config
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
 from pipeline.engine.fake import FakeEngine
@@ -54,7 +54,8 @@ def test_intervals_are_seeded_and_every_block_has_them():
 def test_intervals_are_recomputed_for_another_resample_count_without_rejudging():
     rows = verdicts(("win", 10, 8, 4), ("lose", 10, 4, 8))
     scores = aggregate(rows, {"a": "C1", "b": "C0", "judge_model": "j"}, resamples=0, seed=5)
-    redone = with_intervals(scores, rows, 300, 5)
+    redone, same_rows = rescore(scores, rows, Aggregation(resamples=300, seed=5))
+    assert same_rows == rows
     assert redone["judge_model"] == "j" and redone["overall"]["win"] == 10
     assert redone["overall"]["win_rate_ci"] and redone["bootstrap"]["resamples"] == 300
 
@@ -132,7 +133,7 @@ def test_run_report_shows_intervals_and_significance_lines(tmp_path):
     }
     assert all(d["capacity_points"]["significant"] for d in report["round_differences"])
     # The judge's scores.json was written with 400 draws: the report reused it, nothing was re-judged.
-    scores = load_scores(run / "judge" / "C2__vs__reference", 400, config.run.seed)
+    scores = load_scores(run / "judge" / "C2__vs__reference", Aggregation.of(config))
     assert scores == read_json(run / "judge" / "C2__vs__reference" / "scores.json")
     assert len(read_jsonl(run / "judge" / "C2__vs__reference" / "orders.jsonl")) == 80
 

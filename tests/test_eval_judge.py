@@ -158,6 +158,36 @@ def test_long_answers_are_clipped_in_the_judge_request(tmp_path, answer_dirs):
     )
 
 
+def test_counting_settings_recount_the_stored_verdicts_without_an_engine(tmp_path, answer_dirs, monkeypatch):
+    """eval.high_difficulty and eval.single_order_fallback only change how verdicts are counted: a
+    rerun starts no engine, rewrites judgments.jsonl and scores.json, and the report follows."""
+    from eval.report.evaluation import build_report
+
+    a, b = answer_dirs
+    judge_dir, first = judge_pairs(Config(), [(a, b)], tmp_path / "judge", "j", engine=FakeEngine(scripted_judge))[0]
+    assert first["high_difficulty"]["threshold"] == 8 and first["high_difficulty"]["n"] == 2  # items 2 and 3
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("a recount must not start an engine")
+
+    monkeypatch.setattr("pipeline.engine.factory.VLLMEngine", no_engine)
+    config = Config()
+    config.eval.high_difficulty, config.eval.single_order_fallback = 10, False
+    _, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "j")[0]
+    assert scores["high_difficulty"]["threshold"] == 10 and scores["high_difficulty"]["n"] == 0
+    # item 3 had one readable order: without the fallback it is a judge failure, not a win
+    judgments = read_jsonl(judge_dir / "judgments.jsonl")
+    assert [j["status"] for j in judgments] == ["judged", "judged", "failed"]
+    assert scores["overall"]["win"] == 1 and scores["judge_failures"]["pairs_unjudged"] == 1
+    assert read_json(judge_dir / "scores.json") == scores
+
+    report = build_report([judge_dir], tmp_path / "report")
+    assert "high difficulty >= 10" in report["md"].read_text()
+    # and back: the stored orders still hold every verdict
+    _, restored = judge_pairs(Config(), [(a, b)], tmp_path / "judge", "j")[0]
+    assert restored["overall"] == first["overall"] and restored["high_difficulty"] == first["high_difficulty"]
+
+
 def test_several_pairs_share_one_engine_and_are_all_checked_first(tmp_path, answer_dirs, monkeypatch):
     from eval import judge as judge_module
 

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.report.evaluation import load_scores
+from eval.report.evaluation import counted, load_scores
 from eval.report.plots import error_bars
-from eval.scores import paired_difference
+from eval.scores import Aggregation, paired_difference
 from pipeline.core.jsonio import read_json, read_jsonl
 from pipeline.core.paths import REFERENCE
 from pipeline.core.seeds import derive_seed
 
 
-def _comparison(run_dir: Path, a: str, b: str, resamples: int | None, seed: int | None) -> dict | None:
+def _comparison(run_dir: Path, a: str, b: str, settings: Aggregation) -> dict | None:
     judge_dir = run_dir / "judge" / f"{a}__vs__{b}"
     if not (judge_dir / "scores.json").is_file():
         return None
-    scores = load_scores(judge_dir, resamples, seed)
+    scores = load_scores(judge_dir, settings)
     overall, high = scores["overall"], scores.get("high_difficulty", {})
     return {
         "n": overall["n"],
@@ -46,9 +46,8 @@ def _comparison(run_dir: Path, a: str, b: str, resamples: int | None, seed: int 
     }
 
 
-def ablation_rows(
-    run_dir: Path, rounds: list[int], resamples: int | None = None, seed: int | None = None
-) -> list[dict]:
+def ablation_rows(run_dir: Path, rounds: list[int], settings: Aggregation | None = None) -> list[dict]:
+    settings = settings or Aggregation()
     stats_path = run_dir / "evolve" / "stats.json"
     stats = read_json(stats_path)["rounds"] if stats_path.is_file() else []
     rows = []
@@ -66,16 +65,16 @@ def ablation_rows(
                 "kept_rate_of_round": round(round_stats["kept"] / round_stats["attempted"], 3)
                 if k > 0 and round_stats.get("attempted")
                 else None,
-                "vs_C0": _comparison(run_dir, f"C{k}", "C0", resamples, seed) if k else None,
-                "vs_reference": _comparison(run_dir, f"C{k}", REFERENCE, resamples, seed),
+                "vs_C0": _comparison(run_dir, f"C{k}", "C0", settings) if k else None,
+                "vs_reference": _comparison(run_dir, f"C{k}", REFERENCE, settings),
             }
         )
     return rows
 
 
-def _judgments(run_dir: Path, a: str, b: str) -> list[dict] | None:
-    path = run_dir / "judge" / f"{a}__vs__{b}" / "judgments.jsonl"
-    return read_jsonl(path) if path.is_file() else None
+def _judgments(run_dir: Path, a: str, b: str, settings: Aggregation) -> list[dict] | None:
+    judge_dir = run_dir / "judge" / f"{a}__vs__{b}"
+    return counted(judge_dir, settings)[1] if (judge_dir / "judgments.jsonl").is_file() else None
 
 
 def _signed(value: float) -> str:
@@ -102,7 +101,7 @@ def difference_sentence(later: str, earlier: str, baseline: str, diff: dict) -> 
     return text + "."
 
 
-def round_differences(run_dir: Path, rounds: list[int], resamples: int, seed: int) -> list[dict]:
+def round_differences(run_dir: Path, rounds: list[int], settings: Aggregation) -> list[dict]:
     """C<b> minus C<a> for every a < b judged against the same baseline (the reference, and C0)."""
     out = []
     ordered = sorted(rounds)
@@ -112,10 +111,12 @@ def round_differences(run_dir: Path, rounds: list[int], resamples: int, seed: in
                 earlier, later = f"C{a}", f"C{b}"
                 if baseline in (earlier, later):
                     continue  # C<k> vs C0 against C0 itself: that is the C<k> vs C0 comparison
-                first, second = _judgments(run_dir, earlier, baseline), _judgments(run_dir, later, baseline)
+                first = _judgments(run_dir, earlier, baseline, settings)
+                second = _judgments(run_dir, later, baseline, settings)
                 if first is None or second is None:
                     continue
-                diff = paired_difference(first, second, resamples, derive_seed(seed, earlier, later, baseline))
+                seed = derive_seed(settings.seed or 0, earlier, later, baseline)
+                diff = paired_difference(first, second, settings.resamples or 0, seed)
                 if diff is None:
                     continue
                 sentence = difference_sentence(later, earlier, baseline, diff)

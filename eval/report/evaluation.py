@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eval.judge import JUDGMENTS_FILE, SCORES_FILE
 from eval.report.plots import plot_capacity_per_skill, plot_win_rate_by_difficulty, plot_win_tie_lose
-from eval.scores import with_intervals
+from eval.scores import Aggregation, rescore
 from pipeline.config.eval import EvalConfig, check_resamples
 from pipeline.core.fmt import MISSING
 from pipeline.core.fmt import num as _num
@@ -176,14 +176,13 @@ def build_report(
     out_dir: str | Path,
     extra_sections: list[Section] | None = None,
     title: str = "Evaluation report",
-    resamples: int | None = None,
-    seed: int | None = None,
+    settings: Aggregation | None = None,
 ) -> dict[str, Path]:
-    """The report; intervals are recomputed from judgments.jsonl with `resamples` draws (default: the
-    eval config's) and `seed` (default: the one scores.json records), so they follow the current setting."""
+    """The report; every number is recounted from judgments.jsonl as `settings` say (a run's report
+    passes its config's), so the intervals and the high-difficulty subset follow the current settings."""
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
-    comparisons = [(Path(d), load_scores(d, resamples, seed)) for d in judge_dirs]
+    comparisons = [(Path(d), load_scores(d, settings)) for d in judge_dirs]
     if not comparisons:
         raise InputError("build_report needs at least one judge directory.")
     scores = [s for _, s in comparisons]
@@ -228,19 +227,23 @@ def build_report(
     return paths
 
 
-def load_scores(judge_dir: str | Path, resamples: int | None = None, seed: int | None = None) -> dict:
-    """scores.json with its intervals recomputed for this resample count (the verdicts are never redone)."""
+def counted(judge_dir: str | Path, settings: Aggregation | None = None) -> tuple[dict, list[dict]]:
+    """scores.json and the judgments as `settings` count them (see eval/scores.py: `rescore`), in
+    memory: a report never rewrites a judge's files. Default: the bootstrap's default draws, the
+    rest as scores.json records. The verdicts themselves are never redone."""
     judge_dir = Path(judge_dir)
     scores = read_json(judge_dir / SCORES_FILE)
     judgments = judge_dir / JUDGMENTS_FILE
     if not judgments.is_file():
-        return scores
-    recorded = scores.get("bootstrap") or {}
-    resamples = EvalConfig.bootstrap_resamples if resamples is None else check_resamples(resamples)
-    seed = recorded.get("seed", 0) if seed is None else seed
-    if recorded.get("resamples") == resamples and recorded.get("seed") == seed:
-        return scores
-    return with_intervals(scores, read_jsonl(judgments), resamples, seed)
+        return scores, []
+    settings = settings or Aggregation(resamples=EvalConfig.bootstrap_resamples)
+    if settings.resamples is not None:
+        check_resamples(settings.resamples)
+    return rescore(scores, read_jsonl(judgments), settings)
+
+
+def load_scores(judge_dir: str | Path, settings: Aggregation | None = None) -> dict:
+    return counted(judge_dir, settings)[0]
 
 
 # ---------------------------------------------------------------- rendering
