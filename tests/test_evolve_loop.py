@@ -1,6 +1,8 @@
 """The round loop with scripted fake engines: batching, pool replacement, lineage, every rule in
 place, resume after a crash, determinism, no generation on a finished rerun, engine swaps."""
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -359,3 +361,24 @@ def test_stats_file_is_complete(tmp_path):
     assert one["generation"]["evolve"]["requests"] == len(SEEDS)
     manifest = read_json(tmp_path / "run" / "evolve" / "manifest.json")
     assert manifest["rounds_done"] == 1 and manifest["rows"]["C1"] == one["training_set_size"]
+
+
+def test_an_mt_bench_file_decontaminates_by_its_first_turns(tmp_path):
+    """A FastChat MT-bench question file as eval.testset: evolve reads it as answer and judge do (the
+    decontamination reader was once Evol-Instruct-only and stopped here)."""
+    mt_bench = Path(__file__).parent / "fixtures" / "testsets" / "fastchat_mt_bench.jsonl"
+    seeds = write_seeds(
+        tmp_path,
+        [
+            "Draft a short notice inviting colleagues to a Friday book swap.",  # question 81's first turn
+            "Now rewrite the notice so that every sentence starts with the letter B.",  # its second turn
+            "Explain how tides work.",
+        ],
+        outputs=["a", "b", "c"],
+    )
+    config = make_config(tmp_path, rounds=0, seeds=seeds, testset=mt_bench)
+    stats = run_evolve(config, tmp_path / "run", Factory().models, quiet=True)
+    r0 = by_root(tmp_path / "run" / "evolve" / "round_0.jsonl")
+    assert r0["s0"]["elimination_rule"] == "contaminated" and "test item 81" in r0["s0"]["elimination_detail"]
+    assert r0["s1"]["elimination_rule"] is None and r0["s2"]["elimination_rule"] is None
+    assert stats["test_instructions"] == 3 and stats["rounds"][0]["decontaminated"] == 1
