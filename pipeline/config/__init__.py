@@ -124,9 +124,9 @@ class EngineConfig:
     chunk_size: int = throughput(256)  # requests per engine call; each chunk is saved before the next
     cpu_threads_bind: str = throughput("all")  # VLLM_CPU_OMP_THREADS_BIND; "all" binds every core
     # vLLM's engine core in its own process (VLLM_ENABLE_V1_MULTIPROCESSING). None: on a GPU only.
-    # In-process, a batch is exactly what was sent before the step, so reruns repeat the same texts
-    # (measured on CPU: identical files, ~8% faster); a separate process overlaps the scheduler
-    # and detokenisation with the GPU's work, but its batches depend on when requests arrive.
+    # In-process, a batch is exactly what was sent before the step, so reruns repeat the same texts;
+    # a separate process overlaps the scheduler and detokenisation with the GPU's work, but its
+    # batches depend on when requests arrive.
     core_process: bool | None = throughput(None)
     max_loras: int = throughput(4)
     max_lora_rank: int = 64

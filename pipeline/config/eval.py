@@ -56,7 +56,7 @@ class EvalConfig:
     # How `evol run` answers with LoRA fine-tunes: "lora" serves every adapter from one engine
     # (vLLM multi-LoRA), "merged" folds each adapter into the base weights (`evol train --merge`)
     # and answers each model on its own engine at base-model speed. "auto": merged on CPU, where
-    # vLLM's LoRA path measured ~3x slower than the base model (BENCHMARKS.md), lora on a GPU.
+    # vLLM's LoRA path is several times slower than the base model (BENCHMARKS.md), lora on a GPU.
     # A throughput knob: the answers' cache key holds the weights they came from, not this choice.
     answer_with: str = throughput("auto")
 

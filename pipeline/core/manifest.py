@@ -279,8 +279,8 @@ def write_run_manifest(run_dir: str | Path, resolved_config: dict, config_hash: 
     """Record the resolved config of this invocation at the top of the run directory."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Atomic: with `evol run` lanes the evolve stage rewrites config.yaml while the reference answers
-    # read it; a half-written file read as an empty config answered 218 items instead of 12.
+    # Atomic: with `evol run` lanes the evolve stage rewrites config.yaml while another stage reads
+    # it, and a half-written file would read as an empty config, i.e. every default.
     atomic_write_text(run_dir / "config.yaml", yaml_text)
     path = run_dir / "manifest.json"
     with _manifest_guard(run_dir):

@@ -15,8 +15,7 @@ written" resume does the rest.
 
 Why not `ray.data.llm`'s processor: it sends each row to vLLM on its own, so a chain's steps would
 be one processor each (one model copy per step per replica) or one job each (one engine start per
-step, each step waiting for its slowest row); measured here, that reached 0.72 of the local
-engine's output tok/s once running (BENCHMARKS.md, "Ray backend").
+step, each step waiting for its slowest row): BENCHMARKS.md, "Ray backend", has it measured.
 
 Requests and results travel as JSON text (a pool item and its finished records ride in the
 request's `context`). A chain whose follow-up raised comes back with its error and is counted; the
