@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from eval.judge import load_answer_set
 from evolve_local.seeds import load_seeds
 from finetune.data import load_conversations
-from pipeline.config import ConfigError, EvalConfig, load_config
+from pipeline.config import ConfigError, load_config
+from pipeline.config.eval import EvalConfig
 from pipeline.core.jsonio import InputError
 from pipeline.core.testset import load_testset
 from pipeline.generate import load_prompts
