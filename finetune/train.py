@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from finetune.card import MetricsCallback, peak_memory, plot_loss, trim_metrics, write_model_card
-from finetune.data import check_bad_rows, load_conversations, resolve_template, tokenize_conversations
+from finetune.data import BadRows, check_bad_rows, load_conversations, resolve_template, tokenize_conversations
 from pipeline.config import Config, semantic_dict, to_yaml
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
 from pipeline.core.manifest import begin_stage, file_sha256, finish_stage, stage_done
@@ -115,14 +115,13 @@ def run_train(
     train = config.train
     method = method or train.method
     data_path, out_dir = Path(data_path), Path(out_dir)
+    ckpt_dir, metrics_path = out_dir / "checkpoints", out_dir / "metrics.jsonl"
 
     # ---- check everything the user can get wrong, before any model loads
     check_options(config, method, merge)
     precision = check_hardware(method, train.precision)
     base_path = resolve_model(base or config.models.base, config.models.dir)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=config.models.trust_remote_code)
+    tokenizer = load_tokenizer(base_path, config.models.trust_remote_code)
     template = resolve_template(tokenizer, train.template)
 
     # ---- skip, resume or start: the key needs the data file's hash, not its tokens, so a
@@ -130,74 +129,22 @@ def run_train(
     data_sha = data_sha256(data_path)
     key_material = train_key_material(config, method, template, data_sha, content_hash(base_path))
     seed = key_material["seed"]
-    ckpt_dir = out_dir / "checkpoints"
-    metrics_path = out_dir / "metrics.jsonl"
     args = sft_args(train, precision, seed, ckpt_dir)  # sets up the processes under accelerate launch
-    main = args.process_index == 0
     if stage_done(out_dir, key_material):
-        if not main:
-            return {}
-        stage = begin_stage(out_dir.parent, out_dir.name, key_material)  # says it is skipped
-        manifest = read_json(stage.manifest_path)
-        if merge and not (out_dir / "merged" / "config.json").is_file():
-            merge_adapter(base_path, out_dir / "adapter", out_dir / "merged", tokenizer)
-            manifest.setdefault("outputs", {})["merged"] = str(out_dir / "merged")
-            write_json(stage.manifest_path, manifest)
-        return manifest
+        return finished_train(out_dir, key_material, args.process_index == 0, merge, base_path, tokenizer)
 
     # ---- read and tokenize the data; bad rows with on_bad_rows=fail stop here, before the
     # stage directory is touched
-    rows, bad = load_conversations(data_path)
-    examples = tokenize_conversations(rows, tokenizer, template, train.response_marker, train.max_length, bad)
-    note = check_bad_rows(data_path, bad, len(examples), train.on_bad_rows)
-    if note:
-        log(note)
-    # Only the main process touches the stage directory; the others wait until it has.
-    with args.main_process_first(desc="stage bookkeeping"):
-        if main:
-            stage = begin_stage(out_dir.parent, out_dir.name, key_material)
-    resume_from = last_checkpoint(ckpt_dir)
-    if main:
-        atomic_write_text(out_dir / "config.yaml", to_yaml(config))
-        if resume_from:
-            step = int(resume_from.name.split("-")[-1])
-            trim_metrics(metrics_path, step)
-            log(f"resuming from {resume_from} (step {step})")
-        else:
-            metrics_path.unlink(missing_ok=True)
-
-    import torch
-    from datasets import Dataset
-    from trl import SFTTrainer
+    examples, bad = read_examples(data_path, tokenizer, template, train)
+    stage, resume_from = open_stage(config, out_dir, key_material, args, ckpt_dir, metrics_path)
 
     # ---- load the model
-    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-    model = load_model(base_path, method, compute_dtype, config.models.trust_remote_code)
-    peft_config = None
-    if method in ("lora", "qlora"):
-        from peft import LoraConfig
-
-        targets = train.lora_target_modules
-        peft_config = LoraConfig(
-            r=train.lora_r,
-            lora_alpha=train.lora_alpha,
-            lora_dropout=train.lora_dropout,
-            bias="none",
-            task_type="CAUSAL_LM",
-            target_modules="all-linear" if targets == ["all-linear"] else targets,
-        )
+    model = load_model(base_path, method, torch_dtype(precision), config.models.trust_remote_code)
+    peft_config = lora_config(train) if method in ("lora", "qlora") else None
 
     # ---- train
-    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
     metrics = MetricsCallback(metrics_path)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[metrics, *(callbacks or [])],
-    )
+    trainer = make_trainer(model, args, examples, tokenizer, peft_config, [metrics, *(callbacks or [])])
     log(
         f"{method} fine-tune of {base_path.name} on {len(examples)} rows, {precision}, "
         f"{trainer.args.gradient_accumulation_steps} accumulation step(s) of {train.per_device_train_batch_size}"
@@ -211,71 +158,16 @@ def run_train(
         return {}
     outputs = {target.name: str(target)}
     if merge:
-        del trainer, model
+        del trainer, model  # the trained copy leaves memory before the base loads again for the merge
         outputs["merged"] = merge_adapter(base_path, target, out_dir / "merged", tokenizer)
 
     # ---- metrics, card, manifest (last)
-    records = _read_metrics(metrics_path)
-    runtime = metrics.summary.get("train_runtime") or result.metrics.get("train_runtime")
-    performance = {
-        "global_step": result.global_step,
-        "first_loss": records[0]["loss"] if records else None,
-        "last_loss": records[-1]["loss"] if records else None,
-        "train_loss": round(result.training_loss, 6),
-        "train_runtime_s": runtime,
-        "train_tokens_this_process": metrics.max_tokens,
-        "train_tokens_per_second": round(metrics.max_tokens / runtime, 1) if runtime else None,
-        "resumed_from": resume_from.name if resume_from else None,
-        "memory": peak_memory(),
-    }
+    performance = performance_summary(result, metrics, metrics_path, resume_from)
     plot_loss(metrics_path, out_dir / "loss.png", f"{out_dir.name}: {method} on {data_path.name}")
-    token_count = sum(len(e["input_ids"]) for e in examples)
-    trained_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
-    data_info = {
-        "path": str(data_path),
-        "sha256": data_sha,
-        "rows": bad.total,
-        "trained_rows": len(examples),
-        "bad_rows": bad.bad,
-        "bad_by_reason": dict(sorted(bad.counts.items())),
-        "on_bad_rows": train.on_bad_rows,
-        "tokens": token_count,
-        "trained_tokens": trained_tokens,
-    }
-    hyper = {
-        "learning_rate": train.learning_rate,
-        "epochs": train.num_train_epochs,
-        "max_steps": train.max_steps,
-        "effective_batch_size": train.effective_batch_size,
-        "per_device_batch_x_accumulation": f"{train.per_device_train_batch_size} x "
-        f"{args.gradient_accumulation_steps} x {args.world_size} process(es)",
-        "scheduler": f"{train.lr_scheduler_type}, warmup ratio {train.warmup_ratio}",
-        "max_length": train.max_length,
-        "packing": train.packing,
-        "precision": precision,
-        "seed": seed,
-    }
-    if method != "full":
-        hyper["lora"] = (
-            f"r={train.lora_r}, alpha={train.lora_alpha}, dropout={train.lora_dropout}, "
-            f"targets={','.join(train.lora_target_modules)}"
-        )
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    write_model_card(
-        out_dir / "model_card.md",
-        {
-            "name": out_dir.name,
-            "base_model": str(base_path),
-            "method": method,
-            "template": template,
-            "response_marker": train.response_marker,
-            "data": data_info,
-            "hyperparameters": hyper,
-            "performance": performance,
-            "outputs": outputs,
-            "device": device,
-        },
-    )
+    data_info = data_summary(data_path, data_sha, bad, examples, train.on_bad_rows)
+    hyper = hyperparameters(train, args, method, precision, seed)
+    card = {"name": out_dir.name, "base_model": str(base_path), "method": method, "template": template}
+    write_card(out_dir / "model_card.md", card, train, data_info, hyper, performance, outputs)
     if not train.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return finish_stage(
@@ -321,7 +213,7 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- the steps of a fine-tune
 
 
 def require_data_file(data_path: Path) -> None:
@@ -335,6 +227,169 @@ def require_data_file(data_path: Path) -> None:
 def data_sha256(data_path: Path) -> str:
     require_data_file(data_path)
     return file_sha256(data_path)
+
+
+def load_tokenizer(base_path: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+
+
+def finished_train(out_dir: Path, key_material: dict, main: bool, merge: bool, base_path: Path, tokenizer) -> dict:
+    """The manifest of a fine-tune already done with this key; --merge adds merged/ when it is missing."""
+    if not main:
+        return {}
+    stage = begin_stage(out_dir.parent, out_dir.name, key_material)  # says it is skipped
+    manifest = read_json(stage.manifest_path)
+    if merge and not (out_dir / "merged" / "config.json").is_file():
+        merge_adapter(base_path, out_dir / "adapter", out_dir / "merged", tokenizer)
+        manifest.setdefault("outputs", {})["merged"] = str(out_dir / "merged")
+        write_json(stage.manifest_path, manifest)
+    return manifest
+
+
+def read_examples(data_path: Path, tokenizer, template: str, train) -> tuple[list[dict], BadRows]:
+    """The tokenized rows, bad ones counted; with on_bad_rows=fail a bad row raises here."""
+    rows, bad = load_conversations(data_path)
+    examples = tokenize_conversations(rows, tokenizer, template, train.response_marker, train.max_length, bad)
+    note = check_bad_rows(data_path, bad, len(examples), train.on_bad_rows)
+    if note:
+        log(note)
+    return examples, bad
+
+
+def open_stage(config: Config, out_dir: Path, key_material: dict, args, ckpt_dir: Path, metrics_path: Path):
+    """(stage, checkpoint to resume from or None). Only the main process touches the stage directory
+    (stage is None on the others), and the others wait until it has."""
+    main = args.process_index == 0
+    stage = None
+    with args.main_process_first(desc="stage bookkeeping"):
+        if main:
+            stage = begin_stage(out_dir.parent, out_dir.name, key_material)
+    resume_from = last_checkpoint(ckpt_dir)
+    if main:
+        atomic_write_text(out_dir / "config.yaml", to_yaml(config))
+        if resume_from:
+            step = int(resume_from.name.split("-")[-1])
+            trim_metrics(metrics_path, step)
+            log(f"resuming from {resume_from} (step {step})")
+        else:
+            metrics_path.unlink(missing_ok=True)
+    return stage, resume_from
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def lora_config(train):
+    from peft import LoraConfig
+
+    targets = train.lora_target_modules
+    return LoraConfig(
+        r=train.lora_r,
+        lora_alpha=train.lora_alpha,
+        lora_dropout=train.lora_dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
+
+
+def make_trainer(model, args, examples: list[dict], tokenizer, peft_config, callbacks: list):
+    """TRL's SFTTrainer on the already tokenized rows (input_ids and labels, prompt tokens masked)."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+# ---------------------------------------------------------------- what a finished fine-tune records
+
+
+def performance_summary(result, metrics: MetricsCallback, metrics_path: Path, resume_from: Path | None) -> dict:
+    records = _read_metrics(metrics_path)
+    runtime = metrics.summary.get("train_runtime") or result.metrics.get("train_runtime")
+    return {
+        "global_step": result.global_step,
+        "first_loss": records[0]["loss"] if records else None,
+        "last_loss": records[-1]["loss"] if records else None,
+        "train_loss": round(result.training_loss, 6),
+        "train_runtime_s": runtime,
+        "train_tokens_this_process": metrics.max_tokens,
+        "train_tokens_per_second": round(metrics.max_tokens / runtime, 1) if runtime else None,
+        "resumed_from": resume_from.name if resume_from else None,
+        "memory": peak_memory(),
+    }
+
+
+def data_summary(data_path: Path, data_sha: str, bad: BadRows, examples: list[dict], on_bad_rows: str) -> dict:
+    return {
+        "path": str(data_path),
+        "sha256": data_sha,
+        "rows": bad.total,
+        "trained_rows": len(examples),
+        "bad_rows": bad.bad,
+        "bad_by_reason": dict(sorted(bad.counts.items())),
+        "on_bad_rows": on_bad_rows,
+        "tokens": sum(len(e["input_ids"]) for e in examples),
+        "trained_tokens": sum(sum(1 for x in e["labels"] if x != -100) for e in examples),
+    }
+
+
+def hyperparameters(train, args, method: str, precision: str, seed: int) -> dict:
+    hyper = {
+        "learning_rate": train.learning_rate,
+        "epochs": train.num_train_epochs,
+        "max_steps": train.max_steps,
+        "effective_batch_size": train.effective_batch_size,
+        "per_device_batch_x_accumulation": f"{train.per_device_train_batch_size} x "
+        f"{args.gradient_accumulation_steps} x {args.world_size} process(es)",
+        "scheduler": f"{train.lr_scheduler_type}, warmup ratio {train.warmup_ratio}",
+        "max_length": train.max_length,
+        "packing": train.packing,
+        "precision": precision,
+        "seed": seed,
+    }
+    if method != "full":
+        hyper["lora"] = (
+            f"r={train.lora_r}, alpha={train.lora_alpha}, dropout={train.lora_dropout}, "
+            f"targets={','.join(train.lora_target_modules)}"
+        )
+    return hyper
+
+
+def write_card(
+    path: Path, card: dict, train, data_info: dict, hyper: dict, performance: dict, outputs: dict[str, str]
+) -> None:
+    """model_card.md: `card` holds name, base_model, method and template; the rest is added here."""
+    import torch
+
+    write_model_card(
+        path,
+        {
+            **card,
+            "response_marker": train.response_marker,
+            "data": data_info,
+            "hyperparameters": hyper,
+            "performance": performance,
+            "outputs": outputs,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
+        },
+    )
+
+
+# ---------------------------------------------------------------- helpers
 
 
 def sft_args(train, precision: str, seed: int, ckpt_dir: Path):
