@@ -105,11 +105,6 @@ def load_run(run_dir: str | Path) -> EvolvedRun:
     return EvolvedRun(run_dir, rounds, sets, files)
 
 
-def check_settings(s: AnalysisConfig) -> None:
-    """The analysis section's values (pipeline/config/analysis.py), before the run is read."""
-    s.validate()
-
-
 def sample(items: list[dict], n: int, seed: int, purpose: str) -> list[dict]:
     """A seeded sample of n items (0: all), independent of file order, returned in file order."""
     if not n or len(items) <= n:
@@ -175,44 +170,150 @@ def rate_difficulty(
 # ---------------------------------------------------------------- diversity (the embeddings)
 
 
-def embed_sets(groups: dict[str, list[dict]], embedder, s: AnalysisConfig, seed: int):
+@dataclasses.dataclass
+class Embeddings:
+    vectors: np.ndarray
+    labels: np.ndarray  # the k-means cluster of each vector
+    row: dict[str, int]  # instruction text -> its row in vectors and labels
+
+    def diversity(self, items: list[dict]) -> dict:
+        index = [self.row[item["instruction"]] for item in items]
+        return metrics.diversity_summary(self.vectors[index], self.labels[index])
+
+
+def diversity_groups(run: EvolvedRun, s: AnalysisConfig, seed: int) -> dict[str, list[dict]]:
+    """A seeded sample of each round's kept instructions ("round k") and of each C<k> ("Ck")."""
+    groups = {
+        f"round {k}": sample(kept(records), s.diversity_per_set, seed, f"diversity-round-{k}")
+        for k, records in enumerate(run.rounds)
+    }
+    groups.update(
+        {f"C{k}": sample(rows, s.diversity_per_set, seed, f"diversity-C{k}") for k, rows in enumerate(run.sets)}
+    )
+    return groups
+
+
+def embed_sets(groups: dict[str, list[dict]], embedder, s: AnalysisConfig, seed: int) -> Embeddings:
     """Embed each group's instructions once (unique texts), fit k-means over all of them."""
     texts = list(dict.fromkeys(item["instruction"] for items in groups.values() for item in items))
     vectors = np.asarray(embedder(texts), dtype=np.float64)
     if vectors.shape[0] != len(texts):
         raise ValueError(f"the embedder returned {vectors.shape[0]} vectors for {len(texts)} texts")
     labels = metrics.kmeans_labels(vectors, s.clusters, seed) if texts else np.zeros(0, dtype=int)
-    row = {text: i for i, text in enumerate(texts)}
-    return vectors, labels, row
+    return Embeddings(vectors, labels, {text: i for i, text in enumerate(texts)})
 
 
-# ---------------------------------------------------------------- the analysis
+def write_projection(path: Path, run: EvolvedRun, groups: dict[str, list[dict]], embedded: Embeddings, s, seed: int):
+    """The 2-D point of each round's sampled instruction, written to projection.jsonl; returns
+    ([(item, round)], their points) for the plot."""
+    points = [(item, k) for k in range(len(run.rounds)) for item in groups[f"round {k}"]]
+    xy = (
+        metrics.project(
+            embedded.vectors[[embedded.row[item["instruction"]] for item, _ in points]], s.projection, seed
+        )
+        if points
+        else np.zeros((0, 2))
+    )
+    write_jsonl(
+        path,
+        (
+            {"id": item["id"], "round": k, "x": round(float(x), 4), "y": round(float(y), 4)}
+            for (item, k), (x, y) in zip(points, xy)
+        ),
+    )
+    return points, xy
 
 
-def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = None, embedder=None) -> dict:
-    """Everything `evol analyze` does; `engine` (the judge) and `embedder` are built here when None."""
-    s = config.analysis
-    check_settings(s)
-    run = load_run(run_dir)
-    seed = config.run.seed
-    judge_path = judge_id = None
-    if s.difficulty and engine is None:
-        from pipeline.core.models import content_hash, models_dir, resolve_model
+# ---------------------------------------------------------------- the numbers: per round, per C<k>, per operation
 
-        judge_path = resolve_model(model_roles(config)["analysis.judge_model"], config.models.dir)
-        judge_id = f"{judge_path.name} {content_hash(judge_path, models_dir(config.models.dir))}"
-    elif s.difficulty:
-        judge_id = engine.model_name
+
+def difficulty_scores(ratings: list[dict]) -> dict[tuple[str, object], list]:
+    """The rated scores by ("round", k) and by ("operation", name)."""
+    scores = defaultdict(list)
+    for rating in ratings:
+        scores[("round", rating["round"])].append(rating["score"])
+        scores[("operation", rating["operation"])].append(rating["score"])
+    return scores
+
+
+def per_round_numbers(run: EvolvedRun, groups, embedded: Embeddings, scores, rated: bool) -> list[dict]:
+    per_round = []
+    for k, records in enumerate(run.rounds):
+        texts = [r["instruction"] for r in kept(records)]
+        per_round.append(
+            {
+                "round": k,
+                "text": {
+                    "kept": metrics.text_summary(texts),
+                    "attempted": metrics.text_summary([r["instruction"] for r in records]),
+                },
+                "difficulty": metrics.score_summary(scores[("round", k)]) if rated else None,
+                "diversity": embedded.diversity(groups[f"round {k}"]),
+                "survival": metrics.survival(records) if k else None,
+            }
+        )
+    return per_round
+
+
+def cumulative_numbers(
+    run: EvolvedRun, groups, embedded: Embeddings, per_round: list[dict], rated: bool
+) -> list[dict]:
+    """Per C<k>; its difficulty is the mean of its rounds' rated means, weighted by its rows per round."""
+    round_means = {r["round"]: r["difficulty"]["mean"] for r in per_round if r["difficulty"]}
+    return [
+        {
+            "set": f"C{k}",
+            "rows": len(rows),
+            "text": metrics.text_summary([r["instruction"] for r in rows]),
+            "difficulty_mean": metrics.stratified_mean(rows, round_means) if rated else None,
+            "diversity": embedded.diversity(groups[f"C{k}"]),
+        }
+        for k, rows in enumerate(run.sets)
+    ]
+
+
+def per_operation_numbers(run: EvolvedRun, scores, rated: bool) -> dict[str, dict]:
+    """Per operation over all evolution rounds; the known operations first, in their order."""
+    per_operation = {}
+    evolved = [r for records in run.rounds[1:] for r in records]
+    for op in (*OPERATIONS, *sorted({r["operation"] for r in evolved} - set(OPERATIONS))):
+        mine = [r for r in evolved if r["operation"] == op]
+        per_operation[op] = {
+            **metrics.survival(mine),
+            "text_kept": metrics.text_summary([r["instruction"] for r in kept(mine)]),
+            "text_attempted": metrics.text_summary([r["instruction"] for r in mine]),
+            "difficulty": metrics.score_summary(scores[("operation", op)]) if rated else None,
+        }
+    return per_operation
+
+
+# ---------------------------------------------------------------- the stage key
+
+
+def judge_identity(config: Config, engine: Engine | None) -> tuple[Path | None, str | None]:
+    """(the judge's model directory when this stage starts it, what the ratings depend on of it)."""
+    if not config.analysis.difficulty:
+        return None, None
+    if engine is not None:
+        return None, engine.model_name
+    from pipeline.core.models import content_hash, models_dir, resolve_model
+
+    judge_path = resolve_model(model_roles(config)["analysis.judge_model"], config.models.dir)
+    return judge_path, f"{judge_path.name} {content_hash(judge_path, models_dir(config.models.dir))}"
+
+
+def embedder_identity(embedder) -> str:
     if embedder is None:
-        from eval.analysis.embed import MiniLMEmbedder, model_id
+        from eval.analysis.embed import model_id
 
-        embedder_id = model_id()  # checks the package is there before the judge starts
-    else:
-        embedder_id = getattr(embedder, "name", type(embedder).__name__)
-    judge_engine = {"dtype": config.engine.dtype, "max_model_len": config.engine.max_model_len}
-    # What one rating depends on (with the instruction's text): ratings carry it, and survive a
-    # restart of the stage for a diversity knob.
-    settings_key = stable_hash(
+        return model_id()  # checks the package is there before the judge starts
+    return getattr(embedder, "name", type(embedder).__name__)
+
+
+def rating_key(s: AnalysisConfig, judge_id: str | None, judge_engine: dict, seed: int) -> str:
+    """What one rating depends on (with the instruction's text): ratings carry it, and survive a
+    restart of the stage for a diversity knob."""
+    return stable_hash(
         [
             judge_id,
             judge_engine,
@@ -224,7 +325,10 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
             seed,
         ]
     )
-    material = {
+
+
+def stage_material(run: EvolvedRun, s, judge_id: str | None, judge_engine: dict, embedder_id: str, seed: int) -> dict:
+    return {
         "inputs": {str(p.relative_to(run.dir)): file_hash(p) for p in run.files},
         "settings": semantic_dict(s),
         "judge": judge_id,
@@ -233,9 +337,25 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
         "embedding_model": embedder_id,
         "seed": seed,
     }
-    stage_dir = run.dir / STAGE
-    cached = read_jsonl_tolerant(stage_dir / RATINGS_FILE) if (stage_dir / RATINGS_FILE).is_file() else []
-    stage = begin_stage(run.dir, STAGE, material)
+
+
+# ---------------------------------------------------------------- the analysis
+
+
+def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = None, embedder=None) -> dict:
+    """Everything `evol analyze` does; `engine` (the judge) and `embedder` are built here when None."""
+    s = config.analysis
+    s.validate()  # the analysis section's values, before the run is read
+    run = load_run(run_dir)
+    seed = config.run.seed
+
+    # 0. skip when nothing the numbers depend on changed; keep the ratings when only a diversity knob did
+    judge_path, judge_id = judge_identity(config, engine)
+    embedder_id = embedder_identity(embedder)
+    judge_engine = {"dtype": config.engine.dtype, "max_model_len": config.engine.max_model_len}
+    ratings_path = run.dir / STAGE / RATINGS_FILE
+    cached = read_jsonl_tolerant(ratings_path) if ratings_path.is_file() else []
+    stage = begin_stage(run.dir, STAGE, stage_material(run, s, judge_id, judge_engine, embedder_id, seed))
     if stage.done:
         return read_json(stage.dir / ANALYSIS_FILE)
 
@@ -245,6 +365,7 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
         for k, records in enumerate(run.rounds)
         for item in sample(kept(records), s.difficulty_per_round, seed, f"difficulty-{k}")
     ]
+    settings_key = rating_key(s, judge_id, judge_engine, seed)
     ratings = (
         rate_difficulty(config, to_rate, stage.dir / RATINGS_FILE, settings_key, engine, judge_path, cached)
         if s.difficulty
@@ -252,77 +373,22 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
     )
 
     # 2. embeddings of a seeded sample per round and per C<k>; k-means over all of them at once
-    groups = {
-        f"round {k}": sample(kept(records), s.diversity_per_set, seed, f"diversity-round-{k}")
-        for k, records in enumerate(run.rounds)
-    }
-    groups.update(
-        {f"C{k}": sample(rows, s.diversity_per_set, seed, f"diversity-C{k}") for k, rows in enumerate(run.sets)}
-    )
+    groups = diversity_groups(run, s, seed)
     if embedder is None:
-        embedder = MiniLMEmbedder(batch_size=s.embedding_batch_size, device=s.embedding_device or None)
-    vectors, labels, row = embed_sets(groups, embedder, s, seed)
+        from eval.analysis.embed import MiniLMEmbedder
 
-    def diversity(items: list[dict]) -> dict:
-        index = [row[item["instruction"]] for item in items]
-        return metrics.diversity_summary(vectors[index], labels[index])
+        embedder = MiniLMEmbedder(batch_size=s.embedding_batch_size, device=s.embedding_device or None)
+    embedded = embed_sets(groups, embedder, s, seed)
 
     # 3. the numbers: per round, per C<k>, per operation
-    scores = defaultdict(list)
-    for rating in ratings:
-        scores[("round", rating["round"])].append(rating["score"])
-        scores[("operation", rating["operation"])].append(rating["score"])
-    per_round = []
-    for k, records in enumerate(run.rounds):
-        texts = [r["instruction"] for r in kept(records)]
-        per_round.append(
-            {
-                "round": k,
-                "text": {
-                    "kept": metrics.text_summary(texts),
-                    "attempted": metrics.text_summary([r["instruction"] for r in records]),
-                },
-                "difficulty": metrics.score_summary(scores[("round", k)]) if s.difficulty else None,
-                "diversity": diversity(groups[f"round {k}"]),
-                "survival": metrics.survival(records) if k else None,
-            }
-        )
-    round_means = {r["round"]: r["difficulty"]["mean"] for r in per_round if r["difficulty"]}
-    cumulative = [
-        {
-            "set": f"C{k}",
-            "rows": len(rows),
-            "text": metrics.text_summary([r["instruction"] for r in rows]),
-            "difficulty_mean": metrics.stratified_mean(rows, round_means) if s.difficulty else None,
-            "diversity": diversity(groups[f"C{k}"]),
-        }
-        for k, rows in enumerate(run.sets)
-    ]
-    per_operation = {}
-    evolved = [r for records in run.rounds[1:] for r in records]
-    for op in (*OPERATIONS, *sorted({r["operation"] for r in evolved} - set(OPERATIONS))):
-        mine = [r for r in evolved if r["operation"] == op]
-        per_operation[op] = {
-            **metrics.survival(mine),
-            "text_kept": metrics.text_summary([r["instruction"] for r in kept(mine)]),
-            "text_attempted": metrics.text_summary([r["instruction"] for r in mine]),
-            "difficulty": metrics.score_summary(scores[("operation", op)]) if s.difficulty else None,
-        }
+    scores = difficulty_scores(ratings)
+    per_round = per_round_numbers(run, groups, embedded, scores, s.difficulty)
+    cumulative = cumulative_numbers(run, groups, embedded, per_round, s.difficulty)
+    per_operation = per_operation_numbers(run, scores, s.difficulty)
 
     # 4. the projection, plots and analysis.json; the manifest last
-    points = [(item, k) for k in range(len(run.rounds)) for item in groups[f"round {k}"]]
-    xy = (
-        metrics.project(vectors[[row[item["instruction"]] for item, _ in points]], s.projection, seed)
-        if points
-        else np.zeros((0, 2))
-    )
-    write_jsonl(
-        stage.dir / PROJECTION_FILE,
-        (
-            {"id": item["id"], "round": k, "x": round(float(x), 4), "y": round(float(y), 4)}
-            for (item, k), (x, y) in zip(points, xy)
-        ),
-    )
+    points, xy = write_projection(stage.dir / PROJECTION_FILE, run, groups, embedded, s, seed)
+    labels = embedded.labels
     failures = Counter(r["error"] for r in ratings if r["error"])
     result = {
         "run": run.dir.name,
