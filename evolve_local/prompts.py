@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pipeline.config.evolve import OPERATIONS
 
-IN_DEPTH = OPERATIONS[:5]
 IN_BREADTH = "in_breadth"
 
 # Labels that frame the instruction inside our prompts. A reply that repeats one of them (or one

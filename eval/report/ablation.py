@@ -183,7 +183,6 @@ def plot_ablation(rows: list[dict], survival_rows: list[dict], plots: Path) -> l
         fig, axis = plt.subplots(figsize=(7, 4))
         rules = [rule for rule in survival_rows[0]["eliminated"] if any(s["eliminated"][rule] for s in survival_rows)]
         xs = [s["round"] for s in survival_rows]
-        bottom = [0] * len(xs)
         axis.bar(xs, [s["kept"] for s in survival_rows], label="kept", color="#4c9a2a")
         bottom = [s["kept"] for s in survival_rows]
         for rule in rules:
