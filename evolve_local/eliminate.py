@@ -24,15 +24,12 @@ import functools
 import re
 
 from evolve_local.prompts import MARKER_PHRASES
-from pipeline.core.records import (  # noqa: F401  (the rule names, re-exported for the rules' callers)
-    CONTAMINATED,
+from pipeline.core.records import (
     COPIED_PROMPT_WORDS,
     DIFFERENT,
     EQUAL,
-    NEAR_DUPLICATE,
     NO_INFORMATION_GAIN,
     REFUSAL_SHORT,
-    RULES,
     STOPWORDS_ONLY,
     TOO_LONG_RULE,
     UNPARSED,

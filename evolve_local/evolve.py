@@ -51,8 +51,9 @@ from evolve_local.steps import Engines, ModelSet, load_step, run_step
 from pipeline.config import Config, semantic_dict
 from pipeline.core.jsonio import JsonlWriter, iter_jsonl, read_json, write_json
 from pipeline.core.manifest import begin_stage, finish_stage
-from pipeline.core.records import SEED_FILE, SEED_OPERATION, RoundRecord
+from pipeline.core.records import CONTAMINATED, NEAR_DUPLICATE, SEED_FILE, SEED_OPERATION, TOO_LONG_RULE, RoundRecord
 from pipeline.core.seeds import derive_seed
+from pipeline.core.text import words
 from pipeline.engine import ChatRequest
 
 STAGE = "evolve"
@@ -136,7 +137,7 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
     def needs_answer(seed: Seed) -> bool:
         return (
             (seed.output is None or regenerate)
-            and len(rules.words(seed.instruction)) < limit
+            and len(words(seed.instruction)) < limit
             and run.tests.overlap(seed.instruction) is None
         )
 
@@ -188,12 +189,12 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
             )
             too_long = (
                 rules.too_long("too_long", "answer")
-                if len(rules.words(seed.instruction)) >= limit
+                if len(words(seed.instruction)) >= limit
                 else rules.too_long(answer["finish_reason"], "answer")
                 if generated
                 else None
             )
-            decide(run, record, [(rules.TOO_LONG_RULE, too_long)])
+            decide(run, record, [(TOO_LONG_RULE, too_long)])
             tally.add(record)
             out.write(record.to_dict())
             if record.kept:
@@ -272,11 +273,11 @@ def decide(run: Run, record: RoundRecord, ordered: list[tuple[str | None, str | 
             return
     overlap = run.tests.overlap(record.instruction)
     if overlap:
-        record.eliminate(rules.CONTAMINATED, overlap)
+        record.eliminate(CONTAMINATED, overlap)
         return
     twin = run.dedup.check_and_add(record.id, record.instruction)
     if twin:
-        record.eliminate(rules.NEAR_DUPLICATE, twin)
+        record.eliminate(NEAR_DUPLICATE, twin)
 
 
 def _commit_round(run: Run, k: int, tally: RoundTally, training_size: int, pool_size: int) -> None:

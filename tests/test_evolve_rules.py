@@ -5,6 +5,7 @@ import pytest
 from evolve_local import eliminate as rules
 from evolve_local.prompts import COMPLICATE_INPUT_DEMOS, NEW_LABEL, REWRITTEN_LABEL, equality_prompt, evolution_prompt
 from pipeline.config.evolve import OPERATIONS
+from pipeline.core.records import DIFFERENT, EQUAL, UNPARSED
 
 
 def test_too_long_fires_only_on_the_engine_report():
@@ -70,16 +71,16 @@ def test_stopwords_only_uses_the_maintained_list():
 @pytest.mark.parametrize(
     "text, verdict",
     [
-        ("EQUAL", rules.EQUAL),
-        ("Equal.", rules.EQUAL),
-        ("They are the same.", rules.EQUAL),
-        ("DIFFERENT", rules.DIFFERENT),
-        ("Not equal", rules.DIFFERENT),
-        ("not the same: the second adds a limit", rules.DIFFERENT),
-        ("Different, though nearly equal", rules.DIFFERENT),
-        ("", rules.UNPARSED),
-        ("Bananas are yellow.", rules.UNPARSED),
-        ("\nEQUAL", rules.EQUAL),
+        ("EQUAL", EQUAL),
+        ("Equal.", EQUAL),
+        ("They are the same.", EQUAL),
+        ("DIFFERENT", DIFFERENT),
+        ("Not equal", DIFFERENT),
+        ("not the same: the second adds a limit", DIFFERENT),
+        ("Different, though nearly equal", DIFFERENT),
+        ("", UNPARSED),
+        ("Bananas are yellow.", UNPARSED),
+        ("\nEQUAL", EQUAL),
     ],
 )
 def test_parse_verdict(text, verdict):
@@ -87,9 +88,9 @@ def test_parse_verdict(text, verdict):
 
 
 def test_only_an_equal_verdict_eliminates():
-    assert rules.judged_equal(rules.EQUAL, "EQUAL")
-    assert rules.judged_equal(rules.DIFFERENT, "DIFFERENT") is None
-    assert rules.judged_equal(rules.UNPARSED, "hmm") is None  # counted apart, never eliminates
+    assert rules.judged_equal(EQUAL, "EQUAL")
+    assert rules.judged_equal(DIFFERENT, "DIFFERENT") is None
+    assert rules.judged_equal(UNPARSED, "hmm") is None  # counted apart, never eliminates
 
 
 def test_every_operation_has_a_prompt_holding_the_instruction():
