@@ -120,6 +120,15 @@ def kept(records: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- difficulty (the judge)
 
 
+def difficulty_sample(run: EvolvedRun, s: AnalysisConfig, seed: int) -> list[dict]:
+    """A seeded sample of each round's kept instructions (round 0: the seeds), rounds in order."""
+    return [
+        item
+        for k, records in enumerate(run.rounds)
+        for item in sample(kept(records), s.difficulty_per_round, seed, f"difficulty-{k}")
+    ]
+
+
 def rate_difficulty(
     config: Config,
     items: list[dict],
@@ -203,7 +212,9 @@ def embed_sets(groups: dict[str, list[dict]], embedder, s: AnalysisConfig, seed:
     return Embeddings(vectors, labels, {text: i for i, text in enumerate(texts)})
 
 
-def write_projection(path: Path, run: EvolvedRun, groups: dict[str, list[dict]], embedded: Embeddings, s, seed: int):
+def write_projection(
+    path: Path, run: EvolvedRun, groups: dict[str, list[dict]], embedded: Embeddings, s: AnalysisConfig, seed: int
+):
     """The 2-D point of each round's sampled instruction, written to projection.jsonl; returns
     ([(item, round)], their points) for the plot."""
     points = [(item, k) for k in range(len(run.rounds)) for item in groups[f"round {k}"]]
@@ -327,7 +338,9 @@ def rating_key(s: AnalysisConfig, judge_id: str | None, judge_engine: dict, seed
     )
 
 
-def stage_material(run: EvolvedRun, s, judge_id: str | None, judge_engine: dict, embedder_id: str, seed: int) -> dict:
+def stage_material(
+    run: EvolvedRun, s: AnalysisConfig, judge_id: str | None, judge_engine: dict, embedder_id: str, seed: int
+) -> dict:
     return {
         "inputs": {str(p.relative_to(run.dir)): file_hash(p) for p in run.files},
         "settings": semantic_dict(s),
@@ -360,11 +373,7 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
         return read_json(stage.dir / ANALYSIS_FILE)
 
     # 1. difficulty of a seeded sample of each round's kept instructions, judged and saved per chunk
-    to_rate = [
-        item
-        for k, records in enumerate(run.rounds)
-        for item in sample(kept(records), s.difficulty_per_round, seed, f"difficulty-{k}")
-    ]
+    to_rate = difficulty_sample(run, s, seed)
     settings_key = rating_key(s, judge_id, judge_engine, seed)
     ratings = (
         rate_difficulty(config, to_rate, stage.dir / RATINGS_FILE, settings_key, engine, judge_path, cached)
