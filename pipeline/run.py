@@ -18,8 +18,8 @@ by side, each bound to its share of the cores, as soon as what they read is writ
 CPU run the reference answers beside the evolution, C<k> is fine-tuned as soon as round k is
 committed, each model's answers follow its fine-tune in the first free lane, and the judgments and
 the analysis come last (`plan`, `run_steps`). With one lane (a GPU box) the stages run one after
-the other. On a CPU machine each stage process is forked from one
-interpreter that imported vLLM, torch and TRL once (run.warm_start, pipeline/warm.py).
+the other. On a CPU machine each stage process is forked from one interpreter that imported vLLM,
+torch and TRL once (run.warm_start, pipeline/warm.py).
 Before the first stage, every config section, the seed file, the test set and every model the run
 will load are checked (check_run_config, ensure_models); nothing is written until they pass.
 Every stage command skips itself when its manifest matches, and resumes from its partial outputs
@@ -53,13 +53,13 @@ class Step:
     label: str
     args: list[str]
     launcher: list[str] | None = None  # None: this Python, `-m pipeline`
-    # With lanes (run.lanes > 1): the steps whose outputs this one reads, and whether it needs every
-    # core (a multi-process fine-tune). Without lanes the steps simply run in plan order.
-    after: list[Step] = field(default_factory=list)
+    # The titles of the steps whose outputs this one reads (a title names one step of a plan; each
+    # comes before this step in it), and whether this step needs every core (a multi-process fine-tune).
+    after: list[str] = field(default_factory=list)
     exclusive: bool = False
-    # With lanes: a file whose appearance during this run lets the step start before its `after`
-    # steps are done (a round's pool: C<k> is complete while later rounds still evolve). A copy
-    # older than the run may be stale and does not count.
+    # A file whose appearance during this run lets the step start before its `after` steps are done
+    # (a round's pool: C<k> is complete while later rounds still evolve). A copy older than the run
+    # may be stale and does not count.
     early: Path | None = None
 
     @property
@@ -146,115 +146,149 @@ def plan(
     """The stage commands of a run, in order (also what a test inspects for a multi-GPU config).
 
     `gpu`: whether the answers run on a GPU (None: look), which decides eval.answer_with=auto.
-    `lanes`: stage processes at once (None: lanes_for). With one lane the steps run in this order,
-    one at a time. With more, each model gets its own fine-tune and answer steps, the comparisons
-    are cut into one judge step per lane, each step lists the steps it waits for (a fine-tune also
-    the file that commits its round), and `run_steps` starts every step whose inputs are ready
-    while a lane is free, in this order.
+    `lanes`: stage processes at once (None: lanes_for). With one lane, or LoRA adapters served together
+    by one engine, one step per stage (`_serial_plan`); with more, a chain of steps per model
+    (`_lanes_plan`). Each step names the steps it waits for, and `run_steps` starts every step whose
+    inputs are ready while a lane is free, in this order.
     """
-    common = ["--config", str(config_file)]
-    merged = answers_from_merged(config, gpu)
     lanes = lanes if lanes is not None else lanes_for(config, gpu)
-    rounds = sorted(config.run.rounds)
-    answers = run_dir / "answers"
-    reference_model = config.models.responder or config.models.evolver
-    weights = "merged" if merged else "model"  # merged: the adapter folded in by `train --merge`
-    served = config.train.method in ("lora", "qlora") and not merged  # adapters served by one engine
+    build = _StepBuilder(config, run_dir, config_file, merged=answers_from_merged(config, gpu))
+    if lanes == 1 or build.served:
+        return _serial_plan(build)
+    return _lanes_plan(build, lanes)
 
-    def train_step(ks: list[int], launcher: list[str] | None = None) -> Step:
-        pairs = [
-            ("--data", str(run_dir / "data" / f"{label(k)}.jsonl"), "--out", str(run_dir / "sft" / label(k)))
-            for k in ks
-        ]
-        args = ["train", *common, *[a for pair in pairs for a in pair], *(["--merge"] if merged else [])]
-        return Step("train", ", ".join(label(k) for k in ks), args, launcher, after=[evolve], exclusive=bool(launcher))
 
-    def answer_step(models: list[tuple[str, str]], after: list[Step]) -> Step:
+class _StepBuilder:
+    """The steps both plans are made of: each stage's command for given models, and what it waits for."""
+
+    def __init__(self, config: Config, run_dir: Path, config_file: Path, merged: bool):
+        self.config, self.run_dir, self.merged = config, run_dir, merged
+        self.common = ["--config", str(config_file)]
+        self.rounds = sorted(config.run.rounds)
+        self.answers = run_dir / "answers"
+        self.reference_model = config.models.responder or config.models.evolver
+        self.served = config.train.method in ("lora", "qlora") and not merged  # adapters served by one engine
+        self.launcher = _train_launcher(config)
+        rounds = ["--rounds", str(max(self.rounds))]
+        self.evolve = Step("evolve", "evolve", ["evolve", *self.common, *rounds, "--out", str(run_dir)])
+
+    def train(self, ks: list[int], early: Path | None = None) -> Step:
+        pairs = [("--data", str(self.run_dir / "data" / f"{label(k)}.jsonl"), "--out", str(self.sft(k))) for k in ks]
+        args = ["train", *self.common, *[a for pair in pairs for a in pair], *(["--merge"] if self.merged else [])]
+        name = ", ".join(label(k) for k in ks)
+        # A multi-process fine-tune (accelerate) needs every core: it runs alone.
+        exclusive = bool(self.launcher)
+        return Step("train", name, args, self.launcher, after=[self.evolve.title], exclusive=exclusive, early=early)
+
+    def fine_tuned(self, k: int) -> tuple[str, str]:
+        """C<k>'s model as the answer stage loads it, with its label."""
+        weights = "merged" if self.merged else "model"  # merged: the adapter folded in by `train --merge`
+        return str(self.sft(k) / weights), label(k)
+
+    def answer(self, models: list[tuple[str, str]], after: list[str]) -> Step:
         # Models without adapters answer in one process, one engine after the other: one import of vLLM.
-        args = ["answer", *common, *[a for m, name in models for a in ("--model", m, "--label", name)]]
-        return Step("answer", ", ".join(name for _, name in models), [*args, "--out", str(answers)], after=after)
+        args = ["answer", *self.common, *[a for m, name in models for a in ("--model", m, "--label", name)]]
+        return Step("answer", ", ".join(name for _, name in models), [*args, "--out", str(self.answers)], after=after)
 
-    def judge_step(judged: list[tuple[str, str]], title: str, after: list[Step]) -> Step:
-        pairs = [arg for a, b in judged for arg in ("--answers", str(answers / a), "--baseline", str(answers / b))]
-        return Step("judge", title, ["judge", *common, *pairs, "--out", str(run_dir / "judge")], after=after)
+    def comparisons(self) -> list[tuple[str, str]]:
+        """(answers, baseline) labels: every C<k> against C0, and against the reference answers."""
+        judged = [(label(k), label(0)) for k in self.rounds if k != 0]
+        if self.config.run.reference:
+            judged += [(label(k), REFERENCE) for k in self.rounds]
+        return judged
 
-    evolve = Step("evolve", "evolve", ["evolve", *common, "--rounds", str(max(rounds)), "--out", str(run_dir)])
-    steps = [evolve]
-    launcher = None
-    if config.run.train_processes > 1:  # multi-GPU training: the same command under accelerate
-        launcher = [
-            "accelerate",
-            "launch",
-            "--config_file",
-            config.run.accelerate_config,
-            "--num_processes",
-            str(config.run.train_processes),
-            "-m",
-            "pipeline",
+    def judge(self, judged: list[tuple[str, str]], title: str, after: list[str]) -> Step:
+        pairs = [
+            a for x, y in judged for a in ("--answers", str(self.answers / x), "--baseline", str(self.answers / y))
         ]
-    judged = [(label(k), label(0)) for k in rounds if k != 0]
-    if config.run.reference:
-        judged += [(label(k), REFERENCE) for k in rounds]
-    analyze = Step("analyze", "analysis", ["analyze", *common, str(run_dir)], after=[evolve])
-    # One lane, or adapters served together by one engine: one step per stage, one after the other.
-    if lanes == 1 or served:
-        trains = (
-            [train_step([k], launcher) for k in rounds]  # accelerate launch: one launch per fine-tune
-            if launcher
-            else [train_step(rounds)]  # one process trains every round count in turn: one import of TRL
-        )
-        steps += trains
-        # When the reference model is the base model (the tiny default), its answers come from the
-        # same engine as the adapters': one start instead of two.
-        reference_with_base = served and config.run.reference and reference_model == config.models.base
-        answer_steps = []
-        if served:
-            adapters = [f"--adapter={label(k)}={run_dir / 'sft' / label(k) / 'adapter'}" for k in rounds]
-            base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
-            args = ["answer", *common, "--model", config.models.base, *base, *adapters, "--out", str(answers)]
-            answer_steps.append(Step("answer", "adapters", args, after=trains))
-        models = [] if served else [(str(run_dir / "sft" / label(k) / weights), label(k)) for k in rounds]
-        if config.run.reference and not reference_with_base:
-            models.append((reference_model, REFERENCE))
-        if models:
-            answer_steps.append(answer_step(models, trains))
-        steps += answer_steps
-        if judged:  # one judge process, one engine start, for every comparison
-            steps.append(judge_step(judged, f"{len(judged)} comparisons", answer_steps))
-        # Complexity and diversity per round (evol analyze): last, so it never delays the models.
-        steps.append(analyze)
-        return steps
+        return Step("judge", title, ["judge", *self.common, *pairs, "--out", str(self.run_dir / "judge")], after=after)
 
-    # Lanes: each model is a chain of its own, fine-tune -> answers -> judgments, and `run_steps`
-    # gives every step to the first free lane once what it reads is written. C<k>'s fine-tune may
-    # start as soon as evolution round k is committed (its pool file, written last) while the later
-    # rounds evolve; the reference answers need neither. Small steps cost little when each is forked
-    # from a warm interpreter (run.warm_start). The analysis comes last: it never delays a model.
+    def analyze(self) -> Step:
+        # Complexity and diversity per round (evol analyze): last in both plans, so it never delays a model.
+        return Step("analyze", "analysis", ["analyze", *self.common, str(self.run_dir)], after=[self.evolve.title])
+
+    def sft(self, k: int) -> Path:
+        return self.run_dir / "sft" / label(k)
+
+
+def _train_launcher(config: Config) -> list[str] | None:
+    """Multi-GPU training: the same `train` command under accelerate (None: this Python)."""
+    if config.run.train_processes <= 1:
+        return None
+    return [
+        "accelerate",
+        "launch",
+        "--config_file",
+        config.run.accelerate_config,
+        "--num_processes",
+        str(config.run.train_processes),
+        "-m",
+        "pipeline",
+    ]
+
+
+def _serial_plan(build: _StepBuilder) -> list[Step]:
+    """One step per stage, each waiting for the stage before it."""
+    # Under accelerate one launch per fine-tune; otherwise one process trains every round count in
+    # turn: one import of TRL.
+    trains = [build.train([k]) for k in build.rounds] if build.launcher else [build.train(build.rounds)]
+    answers = _serial_answers(build, after=[step.title for step in trains])
+    steps = [build.evolve, *trains, *answers]
+    judged = build.comparisons()
+    if judged:  # one judge process, one engine start, for every comparison
+        steps.append(build.judge(judged, f"{len(judged)} comparisons", [step.title for step in answers]))
+    return [*steps, build.analyze()]
+
+
+def _serial_answers(build: _StepBuilder, after: list[str]) -> list[Step]:
+    """The adapters on one engine (served), or every fine-tuned model in one process; and the reference."""
+    config, steps = build.config, []
+    # When the reference model is the base model (the tiny default), its answers come from the
+    # same engine as the adapters': one start instead of two.
+    reference_with_base = build.served and config.run.reference and build.reference_model == config.models.base
+    if build.served:
+        adapters = [f"--adapter={label(k)}={build.sft(k) / 'adapter'}" for k in build.rounds]
+        base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
+        args = ["answer", *build.common, "--model", config.models.base, *base, *adapters, "--out", str(build.answers)]
+        steps.append(Step("answer", "adapters", args, after=after))
+    models = [] if build.served else [build.fine_tuned(k) for k in build.rounds]
+    if config.run.reference and not reference_with_base:
+        models.append((build.reference_model, REFERENCE))
+    if models:
+        steps.append(build.answer(models, after))
+    return steps
+
+
+def _lanes_plan(build: _StepBuilder, lanes: int) -> list[Step]:
+    """Each model a chain of its own, fine-tune -> answers -> judgments, and `run_steps` gives every
+    step to the first free lane once what it reads is written. C<k>'s fine-tune may start as soon as
+    evolution round k is committed (its pool file, written last) while the later rounds evolve; the
+    reference answers need neither. Small steps cost little when each is forked from a warm
+    interpreter (run.warm_start)."""
     reference = []
-    if config.run.reference:
-        reference = [answer_step([(reference_model, REFERENCE)], [])]
-        steps += reference
-    trains = {k: train_step([k], launcher) for k in rounds}
-    for k, step in trains.items():
-        step.early = round_pool(run_dir, k)
-    steps += trains.values()
-    answered = {
-        label(k): answer_step([(str(run_dir / "sft" / label(k) / weights), label(k))], [trains[k]]) for k in rounds
-    }
-    steps += answered.values()
-    if reference:
-        answered[REFERENCE] = reference[0]
-    # The comparisons in the order their models are trained, cut into one judge step per lane
-    # (each step starts a judge engine: ~25 s on CPU before the first verdict).
-    # The earlier parts take the odd comparison: the last part waits for the last model.
-    ordered = [(a, b) for k in rounds for a, b in judged if a == label(k)]
+    if build.config.run.reference:
+        reference = [build.answer([(build.reference_model, REFERENCE)], after=[])]
+    trains = [build.train([k], early=round_pool(build.run_dir, k)) for k in build.rounds]
+    answers = [build.answer([build.fine_tuned(k)], [train.title]) for k, train in zip(build.rounds, trains)]
+    answered = {step.label: step.title for step in [*reference, *answers]}  # model label -> its answer step
+    judges = _judges_per_lane(build, lanes, answered)
+    return [build.evolve, *reference, *trains, *answers, *judges, build.analyze()]
+
+
+def _judges_per_lane(build: _StepBuilder, lanes: int, answered: dict[str, str]) -> list[Step]:
+    """The comparisons in the order their models are trained, cut into one judge step per lane (each
+    step starts a judge engine: ~25 s on CPU before the first verdict). The earlier parts take the
+    odd comparison: the last part waits for the last model, so it is kept the smallest."""
+    ordered = [(a, b) for k in build.rounds for a, b in build.comparisons() if a == label(k)]
+    if not ordered:
+        return []
     parts = min(lanes, len(ordered))
     cuts = [-(-i * len(ordered) // parts) for i in range(parts + 1)]  # rounded up
+    steps = []
     for i in range(parts):
         mine = ordered[cuts[i] : cuts[i + 1]]
-        needs = [answered[x] for x in dict.fromkeys(x for pair in mine for x in pair)]
-        steps.append(judge_step(mine, ", ".join(f"{a} vs {b}" for a, b in mine), needs))
-    steps.append(analyze)
+        needs = [answered[name] for name in dict.fromkeys(name for pair in mine for name in pair)]
+        steps.append(build.judge(mine, ", ".join(f"{a} vs {b}" for a, b in mine), needs))
     return steps
 
 
@@ -293,44 +327,30 @@ def lane_cores(lanes: int) -> list[list[int]]:
 
 
 def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> None:
-    """Run the steps, each a process: with one lane in order, one at a time; with more, every step
-    whose `after` steps are done (or whose `early` file was written) starts as soon as a lane is
-    free (plan order decides ties), bound to that lane's cores (its vLLM threads and OMP_NUM_THREADS
-    follow). An exclusive step waits for
-    an empty machine and runs alone. When a step fails, the running ones are stopped (their finished
-    work is kept, as after an interruption) and the failure is reported. With `warm` (a server
-    that has imported the heavy libraries), an `evol` step is forked from it instead of started fresh."""
+    """Run the steps, each a process. A step starts once every step it waits for (`after`) is done, or
+    its `early` file was written, and a lane is free: the first such step in list order, in the first
+    free lane, bound to that lane's cores when there are several lanes (its vLLM threads and
+    OMP_NUM_THREADS follow). As each
+    step waits only for steps before it, one lane runs them in list order, one at a time. An
+    exclusive step waits for an empty machine and runs alone, on every core. When a step fails, the
+    running ones are stopped (their finished work is kept, as after an interruption) and the failure
+    is reported. With `warm` (a server that has imported the heavy libraries), an `evol` step is
+    forked from it instead of started fresh."""
+    _check_order(steps)
     shares = lane_cores(lanes) if lanes > 1 else [None]
-    pending, running, done = list(steps), {}, set()  # running: process -> (step, lane)
+    pending, running, done = list(steps), {}, set()  # running: process -> (step, lane); done: titles
     failed: tuple[Step, int] | None = None
     began = time.time()
-
-    def inputs_ready(step: Step) -> bool:
-        if all(id(a) in done for a in step.after):
-            return True
-        try:
-            return step.early is not None and step.early.stat().st_mtime >= began
-        except OSError:
-            return False
-
     try:
         while pending or running:
-            while not failed and pending:
-                free = [i for i in range(len(shares)) if i not in {lane for _, lane in running.values()}]
-                ready = next((s for s in pending if inputs_ready(s)), None)
-                if len(shares) == 1:
-                    ready = pending[0] if not running else None  # one lane: plan order, one at a time
-                if ready is None or not free or (ready.exclusive and running):
-                    break
-                if any(s.exclusive for s, _ in running.values()):
-                    break
-                pending.remove(ready)
-                lane = free[0]
-                cores = None if ready.exclusive else shares[lane]
-                number = len(steps) - len(pending)
+            while not failed and (picked := _pick(pending, running, done, len(shares), began)):
+                step, lane = picked
+                pending.remove(step)
+                cores = None if step.exclusive else shares[lane]
                 where = f" (cores {','.join(map(str, cores))})" if cores else ""
-                print(f"\n=== [{number}/{len(steps)}] {ready.title}{where} ===", file=sys.stderr, flush=True)
-                running[_start(ready, cores, warm)] = (ready, lane)
+                number = len(steps) - len(pending)
+                print(f"\n=== [{number}/{len(steps)}] {step.title}{where} ===", file=sys.stderr, flush=True)
+                running[_start(step, cores, warm)] = (step, lane)
             if not running:
                 break
             # A lane is free and a step may start on a file: look again each second, not only when a
@@ -345,7 +365,7 @@ def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> No
                 for other in running:
                     other.terminate()
             else:
-                done.add(id(step))
+                done.add(step.title)
                 if lanes > 1:
                     print(f"\n=== {step.title}: done ===", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -359,6 +379,42 @@ def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> No
             f"Stage {step.title} failed (exit status {code}); its message is above. "
             f"Finished stages are kept: fix the cause and rerun the same command to continue."
         )
+
+
+def _check_order(steps: list[Step]) -> None:
+    """Each step waits only for steps before it, and no two share a title. So the first pending step
+    is always ready when nothing runs: no step waits for one that never runs, and one lane keeps
+    the list order."""
+    titles: set[str] = set()
+    for step in steps:
+        unknown = [title for title in step.after if title not in titles]
+        if unknown:
+            raise ValueError(f"Step {step.title!r} waits for {unknown}, which do not come before it.")
+        if step.title in titles:
+            raise ValueError(f"Two steps are titled {step.title!r}; `after` names a step by its title.")
+        titles.add(step.title)
+
+
+def _pick(pending: list[Step], running: dict, done: set[str], lanes: int, began: float) -> tuple[Step, int] | None:
+    """The step to start now and its lane, or None: the first pending step whose inputs are ready, in
+    the first free lane; an exclusive step only on an empty machine, and nothing beside one."""
+    busy = [lane for _, lane in running.values()]
+    free = [lane for lane in range(lanes) if lane not in busy]
+    if not free or any(step.exclusive for step, _ in running.values()):
+        return None
+    ready = next((step for step in pending if _inputs_ready(step, done, began)), None)
+    if ready is None or (ready.exclusive and running):
+        return None
+    return ready, free[0]
+
+
+def _inputs_ready(step: Step, done: set[str], began: float) -> bool:
+    if all(title in done for title in step.after):
+        return True
+    try:
+        return step.early is not None and step.early.stat().st_mtime >= began
+    except OSError:
+        return False
 
 
 def _start(step: Step, cores: list[int] | None, warm: Warm | None = None) -> subprocess.Popen | WarmProcess:

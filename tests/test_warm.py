@@ -1,10 +1,11 @@
 """`evol run`'s warm stage server (pipeline/warm.py): stages forked from one interpreter that has
-imported the heavy libraries. Real processes: the server, and steps that record where they ran."""
+imported the heavy libraries. Real processes: the server, and steps that log where they ran, in the
+order things happened."""
 
 import json
 import os
+import select
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,24 +23,40 @@ def run_code(argv):
     exec(argv[0], {"__name__": "__main__"})
 
 
-def recorder(log: Path, name: str, seconds: float = 0.1, code: int = 0) -> Step:
-    """A step (no launcher: the server forks it) that records its process, parent, cores and environment."""
-    source = "\n".join(
-        [
-            "import json, os, sys, time",
-            f"time.sleep({seconds!r})",
-            f"record = dict(name={name!r}, pid=os.getpid(), parent=os.getppid(), end=time.time(),",
-            "    cores=sorted(os.sched_getaffinity(0)), omp=os.environ.get('OMP_NUM_THREADS'),",
-            "    marker=os.environ.get('EVOL_TEST_MARKER'), argv0=sys.argv[0])",
-            f"open({str(log)!r}, 'a').write(json.dumps(record) + '\\n')",
-            f"sys.exit({code})",
+def recorder(log: Path, name: str, code: int = 0, wait_for: Path | None = None) -> Step:
+    """A step (no launcher: the server forks it) that logs a start event and, as it exits, an end event
+    with its process, parent, cores and environment. With `wait_for` it ends only once that file
+    exists (at most 120 s: a guard against a hang, which the code under test never needs)."""
+    lines = [
+        "import json, os, pathlib, sys, time",
+        "def event(kind, **more):",
+        f"    open({str(log)!r}, 'a').write(json.dumps(dict(name={name!r}, event=kind, **more)) + '\\n')",
+        "event('start')",
+    ]
+    if wait_for:
+        lines += [
+            f"w, t = pathlib.Path({str(wait_for)!r}), time.time()",
+            "while not w.exists() and time.time() - t < 120:",
+            "    time.sleep(0.05)",
         ]
-    )
-    return Step("test", name, [source])
+    lines += [
+        "event('end', pid=os.getpid(), parent=os.getppid(), cores=sorted(os.sched_getaffinity(0)),",
+        "    omp=os.environ.get('OMP_NUM_THREADS'), marker=os.environ.get('EVOL_TEST_MARKER'), argv0=sys.argv[0])",
+        f"sys.exit({code})",
+    ]
+    return Step("test", name, ["\n".join(lines)])
+
+
+def events(log: Path) -> list[str]:
+    """The log as "name start" / "name end", in the order they happened."""
+    return [f"{e['name']} {e['event']}" for e in map(json.loads, log.read_text().splitlines())] if log.exists() else []
 
 
 def records(log: Path) -> dict:
-    return {r["name"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    """Each step's end event, by name."""
+    if not log.exists():
+        return {}
+    return {e["name"]: e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "end"}
 
 
 def test_steps_are_forked_by_the_server_with_the_environment_of_the_moment(tmp_path, monkeypatch):
@@ -59,16 +76,16 @@ def test_steps_are_forked_by_the_server_with_the_environment_of_the_moment(tmp_p
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to give two lanes")
 def test_forked_steps_get_their_lanes_cores_and_a_failure_stops_the_neighbour(tmp_path):
     log = tmp_path / "log.jsonl"
-    slow, bad = recorder(log, "slow", 30), recorder(log, "bad", 0.3, code=3)
-    ok = recorder(log, "ok", 0.0)
-    later = recorder(log, "later")
-    later.after = [bad]
-    started = time.time()
+    slow = recorder(log, "slow", wait_for=tmp_path / "never")  # ends on its own only after 120 s
+    bad, ok, later = recorder(log, "bad", code=3), recorder(log, "ok"), recorder(log, "later")
+    later.after = [bad.title]
     with Warm(preload=(), entry=ENTRY) as warm:
         run_steps([ok], lanes=2, warm=warm)
         with pytest.raises(InputError, match=r"Stage test bad failed \(exit status 3\)"):
             run_steps([slow, bad, later], lanes=2, warm=warm)
-    assert time.time() - started < 20  # the slow neighbour was terminated through its pid
+    order = events(log)
+    assert "slow end" not in order  # the slow neighbour was terminated through its pid, not waited for
+    assert "later start" not in order
     r = records(log)
     assert set(r) == {"ok", "bad"}
     assert len(r["ok"]["cores"]) == 1 and r["ok"]["omp"] == "1"
@@ -103,27 +120,16 @@ def test_warm_start_is_automatic_on_cpu_only_and_a_throughput_knob():
 
 def test_a_run_that_stops_leaves_no_stage_of_the_server_behind(tmp_path):
     log = tmp_path / "log.jsonl"
-    started = time.time()
     with pytest.raises(KeyboardInterrupt):
         with Warm(preload=(), entry=ENTRY) as warm:
-            stray = warm.start(recorder(log, "stray", 30).args)  # as if asked for just before Ctrl-C
+            # as if asked for just before Ctrl-C; it would end on its own only after 120 s
+            stray = warm.start(recorder(log, "stray", wait_for=tmp_path / "never").args)
+            watch = os.pidfd_open(stray.pid)  # the process itself, whoever becomes its parent
             raise KeyboardInterrupt
-    assert time.time() - started < 20  # the stage was stopped, not waited for
-    assert not records(log) and warm.server.returncode is not None
-    assert ended(stray.pid)
-
-
-def ended(pid: int, within: float = 10.0) -> bool:
-    """Whether the process is gone or a zombie (its parent, the server, is gone too) within a while."""
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True
-        except OSError:
-            return True
-        time.sleep(0.1)
-    return False
+    select.select([watch], [], [])  # returns once the stray has ended
+    os.close(watch)
+    assert "stray end" not in events(log)  # it was stopped, not waited for
+    assert warm.server.returncode is not None
 
 
 @pytest.mark.parametrize("ignored", [False, True], ids=["default", "ignored"])
