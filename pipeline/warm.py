@@ -34,6 +34,7 @@ import traceback
 
 from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, process_alive
+from pipeline.cores import bind_cores
 
 # What the stages import before their first line of work; a module missing here (trl on a box
 # that only answers) is skipped, and the stage that needs it imports it as before.
@@ -242,7 +243,7 @@ def serve(fd: int, entry: str, preload: list[str]) -> None:
 
 
 def _child(target, argv: list[str], cores: list[int] | None, env: dict[str, str], on_interrupt) -> None:
-    """Become the stage: `evol run`'s environment, the lane's cores and thread count, the terminal's
+    """Become the stage: `evol run`'s environment, the lane's cores and thread pools, the terminal's
     Ctrl-C, then `evol ARGV`."""
     code = 0
     try:
@@ -250,13 +251,7 @@ def _child(target, argv: list[str], cores: list[int] | None, env: dict[str, str]
         os.environ.clear()
         os.environ.update(env)
         if cores:
-            # As for a fresh stage (pipeline/run.py): the affinity is what engine.cpu_threads_bind=all
-            # reads; torch's thread pool was sized at import, so it is resized here.
-            os.sched_setaffinity(0, cores)
-            os.environ["OMP_NUM_THREADS"] = str(len(cores))
-            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-            if "torch" in sys.modules:
-                sys.modules["torch"].set_num_threads(len(cores))
+            bind_cores(cores)  # the pools this server loaded are resized too: they never read the environment again
         sys.argv = ["evol", *argv]
         target(argv)
     except SystemExit as done:

@@ -92,6 +92,23 @@ def test_forked_steps_get_their_lanes_cores_and_a_failure_stops_the_neighbour(tm
     assert r["bad"]["cores"] != sorted(os.sched_getaffinity(0))
 
 
+def test_a_forked_step_sizes_the_blas_and_openmp_pools_the_server_loaded(tmp_path):
+    """A pool sized when the server imported its library never reads the environment again: the forked
+    stage resizes it, besides setting the variables for the libraries it loads itself."""
+    log = tmp_path / "pools.json"
+    code = (
+        "import json, os, threadpoolctl\n"
+        "pools = {p['filepath']: p['num_threads'] for p in threadpoolctl.threadpool_info()}\n"
+        "names = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')\n"
+        f"open({str(log)!r}, 'w').write(json.dumps(dict(pools=pools, env=[os.environ.get(n) for n in names])))\n"
+    )
+    with Warm(preload=("numpy",), entry=ENTRY) as warm:
+        assert warm.start([code], cores=[min(os.sched_getaffinity(0))]).wait() == 0
+    result = json.loads(log.read_text())
+    assert result["env"] == ["1", "1", "1"]
+    assert result["pools"] and set(result["pools"].values()) == {1}  # numpy's OpenBLAS among them
+
+
 def test_a_step_with_a_launcher_still_starts_fresh(tmp_path):
     log = tmp_path / "log.jsonl"
     step = recorder(log, "fresh")
