@@ -54,7 +54,7 @@ from pipeline.core.manifest import begin_stage, finish_stage
 from pipeline.core.records import CONTAMINATED, NEAR_DUPLICATE, SEED_FILE, SEED_OPERATION, TOO_LONG_RULE, RoundRecord
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import words
-from pipeline.engine import ChatRequest
+from pipeline.engine import TOO_LONG, ChatRequest
 
 STAGE = "evolve"
 
@@ -188,7 +188,7 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
                 seeds={"answer": answer["seed"]} if generated else {},
             )
             too_long = (
-                rules.too_long("too_long", "answer")
+                rules.too_long(TOO_LONG, "answer")
                 if len(words(seed.instruction)) >= limit
                 else rules.too_long(answer["finish_reason"], "answer")
                 if generated
