@@ -4,9 +4,11 @@ Each stage's cache key is built from the parts of the config its results depend 
 change one value at a time and check which keys move."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from eval.analysis.analyze import EvolvedRun, stage_material
 from eval.answer import generation_settings
 from eval.judge import judge_settings
 from evolve_local.inputs import Inputs, key_material
@@ -35,6 +37,7 @@ def keys(config, inputs):
         "train": stable_hash(train_key_material(config, config.train.method, "chat", "data-sha", "base-hash")),
         "answer": stable_hash(generation_settings(config)),
         "judge": stable_hash(judge_settings(config)),
+        "analysis": stable_hash(stage_material(config, EvolvedRun(Path("."), [], [], []), "judge", "embedder")),
     }
 
 
@@ -54,7 +57,8 @@ def keys(config, inputs):
         ("eval.answer_max_tokens=7", {"answer"}),
         ("eval.judge_max_tokens=7", {"judge"}),
         ("train.seed=7", {"train"}),
-        ("run.seed=7", {"evolve", "train", "answer", "judge"}),  # training's seed is run.seed unless train.seed
+        ("analysis.clusters=3", {"analysis"}),
+        ("run.seed=7", {"evolve", "train", "answer", "judge", "analysis"}),  # training's: run.seed unless train.seed
     ],
 )
 def test_one_change_moves_only_the_keys_of_the_stages_it_affects(override, moved, inputs):
@@ -136,6 +140,24 @@ KEY_FIELDS = {
         "eval.constrained_judge",
         "eval.use_reference",
         "eval.judge_answer_max_chars",
+    },
+    "analysis": {
+        "run.seed",
+        "engine.dtype",
+        "engine.max_model_len",
+        *(
+            f"analysis.{f}"
+            for f in (
+                "difficulty",
+                "difficulty_per_round",
+                "difficulty_max_tokens",
+                "constrained_difficulty",
+                "instruction_max_chars",
+                "diversity_per_set",
+                "clusters",
+                "projection",
+            )
+        ),
     },
 }
 

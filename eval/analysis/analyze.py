@@ -321,13 +321,13 @@ def embedder_identity(embedder) -> str:
     return getattr(embedder, "name", type(embedder).__name__)
 
 
-def rating_key(s: AnalysisConfig, judge_id: str | None, judge_engine: dict, seed: int) -> str:
+def rating_key(s: AnalysisConfig, judge_id: str | None, engine_settings: dict, seed: int) -> str:
     """What one rating depends on (with the instruction's text): ratings carry it, and survive a
     restart of the stage for a diversity knob."""
     return stable_hash(
         [
             judge_id,
-            judge_engine,
+            engine_settings,
             PROMPT_VERSION,
             s.difficulty_max_tokens,
             s.constrained_difficulty,
@@ -338,17 +338,24 @@ def rating_key(s: AnalysisConfig, judge_id: str | None, judge_engine: dict, seed
     )
 
 
-def stage_material(
-    run: EvolvedRun, s: AnalysisConfig, judge_id: str | None, judge_engine: dict, embedder_id: str, seed: int
-) -> dict:
+def judge_engine(config: Config) -> dict:
+    """The engine settings a rating depends on."""
+    return {"dtype": config.engine.dtype, "max_model_len": config.engine.max_model_len}
+
+
+def stage_material(config: Config, run: EvolvedRun, judge_id: str | None, embedder_id: str) -> dict:
+    """The analysis stage's key: its inputs' content, the analysis settings, and the judge and embedding
+    model by identity (analysis.judge_model is the name that found the judge, keyed by content here)."""
+    settings = semantic_dict(config.analysis)
+    settings.pop("judge_model")
     return {
         "inputs": {str(p.relative_to(run.dir)): file_hash(p) for p in run.files},
-        "settings": semantic_dict(s),
+        "settings": settings,
         "judge": judge_id,
-        "judge_engine": judge_engine,
+        "judge_engine": judge_engine(config),
         "prompt_version": PROMPT_VERSION,
         "embedding_model": embedder_id,
-        "seed": seed,
+        "seed": config.run.seed,
     }
 
 
@@ -365,16 +372,15 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
     # 0. skip when nothing the numbers depend on changed; keep the ratings when only a diversity knob did
     judge_path, judge_id = judge_identity(config, engine)
     embedder_id = embedder_identity(embedder)
-    judge_engine = {"dtype": config.engine.dtype, "max_model_len": config.engine.max_model_len}
     ratings_path = run.dir / STAGE / RATINGS_FILE
     cached = read_jsonl_tolerant(ratings_path) if ratings_path.is_file() else []
-    stage = begin_stage(run.dir, STAGE, stage_material(run, s, judge_id, judge_engine, embedder_id, seed))
+    stage = begin_stage(run.dir, STAGE, stage_material(config, run, judge_id, embedder_id))
     if stage.done:
         return read_json(stage.dir / ANALYSIS_FILE)
 
     # 1. difficulty of a seeded sample of each round's kept instructions, judged and saved per chunk
     to_rate = difficulty_sample(run, s, seed)
-    settings_key = rating_key(s, judge_id, judge_engine, seed)
+    settings_key = rating_key(s, judge_id, judge_engine(config), seed)
     ratings = (
         rate_difficulty(config, to_rate, stage.dir / RATINGS_FILE, settings_key, engine, judge_path, cached)
         if s.difficulty
