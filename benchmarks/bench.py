@@ -222,7 +222,7 @@ def bench_ablation(ctx: dict) -> dict:
     """Count generations in the finished M-round evolution of the resume measurement, per round and
     step, from evolve/work/round_<k>.timing.jsonl (one row per persisted chunk), and compare the
     evolve commands in `evol run`'s plan for rounds 0..M."""
-    from pipeline.run import plan
+    from pipeline.plan import plan
 
     full = ctx["work"] / "resume" / "full"
     if not (full / "evolve" / "manifest.json").is_file():

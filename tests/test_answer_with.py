@@ -6,7 +6,8 @@ import pytest
 
 from pipeline.config import load_config, semantic_dict
 from pipeline.core.jsonio import InputError
-from pipeline.run import answers_from_merged, check_run_config, plan
+from pipeline.plan import answers_from_merged, plan
+from pipeline.run import check_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = Path("runs/x")

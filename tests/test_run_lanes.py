@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.config import load_config, semantic_dict
 from pipeline.core.jsonio import InputError
-from pipeline.run import Step, lane_cores, lanes_for, plan, run_steps
+from pipeline.plan import Step, lanes_for, plan
+from pipeline.run import lane_cores, run_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = Path("runs/x")

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.core.jsonio import InputError
-from pipeline.run import check_run_config, plan
+from pipeline.plan import plan
+from pipeline.run import check_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = Path("runs/x")

@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.config import load_config, semantic_dict
 from pipeline.core.jsonio import InputError
-from pipeline.run import Step, run_steps, warm_start_for
+from pipeline.plan import Step
+from pipeline.run import run_steps, warm_start_for
 from pipeline.warm import Warm, fork_hazard
 
 ROOT = Path(__file__).resolve().parent.parent
