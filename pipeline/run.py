@@ -38,12 +38,12 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.config import Config, model_roles, semantic_dict, stable_hash, to_dict, to_yaml
+from pipeline.core.cores import bind_cores
 from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
 from pipeline.core.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
 from pipeline.core.paths import seeds_path, testset_path
-from pipeline.cores import bind_cores
 from pipeline.engine.vllm_backend import check_loopback
 from pipeline.plan import Step, lanes_for, plan
 from pipeline.warm import Warm, WarmProcess
@@ -125,7 +125,7 @@ def lane_cores(lanes: int) -> list[list[int]]:
 def run_steps(steps: list[Step], lanes: int = 1, warm: Warm | None = None) -> None:
     """Run the steps, each a process. A step starts once every step it waits for (`after`) is done, or
     its `early` file was written, and a lane is free: the first such step in list order, in the first
-    free lane, bound to that lane's cores when there are several lanes (pipeline/cores.py). As each
+    free lane, bound to that lane's cores when there are several lanes (pipeline/core/cores.py). As each
     step waits only for steps before it, one lane runs them in list order, one at a time. An
     exclusive step waits for an empty machine and runs alone, on every core. When a step fails, the
     running ones are stopped (their finished work is kept, as after an interruption) and the failure

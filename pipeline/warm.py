@@ -35,9 +35,9 @@ import sys
 import threading
 import traceback
 
+from pipeline.core.cores import bind_cores
 from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, process_alive
-from pipeline.cores import bind_cores
 
 # What the stages import before their first line of work; a module missing here (trl on a box
 # that only answers) is skipped, and the stage that needs it imports it itself.

@@ -1,9 +1,10 @@
-"""Binding a stage process to its lane's cores (`evol run` with run.lanes > 1).
+"""Binding a process to its share of the cores: a stage in one of `evol run`'s lanes, or a CPU Ray replica.
 
     bind_cores([1])    # this process: core 1 only, every thread pool sized to one thread
 
-The one place that does it, for a stage started fresh (pipeline/run.py, between fork and exec) and
-for one forked from the warm server (pipeline/warm.py, in the child).
+The one place that does it: for a stage started fresh (pipeline/run.py, between fork and exec), one
+forked from the warm server (pipeline/warm.py, in the child), and a Ray replica on a machine it
+shares with other replicas (pipeline/engine/ray_job.py, `on_own_cores`).
 """
 
 from __future__ import annotations
