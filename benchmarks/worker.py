@@ -82,7 +82,7 @@ def measure_throughput(
     from evolve_local.steps import ModelSet
     from pipeline.cli.evolve import vllm_models
     from pipeline.core.models import resolve_model
-    from pipeline.engine import VLLMEngine
+    from pipeline.engine.vllm_backend import VLLMEngine
 
     config = load_config(config_file, overrides)
     named = vllm_models(config)
