@@ -30,7 +30,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.report import config_sizes, machine_info, measurement_summaries, write_markdown
+from benchmarks.report import config_sizes, machine_info, measured_stamp, measurement_summaries, write_markdown
 from pipeline.cli.common import config_options, friendly_errors
 from pipeline.config import load_config
 from pipeline.core.jsonio import InputError, read_json, read_jsonl_tolerant, write_json
@@ -505,6 +505,7 @@ def bench_command(
         started = time.time()
         load = [round(x, 2) for x in os.getloadavg()]
         measurements[name] = {
+            "measured": measured_stamp(),
             "load_average_at_start": load,
             **RUNNERS[name](ctx),
             "wall_seconds": round(time.time() - started, 1),

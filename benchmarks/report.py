@@ -42,6 +42,20 @@ def ratio(a, b, digits: int = 3):
     return round(a / b, digits) if a is not None and b else None
 
 
+def measured_stamp() -> dict:
+    """When and on which commit one measurement ran: each keeps its own, as `--only` reruns a part."""
+    from pipeline.core.manifest import git_sha, now
+
+    return {"date": now(), "git_sha": git_sha()}
+
+
+def measured_on(measurement: dict, machine: dict) -> str:
+    """ "<commit>, <day>" of a measurement; one without its own stamp ran with the whole bench (machine)."""
+    stamp = measurement.get("measured") or machine
+    sha = stamp.get("git_sha") or "?"
+    return f"{sha[:7]}{'-dirty' if sha.endswith('-dirty') else ''}, {(stamp.get('date') or '?')[:10]}"
+
+
 def machine_info() -> dict:
     from pipeline.core.manifest import git_sha, machine, now, package_versions
 
@@ -297,7 +311,9 @@ def render_markdown(results: dict) -> str:
         + "".join(f" --set {o}" for o in results.get("overrides", []))
         + "` "
         "(benchmarks/bench.py); raw numbers in `benchmarks/results.json`. The sections after "
-        '"Peak memory" are not measured by it: each is a file in `benchmarks/sections/`, kept on every rewrite.',
+        '"Peak memory" are not measured by it: each is a file in `benchmarks/sections/`, kept on every rewrite. '
+        "The headline's last column names the commit and day each measurement ran on (`--only` reruns one part; "
+        "the machine and versions below are the latest run's).",
         "",
         f"- **Machine**: {mach.get('cpu')}, {mach.get('usable_cores')} usable cores of {mach.get('logical_cores')}, "
         f"{mach.get('ram_gb', '?')} GB RAM, GPU: {gpus}; {mach.get('platform')}",
@@ -311,9 +327,13 @@ def render_markdown(results: dict) -> str:
         "",
         "## Headline",
         "",
-        "| # | Measure | Result | Target | |",
-        "|---|---|---|---|---|",
+        "| # | Measure | Result | Target | | Measured (commit, date) |",
+        "|---|---|---|---|---|---|",
     ]
+
+    def row(name: str, text: str) -> None:
+        lines.append(f"{text} {measured_on(m.get(name, {}), mach)} |")
+
     if "throughput" in s:
         t = s["throughput"]
         cells = "; ".join(
@@ -328,35 +348,40 @@ def render_markdown(results: dict) -> str:
             for size in t["sizes"]
             for mode, stats in size["modes"].items()
         )
-        lines.append(
-            f"| 1 | evolve round / raw `vllm.LLM`, output tok/s (median) | {cells} | >= {t['target']} | {verdicts} |"
+        row(
+            "throughput",
+            f"| 1 | evolve round / raw `vllm.LLM`, output tok/s (median) | {cells} | >= {t['target']} | {verdicts} |",
         )
     if "naive" in s:
         n = s["naive"]
         wall = "measured" if n["measured_all"] else "extrapolated"
-        lines.append(
+        row(
+            "naive",
             f"| 2 | evolve round vs one HF `generate` per prompt (tok/s) | {_fmt(n['speedup_tokens_per_second'])}x "
-            f"(wall, {wall}: {_fmt(n['speedup_wall'])}x) | >= {n['target']}x | {_verdict(n['meets_target'])} |"
+            f"(wall, {wall}: {_fmt(n['speedup_wall'])}x) | >= {n['target']}x | {_verdict(n['meets_target'])} |",
         )
     if "resume" in s:
         r = s["resume"]
-        lines.append(
+        row(
+            "resume",
             f"| 3a | rerun of a finished evolve / first run (wall) | {_fmt(r['rerun_fraction'])} "
-            f"| < {r['rerun_target']} | {_verdict(r['rerun_meets_target'])} |"
+            f"| < {r['rerun_target']} | {_verdict(r['rerun_meets_target'])} |",
         )
-        lines.append(
+        row(
+            "resume",
             f"| 3b | killed halfway + resumed / uninterrupted (generation s) | {_fmt(r['interrupted_generation_ratio'])} "
             f"(wall incl. the extra engine start: {_fmt(r['interrupted_wall_ratio'])}; logged output tokens: "
             f"{_fmt(r.get('interrupted_logged_tokens_ratio'))}, plus the lost in-flight chunk, at most "
             f"{_fmt(r.get('lost_requests_share_at_most'))} of the requests) | <= {r['resume_target']} "
-            f"| {_verdict(r['resume_meets_target'])} |"
+            f"| {_verdict(r['resume_meets_target'])} |",
         )
     if "ablation" in s:
         a = s["ablation"]
-        lines.append(
+        row(
+            "ablation",
             f"| 4 | generations: 0..M ablation plan / one M-round evolution | {a['ablation_requests']} / "
             f"{a['single_evolution_requests']} (separate evolutions would need {a['separate_evolutions_requests']}) "
-            f"| equal | {_verdict(a['meets_target'])} |"
+            f"| equal | {_verdict(a['meets_target'])} |",
         )
     if "training" in s:
         text = "; ".join(
@@ -364,16 +389,17 @@ def render_markdown(results: dict) -> str:
             f"{_fmt(v['tokens_per_second']['median'])} tok/s, {_fmt(v['peak_rss_mb'])} MB"
             for v in s["training"]
         )
-        lines.append(f"| 5 | training (median tok/s, peak RSS) | {text} | - | |")
+        row("training", f"| 5 | training (median tok/s, peak RSS) | {text} | - | |")
     if "judge" in s:
         j = s["judge"]
-        lines.append(
+        row(
+            "judge",
             f"| 6 | judge orders/s (both orders counted) | {_fmt(j['orders_per_second'])} "
-            f"({_fmt(j['items_per_second'])} items/s; {_fmt(j['orders_per_second_with_start'])} incl. engine start) | - | |"
+            f"({_fmt(j['items_per_second'])} items/s; {_fmt(j['orders_per_second_with_start'])} incl. engine start) | - | |",
         )
     if "scaling" in s:
         text = ", ".join(f"{r['x']}x seeds: {_fmt(r['generation_x'])}x generation time" for r in s["scaling"])
-        lines.append(f"| 7 | scaling (1 round) | {text} | ~linear | |")
+        row("scaling", f"| 7 | scaling (1 round) | {text} | ~linear | |")
     lines.append("")
     lines += _details(m, s)
     return "\n".join(lines) + "\n"

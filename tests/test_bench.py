@@ -206,7 +206,18 @@ def test_a_missed_target_is_reported_as_missed():
     results["summary"] = measurement_summaries(results["measurements"])
     assert results["summary"]["resume"]["rerun_meets_target"] is False
     rerun = table_row(render_markdown(results), "3a")
-    assert rerun[2:] == ["0.2", "< 0.05", "**missed**"]  # measured, target, verdict
+    assert rerun[2:] == ["0.2", "< 0.05", "**missed**", "abc, 2026-01-01"]  # measured, target, verdict, when
+
+
+def test_each_headline_row_names_the_commit_and_day_of_its_own_measurement():
+    results = results_fixture()
+    results["measurements"]["judge"]["measured"] = {
+        "date": "2026-12-03T08:00:00+00:00",
+        "git_sha": "0123456789ab-dirty",
+    }
+    text = render_markdown(results)
+    assert table_row(text, "6")[-1] == "0123456-dirty, 2026-12-03"  # its own stamp
+    assert table_row(text, "3a")[-1] == "abc, 2026-01-01"  # no stamp: it ran with the whole bench
 
 
 def test_markdown_names_machine_versions_model_sizes_and_every_section():
