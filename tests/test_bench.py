@@ -215,6 +215,7 @@ def test_each_headline_row_names_the_commit_and_day_of_its_own_measurement():
         "date": "2026-12-03T08:00:00+00:00",
         "git_sha": "0123456789ab-dirty",
     }
+    results["summary"] = measurement_summaries(results["measurements"])
     text = render_markdown(results)
     assert table_row(text, "6")[-1] == "0123456-dirty, 2026-12-03"  # its own stamp
     assert table_row(text, "3a")[-1] == "abc, 2026-01-01"  # no stamp: it ran with the whole bench
