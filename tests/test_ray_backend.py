@@ -5,6 +5,7 @@ path writes (resume after failed rows included). The real Ray runs are in test_r
 import builtins
 import filecmp
 import json
+from collections import deque
 
 import pytest
 
@@ -182,9 +183,28 @@ def test_a_replica_chains_its_shard_and_yields_one_row_per_block_with_errors_cou
     for chain in chains:
         if not chain["error"]:  # both steps, in order, in the replica's engine
             assert [request["purpose"] for request, _ in chain["chain"]] == ["ask", "confirm"]
-    assert (
-        max(len(json.loads(row["block"][0])["chains"]) for row in rows) <= 3
-    )  # block=2 chains, a poll may end one more
+    assert [len(json.loads(row["block"][0])["chains"]) for row in rows] == [2, 2, 1]  # block=2 chains each
+
+
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_a_replica_block_holds_ray_batch_size_chains_however_many_end_in_one_poll(block):
+    from pipeline.engine.fake import StreamingFakeEngine
+    from pipeline.engine.ray_job import Replica, encode_request
+
+    # Each poll ends five requests: from the second poll on, three or more chains end at once, which
+    # chain_blocks hands back together; a block must still hold `block` chains (ray.batch_size), else
+    # a job killed after its first block has saved more chains than ray.batch_size says.
+    replica = object.__new__(Replica)
+    replica.engine = StreamingFakeEngine(lambda r: f"{r.purpose} {r.id}", finish_per_poll=5)
+    replica.follow_up, replica.window, replica.block = ScriptedPlan(), 8, block
+    replica.where, replica.ready = "node:1", 0.0
+    ids = [f"q{i}" for i in range(7)]
+    shard = {"request": [encode_request(ChatRequest(id=i, messages=[], purpose="ask", seed=1)) for i in ids]}
+    blocks = [[chain["id"] for chain in json.loads(row["block"][0])["chains"]] for row in replica(shard)]
+    ended = [sum(request.purpose == "confirm" for request in done) for done in replica.engine.batches]
+    assert max(ended) > block  # some poll ended more chains than a block holds
+    assert [len(chains) for chains in blocks] == [block] * (7 // block) + ([7 % block] if 7 % block else [])
+    assert sorted(i for chains in blocks for i in chains) == ids  # every chain once
 
 
 def bare_ray_engine(**settings):
@@ -254,6 +274,35 @@ def test_a_job_ray_gives_up_on_ends_in_one_sentence_after_its_blocks():
     assert next(blocks) == "first block"
     with pytest.raises(RowsFailed, match=r"^The Ray job stopped \(ActorDiedError: the actor died unexpectedly\)"):
         next(blocks)
+
+
+def test_each_block_of_a_job_reaches_the_caller_before_the_replica_makes_the_next():
+    pytest.importorskip("ray.exceptions")
+    from pipeline.engine.ray_job import job_blocks
+
+    made = []
+
+    def replica():  # makes its next block only when asked
+        for k in range(3):
+            made.append(k)
+            yield f"block {k}"
+
+    class Dataset:
+        """Ray Data's iterator over a job's blocks (ray/data/_internal/block_batching/iter_batches.py,
+        prefetch_batches_locally, Ray 2.60): with batch_size=None it hands back a block only once
+        `prefetch_batches` more have arrived."""
+
+        def iter_batches(self, batch_size, batch_format, prefetch_batches=1):
+            window = deque()
+            for block in replica():
+                window.append(block)
+                if len(window) > prefetch_batches:
+                    yield window.popleft()
+            yield from window
+
+    for k, block in enumerate(job_blocks(Dataset())):
+        # the caller saves block k before block k+1 exists: a kill between them loses no finished block
+        assert block == f"block {k}" and made == list(range(k + 1))
 
 
 def test_cpu_replicas_on_one_machine_bind_disjoint_cores(tmp_path):

@@ -8,6 +8,9 @@ token budgets tiny."""
 import json
 import os
 import signal
+import time
+from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,7 @@ from pipeline.core.jsonio import InputError, read_json, read_jsonl
 from pipeline.core.paths import SHIPPED_SEEDS
 from pipeline.engine import ChatRequest
 from pipeline.engine.ray_backend import RayEngine, connect
+from pipeline.engine.vllm_backend import VLLMEngine
 
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.integration
@@ -65,6 +69,12 @@ def ray_shutdown():
     ray.shutdown()
 
 
+def ids_on_disk(work, step: str) -> list[str]:
+    """The ids a round-1 step wrote; a step no chain reached (every evolution checked EQUAL: no answer) has no file."""
+    path = work / f"round_1.{step}.jsonl"
+    return [r["id"] for r in read_jsonl(path)] if path.exists() else []
+
+
 class Killed(Exception):
     """Stands for a kill: the job ends with the blocks it saved, the rest are lost."""
 
@@ -83,9 +93,9 @@ def test_ray_round_writes_the_local_backends_files_and_resumes_after_a_kill(tiny
 
     config = tiny_config(tiny_model, tmp_path, "engine.backend=ray")
     models = vllm_models(config)
-    make, sent = models.make, []
+    make, sent, passed = models.make, [], []
 
-    def killing(role):  # the first chain job dies right after its first block was saved
+    def killing(role):  # the first chain job dies after exactly one block was passed on to be saved
         engine = make(role)
         run_chains = engine.run_chains
 
@@ -93,11 +103,14 @@ def test_ray_round_writes_the_local_backends_files_and_resumes_after_a_kill(tiny
             first = list(first)
             sent.append([r.id for r in first])
             blocks = run_chains(first, follow_up)
-            yield next(blocks)
-            if len(sent) == 1:
-                blocks.close()
-                raise Killed()
-            yield from blocks
+            if len(sent) > 1:  # the rerun runs to its end
+                yield from blocks
+                return
+            block = next(blocks)
+            passed.append(block)
+            yield block  # the stage saves it before it asks for the next one, which never comes
+            blocks.close()
+            raise Killed()
 
         engine.run_chains = run_chains_once
         return engine
@@ -105,15 +118,20 @@ def test_ray_round_writes_the_local_backends_files_and_resumes_after_a_kill(tiny
     models.make = killing
     with pytest.raises(Killed):
         run_evolve(config, tmp_path / "ray", models, quiet=True)
+    (block,) = passed
+    kept = {request.id for request, _ in block}
+    assert len(set(sent[0])) == SEEDS  # the killed job had a chain for every seed
+    assert len(kept) == 1  # ray.batch_size=1: one chain per block, however many chains ended in one step
+    # on disk: exactly the steps of the chain passed on, nothing of the chains the kill lost
     work = tmp_path / "ray" / "evolve" / "work"
-    first = read_jsonl(work / "round_1.evolve.jsonl")
-    assert 1 <= len(first) < SEEDS  # the first block (one chain: ray.batch_size=1) is on disk, the others lost
+    for step in ("evolve", "check", "answer"):
+        assert ids_on_disk(work, step) == [request.id for request, _ in block if request.purpose == step], step
 
     run_evolve(config, tmp_path / "ray", models, quiet=True)
-    # the rerun sent only the chains the kill lost, and no step wrote an id twice
-    assert sorted(sent[1] + [r["id"] for r in first]) == sorted(sent[0])
+    # the rerun sent exactly the chains the kill lost, and no step wrote an id twice
+    assert len(sent) == 2 and sorted(sent[1]) == sorted(set(sent[0]) - kept)
     for step in ("evolve", "check", "answer"):
-        ids = [r["id"] for r in read_jsonl(work / f"round_1.{step}.jsonl")]
+        ids = ids_on_disk(work, step)
         assert len(ids) == len(set(ids)) and (step != "evolve" or len(ids) == SEEDS)
     assert read_json(tmp_path / "ray" / "evolve" / "manifest.json")["backend"] == "ray"
 
@@ -123,8 +141,13 @@ def test_ray_round_writes_the_local_backends_files_and_resumes_after_a_kill(tiny
     local_r1 = {r["id"]: r for r in read_jsonl(tmp_path / "local" / "evolve" / "round_1.jsonl")}
     ray_r1 = {r["id"]: r for r in read_jsonl(tmp_path / "ray" / "evolve" / "round_1.jsonl")}
     assert local_r1.keys() == ray_r1.keys()
-    for key in ("parent_id", "root_id", "operation", "seeds"):
+    for key in ("parent_id", "root_id", "operation"):
         assert [local_r1[i][key] for i in local_r1] == [ray_r1[i][key] for i in local_r1], key
+    for i in local_r1:  # each step's seed is the local one's; which steps ran follows the verdict before them
+        mine, theirs = ray_r1[i]["seeds"], local_r1[i]["seeds"]
+        both = mine.keys() & theirs.keys()
+        assert "evolve" in both and all(mine[step] == theirs[step] for step in both), i
+        assert mine.keys() == theirs.keys() or ray_r1[i]["verdict"] != local_r1[i]["verdict"], i
     verdicts = [sum(r["verdict"] == "equal" for r in side.values()) for side in (local_r1, ray_r1)]
     assert abs(verdicts[0] - verdicts[1]) <= 1
     same = {
@@ -175,11 +198,41 @@ def engine_actors(ray, state=None) -> list[dict]:
     ]
 
 
+class OneResultThenStall(VLLMEngine):
+    """A replica's engine that, in the replica's first process, hands back one finished request and
+    then stalls until the test kills the process, so the kill lands mid-shard after one counted row
+    however fast the box runs. The restarted process (the `marks/stalls` file exists) runs as
+    VLLMEngine. Every process lists the requests it finished in `marks/finished-<pid>`."""
+
+    def __init__(self, *args, marks: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.marks = Path(marks)
+        self.first_process = not (self.marks / "stalls").exists()
+
+    def poll(self):
+        if self.first_process and (self.marks / "stalls").exists():
+            time.sleep(120)  # the test kills this process as soon as the one row is back
+            raise RuntimeError("the replica's first row never reached the driver, or the driver did not kill it")
+        finished = super().poll()
+        if self.first_process and finished:
+            # one request out; the rest back in VLLMEngine's own queue of finished requests (still pending)
+            finished, self._ready = finished[:1], finished[1:] + self._ready
+            (self.marks / "stalls").write_text(str(os.getpid()))  # before the row leaves: a restart never stalls
+        with open(self.marks / f"finished-{os.getpid()}", "a") as log:
+            log.writelines(f"{request.id}\n" for request, _ in finished)
+        return finished
+
+
 def test_a_killed_engine_replica_is_restarted_and_no_row_is_lost(tiny_model, tmp_path, ray_shutdown):
     import ray
 
     config = tiny_config(tiny_model, tmp_path, "engine.backend=ray")
-    engine = RayEngine(tiny_model, config.engine, config.ray, seed=1)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # Both processes of the replica bind the same cores, so the restarted one finishes its requests in
+    # the first one's order: Ray drops as many of a retried shard's first rows as the driver already had.
+    replica = partial(OneResultThenStall, tiny_model, config.engine, seed=1, marks=str(marks))
+    engine = RayEngine(tiny_model, config.engine, config.ray, seed=1, replica=replica)
     requests = [
         ChatRequest(id=f"q{i}", messages=[{"role": "user", "content": f"Name {i} colours."}], max_tokens=24, seed=i)
         for i in range(16)
@@ -187,15 +240,21 @@ def test_a_killed_engine_replica_is_restarted_and_no_row_is_lost(tiny_model, tmp
     received, killed = [], None
     for block in engine.stream(requests):
         received += [request.id for request, result in block if result.completion_tokens]
-        if killed is None:  # the first block is back: kill the replica's process (as the OOM killer would)
+        if killed is None:  # the first row is back and the replica stalls: kill its process (as the OOM killer would)
+            assert len(received) == 1
             (actor,) = engine_actors(ray, "ALIVE")
-            killed = actor["ActorID"]
+            killed = actor
             os.kill(actor["Pid"], signal.SIGKILL)
     assert sorted(received) == sorted(r.id for r in requests)  # every row once, none lost
     assert not engine.failed
-    restarted = [a for a in engine_actors(ray) if a["ActorID"] == killed]
+    restarted = [a for a in engine_actors(ray) if a["ActorID"] == killed["ActorID"]]
     assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray started the replica again and resent its shard
-    assert len(received) < len(requests) + 1 and len(engine.placement) == len(requests)
+    finished = {int(f.name.split("-")[1]): f.read_text().split() for f in marks.glob("finished-*")}
+    assert finished.pop(killed["Pid"]) == received[:1]  # the killed process handed back one row, then stalled
+    # the restarted process ran the whole shard again, the row the driver already had included, which came once
+    (again,) = finished.values()
+    assert sorted(again) == sorted(r.id for r in requests)
+    assert [p["replica"].endswith(f":{killed['Pid']}") for p in engine.placement] == [True] + [False] * 15
 
 
 def test_answers_and_both_judge_orders_on_ray(tiny_model, lora_adapter, tmp_path, ray_shutdown):

@@ -92,7 +92,9 @@ class Replica:
                 return None
 
         try:
-            for chains in chain_blocks(self.engine, first, follow_up, self.window, self.block):
+            for chains in exact_blocks(
+                chain_blocks(self.engine, first, follow_up, self.window, self.block), self.block
+            ):
                 rows = []
                 for chain in chains:
                     chain_id = chain[0][0].id
@@ -113,6 +115,23 @@ class Replica:
         engine = self.__dict__.get("engine")
         if engine is not None:
             engine.close()
+
+
+def exact_blocks(blocks: Iterable[list], size: int) -> Iterator[list]:
+    """`chain_blocks`' blocks regrouped to exactly `size` chains each, the shard's last one shorter.
+
+    chain_blocks hands back a block once `size` chains have ended, with every chain that ended in
+    that decoding step, so one block could hold several times `size`: with ray.batch_size=1, two of
+    a round's three chains ended in one step and came back as one block. Held to `size`, a block is
+    what `ray.batch_size` says, and a job killed after n blocks saved n x `size` chains."""
+    held: list = []
+    for chains in blocks:
+        held += chains
+        while len(held) >= size:
+            yield held[:size]
+            del held[:size]
+    if held:
+        yield held
 
 
 def on_own_cores(make_engine: Callable[[], Engine], cpus: int, lock_dir: str = "/tmp") -> Engine:
@@ -187,12 +206,18 @@ def _placement(workers: int) -> dict:
 
 
 def job_blocks(dataset) -> Iterator:
-    """The job's output blocks; a job Ray gave up on (an engine that cannot start, a lost node) ends
-    in one sentence with its first line, the blocks already handed back being saved."""
+    """The job's output blocks, each as soon as it reaches the driver; a job Ray gave up on (an engine
+    that cannot start, a lost node) ends in one sentence with its first line, the blocks already
+    handed back being saved.
+
+    No prefetching: with Ray Data's default (`prefetch_batches=1`) and `batch_size=None`, the
+    iterator hands back a block only once the next one has arrived, so a block waited for the next
+    one to be made (the last block of a round for minutes, on a big batch) and was lost with a kill
+    that came in between: a replica that stalled after its first block never got it to the driver."""
     from ray.exceptions import RayError
 
     try:
-        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+        yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
     except RayError as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise RowsFailed(
