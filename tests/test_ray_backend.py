@@ -335,3 +335,40 @@ def test_cpu_replicas_on_one_machine_bind_disjoint_cores(tmp_path):
         first.wait()
     third = replica(0).communicate(timeout=60)[0].split()
     assert third[0] == took[0]  # the first replica's process ended: its cores are free again
+
+
+def test_a_chain_a_restarted_replica_never_sends_back_ends_the_job_in_one_sentence(monkeypatch):
+    """Ray resends a restarted replica's shard but skips as many rows as it already passed on, whatever
+    chains they hold: one that ended in another order on the retry never comes back. The driver counts
+    the ids it received and says so, keeping the rest (a rerun generates only the lost chain)."""
+    ray_data = pytest.importorskip("ray.data")
+    from pipeline.engine import ChatResult
+    from pipeline.engine import ray_job as job_module
+    from pipeline.engine.ray_job import encode_pairs, ray_job
+
+    requests = [ChatRequest(id=i, messages=[{"role": "user", "content": i}]) for i in ("a", "b", "c")]
+
+    def block(chain_id):
+        pair = (requests["abc".index(chain_id)], ChatResult(chain_id, f"answer {chain_id}", 1, 1, "stop"))
+        chains = [{"id": chain_id, "error": None, "chain": encode_pairs([pair])}]
+        return {"block": [json.dumps({"where": "replica", "ready": 0.0, "busy": 0.0, "chains": chains})]}
+
+    class Job:  # the first try sends a, then dies; the retry ends c first, and Ray skips its first row
+        context = type("Context", (), {})()
+
+        def map_batches(self, *args, **kwargs):
+            return self
+
+        def iter_batches(self, **_):
+            yield block("a")
+            yield block("a")  # the retry's second row: a again, already delivered
+            yield block("c")
+
+    monkeypatch.setattr(ray_data, "from_arrow", lambda tables: Job())
+    monkeypatch.setattr(job_module, "prepare_job", lambda engine: (False, 1))
+    engine = bare_ray_engine()
+    received = []
+    with pytest.raises(RowsFailed, match=r"^1 of 3 chains never came back from the Ray replicas \(first: b;"):
+        for pairs in ray_job(engine, requests, job_module.no_follow_up):
+            received += [result.text for _, result in pairs]
+    assert received == ["answer a", "answer c"]  # what came back was handed on, once each

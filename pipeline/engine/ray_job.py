@@ -21,7 +21,8 @@ Requests and results travel as JSON text (a pool item and its finished records r
 request's `context`). A chain whose follow-up raised comes back with its error and is counted; the
 job then ends in `RowsFailed`, one sentence, after every other chain was saved. A replica that
 dies (its process killed, its engine dead, a node lost) is restarted by Ray, which sends its shard
-again at most `ray.retries` times; chains the driver already has are not handed back twice.
+again at most `ray.retries` times; chains the driver already has are not handed back twice, and a
+chain that never comes back ends the job in `RowsFailed` too.
 """
 
 from __future__ import annotations
@@ -206,6 +207,23 @@ def _placement(workers: int) -> dict:
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
 
 
+def delivered_pairs(engine, block: dict, delivered: set[str]) -> list[tuple[ChatRequest, ChatResult]]:
+    """The finished steps of a replica's block whose chains the driver has not had yet (a restarted
+    replica runs its shard again); a failed chain is counted in `engine.failed` instead."""
+    pairs = []
+    for chain in block["chains"]:
+        if chain["id"] in delivered:
+            continue
+        delivered.add(chain["id"])
+        engine.placement.append({"id": chain["id"], "replica": block["where"]})
+        if chain["error"]:
+            engine.failed.append((chain["id"], chain["error"]))
+            print(f"[ray] chain {chain['id']} failed: {chain['error']}", file=sys.stderr)
+            continue
+        pairs += decode_pairs(chain["chain"])
+    return pairs
+
+
 def job_blocks(dataset) -> Iterator:
     """The job's output blocks, each as soon as it reaches the driver; a job Ray gave up on (an engine
     that cannot start, a lost node) ends in one sentence with its first line, the blocks already
@@ -281,16 +299,7 @@ def ray_job(
         for block in map(json.loads, map(str, batch["block"])):
             ready[block["where"]] = block["ready"] - wall_started
             busy[block["where"]] = block["busy"]
-            for chain in block["chains"]:
-                if chain["id"] in delivered:  # a restarted replica ran its shard again
-                    continue
-                delivered.add(chain["id"])
-                engine.placement.append({"id": chain["id"], "replica": block["where"]})
-                if chain["error"]:
-                    engine.failed.append((chain["id"], chain["error"]))
-                    print(f"[ray] chain {chain['id']} failed: {chain['error']}", file=sys.stderr)
-                    continue
-                pairs += decode_pairs(chain["chain"])
+            pairs += delivered_pairs(engine, block, delivered)
         if pairs:
             yield pairs
     engine.last_job = {
@@ -313,4 +322,12 @@ def ray_job(
             f"{len(engine.failed)} of {len(requests)} chains failed on the Ray replicas (first, {first_id}: "
             f"{first_error.splitlines()[0] if first_error else 'no message'}); the others are saved, "
             "and rerunning the same command retries only the failed ones."
+        )
+    lost = [request.id for request in requests if request.id not in delivered]
+    if lost:
+        # Ray resends a restarted replica's shard but drops as many of its first rows as it already
+        # passed on, whichever chains they hold: a chain that ends in another order comes back never.
+        raise RowsFailed(
+            f"{len(lost)} of {len(requests)} chains never came back from the Ray replicas (first: {lost[0]}; a "
+            "replica was restarted); the others are saved, and rerunning the same command generates only those."
         )
