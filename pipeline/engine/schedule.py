@@ -155,8 +155,10 @@ def chain_blocks(
     engine: Engine, first: Iterable[ChatRequest], follow_up: FollowUp, window: int, block: int
 ) -> Iterator[list[list[tuple[ChatRequest, ChatResult]]]]:
     """Run chains on this engine (`ChainEngine.run_chains` where the engine is local: a Ray replica
-    runs its share with it). Yields every `block` finished chains, each one its (request, result)
-    pairs in order; a chain is the requests sharing an id, ended when `follow_up` returns None."""
+    runs its share with it). Once at least `block` chains have finished, yields every chain finished
+    so far (one decoding step may end several, so a yield can hold more than `block`; the Ray replica
+    cuts them to exactly `block`), each chain its (request, result) pairs in order; a chain is the
+    requests sharing an id, ended when `follow_up` returns None."""
     open_chains: dict[str, list[tuple[ChatRequest, ChatResult]]] = {}
     ended: list[list[tuple[ChatRequest, ChatResult]]] = []
 
