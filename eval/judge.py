@@ -24,6 +24,7 @@ from pathlib import Path
 from eval.answer import ANSWERS_FILE
 from eval.judge_parse import parse_scores
 from eval.judge_prompt import CUT_MARK, PROMPT_VERSION, judge_messages
+from eval.length_control import Lengths, answer_lengths
 from eval.scores import Aggregation, aggregate, combine, rescore, verdict_of
 from pipeline.config import Config
 from pipeline.core.jsonio import (
@@ -266,6 +267,7 @@ def run_judge(
         high_difficulty=config.eval.high_difficulty,
         resamples=config.eval.bootstrap_resamples,
         seed=config.run.seed,
+        lengths=answer_lengths([a.records[i] for i in item_ids], [b.records[i] for i in item_ids]),
     )
     write_json(stage.dir / SCORES_FILE, scores)
     finish_stage(
@@ -289,11 +291,31 @@ def run_judge(
     return scores
 
 
+def stored_lengths(judge_dir: Path, scores: dict) -> Lengths | None:
+    """The answer lengths of a finished comparison, for its length-controlled win rate: read from the
+    answers.jsonl that scores.json names (answers_a, answers_b; relative to where the judge ran), else
+    from the run's layout beside the judge directory (<run>/answers/<label>); None when either is gone."""
+    sides = []
+    for side in ("a", "b"):
+        places = [Path(p) for p in (scores.get(f"answers_{side}"),) if p]
+        places.append(Path(judge_dir).parent.parent / "answers" / str(scores.get(side)))
+        found = [p / ANSWERS_FILE for p in places if (p / ANSWERS_FILE).is_file()]
+        try:
+            sides.append(read_jsonl(found[0]))
+        except (IndexError, InputError):  # gone, or unreadable: the report says so instead of failing
+            return None
+    try:
+        return answer_lengths(*sides)
+    except (KeyError, TypeError):  # records without an id: not an `evol answer` output
+        return None
+
+
 def recount(judge_dir: Path, settings: Aggregation) -> dict:
     """A finished comparison counted as `settings` say, from its stored orders (no engine): when that
     changes anything, judgments.jsonl and scores.json are rewritten, judgments first."""
     scores = read_json(judge_dir / SCORES_FILE)
-    counted, judgments = rescore(scores, read_jsonl(judge_dir / JUDGMENTS_FILE), settings)
+    lengths = stored_lengths(judge_dir, scores)
+    counted, judgments = rescore(scores, read_jsonl(judge_dir / JUDGMENTS_FILE), settings, lengths)
     if counted is not scores:
         write_jsonl(judge_dir / JUDGMENTS_FILE, judgments)
         write_json(judge_dir / SCORES_FILE, counted)

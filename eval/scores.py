@@ -11,6 +11,9 @@ Each block (overall, every skill, every difficulty level, the high-difficulty su
                           capacity_pct over `resamples` bootstrap draws of the block's test items
 Unjudged pairs (status "failed") are left out of every block and counted under judge_failures,
 beside the count of single orders the parser could not read and the reasons it gave.
+The overall block also holds `length_controlled` (eval/length_control.py): the win rate with ties as
+half, the win rate predicted at zero length difference, and how many points the length explains,
+each with its interval. Only overall: a length slope fitted on a skill's handful of items is noise.
 
 The bootstrap resamples test items, each with its one combined verdict and both-order scores, so
 the two orders of an item always travel together. The draws are seeded from the run seed and the
@@ -30,10 +33,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eval.bootstrap import CONFIDENCE, interval
+from eval.bootstrap import item_draws as _draws
+from eval.length_control import Lengths, length_controlled
 from pipeline.config import Config
 from pipeline.core.seeds import derive_seed
 
-CONFIDENCE = 0.95
 RATES = ("win_rate", "tie_rate", "lose_rate", "capacity_pct")
 
 
@@ -101,11 +106,6 @@ def _columns(scored: list[dict]) -> dict[str, np.ndarray]:
     }
 
 
-def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n) item indices drawn with replacement."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-
-
 def _resampled_rates(columns: dict[str, np.ndarray], draws: np.ndarray) -> dict[str, np.ndarray]:
     n = draws.shape[1]
     sum_b = columns["b"][draws].sum(axis=1)
@@ -117,16 +117,6 @@ def _resampled_rates(columns: dict[str, np.ndarray], draws: np.ndarray) -> dict[
         "lose_rate": columns["lose"][draws].sum(axis=1) / n,
         "capacity_pct": capacity,
     }
-
-
-def interval(values: np.ndarray, digits: int) -> list[float] | None:
-    """The central 95% of the bootstrap values, or None when no draw gave a number."""
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return None
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return [round(float(low), digits), round(float(high), digits)]
 
 
 def block(judgments: list[dict], resamples: int = 0, seed: int = 0) -> dict:
@@ -165,8 +155,10 @@ def aggregate(
     high_difficulty: int = 8,
     resamples: int = 0,
     seed: int = 0,
+    lengths: Lengths | None = None,
 ) -> dict:
-    """scores.json's content; with `resamples` > 0 every block carries bootstrap intervals."""
+    """scores.json's content; with `resamples` > 0 every block carries bootstrap intervals. `lengths`
+    (eval/length_control.py's answer_lengths) gives the overall block its length-controlled win rate."""
     by_skill: dict[str, list[dict]] = {}
     by_difficulty: dict[str, list[dict]] = {}
     for j in judgments:
@@ -192,7 +184,12 @@ def aggregate(
             "confidence": CONFIDENCE,
             "unit": "test item, with its verdict and scores from both orders",
         },
-        "overall": part(judgments, "overall"),
+        "overall": {
+            **part(judgments, "overall"),
+            "length_controlled": length_controlled(
+                judgments, lengths, resamples, derive_seed(seed, *names, "overall", "length_controlled")
+            ),
+        },
         "per_skill": {skill: part(rows, "skill", skill) for skill, rows in sorted(by_skill.items())},
         "per_difficulty": {
             key: part(rows, "difficulty", key)
@@ -222,10 +219,14 @@ COMPUTED = ("items", "bootstrap", "overall", "per_skill", "per_difficulty", "hig
 COMPUTED += ("position_consistency", "judge_failures")
 
 
-def rescore(scores: dict, judgments: list[dict], settings: Aggregation) -> tuple[dict, list[dict]]:
+def rescore(
+    scores: dict, judgments: list[dict], settings: Aggregation, lengths: Lengths | None = None
+) -> tuple[dict, list[dict]]:
     """scores.json and judgments.jsonl as `settings` count them, from the stored orders: the verdicts of
     single-order pairs follow single_order_fallback, every block follows the threshold and draws.
-    Returned unchanged (the same objects) when scores.json already counts them that way."""
+    Returned unchanged (the same objects) when scores.json already counts them that way and has its
+    length-controlled win rate (a scores.json from before it existed, or written when the answers'
+    lengths could not be found and `lengths` now has them, is counted again)."""
     recorded = scores.get("bootstrap") or {}
     wanted = {
         "high_difficulty": (scores["high_difficulty"]["threshold"], settings.high_difficulty),
@@ -234,14 +235,16 @@ def rescore(scores: dict, judgments: list[dict], settings: Aggregation) -> tuple
         "seed": (recorded.get("seed", 0), settings.seed),
     }
     now = {name: has if want is None else want for name, (has, want) in wanted.items()}
-    if all(now[name] == has for name, (has, _) in wanted.items()):
+    length_block = scores["overall"].get("length_controlled")
+    lengths_missing = length_block is None or (lengths is not None and length_block.get("unit") is None)
+    if all(now[name] == has for name, (has, _) in wanted.items()) and not lengths_missing:
         return scores, judgments
     fallback = now["single_order_fallback"]
     if fallback != wanted["single_order_fallback"][0]:
         judgments = [{**j, **combine(j["orders"]["AB"], j["orders"]["BA"], fallback)} for j in judgments]
     meta = {k: v for k, v in scores.items() if k not in COMPUTED}
     meta["single_order_fallback"] = fallback
-    return aggregate(judgments, meta, now["high_difficulty"], now["resamples"], now["seed"]), judgments
+    return aggregate(judgments, meta, now["high_difficulty"], now["resamples"], now["seed"], lengths), judgments
 
 
 def paired_difference(first: list[dict], second: list[dict], resamples: int, seed: int) -> dict | None:

@@ -16,7 +16,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.judge import JUDGMENTS_FILE, SCORES_FILE
+from eval.judge import JUDGMENTS_FILE, SCORES_FILE, stored_lengths
 from eval.report.plots import plot_capacity_per_skill, plot_win_rate_by_difficulty, plot_win_tie_lose
 from eval.scores import Aggregation, rescore
 from pipeline.config.eval import EvalConfig, check_resamples
@@ -239,7 +239,7 @@ def counted(judge_dir: str | Path, settings: Aggregation | None = None) -> tuple
     settings = settings or Aggregation(resamples=EvalConfig.bootstrap_resamples)
     if settings.resamples is not None:
         check_resamples(settings.resamples)
-    return rescore(scores, read_jsonl(judgments), settings)
+    return rescore(scores, read_jsonl(judgments), settings, stored_lengths(judge_dir, scores))
 
 
 def load_scores(judge_dir: str | Path, settings: Aggregation | None = None) -> dict:
