@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,26 +104,35 @@ class AnswerJob:
         return self.stage.dir / ANSWERS_FILE
 
 
+@dataclass
+class AnswerSet:
+    """Prompts every label answers into `<out_dir>/<label>/answers.jsonl`: the test set, or a prompt
+    set of the verified instruction following (eval/verify/answers.py). One engine answers them all."""
+
+    name: str  # progress bar and summary prefix: "answer", "ifeval", ...
+    items: list[TestItem]
+    out_dir: Path
+    source: dict  # where the items come from: part of each label's stage key, e.g. {"testset": {...}}
+    settings: dict  # generation_settings(config), max_tokens as this set asks
+    # The fields one answer record keeps besides the generation's: the test set keeps the item and
+    # its `answer`; a prompt set its `id` and `text`, as `evol generate` writes.
+    record: Callable[[TestItem, str], dict]
+    jobs: list[AnswerJob] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[AnswerJob]:
+        return [job for job in self.jobs if not job.stage.done]
+
+
 def _hash_of(path: Path) -> str:
     return content_hash(path) if path.is_dir() else str(path)
 
 
-def plan_answers(
-    config: Config,
-    testset_file: Path,
-    items: list[TestItem],
-    model_path: Path,
-    out_dir: Path,
-    base_label: str,
-    adapters: dict[str, Path],
-    adapters_only: bool = False,
-) -> list[AnswerJob]:
-    """One job per label; finished labels come back done, partial ones with what they already hold."""
-    if adapters_only and not adapters:
-        raise InputError("--adapters-only needs at least one --adapter LABEL=PATH.")
-    check_label(base_label, "--label")
-    if not adapters_only and base_label in adapters:
-        raise InputError(f"--label {base_label!r} is also an --adapter label; give the base model another --label.")
+def testset_answers(config: Config, out_dir: Path, testset_file: Path) -> AnswerSet:
+    """The test set as `evol answer` answers it: eval.limit items, every item's fields kept."""
+    from pipeline.core.testset import load_testset
+
+    items = load_testset(testset_file, config.eval)
     testset = {
         "path": str(testset_file),
         "hash": file_hash(testset_file),
@@ -130,19 +140,35 @@ def plan_answers(
         "limit": config.eval.limit,
         "mapping": {k: v for k, v in semantic_dict(config.eval).items() if k.endswith("_field")},
     }
-    common = {"testset": testset, "model": _hash_of(model_path), "generation": generation_settings(config)}
+
+    def record(item: TestItem, text: str) -> dict:
+        return {**item.to_dict(), "answer": text}
+
+    return AnswerSet("answer", items, out_dir, {"testset": testset}, generation_settings(config), record)
+
+
+def plan_answers(
+    answers: AnswerSet, model_path: Path, base_label: str, adapters: dict[str, Path], adapters_only: bool = False
+) -> list[AnswerJob]:
+    """One job per label; finished labels come back done, partial ones with what they already hold."""
+    if adapters_only and not adapters:
+        raise InputError("--adapters-only needs at least one --adapter LABEL=PATH.")
+    check_label(base_label, "--label")
+    if not adapters_only and base_label in adapters:
+        raise InputError(f"--label {base_label!r} is also an --adapter label; give the base model another --label.")
+    common = {**answers.source, "model": _hash_of(model_path), "generation": answers.settings}
     targets = [] if adapters_only else [(base_label, None, None)]
     targets += [(label, label, path) for label, path in adapters.items()]
-    jobs = []
+    answers.jobs = []
     for label, adapter, path in targets:
         material = {**common, "adapter": _hash_of(path) if path else None}
-        stage = begin_stage(out_dir, label, material)
+        stage = begin_stage(answers.out_dir, label, material)
         job = AnswerJob(label, adapter, path, stage)
         if not stage.done:
-            wanted = {item.id for item in items}
+            wanted = {item.id for item in answers.items}
             job.done = {r["id"]: r for r in read_jsonl_tolerant(job.path) if r.get("id") in wanted}
-        jobs.append(job)
-    return jobs
+        answers.jobs.append(job)
+    return answers.jobs
 
 
 def answer_messages(item: TestItem, system_prompt: str) -> list[dict]:
@@ -150,13 +176,11 @@ def answer_messages(item: TestItem, system_prompt: str) -> list[dict]:
     return messages + [{"role": "user", "content": item.instruction}]
 
 
-def run_answers(
-    engine: Engine, jobs: list[AnswerJob], items: list[TestItem], config: Config, model_path: Path
-) -> dict[str, dict]:
+def run_answers(engine: Engine, answers: AnswerSet, config: Config, model_path: Path) -> dict[str, dict]:
     """Answer everything the jobs still miss in mixed chunks, then close each finished label."""
-    settings = generation_settings(config)
+    settings, items = answers.settings, answers.items
     by_id = {item.id: item for item in items}
-    todo = [(job, item) for job in jobs if not job.stage.done for item in items if item.id not in job.done]
+    todo = [(job, item) for job in answers.pending for item in items if item.id not in job.done]
     requests = (
         ChatRequest(
             id=f"{job.label}\x1f{item.id}",
@@ -169,7 +193,7 @@ def run_answers(
         )
         for job, item in todo
     )
-    job_of = {job.label: job for job in jobs}
+    job_of = {job.label: job for job in answers.jobs}
 
     def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
         grouped: dict[str, list[dict]] = {}
@@ -177,9 +201,8 @@ def run_answers(
             label, _, item_id = request.id.partition("\x1f")
             job = job_of[label]
             record = {
-                **by_id[item_id].to_dict(),
+                **answers.record(by_id[item_id], result.text.strip()),
                 "label": label,
-                "answer": result.text.strip(),
                 "finish_reason": result.finish_reason,
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,
@@ -193,17 +216,17 @@ def run_answers(
             append_jsonl(job_of[label].path, records)
 
     chunk_size = config.eval.chunk_size or config.engine.chunk_size
-    stats = generate_in_chunks(engine, requests, chunk_size, save, total=len(todo), desc="answer")
+    stats = generate_in_chunks(engine, requests, chunk_size, save, total=len(todo), desc=answers.name)
     summaries = {}
-    for job in jobs:
+    for job in answers.jobs:
         if job.stage.done:
             summaries[job.label] = {"skipped": True, "dir": str(job.stage.dir)}
             continue
         records = [job.done[item.id] for item in items]
-        write_jsonl(job.path, records)  # a resumed run appended out of order: rewrite in test set order
+        write_jsonl(job.path, records)  # a resumed run appended out of order: rewrite in input order
         counts = {
             "answers": len(records),
-            "empty": sum(not r["answer"] for r in records),
+            "empty": sum(not r.get("answer", r.get("text")) for r in records),
             "too_long": sum(r["finish_reason"] == "too_long" for r in records),
             "hit_max_tokens": sum(r["finish_reason"] == "length" for r in records),
             "completion_tokens": sum(r["completion_tokens"] for r in records),
@@ -217,7 +240,7 @@ def run_answers(
             extra={
                 "label": job.label,
                 "generation": settings,
-                "testset": job.stage.material["testset"],
+                **answers.source,
                 "throughput": {
                     "requests": stats.requests,
                     "seconds": round(stats.seconds, 1),
@@ -228,11 +251,31 @@ def run_answers(
         summaries[job.label] = {"skipped": False, "dir": str(job.stage.dir), **counts}
         if counts["empty"]:
             print(
-                f"[answer] {job.label}: {counts['empty']} of {len(records)} answers are empty "
+                f"[{answers.name}] {job.label}: {counts['empty']} of {len(records)} answers are empty "
                 f"({counts['too_long']} prompts too long for the context)",
                 file=sys.stderr,
             )
     return summaries
+
+
+def answer_all(
+    config: Config, model_path: Path, sets: list[AnswerSet], engine: Engine | None = None
+) -> list[dict[str, dict]]:
+    """Every planned set with one engine, started only when some label of some set still has work;
+    one summary per set, {label: summary}."""
+    if not any(answers.pending for answers in sets):
+        return [{job.label: {"skipped": True, "dir": str(job.stage.dir)} for job in answers.jobs} for answers in sets]
+    own_engine = engine is None
+    if own_engine:
+        from pipeline.engine import make_engine
+
+        adapters = {job.label: job.adapter_path for a in sets for job in a.pending if job.adapter_path}
+        engine = make_engine(config, model_path, adapters=adapters)
+    try:
+        return [run_answers(engine, answers, config, model_path) for answers in sets]
+    finally:
+        if own_engine:
+            engine.close()
 
 
 def answer_testset(
@@ -245,37 +288,12 @@ def answer_testset(
     adapters_only: bool = False,
     engine: Engine | None = None,
 ) -> dict[str, dict]:
-    """Everything `evol answer` does; the engine is started only when some label still has work."""
+    """The test set's answers of one model and its adapters (`evol answer` without prompt sets)."""
     from pipeline.core.paths import testset_path
-    from pipeline.core.testset import load_testset
 
     config.validate("engine", "eval")  # the sections this stage reads (pipeline/config/)
     testset_file = Path(testset_file) if testset_file else testset_path(config.eval.testset)
-    items = load_testset(testset_file, config.eval)
     model_path = Path(model_path)
-    jobs = plan_answers(
-        config,
-        testset_file,
-        items,
-        model_path,
-        Path(out_dir),
-        base_label or model_path.name,
-        adapters or {},
-        adapters_only,
-    )
-    if all(job.stage.done for job in jobs):
-        return {job.label: {"skipped": True, "dir": str(job.stage.dir)} for job in jobs}
-    own_engine = engine is None
-    if own_engine:
-        from pipeline.engine import make_engine
-
-        engine = make_engine(
-            config,
-            model_path,
-            adapters={job.label: job.adapter_path for job in jobs if job.adapter_path and not job.stage.done},
-        )
-    try:
-        return run_answers(engine, jobs, items, config, model_path)
-    finally:
-        if own_engine:
-            engine.close()
+    answers = testset_answers(config, Path(out_dir), testset_file)
+    plan_answers(answers, model_path, base_label or model_path.name, adapters or {}, adapters_only)
+    return answer_all(config, model_path, [answers], engine)[0]

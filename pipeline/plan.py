@@ -122,7 +122,13 @@ class _StepBuilder:
     def answer(self, models: list[tuple[str, str]], after: list[str]) -> Step:
         # Models without adapters answer in one process, one engine after the other: one import of vLLM.
         args = ["answer", *self.common, *[a for m, name in models for a in ("--model", m, "--label", name)]]
-        return Step("answer", ", ".join(name for _, name in models), [*args, "--out", str(self.answers)], after=after)
+        return Step("answer", ", ".join(name for _, name in models), [*args, *self.answer_out], after=after)
+
+    @property
+    def answer_out(self) -> list[str]:
+        """Where answers go; with eval.verify_sets, the same engine also answers the prompt sets checked by code."""
+        verify = ["--verify-out", str(self.run_dir / "verify")] if self.config.eval.verify_sets else []
+        return ["--out", str(self.answers), *verify]
 
     def comparisons(self) -> list[tuple[str, str]]:
         """(answers, baseline) labels: every C<k> against C0, and against the reference answers."""
@@ -140,6 +146,19 @@ class _StepBuilder:
     def analyze(self) -> Step:
         # Complexity and diversity per round (evol analyze): last in both plans, so it never delays a model.
         return Step("analyze", "analysis", ["analyze", *self.common, str(self.run_dir)], after=[self.evolve.title])
+
+    def harness(self, k: int | None, after: list[str]) -> Step:
+        """lm-eval's tasks (eval.harness_tasks) on C<k>'s weights, or on the reference model (k None):
+        the merged or full model, or on a GPU the adapter served on the base through lm-eval."""
+        if k is None:
+            models = ["--model", self.reference_model, "--label", REFERENCE]
+        elif self.served:
+            models = ["--base", self.config.models.base, f"--adapter={label(k)}={self.sft(k) / 'adapter'}"]
+        else:
+            path, name = self.fine_tuned(k)
+            models = ["--model", path, "--label", name]
+        args = ["harness", *self.common, *models, "--out", str(self.run_dir / "harness")]
+        return Step("harness", REFERENCE if k is None else label(k), args, after=after)
 
     def sft(self, k: int) -> Path:
         return self.run_dir / "sft" / label(k)
@@ -171,7 +190,9 @@ def _serial_plan(build: _StepBuilder) -> list[Step]:
     judged = build.comparisons()
     if judged:  # one judge process, one engine start, for every comparison
         steps.append(build.judge(judged, f"{len(judged)} comparisons", [step.title for step in answers]))
-    return [*steps, build.analyze()]
+    # Under accelerate one fine-tune per train step; otherwise the one train step holds them all.
+    train_of = {k: (trains[i] if build.launcher else trains[0]).title for i, k in enumerate(build.rounds)}
+    return [*steps, *_harness_steps(build, train_of), build.analyze()]
 
 
 def _serial_answers(build: _StepBuilder, after: list[str]) -> list[Step]:
@@ -183,7 +204,7 @@ def _serial_answers(build: _StepBuilder, after: list[str]) -> list[Step]:
     if build.served:
         adapters = [f"--adapter={label(k)}={build.sft(k) / 'adapter'}" for k in build.rounds]
         base = ["--label", REFERENCE] if reference_with_base else ["--adapters-only"]
-        args = ["answer", *build.common, "--model", config.models.base, *base, *adapters, "--out", str(build.answers)]
+        args = ["answer", *build.common, "--model", config.models.base, *base, *adapters, *build.answer_out]
         steps.append(Step("answer", "adapters", args, after=after))
     models = [] if build.served else [build.fine_tuned(k) for k in build.rounds]
     if config.run.reference and not reference_with_base:
@@ -206,7 +227,8 @@ def _lanes_plan(build: _StepBuilder, lanes: int) -> list[Step]:
     answers = [build.answer([build.fine_tuned(k)], [train.title]) for k, train in zip(build.rounds, trains)]
     answered = {step.label: step.title for step in [*reference, *answers]}  # model label -> its answer step
     judges = _judges_per_lane(build, lanes, answered)
-    return [build.evolve, *reference, *trains, *answers, *judges, build.analyze()]
+    harness = _harness_steps(build, {k: train.title for k, train in zip(build.rounds, trains)})
+    return [build.evolve, *reference, *trains, *answers, *judges, *harness, build.analyze()]
 
 
 def _judges_per_lane(build: _StepBuilder, lanes: int, answered: dict[str, str]) -> list[Step]:
@@ -224,3 +246,13 @@ def _judges_per_lane(build: _StepBuilder, lanes: int, answered: dict[str, str]) 
         needs = [answered[name] for name in dict.fromkeys(name for pair in mine for name in pair)]
         steps.append(build.judge(mine, ", ".join(f"{a} vs {b}" for a, b in mine), needs))
     return steps
+
+
+def _harness_steps(build: _StepBuilder, train_of: dict[int, str]) -> list[Step]:
+    """One lm-eval step per model when eval.harness_tasks names tasks (none when it is empty): the
+    reference at once, C<k> once its fine-tune (`train_of[k]`, a step title) has written its weights.
+    Placed after the judgments, so the run's own comparisons come first when lanes are scarce."""
+    if not build.config.eval.harness_tasks:
+        return []
+    steps = [build.harness(None, after=[])] if build.config.run.reference else []
+    return steps + [build.harness(k, after=[train_of[k]]) for k in build.rounds]

