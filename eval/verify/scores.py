@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from eval.scores import interval
+from eval.bootstrap import interval, item_draws
 from eval.verify.checkers import Checker, PromptCheck, VerifyPrompt
 from pipeline.core.jsonio import InputError
 
@@ -62,16 +62,12 @@ def check_answers(
     return [checker.check(p, answer_text(by_id[p.key])) for p in prompts]
 
 
-def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-
-
 def _rate(hits: np.ndarray, totals: np.ndarray, resamples: int, seed: int) -> dict:
     """sum(hits) / sum(totals) over prompts, with its bootstrap interval (resampling prompts)."""
     value = float(hits.sum() / totals.sum()) if totals.sum() else None
     ci = None
     if resamples and value is not None:
-        draws = _draws(len(hits), resamples, seed)
+        draws = item_draws(len(hits), resamples, seed)
         with np.errstate(divide="ignore", invalid="ignore"):
             ci = interval(hits[draws].sum(axis=1) / totals[draws].sum(axis=1), 4)
     return {"value": None if value is None else round(value, 4), "ci": ci}
@@ -138,7 +134,7 @@ def difference(first: list[dict], second: list[dict], resamples: int, seed: int)
     if not pairs:
         return None
     out = {"prompts": len(pairs), "resamples": resamples}
-    draws = _draws(len(pairs), resamples, seed) if resamples else None
+    draws = item_draws(len(pairs), resamples, seed) if resamples else None
     for metric, field in (("prompt_strict", "strict"), ("prompt_loose", "loose")):
         before = np.array([all(a[field]) for a, _ in pairs], dtype=float)
         after = np.array([all(b[field]) for _, b in pairs], dtype=float)
