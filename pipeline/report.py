@@ -12,9 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.report.ablation import ablation_rows, plot_ablation, round_differences, survival
+from eval.report.ablation import (
+    ablation_rows,
+    plot_ablation,
+    round_differences,
+    run_strengths,
+    strength_sentence,
+    strength_table,
+    survival,
+)
 from eval.report.analysis import analysis_report_json, analysis_section
-from eval.report.evaluation import Section, build_report, find_judge_dirs, with_ci
+from eval.report.evaluation import Section, build_report, find_judge_dirs, lc_cell, with_ci
 from eval.scores import Aggregation
 from pipeline.config import Config
 from pipeline.core import fmt
@@ -49,7 +57,8 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     rows = ablation_rows(run_dir, config.run.rounds, settings)
     differences = round_differences(run_dir, config.run.rounds, settings)
     survival_rows = survival(run_dir)
-    images = plot_ablation(rows, survival_rows, run_dir / "plots")
+    strengths = run_strengths(run_dir, settings)
+    images = plot_ablation(rows, survival_rows, run_dir / "plots", strengths)
     header = [
         "rounds",
         "train rows",
@@ -61,6 +70,8 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         "capacity vs reference [95% CI]",
         "win rate vs reference [95% CI]",
         "high-difficulty win rate vs reference [95% CI]",
+        "length-controlled win rate vs C0 [95% CI]",
+        "length-controlled win rate vs reference [95% CI]",
     ]
     table = []
     for r in rows:
@@ -77,6 +88,8 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
                 with_ci(ref, "capacity_pct") if ref else fmt.MISSING,
                 with_ci(ref, "win_rate") if ref else fmt.MISSING,
                 with_ci(ref, "high_difficulty_win_rate") if ref else fmt.MISSING,
+                lc_cell(c0["length_controlled"]) if c0 else fmt.MISSING,
+                lc_cell(ref["length_controlled"]) if ref else fmt.MISSING,
             ]
         )
     section = Section(
@@ -90,8 +103,9 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
             f"the number of comparisons, so expect one false alarm in twenty).",
             *_direct_sentences(rows),
             *(d["sentence"] for d in differences),
+            strength_sentence(strengths),
         ],
-        tables=[(header, table)],
+        tables=[(header, table), strength_table(strengths)],
         images=images,
     )
     judge_dirs, _ = find_judge_dirs(run_dir)
@@ -110,6 +124,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
             "run": run_dir.name,
             "ablation": rows,
             "round_differences": differences,
+            "bradley_terry": strengths,
             "survival": survival_rows,
             **analysis_report_json(run_dir),
         }

@@ -116,3 +116,59 @@ def test_report_command_on_a_run_keeps_the_run_stage_ablation(run_dir):
     md = (run_dir / "report.md").read_text()
     assert "Ablation over evolution rounds" in md
     assert re.search(r"^\| 1 \| 2 \| 50\.0% \| - \|", md, re.M)  # rounds, rows, evolved share, no kept rate
+
+
+def test_comparisons_show_the_length_controlled_win_rate_beside_the_raw_one(run_dir):
+    scores = read_json(run_dir / "judge" / "C1__vs__base" / "scores.json")
+    lc = scores["overall"]["length_controlled"]
+    # C1 wins items 1 and 3 and ties item 2; the fixture's answers have no token counts
+    assert lc["n"] == 3 and lc["unit"] == "characters" and lc["raw_win_rate"] == round(2.5 / 3, 4)
+    dirs, out = find_judge_dirs(run_dir)
+    md = build_report(dirs, out)["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| A | B (baseline)"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    at = columns.index("win rate [95% CI]")
+    assert columns[at + 1 : at + 3] == ["win rate, ties half [95% CI]", "length-controlled win rate [95% CI]"]
+    row = next(line for line in md.splitlines() if line.startswith("| C1 | base |"))
+    assert row.split("|")[1 + at + 1].strip().startswith("83.3% [")
+    line = next(line for line in md.splitlines() if line.startswith("Length control, C1 vs base:"))
+    assert "differ from B's by -1.0 characters on average (A minus B; the answers carry no token counts)" in line
+    assert re.search(r"length explains [+-]\d+\.\d points \[95% CI [-\d.]+, [-\d.]+\] of the win rate", line)
+    assert re.search(r"\(ties half\): 83\.3% \[[\d.]+, [\d.]+\] raw, \d+\.\d% \[[\d.]+, [\d.]+\] at equal", line)
+
+
+def test_run_report_ranks_every_model_and_plots_strength_and_lc_per_round(run_dir):
+    from eval.report.ablation import ablation_rows, plot_ablation, round_panels, run_strengths
+    from eval.report.plots import RoundPanel, RoundSeries
+    from eval.scores import Aggregation
+    from pipeline.config import load_config, to_yaml
+
+    (run_dir / "config.yaml").write_text(to_yaml(load_config(None, ["run.rounds=[1,2]"])))
+    result = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    bt = read_json(run_dir / "report.json")["bradley_terry"]
+    assert bt["fixed"] == "base" and bt["items"] == 3 and bt["verdicts"] == 6
+    models = bt["models"]
+    assert models["base"]["strength"] == 0.0 and models["C1"]["strength"] > 0 > models["C2"]["strength"]
+    md = (run_dir / "report.md").read_text()
+    assert re.search(
+        r"^\| base \(fixed\) \| \+0\.00 \[\+0\.00, \+0\.00\] \| 50\.0% \[50\.0, 50\.0\] \| 6 \|$", md, re.M
+    )
+    assert re.search(r"^\| C1 \| \+\d\.\d\d \[", md, re.M) and "Bradley-Terry strengths: one ranking" in md
+
+    settings = Aggregation(resamples=50, seed=1)
+    rows = ablation_rows(run_dir, [1, 2], settings)
+    strengths = run_strengths(run_dir, settings)
+    panels = round_panels(rows, strengths)
+    assert [p.title.split(" (")[0].split(",")[0] for p in panels] == [
+        "Capacity",
+        "Win rate",
+        "Length-controlled win rate",
+        "Bradley-Terry strength",
+    ]
+    assert set(panels[3].series[0].points) == {1, 2}
+    assert panels[3].series[0].points[1][0] == strengths["models"]["C1"]["strength"]
+    # one more measure is one more panel, not a rewrite
+    extra = RoundPanel("Verified accuracy", "%", [RoundSeries("strict", {1: (40.0, [30.0, 50.0])})], limits=(0, 100))
+    (path, _), *_ = plot_ablation(rows, [], run_dir / "plots", strengths, extra_panels=[extra])
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -4,19 +4,24 @@
 
 A row of report.json["ablation"]: round count k, training rows of C<k>, evolved share, kept rate of
 round k, and against C0 and against the reference (the evolver's own answers): win/tie/lose,
-win rate, capacity (% of the baseline's summed scores), high-difficulty win rate, each rate with
-its 95% interval. `round_differences` compares every two round counts judged against the same
-baseline, paired over their common items, and says in words whether the difference is significant.
-Everything is read from files on disk, so the report can be rebuilt at any time.
+win rate, capacity (% of the baseline's summed scores), high-difficulty win rate, and the
+length-controlled win rate (eval/length_control.py), each with its 95% interval. `round_differences`
+compares every two round counts judged against the same baseline, paired over their common items,
+and says in words whether the difference is significant. `run_strengths` ranks every model of the
+run by Bradley-Terry strength over all its comparisons (eval/ranking.py). Everything is read from
+files on disk, so the report can be rebuilt at any time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from eval.report.evaluation import counted, load_scores
-from eval.report.plots import error_bars
+from eval.ranking import bradley_terry
+from eval.report.evaluation import counted, load_scores, with_ci
+from eval.report.plots import RoundPanel, RoundSeries, plot_over_rounds
 from eval.scores import Aggregation, paired_difference
+from pipeline.config.eval import EvalConfig
+from pipeline.core import fmt
 from pipeline.core.jsonio import read_json, read_jsonl
 from pipeline.core.paths import REFERENCE
 from pipeline.core.seeds import derive_seed
@@ -28,6 +33,7 @@ def _comparison(run_dir: Path, a: str, b: str, settings: Aggregation) -> dict | 
         return None
     scores = load_scores(judge_dir, settings)
     overall, high = scores["overall"], scores.get("high_difficulty", {})
+    lc = overall.get("length_controlled") or {}
     return {
         "n": overall["n"],
         "win": overall["win"],
@@ -43,6 +49,7 @@ def _comparison(run_dir: Path, a: str, b: str, settings: Aggregation) -> dict | 
         "high_difficulty_win_rate_ci": high.get("win_rate_ci"),
         "high_difficulty_n": high.get("n", 0),
         "judge_failures": scores.get("judge_failures", {}).get("orders_unparsed"),
+        "length_controlled": lc,
     }
 
 
@@ -136,48 +143,102 @@ def survival(run_dir: Path) -> list[dict]:
     ]
 
 
-def plot_ablation(rows: list[dict], survival_rows: list[dict], plots: Path) -> list[tuple[Path, str]]:
+def run_strengths(run_dir: Path, settings: Aggregation) -> dict:
+    """Bradley-Terry strengths from every comparison under <run>/judge/, counted as `settings` say;
+    the draws follow settings (else the comparisons' recorded bootstrap), seeded from the run seed."""
+    comparisons, recorded = [], {}
+    for judge_dir in sorted(p.parent for p in (run_dir / "judge").glob("*/scores.json")):
+        scores, judgments = counted(judge_dir, settings)
+        comparisons.append((scores["a"], scores["b"], judgments))
+        recorded = recorded or scores.get("bootstrap") or {}
+    resamples = settings.resamples
+    if resamples is None:
+        resamples = recorded.get("resamples", EvalConfig.bootstrap_resamples)
+    seed = settings.seed if settings.seed is not None else recorded.get("seed", 0)
+    return bradley_terry(comparisons, resamples, derive_seed(seed, "bradley_terry", "bootstrap"))
+
+
+def _percent(value: float | None, ci: list[float] | None) -> tuple[float, list[float] | None] | None:
+    return None if value is None else (100 * value, [100 * v for v in ci] if ci else None)
+
+
+def round_panels(rows: list[dict], strengths: dict | None) -> list[RoundPanel]:
+    """The charts over round counts: capacity, win rate, length-controlled win rate, BT strength."""
+    baselines = (("vs_C0", "vs C0"), ("vs_reference", "vs reference"))
+
+    def series(pick) -> list[RoundSeries]:
+        out = []
+        for key, name in baselines:
+            points = {r["rounds"]: pick(r[key]) for r in rows if r[key] and r[key]["n"]}
+            out.append(RoundSeries(name, {k: p for k, p in points.items() if p is not None}))
+        return out
+
+    def lc(c: dict):
+        block = c.get("length_controlled") or {}
+        return _percent(block.get("lc_win_rate"), block.get("lc_win_rate_ci"))
+
+    panels = [
+        # capacity: 100 (parity) is always on the axis and the axis spans at least 50 points, so a
+        # two-point difference looks like two points, not like a cliff
+        RoundPanel(
+            "Capacity (% of baseline score), 95% CI",
+            "capacity %",
+            series(lambda c: (c["capacity_pct"], c.get("capacity_pct_ci")) if c["capacity_pct"] is not None else None),
+            guide=100,
+            min_span=50,
+            floor=0,
+        ),
+        RoundPanel(
+            "Win rate, 95% CI",
+            "win rate %",
+            series(lambda c: _percent(c["win_rate"] or 0, c.get("win_rate_ci"))),
+            limits=(0, 100),
+        ),
+        RoundPanel(
+            "Length-controlled win rate (ties half), 95% CI",
+            "win rate % at equal length",
+            series(lc),
+            guide=50,
+            limits=(0, 100),
+        ),
+    ]
+    models = (strengths or {}).get("models", {})
+    fixed = (strengths or {}).get("fixed")
+    points = {}
+    for r in rows:
+        model = models.get(r["label"]) or {}
+        if model.get("strength") is not None:
+            points[r["rounds"]] = (model["strength"], model.get("strength_ci"))
+    panels.append(
+        RoundPanel(
+            f"Bradley-Terry strength ({fixed} = 0), 95% CI",
+            "strength (logit)",
+            [RoundSeries("all judged pairs", points)],
+            guide=0,
+            min_span=2.0,  # +-1 logit around the fixed model: 27% to 73% expected share
+            empty="no strength (see the report)",
+        )
+    )
+    return panels
+
+
+def plot_ablation(
+    rows: list[dict],
+    survival_rows: list[dict],
+    plots: Path,
+    strengths: dict | None = None,
+    extra_panels: list[RoundPanel] | None = None,
+) -> list[tuple[Path, str]]:
+    """The figure over round counts (round_panels, then `extra_panels`) and the survival bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plots.mkdir(parents=True, exist_ok=True)
-    images = []
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    low, high = 100.0, 100.0
-    for shift, (key, name) in ((-0.04, ("vs_C0", "vs C0")), (0.04, ("vs_reference", "vs reference"))):
-        points = [(r["rounds"], r[key]) for r in rows if r[key] and r[key]["n"]]
-        if not points:
-            continue
-        xs = [k + shift for k, _ in points]  # side by side, so overlapping error bars stay readable
-        capacity = [c["capacity_pct"] for _, c in points]
-        cap_err = error_bars(capacity, [c.get("capacity_pct_ci") for _, c in points])
-        left.errorbar(xs, capacity, yerr=cap_err, marker="o", capsize=4, label=name)
-        win = [100 * (c["win_rate"] or 0) for _, c in points]
-        win_ci = [[100 * v for v in c["win_rate_ci"]] if c.get("win_rate_ci") else None for _, c in points]
-        right.errorbar(xs, win, yerr=error_bars(win, win_ci), marker="o", capsize=4, label=name)
-        ends = [v for c in capacity for v in (c, c)] + [v for _, c in points for v in (c.get("capacity_pct_ci") or [])]
-        low, high = min(low, *ends), max(high, *ends)
-    # Capacity: 100 (parity) is always on the axis and the axis spans at least 50 points, so a
-    # two-point difference looks like two points, not like a cliff.
-    span = max(50.0, high - low + 10)
-    centre = (low + high) / 2
-    left.set_ylim(max(0.0, centre - span / 2), max(0.0, centre - span / 2) + span)
-    left.axhline(100, color="black", linewidth=0.6, linestyle="--")
-    right.set_ylim(0, 100)
-    left.set(title="Capacity (% of baseline score), 95% CI", xlabel="evolution rounds", ylabel="capacity %")
-    right.set(title="Win rate, 95% CI", xlabel="evolution rounds", ylabel="win rate %")
-    for axis in (left, right):
-        axis.set_xticks(sorted(r["rounds"] for r in rows))
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
-    fig.tight_layout()
-    path = plots / "ablation_rounds.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    images.append((path, "Capacity and win rate against the number of evolution rounds"))
+    panels = round_panels(rows, strengths) + (extra_panels or [])
+    path = plot_over_rounds(panels, [r["rounds"] for r in rows], plots / "ablation_rounds.png")
+    images = [(path, "Against the number of evolution rounds: " + "; ".join(p.title for p in panels))]
 
     if survival_rows:
         fig, axis = plt.subplots(figsize=(7, 4))
@@ -198,3 +259,38 @@ def plot_ablation(rows: list[dict], survival_rows: list[dict], plots: Path) -> l
         plt.close(fig)
         images.append((path, "Evolution attempts per round: kept, and eliminated by each rule"))
     return images
+
+
+def _order(label: str, fixed: str | None) -> tuple:
+    rounds = label[1:] if label.startswith("C") and label[1:].isdigit() else None
+    return (label != fixed, rounds is None, int(rounds) if rounds else 0, label)
+
+
+def strength_table(strengths: dict) -> tuple[list[str], list[list]]:
+    """(header, rows) of the Bradley-Terry strengths: the fixed model first, then C0..CM."""
+    fixed = strengths.get("fixed")
+    header = ["model", "BT strength (logit) [95% CI]", f"implied win rate vs {fixed} [95% CI]", "verdicts"]
+    rows = []
+    for label in sorted(strengths.get("models", {}), key=lambda name: _order(name, fixed)):
+        m = strengths["models"][label]
+        ci = m.get("strength_ci")
+        strength = fmt.num(m["strength"], spec="+.2f")
+        if ci and m["strength"] is not None:
+            strength += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        rows.append(
+            [label + (" (fixed)" if label == fixed else ""), strength, with_ci(m, "win_rate_vs_fixed"), m["verdicts"]]
+        )
+    return header, rows
+
+
+def strength_sentence(strengths: dict) -> str:
+    """What the strengths are and what they rest on, and which models have none."""
+    if not strengths.get("models"):
+        return "Bradley-Terry strengths: no judged comparison."
+    text = (
+        f"Bradley-Terry strengths: one ranking from all {strengths['verdicts']} judged verdicts of the run "
+        f"({strengths['items']} test items; ties count half a win to each side), {strengths['fixed']} fixed at 0; "
+        f"a strength of s means an expected share of sigmoid(s) against {strengths['fixed']}. Intervals: "
+        f"{strengths['resamples']} bootstrap draws of test items, each item with its verdicts in every comparison."
+    )
+    return text + (f" {strengths['note']}" if strengths.get("note") else "")

@@ -62,6 +62,41 @@ def with_ci(block: dict, key: str) -> str:
     return f"{text} [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if ci else text
 
 
+def _lc(scores: dict) -> dict:
+    return scores["overall"].get("length_controlled") or {}
+
+
+def lc_cell(lc: dict, key: str = "lc_win_rate") -> str:
+    """The length-controlled (or ties-half raw) win rate with its interval; marked when not fitted."""
+    text = with_ci(lc, key)
+    unfitted = key == "lc_win_rate" and lc.get(key) is not None and not lc["fitted"]
+    return f"{text} (length not fitted)" if unfitted else text
+
+
+def length_line(s: dict) -> str:
+    """How many points of A's win rate the length difference explains, or why that is not known."""
+    lc, name = _lc(s), _name(s)
+    if lc.get("raw_win_rate") is None:
+        reason = lc.get("note") or "scores.json predates it and the answers could not be read"
+        return f"Length control, {name}: not available ({reason})."
+    why = "; the answers carry no token counts" if lc["unit"] == "characters" else ""
+    head = (
+        f"Length control, {name}: A's answers differ from B's by {_num(lc['mean_length_difference'], spec='+.1f')} "
+        f"{lc['unit']} on average (A minus B{why})"
+    )
+    if not lc["fitted"]:
+        return (
+            f"{head}; the length term could not be fitted ({lc['note']}), so the length-controlled win rate "
+            f"is the raw one (ties half), {with_ci(lc, 'raw_win_rate')}."
+        )
+    ci = lc.get("explained_points_ci")
+    bracket = f" [95% CI {ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
+    return (
+        f"{head}; length explains {_num(lc['explained_points'], spec='+.1f')} points{bracket} of the win rate "
+        f"(ties half): {with_ci(lc, 'raw_win_rate')} raw, {with_ci(lc, 'lc_win_rate')} at equal length."
+    )
+
+
 def _name(scores: dict) -> str:
     return f"{scores['a']} vs {scores['b']}"
 
@@ -79,6 +114,8 @@ def _summary_rows(comparisons: list[dict]) -> list[list]:
                 o["tie"],
                 o["lose"],
                 with_ci(o, "win_rate"),
+                lc_cell(_lc(s), "raw_win_rate"),
+                lc_cell(_lc(s)),
                 with_ci(o, "tie_rate"),
                 with_ci(o, "capacity_pct"),
                 with_ci(h, "capacity_pct"),
@@ -97,6 +134,8 @@ SUMMARY_HEADER = [
     "tie",
     "lose",
     "win rate [95% CI]",
+    "win rate, ties half [95% CI]",
+    "length-controlled win rate [95% CI]",
     "tie rate [95% CI]",
     "capacity [95% CI]",
     "capacity (high diff.) [95% CI]",
@@ -128,7 +167,7 @@ def _headline(s: dict) -> str:
 
 def _comparison_section(s: dict, judge_dir: Path, plots_dir: Path, slug: str) -> Section:
     section = Section(f"{_name(s)}")
-    section.paragraphs.append(_headline(s))
+    section.paragraphs += [_headline(s), length_line(s)]
     skills = sorted(s["per_skill"].items(), key=lambda kv: (kv[1]["capacity_pct"] is None, kv[1]["capacity_pct"] or 0))
     section.tables.append(
         (
@@ -188,11 +227,22 @@ def build_report(
     scores = [s for _, s in comparisons]
     overview = Section("Summary")
     overview.paragraphs += [_headline(s) for s in scores]
+    # the summary keeps the length lines that say something; the others are named once
+    overview.paragraphs += [length_line(s) for s in scores if _lc(s).get("fitted")]
+    unfitted = [_name(s) for s in scores if not _lc(s).get("fitted")]
+    if unfitted:
+        overview.paragraphs.append(
+            f"Length term not fitted for {', '.join(unfitted)}: their length-controlled win rate is the raw "
+            f"one, and each comparison's section says why."
+        )
     overview.paragraphs.append(
         "Capacity = sum of A's judge scores / sum of B's x 100. Each pair is judged in both "
         "orders at temperature 0; a verdict that changes with the order counts as a tie. Brackets hold the "
         "95% interval from a bootstrap over test items (each item drawn with its verdict from both orders): "
-        "on a few items they are wide, and two numbers whose intervals overlap may well be equal."
+        "on a few items they are wide, and two numbers whose intervals overlap may well be equal. "
+        "Length-controlled win rate (AlpacaEval 2's method, eval/length_control.py): a logistic model of each "
+        "item's verdict (win 1, tie 0.5, lose 0) on tanh of the answer-length difference over its standard "
+        "deviation, read at zero difference, and refitted on every bootstrap draw."
     )
     overview.tables.append((SUMMARY_HEADER, _summary_rows(scores)))
     overview.images.append(

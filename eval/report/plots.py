@@ -4,10 +4,18 @@
 
 Each function takes plain numbers from scores.json and writes one PNG; none reads files itself,
 so the lead's ablation curve and any later chart can sit beside these with the same style.
+
+The ablation figure over round counts is `plot_over_rounds`: one `RoundPanel` per chart, each with
+`RoundSeries` lines (a value and its interval per round count), so a new measure is one more panel:
+
+    plot_over_rounds([RoundPanel("Verified accuracy", "% of prompts", [RoundSeries("IFEval strict", {0: (31.0,
+        [24.0, 38.5]), 1: (35.5, None)})], limits=(0, 100))], [0, 1], Path("plots/ablation_rounds.png"))
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -131,4 +139,71 @@ def plot_win_rate_by_difficulty(comparisons: list[tuple[str, dict]], path: Path)
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no judged pairs", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+@dataclass
+class RoundSeries:
+    """One line of a panel: its legend name and, per round count, (value, [low, high] or None)."""
+
+    name: str
+    points: dict[int, tuple[float, list[float] | None]]
+
+
+@dataclass
+class RoundPanel:
+    """One chart of the figure over round counts. The y axis is `limits` when given; else it spans the
+    values, their intervals and `guide` (a dashed line: parity, an even split, the fixed model) and at
+    least `min_span`, so a small difference is drawn small, never stretched to fill the axis."""
+
+    title: str
+    ylabel: str
+    series: list[RoundSeries] = field(default_factory=list)
+    guide: float | None = None
+    limits: tuple[float, float] | None = None
+    min_span: float = 0.0
+    floor: float | None = None  # the axis never goes below this (capacity cannot be negative)
+    empty: str = "nothing to show"
+
+
+def _axis_range(panel: RoundPanel) -> tuple[float, float]:
+    if panel.limits:
+        return panel.limits
+    ends = [v for s in panel.series for value, ci in s.points.values() for v in (value, *(ci or []))]
+    ends += [panel.guide] if panel.guide is not None else []
+    low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)
+    span = max(panel.min_span, (high - low) * 1.2)
+    bottom = (low + high) / 2 - span / 2
+    if panel.floor is not None:
+        bottom = max(panel.floor, bottom)
+    return bottom, bottom + span
+
+
+def plot_over_rounds(panels: list[RoundPanel], rounds: list[int], path: Path) -> Path:
+    """The panels side by side (two columns up to four panels, then three), x = evolution rounds; the
+    series of a panel sit slightly apart so their error bars stay readable."""
+    columns = min(len(panels), 2 if len(panels) <= 4 else 3)
+    lines = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(5 * columns, 3.8 * lines), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, panel in zip(axes.flat, panels):
+        shown = [s for s in panel.series if s.points]
+        for k, series in enumerate(shown):
+            shift = (k - (len(shown) - 1) / 2) * 0.06
+            ks = sorted(series.points)
+            values = [series.points[r][0] for r in ks]
+            bars = error_bars(values, [series.points[r][1] for r in ks])
+            axis.errorbar([r + shift for r in ks], values, yerr=bars, marker="o", capsize=4, label=series.name)
+        if panel.guide is not None:
+            axis.axhline(panel.guide, color="black", linewidth=0.6, linestyle="--")
+        if not shown:
+            axis.text(0.5, 0.5, panel.empty, ha="center", va="center", transform=axis.transAxes, fontsize=8)
+        axis.set_ylim(*_axis_range(panel))
+        axis.set(title=panel.title, xlabel="evolution rounds", ylabel=panel.ylabel)
+        axis.title.set_fontsize(10)
+        axis.set_xticks(sorted(rounds))
+        axis.grid(alpha=0.3)
+        if shown:
+            axis.legend(fontsize=8)
     return _save(fig, path)
