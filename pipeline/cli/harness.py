@@ -1,0 +1,78 @@
+"""The `evol harness` command (registered by pipeline/cli/__init__.py); the stage is eval/harness/.
+
+    evol harness --model smollm2-135m --label reference --model runs/tiny/sft/C1/merged --label C1 \\
+        --out runs/tiny/harness --set eval.harness_tasks=[evol_arith] \\
+        --set eval.harness_include=tests/fixtures/harness --set eval.harness_limit=4
+    evol harness --adapter C1=runs/tiny/sft/C1/adapter --out runs/tiny/harness --set eval.harness_tasks=[gsm8k]
+
+Runs the lm-eval tasks of `eval.harness_tasks` on each model, one engine after the other in this
+process, and writes `<out>/<label>/results.json` and per-sample logs. Every task name, the include
+folder, the datasets cache, each model and adapter are checked before a model loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import config_options, friendly_errors, lock_output
+from pipeline.config import load_config
+
+
+@click.command("harness")
+@click.option(
+    "--model",
+    "model_names",
+    multiple=True,
+    help="A model: a local directory or a prepared name. Repeat it, each with its --label.",
+)
+@click.option("--label", "labels", multiple=True, help="Label (output subdirectory) of each --model, in order.")
+@click.option(
+    "--adapter",
+    "adapter_specs",
+    multiple=True,
+    metavar="LABEL=PATH",
+    help="A PEFT LoRA adapter, served on --base through lm-eval's lora_local_path (repeatable).",
+)
+@click.option("--base", "base_name", default=None, help="The base model of the adapters (default: models.base).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory that receives <label>/results.json for every label.",
+)
+@config_options
+@friendly_errors
+def harness(model_names, labels, adapter_specs, base_name, out_dir, config_path, overrides) -> None:
+    """Standard benchmarks (lm-evaluation-harness tasks, eval.harness_tasks) on each model, offline."""
+    from eval.answer import check_label, parse_adapters
+    from eval.harness import HarnessModel, run_harness
+    from pipeline.core.models import resolve_model
+
+    if len(labels) != len(model_names):
+        raise click.UsageError(f"{len(model_names)} --model options need as many --label options, one each.")
+    if not model_names and not adapter_specs:
+        raise click.UsageError("Give at least one --model PATH --label NAME or --adapter LABEL=PATH.")
+    config = load_config(config_path, overrides)
+    config.validate("engine", "eval")
+    adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
+    names = [check_label(label, "--label") for label in labels] + list(adapters)
+    if len(set(names)) < len(names):
+        raise click.UsageError(f"Each label must be different: {', '.join(names)}.")
+    models = [HarnessModel(label, resolve_model(name, config.models.dir)) for name, label in zip(model_names, labels)]
+    if adapters:
+        base = resolve_model(base_name or config.models.base, config.models.dir)
+        models += [HarnessModel(label, base, path) for label, path in adapters.items()]
+    for name in names:  # one writer per label directory
+        lock_output(Path(out_dir) / name)
+    for label, summary in run_harness(config, models, Path(out_dir)).items():
+        if summary["skipped"]:
+            click.echo(f"{label}: already evaluated, {summary['dir']}")
+        else:
+            counts = ", ".join(f"{task} {n}" for task, n in summary["samples"].items())
+            click.echo(f"{label}: {counts} items in {summary['dir']}")
+
+
+COMMANDS = [harness]
