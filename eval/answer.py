@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.models import content_hash
 from pipeline.core.seeds import derive_seed
 from pipeline.core.testset import TestItem
-from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.engine import ChatRequest, ChatResult, ChunkStats, Engine, generate_in_chunks
 
 ANSWERS_FILE = "answers.jsonl"
 # Labels become directory names and `A__vs__B` judge names: keep them plain.
@@ -176,32 +176,38 @@ def answer_messages(item: TestItem, system_prompt: str) -> list[dict]:
     return messages + [{"role": "user", "content": item.instruction}]
 
 
-def run_answers(engine: Engine, answers: AnswerSet, config: Config, model_path: Path) -> dict[str, dict]:
-    """Answer everything the jobs still miss in mixed chunks, then close each finished label."""
-    settings, items = answers.settings, answers.items
-    by_id = {item.id: item for item in items}
-    todo = [(job, item) for job in answers.pending for item in items if item.id not in job.done]
-    requests = (
-        ChatRequest(
-            id=f"{job.label}\x1f{item.id}",
-            messages=answer_messages(item, settings["system_prompt"]),
-            max_tokens=settings["max_tokens"],
-            temperature=settings["temperature"],
-            top_p=settings["top_p"],
-            seed=derive_seed(config.run.seed, item.id, "answer"),
-            adapter=job.adapter,
-        )
-        for job, item in todo
-    )
-    job_of = {job.label: job for job in answers.jobs}
+def _requests(answers: AnswerSet, index: int, config: Config) -> Iterator[ChatRequest]:
+    """What the set's jobs still miss; ids "<set index>\x1f<label>\x1f<item id>"."""
+    settings = answers.settings
+    for job in answers.pending:
+        for item in answers.items:
+            if item.id in job.done:
+                continue
+            yield ChatRequest(
+                id=f"{index}\x1f{job.label}\x1f{item.id}",
+                messages=answer_messages(item, settings["system_prompt"]),
+                max_tokens=settings["max_tokens"],
+                temperature=settings["temperature"],
+                top_p=settings["top_p"],
+                seed=derive_seed(config.run.seed, item.id, "answer"),
+                adapter=job.adapter,
+            )
+
+
+def run_answers(engine: Engine, sets: list[AnswerSet], config: Config, model_path: Path) -> list[dict[str, dict]]:
+    """Answer everything the sets' jobs still miss in one stream of mixed chunks (the sets share
+    batches), then close each finished label of each set."""
+    by_id = [{item.id: item for item in answers.items} for answers in sets]
+    job_of = [{job.label: job for job in answers.jobs} for answers in sets]
 
     def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
-        grouped: dict[str, list[dict]] = {}
+        grouped: dict[tuple[int, str], list[dict]] = {}
         for request, result in zip(chunk, results):
-            label, _, item_id = request.id.partition("\x1f")
-            job = job_of[label]
+            index, label, item_id = request.id.split("\x1f", 2)
+            index = int(index)
+            job = job_of[index][label]
             record = {
-                **answers.record(by_id[item_id], result.text.strip()),
+                **sets[index].record(by_id[index][item_id], result.text.strip()),
                 "label": label,
                 "finish_reason": result.finish_reason,
                 "prompt_tokens": result.prompt_tokens,
@@ -210,19 +216,27 @@ def run_answers(engine: Engine, answers: AnswerSet, config: Config, model_path: 
                 "adapter": str(job.adapter_path) if job.adapter_path else None,
                 "seed": request.seed,
             }
-            grouped.setdefault(label, []).append(record)
+            grouped.setdefault((index, label), []).append(record)
             job.done[item_id] = record
-        for label, records in grouped.items():
-            append_jsonl(job_of[label].path, records)
+        for (index, label), records in grouped.items():
+            append_jsonl(job_of[index][label].path, records)
 
+    total = sum(len(answers.items) - len(job.done) for answers in sets for job in answers.pending)
+    requests = (request for index, answers in enumerate(sets) for request in _requests(answers, index, config))
     chunk_size = config.eval.chunk_size or config.engine.chunk_size
-    stats = generate_in_chunks(engine, requests, chunk_size, save, total=len(todo), desc=answers.name)
+    desc = "+".join(answers.name for answers in sets if answers.pending)
+    stats = generate_in_chunks(engine, requests, chunk_size, save, total=total, desc=desc)
+    return [_finish(answers, config, model_path, stats) for answers in sets]
+
+
+def _finish(answers: AnswerSet, config: Config, model_path: Path, stats: ChunkStats) -> dict[str, dict]:
+    """Each label's answers in input order and its manifest; a summary per label."""
     summaries = {}
     for job in answers.jobs:
         if job.stage.done:
             summaries[job.label] = {"skipped": True, "dir": str(job.stage.dir)}
             continue
-        records = [job.done[item.id] for item in items]
+        records = [job.done[item.id] for item in answers.items]
         write_jsonl(job.path, records)  # a resumed run appended out of order: rewrite in input order
         counts = {
             "answers": len(records),
@@ -239,8 +253,9 @@ def run_answers(engine: Engine, answers: AnswerSet, config: Config, model_path: 
             seeds={"run": config.run.seed},
             extra={
                 "label": job.label,
-                "generation": settings,
+                "generation": answers.settings,
                 **answers.source,
+                # the engine call that answered every set of this model at once
                 "throughput": {
                     "requests": stats.requests,
                     "seconds": round(stats.seconds, 1),
@@ -272,7 +287,7 @@ def answer_all(
         adapters = {job.label: job.adapter_path for a in sets for job in a.pending if job.adapter_path}
         engine = make_engine(config, model_path, adapters=adapters)
     try:
-        return [run_answers(engine, answers, config, model_path) for answers in sets]
+        return run_answers(engine, sets, config, model_path)
     finally:
         if own_engine:
             engine.close()

@@ -144,6 +144,7 @@ def test_prompt_sets_are_answered_through_the_answer_path_then_checked(tmp_path)
         plan_answers(v.answers, model, "C1", {})
     summaries = answer_all(config, model, [v.answers for v in sets], engine)
     assert [s["C1"]["answers"] for s in summaries] == [4, 4]
+    assert len(engine.batches) == 1  # both sets in one batch: no set waits for the other's tail
     assert all(r.max_tokens == 64 and r.temperature == 0.0 for r in engine.requests_seen)
     results = [write_checks(config, v)["C1"] for v in sets]
     rows = read_jsonl(out / "ifeval" / "C1" / "answers.jsonl")
