@@ -24,6 +24,7 @@ from eval.report.ablation import (
 from eval.report.analysis import analysis_report_json, analysis_section
 from eval.report.evaluation import Section, build_report, find_judge_dirs, lc_cell, with_ci
 from eval.report.harness import harness_report_json, harness_section
+from eval.report.verify import verify_report_json, verify_section
 from eval.scores import Aggregation
 from pipeline.config import Config
 from pipeline.core import fmt
@@ -112,10 +113,11 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     judge_dirs, _ = find_judge_dirs(run_dir)
     analysis = analysis_section(run_dir)
     harness = harness_section(run_dir)  # lm-eval tasks (eval.harness_tasks); None when off
+    verified = verify_section(run_dir, config)  # eval.verify_sets; None when off
     build_report(
         judge_dirs,
         run_dir,
-        extra_sections=[section, *(s for s in (analysis, harness) if s)],
+        extra_sections=[section, *(s for s in (verified, analysis, harness) if s)],
         settings=settings,
     )
     # eval's report.json describes the comparisons; the run adds its ablation and survival rows.
@@ -130,6 +132,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
             "survival": survival_rows,
             **analysis_report_json(run_dir),
             **harness_report_json(run_dir),
+            **verify_report_json(run_dir, config),
         }
     )
     write_json(report_json, report)

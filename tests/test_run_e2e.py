@@ -59,6 +59,8 @@ def overrides(tmp_path, models_dir):
         "eval.limit": 0,
         "eval.answer_max_tokens": 24,
         "eval.judge_max_tokens": 40,
+        "eval.verify_limit": 2,
+        "eval.verify_max_tokens": 24,
     }
     return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
 
@@ -112,6 +114,11 @@ def test_run_is_interrupted_between_stages_then_resumes_and_reports(tmp_path, ti
     assert rows[1]["vs_C0"]["n"] == 3 and rows[0]["vs_C0"] is None  # constrained judge: every pair readable
     assert all(rows[k]["vs_reference"] is not None for k in rows)
     assert (run / "judge" / "C1__vs__C0" / "scores.json").is_file()
+    for prompt_set in ("ifeval", "ifbench"):  # every model's answers to the prompt sets, checked by code
+        assert sorted(report["verified"][prompt_set]) == ["C0", "C1", "reference"]
+        assert all(r["scored"] + r["unscorable"] == 2 for r in report["verified"][prompt_set].values())
+    assert {d["set"] for d in report["verified_differences"]} == {"ifeval", "ifbench"}
+    assert "## Verified instruction following" in (run / "report.md").read_text()
     manifest = read_json(run / "manifest.json")
     assert manifest["stages"]["evolve"]["status"] == "done" and manifest["config"]["run"]["rounds"] == [0, 1]
     stages = {"evolve", "sft/C0", "sft/C1", "answers/C0", "answers/C1", "judge/C1__vs__C0", "analysis"}

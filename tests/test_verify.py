@@ -185,3 +185,33 @@ def test_evol_verify_scores_answers_made_elsewhere(tmp_path):
     bad = CliRunner().invoke(main, ["verify", "--prompts", "ifbench", "--answers", str(answers)])
     assert bad.exit_code != 0 and "no answer for 294 of the 294 prompts" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_the_report_section_compares_round_counts_on_the_same_prompts(tmp_path):
+    from eval.report.verify import verify_report_json, verify_section
+
+    config = Config()
+    config.run.rounds = [0, 1]
+    config.eval.verify_sets = ["ifeval"]
+    config.eval.bootstrap_resamples = 200
+    model = tmp_path / "model"
+    model.mkdir()
+    run = tmp_path / "run"
+    replies = {"C0": "Sure, here it is.", "C1": "here it is and no commas"}  # C1 follows lowercase and no comma
+    for name, reply in replies.items():
+        (v,) = verify_sets(config, run / "verify")
+        plan_answers(v.answers, model, name, {})
+        answer_all(config, model, [v.answers], FakeEngine(reply))
+        write_checks(config, v)
+    section = verify_section(run, config)
+    (header, rows), (type_header, type_rows) = section.tables
+    assert [row[0] for row in rows] == ["C0", "C1"] and rows[0][-1] == 26
+    assert type_header[2:] == ["C0 strict", "C1 strict"]
+    comma = next(row for row in type_rows if row[0] == "punctuation:no_comma")
+    assert comma[1] == 2 and comma[2].startswith("0.0%") and comma[3].startswith("100.0%")
+    line = next(p for p in section.paragraphs if "C1 minus C0" in p)
+    assert "on 26 prompts" in line and "strict +" in line
+    numbers = verify_report_json(run, config)
+    (diff,) = numbers["verified_differences"]
+    assert diff["prompt_strict"]["difference"] > 0 and (diff["a"], diff["b"]) == ("C0", "C1")
+    assert verify_section(tmp_path / "empty", config) is None
