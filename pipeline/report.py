@@ -24,7 +24,7 @@ from eval.report.ablation import (
 from eval.report.analysis import analysis_report_json, analysis_section
 from eval.report.evaluation import Section, build_report, find_judge_dirs, lc_cell, with_ci
 from eval.report.harness import harness_report_json, harness_section
-from eval.report.verify import verify_report_json, verify_section
+from eval.report.verify import verify_panel, verify_report_json, verify_section
 from eval.scores import Aggregation
 from pipeline.config import Config
 from pipeline.core import fmt
@@ -60,7 +60,10 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     differences = round_differences(run_dir, config.run.rounds, settings)
     survival_rows = survival(run_dir)
     strengths = run_strengths(run_dir, settings)
-    images = plot_ablation(rows, survival_rows, run_dir / "plots", strengths)
+    verified_panel = verify_panel(run_dir)
+    images = plot_ablation(
+        rows, survival_rows, run_dir / "plots", strengths, [verified_panel] if verified_panel else []
+    )
     header = [
         "rounds",
         "train rows",

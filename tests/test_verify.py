@@ -102,7 +102,9 @@ def test_a_checker_that_needs_missing_data_makes_its_prompts_unscorable_not_fail
     others = [p for p in prompts if p not in start_verb][:4]
     assert len(start_verb) == 6
     checks = check_answers(
-        start_verb + others, checker, [{"id": p.key, "text": "Walk to the park. It is sunny."} for p in start_verb + others]
+        start_verb + others,
+        checker,
+        [{"id": p.key, "text": "Walk to the park. It is sunny."} for p in start_verb + others],
     )
     unscorable = [c for c in checks if c.strict is None]
     assert [c.key for c in unscorable] == [p.key for p in start_verb]
@@ -179,7 +181,11 @@ def test_evol_verify_scores_answers_made_elsewhere(tmp_path):
     assert result.exit_code == 0, result.output
     assert "ifeval checkers: prompt-level strict" in result.output
     verify = read_json(answers.parent / "verify.json")
-    assert verify["scored"] == 26 and verify["checker"] == {"name": "ifeval", "package": "lm_eval", "version": "0.4.13"}
+    assert verify["scored"] == 26 and verify["checker"] == {
+        "name": "ifeval",
+        "package": "lm_eval",
+        "version": "0.4.13",
+    }
     assert len(read_jsonl(answers.parent / "checks.jsonl")) == 26
 
     bad = CliRunner().invoke(main, ["verify", "--prompts", "ifbench", "--answers", str(answers)])

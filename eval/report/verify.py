@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.report.evaluation import Section
+from eval.report.plots import RoundPanel, RoundSeries
 from eval.verify.answers import CHECKS_FILE, VERIFY_FILE
 from eval.verify.scores import METRICS, difference
 from pipeline.config import Config
@@ -140,3 +141,20 @@ def verify_report_json(run_dir: Path, config: Config) -> dict:
         for d in differences(run_dir, prompt_set, list(by_label), config.run.rounds, e.bootstrap_resamples, seed)
     ]
     return {"verified": rows, "verified_differences": diffs}
+
+
+def verify_panel(run_dir: Path) -> RoundPanel | None:
+    """Prompt-level strict accuracy per round count, one line per prompt set, for the ablation plot."""
+    series = []
+    for prompt_set, by_label in verify_rows(run_dir).items():
+        points = {}
+        for name, r in by_label.items():
+            block = r["prompt_strict"]
+            if name.startswith("C") and name[1:].isdigit() and block["value"] is not None:
+                ci = [100 * c for c in block["ci"]] if block["ci"] else None
+                points[int(name[1:])] = (100 * block["value"], ci)
+        if points:
+            series.append(RoundSeries(prompt_set, points))
+    if not series:
+        return None
+    return RoundPanel("verified instruction following", "prompt-level strict accuracy (%)", series, limits=(0, 100))
