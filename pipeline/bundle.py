@@ -5,7 +5,7 @@
 
 The bundle holds:
   models/<name>/      every model directory the config loads (model_roles: copied, marked as prepared)
-  data/seeds.jsonl, data/testset.jsonl
+  data/seeds.jsonl, data/testset.jsonl, data/ifeval_prompts.jsonl (eval.ifeval_prompts, when set)
   wheels/             the Python wheels of this environment (pip download of `pip freeze`) and of
                       this project, so `pip install --no-index` works offline
   config.yaml         the config with model names and data paths pointing inside the bundle
@@ -99,8 +99,11 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
         except InputError as err:
             raise InputError(f"{key}: {err}") from None
     seeds, test = seeds_path(config.evolve.seeds), testset_path(config.eval.testset, quiet=True)
-    for what, path in (("evolve.seeds", seeds), ("eval.testset", test)):
-        if not path.is_file():
+    # IFEval's prompts when the config names a file (the shipped sample and IFBench's travel in the wheels)
+    ifeval = Path(config.eval.ifeval_prompts).expanduser() if "ifeval" in config.eval.verify_sets else None
+    ifeval = ifeval if config.eval.ifeval_prompts and ifeval else None
+    for what, path in (("evolve.seeds", seeds), ("eval.testset", test), ("eval.ifeval_prompts", ifeval)):
+        if path is not None and not path.is_file():
             raise InputError(f"{what}: {path} not found.")
     out.mkdir(parents=True, exist_ok=True)
     (out / CHECKSUMS).unlink(missing_ok=True)  # an unfinished bundle must not look finished
@@ -109,6 +112,8 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     (out / "data").mkdir(exist_ok=True)
     shutil.copyfile(seeds, out / "data" / "seeds.jsonl")
     shutil.copyfile(test, out / "data" / "testset.jsonl")
+    if ifeval:
+        shutil.copyfile(ifeval, out / "data" / "ifeval_prompts.jsonl")
     harness = _carry_harness(config, out)
     wheel_count = _download_wheels(out / "wheels") if wheels else 0
 
@@ -120,6 +125,8 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     config.models.dir = "models"
     config.evolve.seeds = "data/seeds.jsonl"
     config.eval.testset = "data/testset.jsonl"
+    if ifeval:
+        config.eval.ifeval_prompts = "data/ifeval_prompts.jsonl"
     atomic_write_text(out / "config.yaml", "# ./run_all.sh --bundle <this directory>\n" + to_yaml(config))
     files = write_checksums(out)
     return {"models": sorted(set(bundled.values())), "wheels": wheel_count, "files": files, "harness": harness}

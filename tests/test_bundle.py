@@ -125,3 +125,22 @@ def test_wheels_install_with_no_index(tmp_path):
     assert (target / "evolve_local" / "data" / "seeds.jsonl").is_file() or not (
         ROOT / "evolve_local" / "data" / "seeds.jsonl"
     ).exists()
+
+
+def test_bundle_carries_the_ifeval_prompts_file(tmp_path):
+    model = small_store(tmp_path)
+    config = bundle_config(tmp_path, model)
+    prompts = tmp_path / "my_ifeval.jsonl"
+    prompts.write_text(
+        '{"key": 1, "prompt": "Hi.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}\n'
+    )
+    config.eval.ifeval_prompts = str(tmp_path / "missing.jsonl")
+    with pytest.raises(InputError, match=r"eval.ifeval_prompts: .*missing.jsonl not found"):
+        make_bundle(config, tmp_path / "refused", wheels=False)
+    config.eval.ifeval_prompts = str(prompts)
+    out = tmp_path / "bundle"
+    make_bundle(config, out, wheels=False)
+    bundled = load_config(out / "config.yaml")
+    assert bundled.eval.ifeval_prompts == "data/ifeval_prompts.jsonl"
+    assert (out / bundled.eval.ifeval_prompts).read_text() == prompts.read_text()
+    assert "data/ifeval_prompts.jsonl" in (out / "SHA256SUMS").read_text()
