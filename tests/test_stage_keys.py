@@ -12,6 +12,7 @@ from eval.analysis.analyze import EvolvedRun, stage_material
 from eval.answer import generation_settings
 from eval.harness import harness_settings
 from eval.judge import judge_settings
+from eval.verify.answers import verify_settings
 from evolve_local.inputs import Inputs, key_material
 from evolve_local.steps import ModelSet
 from finetune.train import train_key_material
@@ -40,6 +41,7 @@ def keys(config, inputs):
         "judge": stable_hash(judge_settings(config)),
         "analysis": stable_hash(stage_material(config, EvolvedRun(Path("."), [], [], []), "judge", "embedder")),
         "harness": stable_hash(harness_settings(config)),  # besides the model's and the task files' hashes
+        "verify": stable_hash(verify_settings(config, "ifeval")),  # besides the prompt file's path and hash
     }
 
 
@@ -57,13 +59,15 @@ def keys(config, inputs):
         ("evolve.dedup_threshold=0.5", {"evolve"}),
         ("train.learning_rate=0.001", {"train"}),
         ("eval.answer_max_tokens=7", {"answer"}),
+        ("eval.verify_max_tokens=7", {"verify"}),
+        ("eval.verify_sets=[ifbench]", set()),  # which sets run; each set's answers keep their key
         ("eval.judge_max_tokens=7", {"judge"}),
         ("train.seed=7", {"train"}),
         ("analysis.clusters=3", {"analysis"}),
         ("eval.harness_limit=4", {"harness"}),
         ("eval.harness_batch_size=1", set()),
         # training's seed: run.seed unless train.seed
-        ("run.seed=7", {"evolve", "train", "answer", "judge", "analysis", "harness"}),
+        ("run.seed=7", {"evolve", "train", "answer", "judge", "analysis", "harness", "verify"}),
     ],
 )
 def test_one_change_moves_only_the_keys_of_the_stages_it_affects(override, moved, inputs):
@@ -163,6 +167,17 @@ KEY_FIELDS = {
                 "projection",
             )
         ),
+    },
+    # eval.ifeval_prompts is a location: the answers' key holds the file found there (path and hash), as the
+    # test set's does, built in eval/verify/answers.py beside these settings.
+    "verify": {
+        "run.seed",
+        "engine.dtype",
+        "engine.max_model_len",
+        "eval.answer_temperature",
+        "eval.system_prompt",
+        "eval.verify_limit",
+        "eval.verify_max_tokens",
     },
     # eval.harness_include and eval.harness_datasets_cache are locations: the key holds the hash of the
     # task files found there, not the path.

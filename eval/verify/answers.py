@@ -38,23 +38,28 @@ class VerifySet:
     checker: Checker
 
 
+def verify_settings(config: Config, name: str) -> dict:
+    """What a set's answers depend on besides the model and the prompt file's content (its stage key
+    also holds the file's path, hash and prompt count)."""
+    generation = {**generation_settings(config), "max_tokens": config.eval.verify_max_tokens}
+    return {"set": name, "limit": config.eval.verify_limit, "generation": generation}
+
+
 def verify_sets(config: Config, out_dir: Path) -> list[VerifySet]:
     """The configured prompt sets, read and checked, each an AnswerSet writing under out_dir/<set>."""
     out = []
     for name in config.eval.verify_sets:
         path, prompts, checker = load_set(name, config.eval)
         items = [TestItem(id=p.key, instruction=p.prompt, category=p.instruction_id_list[0]) for p in prompts]
-        source = {
-            "prompts": {
-                "set": name,
-                "path": str(path),
-                "hash": file_hash(path),
-                "items": len(items),
-                "limit": config.eval.verify_limit,
-            }
+        key = verify_settings(config, name)
+        prompts_key = {
+            "set": name,
+            "path": str(path),
+            "hash": file_hash(path),
+            "items": len(items),
+            "limit": key["limit"],
         }
-        settings = {**generation_settings(config), "max_tokens": config.eval.verify_max_tokens}
-        answers = AnswerSet(name, items, out_dir / name, source, settings, _record)
+        answers = AnswerSet(name, items, out_dir / name, {"prompts": prompts_key}, key["generation"], _record)
         out.append(VerifySet(answers, prompts, checker))
     return out
 
