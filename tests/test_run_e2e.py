@@ -121,7 +121,16 @@ def test_run_is_interrupted_between_stages_then_resumes_and_reports(tmp_path, ti
     assert "## Verified instruction following" in (run / "report.md").read_text()
     manifest = read_json(run / "manifest.json")
     assert manifest["stages"]["evolve"]["status"] == "done" and manifest["config"]["run"]["rounds"] == [0, 1]
-    stages = {"evolve", "sft/C0", "sft/C1", "answers/C0", "answers/C1", "judge/C1__vs__C0", "analysis"}
+    stages = {
+        "evolve",
+        "sft/C0",
+        "sft/C1",
+        "answers/C0",
+        "answers/C1",
+        "judge/C1__vs__C0",
+        "analysis",
+        "verify/ifeval/C1",
+    }
     assert stages <= set(manifest["stages"]) and all(e["status"] == "done" for e in manifest["stages"].values())
     assert not any((run / folder / "manifest.json").exists() for folder in ("sft", "answers", "judge"))
 

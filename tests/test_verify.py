@@ -17,6 +17,7 @@ from pipeline.cli import main
 from pipeline.config import Config
 from pipeline.config.eval import EvalConfig
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
+from pipeline.core.manifest import write_run_manifest
 from pipeline.core.paths import SAMPLE_IFEVAL
 from pipeline.engine.fake import FakeEngine
 from tests.conftest import write_lines
@@ -170,6 +171,21 @@ def test_prompt_sets_are_answered_through_the_answer_path_then_checked(tmp_path)
         plan_answers(v.answers, model, "C1", {})
     answer_all(config, model, [v.answers for v in sets], again)
     assert len(again.requests_seen) == 8
+
+
+def test_a_runs_prompt_set_stages_are_listed_in_the_run_manifest(tmp_path):
+    config = Config()
+    config.eval.verify_sets, config.eval.verify_limit = ["ifeval"], 2
+    run = tmp_path / "run"
+    write_run_manifest(run, {"run": {}}, "hash", "run: {}\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (v,) = verify_sets(config, run / "verify")
+    plan_answers(v.answers, model, "C1", {})
+    answer_all(config, model, [v.answers], FakeEngine("ok"))
+    listed = read_json(run / "manifest.json")["stages"]["verify/ifeval/C1"]
+    assert listed["status"] == "done" and listed["outputs"] == ["verify/ifeval/C1/answers.jsonl"]
+    assert not (run / "verify" / "ifeval" / "manifest.json").exists()
 
 
 def test_evol_verify_scores_answers_made_elsewhere(tmp_path):

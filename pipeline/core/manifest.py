@@ -150,9 +150,10 @@ def file_hash(path: str | Path) -> str:
 
 
 def run_listing(stage_dir: Path) -> tuple[Path, str]:
-    """The folder whose manifest.json lists this stage, and the stage's name in that list."""
+    """The folder whose manifest.json lists this stage, and the stage's name in that list: the run
+    directory up to three levels above (`sft/C1`, `judge/C1__vs__C0`, `verify/ifeval/C1`)."""
     parent = stage_dir.parent
-    for root in (parent, parent.parent):
+    for root in (parent, parent.parent, parent.parent.parent):
         if _is_run_manifest(root / "manifest.json"):
             return root, stage_dir.relative_to(root).as_posix()
     return parent, stage_dir.name
