@@ -210,7 +210,7 @@ def test_evol_verify_scores_answers_made_elsewhere(tmp_path):
 
 
 def test_the_report_section_compares_round_counts_on_the_same_prompts(tmp_path):
-    from eval.report.verify import verify_report_json, verify_section
+    from eval.report.verify import verify_report_json, verify_sections
 
     config = Config()
     config.run.rounds = [0, 1]
@@ -225,7 +225,8 @@ def test_the_report_section_compares_round_counts_on_the_same_prompts(tmp_path):
         plan_answers(v.answers, model, name, {})
         answer_all(config, model, [v.answers], FakeEngine(reply))
         write_checks(config, v)
-    section = verify_section(run, config)
+    (section,) = verify_sections(run, config)
+    assert section.title == "Verified instruction following: IFEval-format prompts"
     (header, rows), (type_header, type_rows) = section.tables
     assert [row[0] for row in rows] == ["C0", "C1"] and rows[0][-1] == 26
     assert type_header[2:] == ["C0 strict", "C1 strict"]
@@ -236,4 +237,4 @@ def test_the_report_section_compares_round_counts_on_the_same_prompts(tmp_path):
     numbers = verify_report_json(run, config)
     (diff,) = numbers["verified_differences"]
     assert diff["prompt_strict"]["difference"] > 0 and (diff["a"], diff["b"]) == ("C0", "C1")
-    assert verify_section(tmp_path / "empty", config) is None
+    assert verify_sections(tmp_path / "empty", config) == []

