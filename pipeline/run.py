@@ -51,7 +51,8 @@ from pipeline.warm import Warm, WarmProcess
 
 def check_run_config(config: Config) -> None:
     """Everything that can be wrong with the run's config and data files, said before any model loads:
-    every section's values (Config.validate), then the seed file, the test set and the accelerate file."""
+    every section's values (Config.validate), then the seed file, the test set, the accelerate file, the
+    prompt sets of the verified instruction following and the lm-eval task names."""
     config.validate()
     seeds = seeds_path(config.evolve.seeds)
     if not seeds.is_file():
@@ -64,6 +65,15 @@ def check_run_config(config: Config) -> None:
             f"run.train_processes is {config.run.train_processes} but run.accelerate_config "
             f"{config.run.accelerate_config} does not exist; pick one from configs/accelerate/."
         )
+    for name in config.eval.verify_sets:  # each prompt set read and its instructions known, as the answers will
+        from eval.verify.prompts import load_set
+
+        load_set(name, config.eval)
+    if config.eval.harness_tasks:  # lm-eval task names, against its index and eval.harness_include (~7 s)
+        from eval.harness.tasks import check_tasks, include_dir, task_manager
+
+        include = include_dir(config.eval.harness_include)
+        check_tasks(config.eval.harness_tasks, task_manager(include), include)
     from pipeline.engine.ray_backend import check_backend  # engine.backend, replicas, parallel sizes, Ray
 
     check_backend(config.engine, config.ray)

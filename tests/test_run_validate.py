@@ -26,6 +26,9 @@ WRONG = [
     ("analysis model", "analysis.judge_model=no-such-judge", "analysis.judge_model"),
     ("responder model", "models.responder=no-such-responder", "models.responder"),
     ("seed file", "evolve.seeds=/nowhere/seeds.jsonl", "evolve.seeds"),
+    ("prompt set", "eval.verify_sets=[alpaca]", "eval.verify_sets"),
+    ("ifeval prompts", "eval.ifeval_prompts=/nowhere/ifeval.jsonl", "eval.ifeval_prompts"),
+    ("harness task", "eval.harness_tasks=[no_such_task_here]", "eval.harness_tasks"),
 ]
 
 

@@ -158,4 +158,5 @@ def verify_panel(run_dir: Path) -> RoundPanel | None:
             series.append(RoundSeries(prompt_set, points))
     if not series:
         return None
-    return RoundPanel("verified instruction following", "prompt-level strict accuracy (%)", series, limits=(0, 100))
+    title = "Verified instruction following, prompt-level strict, 95% CI"
+    return RoundPanel(title, "prompts with every instruction followed (%)", series, limits=(0, 100))

