@@ -98,7 +98,9 @@ def verify_sections(run_dir: Path, config: Config) -> list[Section]:
         line = f"{first['prompts']} prompts, checked with {checker['package']} {checker['version']}."
         unscorable = first["unscorable"]
         if unscorable["count"]:
-            reasons = "; ".join(f"{count} that {why}" for why, count in unscorable["reasons"].items())
+            reasons = "; ".join(
+                f"{count} prompt{'s' if count > 1 else ''} ({why})" for why, count in unscorable["reasons"].items()
+            )
             line += f" Left out of every number because they cannot be scored here: {reasons}."
         diffs = differences(run_dir, prompt_set, names, config.run.rounds, e.bootstrap_resamples, config.run.seed)
         header = ["model", "prompt strict", "prompt loose", "instruction strict", "instruction loose", "scored"]

@@ -94,7 +94,9 @@ class Checker:
             self._strict(prompt, PROBE_ANSWER)
         except LookupError as err:  # NLTK data that no offline source has
             found = _RESOURCE.search(str(err))
-            return f"needs NLTK data {found[1] if found else '(unnamed)'}, which no offline source provides"
+            return (
+                f"the checker needs NLTK data {found[1] if found else '(unnamed)'}, which no offline source provides"
+            )
         except Exception as err:
             return f"the checker cannot run ({_reason(err)})"
         return None
