@@ -9,12 +9,18 @@ readers (eval/analysis/, the reports, finetune's data loading) share with it.
 One `RoundRecord` is one line of evolve/round_<k>.jsonl (every attempt, kept or not, with its
 lineage); a kept one also becomes one line of data/C<k>.jsonl through `training_row()`. An
 eliminated attempt names the first rule that fired; `RULES` is every name it can hold, in the
-order the rules run (see evolve_local/eliminate.py for what each one means).
+order the rules run (see evolve_local/eliminate.py for what each one means). `iter_attempts(run_dir)`
+reads every attempt of a run (the evolution tree), as `evol export` does.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from pipeline.core.jsonio import InputError, iter_jsonl
 
 TOO_LONG_RULE = "too_long"
 NO_INFORMATION_GAIN = "no_information_gain"
@@ -103,3 +109,37 @@ class RoundRecord:
 def field_names(round_k: int) -> list[str]:
     """The keys of a round_<k>.jsonl line, in the order they are written."""
     return [f.name for f in fields(RoundRecord) if round_k or f.name not in EVOLUTION_ONLY]
+
+
+def round_files(run_dir: str | Path) -> list[Path]:
+    """evolve/round_<k>.jsonl of a run, in round order (k = 0, 1, ... while the file exists)."""
+    evolve, files = Path(run_dir) / "evolve", []
+    while (evolve / f"round_{len(files)}.jsonl").is_file():
+        files.append(evolve / f"round_{len(files)}.jsonl")
+    return files
+
+
+def iter_attempts(run_dir: str | Path) -> Iterator[RoundRecord]:
+    """Every attempt of a run's evolution (the tree: each record names its parent), round by round in
+    file order; a line that is not a round record is an InputError naming the file and line."""
+    for path in round_files(run_dir):
+        for lineno, data in iter_jsonl(path):
+            missing = [name for name in ("id", "round", "operation", "instruction") if name not in data]
+            if missing:
+                raise InputError(f"{path}:{lineno}: no {', '.join(missing)}; not an `evol evolve` round record.")
+            yield RoundRecord.from_dict(data)
+
+
+# The details evolve_local/dedup.py writes for the two rules that point at another item.
+_MATCH = re.compile(
+    r"^(?:the same text as|a near-duplicate of|shares \d+ words in a row with test item|similar to test item) "
+    r"(.+?)(?: \(similarity [\d.]+\))?$"
+)
+
+
+def elimination_match(record: RoundRecord) -> str | None:
+    """The id a near_duplicate (the kept twin) or contaminated (the test item) elimination points at."""
+    if record.elimination_rule not in (NEAR_DUPLICATE, CONTAMINATED) or not record.elimination_detail:
+        return None
+    found = _MATCH.match(record.elimination_detail)
+    return found.group(1) if found else None
