@@ -265,6 +265,7 @@ def test_report_section_shows_each_model_with_its_interval_and_the_paired_differ
     assert rows[1][3:] == ["0.500", "0.250", "[0.010, 0.990]", 4]
     (line,) = [p for p in section.paragraphs if p.startswith("C1 vs C0")]
     assert "+0.500" in line and "on 4 paired items" in line
+    assert rows[0][5] == "[0.000, 0.740]"  # a share's interval stops at 0 (0.25 - 1.96 x 0.25 would not)
     rows = harness_report_json(run)["harness"]
     assert {(r["model"], r["value"]) for r in rows} == {("reference", 0.25), ("C0", 0.5), ("C1", 1.0)}
 

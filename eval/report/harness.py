@@ -22,6 +22,9 @@ from pipeline.core.jsonio import read_json, read_jsonl_tolerant
 
 STAGE = "harness"
 Z95 = 1.96
+# Metrics that are shares of items (accuracy, exact match, pass@k): their interval is cut to [0, 1],
+# where the normal approximation would reach past it on a few items.
+PROPORTIONS = ("acc", "exact_match", "pass@", "em", "mc1", "mc2", "prompt_level", "inst_level")
 
 
 def _label_order(label: str) -> tuple:
@@ -54,6 +57,8 @@ def metric_rows(label: str, results: dict) -> list[dict]:
             stderr = metrics.get(f"{metric}_stderr,{filt}")
             stderr = stderr if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None
             ci = [value - Z95 * stderr, value + Z95 * stderr] if stderr is not None else None
+            if ci and metric.startswith(PROPORTIONS) and 0 <= value <= 1:
+                ci = [max(ci[0], 0.0), min(ci[1], 1.0)]
             rows.append(
                 {
                     "model": label,
