@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from eval.answer import answer_testset, parse_adapters
+from eval.answer import answer_all, answer_testset, parse_adapters, plan_answers
 from eval.judge import judge_pairs
+from eval.verify.answers import verify_sets, write_checks
 from evolve_local.evolve import run_evolve
 from pipeline.cli.evolve import vllm_models
 from pipeline.config import load_config
@@ -280,6 +281,20 @@ def test_answers_and_both_judge_orders_on_ray(tiny_model, lora_adapter, tmp_path
     lora = read_jsonl(run / "answers" / "lora" / "answers.jsonl")
     assert all(r["answer"].strip() for r in base + lora)
     assert [r["answer"] for r in base] != [r["answer"] for r in lora]  # the row's model picked the adapter
+
+    # the verifiable prompt sets through the same Ray job path, both models, then checked by code
+    config.eval.verify_limit, config.eval.verify_max_tokens = 2, 24
+    sets = verify_sets(config, run / "verify")
+    for v in sets:
+        plan_answers(v.answers, tiny_model, "base", adapters)
+    summaries = answer_all(config, tiny_model, [v.answers for v in sets], engine)
+    assert [{label: s["answers"] for label, s in summary.items()} for summary in summaries] == [
+        {"base": 2, "lora": 2}
+    ] * 2
+    for v in sets:
+        checked = write_checks(config, v)
+        assert sorted(checked) == ["base", "lora"]
+        assert all(r["scored"] + r["unscorable"]["count"] == 2 for r in checked.values())
 
     judge_dir, scores = judge_pairs(
         config, [(run / "answers" / "lora", run / "answers" / "base")], run / "judge", tiny_model, engine=engine
