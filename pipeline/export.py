@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.chat import messages_problem
-from pipeline.core.jsonio import InputError, atomic_open, atomic_write_text, iter_jsonl, read_json, write_json
+from pipeline.core.jsonio import (
+    InputError,
+    atomic_open,
+    atomic_write_text,
+    iter_jsonl,
+    read_json,
+    read_text_file,
+    write_json,
+)
 from pipeline.core.manifest import file_sha256, now
 from pipeline.core.records import RoundRecord, elimination_match, iter_attempts, round_files
 from pipeline.export_card import dataset_card
@@ -121,26 +129,29 @@ def read_run(run_dir: str | Path) -> RunData:
         )
     stats, manifest = read_json(evolve / "stats.json"), read_json(evolve / "manifest.json")
     last = stats.get("rounds_done")
-    if not isinstance(last, int) or last < 0 or len(round_files(run_dir)) != last + 1:
+    if not isinstance(last, int) or last < 0 or len(round_files(run_dir, last)) != last + 1:
         raise InputError(
-            f"{evolve / 'stats.json'}: rounds_done does not match the round files; not an `evol evolve` run."
+            f"{evolve / 'stats.json'}: rounds_done is {last!r} but evolve/round_0.jsonl..round_{last}.jsonl are not "
+            f"all there; not a finished `evol evolve` run."
         )
     sets = [run_dir / "data" / f"C{k}.jsonl" for k in range(last + 1)]
     expected = manifest.get("rows") or {}
     for k, path in enumerate(sets):
         if not path.is_file():
-            raise InputError(f"{path} is missing; run `evol evolve --out {run_dir}` again to rewrite it.")
+            raise InputError(
+                f"{path} is missing: the evolution wrote it; restore the run's own file before exporting."
+            )
         lines = _count_lines(path)
         if f"C{k}" in expected and expected[f"C{k}"] != lines:
             raise InputError(
-                f"{path} has {lines} rows but evolve/manifest.json says {expected[f'C{k}']}: the file changed "
-                f"after the evolution; run `evol evolve --out {run_dir}` again."
+                f"{path} has {lines} rows but evolve/manifest.json says {expected[f'C{k}']}: it was changed after "
+                f"the evolution wrote it; restore the run's own file before exporting."
             )
     data = RunData(run_dir, sets, stats, manifest)
     if (run_dir / "manifest.json").is_file():
         data.run_manifest = read_json(run_dir / "manifest.json")
     if (run_dir / "config.yaml").is_file():
-        data.config_yaml, data.config_source = (run_dir / "config.yaml").read_text(), "config.yaml"
+        data.config_yaml, data.config_source = read_text_file(run_dir / "config.yaml"), "config.yaml"
     else:
         import yaml
 
@@ -250,7 +261,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "parquet", force
         configs[f"C{k}"] = write_config(target, training_rows(path), features, fmt, str(path))
         configs[f"C{k}"].update(path=target.relative_to(out).as_posix(), features=features, tree=False)
     target, features = out / TREE / f"train.{fmt}", tree_features()
-    rows = (tree_row(record) for record in iter_attempts(run_dir))
+    rows = (tree_row(record) for record in iter_attempts(run_dir, len(run.sets) - 1))
     configs[TREE] = write_config(target, rows, features, fmt, f"{run_dir}/evolve/round_<k>.jsonl")
     configs[TREE].update(path=target.relative_to(out).as_posix(), features=features, tree=True)
 

@@ -250,3 +250,14 @@ def test_a_changed_training_file_is_named(evolved, tmp_path):
     code, output = run_cli(run, "--out", tmp_path / "out", "--force")
     assert code == 2 and f"{path}:1:" in output and "not a C<k> training row" in output
     assert not (tmp_path / "out" / "README.md").exists()  # no card: the export did not finish
+
+
+def test_a_round_file_beyond_rounds_done_is_left_out(evolved, tmp_path):
+    """An earlier, longer evolution can leave round_3.jsonl behind; the tree holds rounds 0..rounds_done."""
+    run = broken_copy(evolved, tmp_path)
+    shutil.copy(run / "evolve" / "round_2.jsonl", run / "evolve" / "round_3.jsonl")
+    result = export_run(run, tmp_path / "out")
+    assert list(result["configs"]) == ["C0", "C1", "C2", TREE]
+    assert result["configs"][TREE]["rows"] == sum(
+        r["attempted"] for r in read_json(run / "evolve" / "stats.json")["rounds"]
+    )

@@ -111,18 +111,19 @@ def field_names(round_k: int) -> list[str]:
     return [f.name for f in fields(RoundRecord) if round_k or f.name not in EVOLUTION_ONLY]
 
 
-def round_files(run_dir: str | Path) -> list[Path]:
-    """evolve/round_<k>.jsonl of a run, in round order (k = 0, 1, ... while the file exists)."""
+def round_files(run_dir: str | Path, last: int | None = None) -> list[Path]:
+    """evolve/round_<k>.jsonl of a run in round order: k = 0, 1, ... while the file exists (up to `last`;
+    a file beyond the run's rounds_done can be left from an earlier, longer evolution)."""
     evolve, files = Path(run_dir) / "evolve", []
-    while (evolve / f"round_{len(files)}.jsonl").is_file():
+    while (last is None or len(files) <= last) and (evolve / f"round_{len(files)}.jsonl").is_file():
         files.append(evolve / f"round_{len(files)}.jsonl")
     return files
 
 
-def iter_attempts(run_dir: str | Path) -> Iterator[RoundRecord]:
+def iter_attempts(run_dir: str | Path, last: int | None = None) -> Iterator[RoundRecord]:
     """Every attempt of a run's evolution (the tree: each record names its parent), round by round in
-    file order; a line that is not a round record is an InputError naming the file and line."""
-    for path in round_files(run_dir):
+    file order up to round `last`; a line that is not a round record is an InputError naming its line."""
+    for path in round_files(run_dir, last):
         for lineno, data in iter_jsonl(path):
             missing = [name for name in ("id", "round", "operation", "instruction") if name not in data]
             if missing:
