@@ -166,9 +166,9 @@ def config_show(config_path, overrides) -> None:
 def _register_commands() -> None:
     from importlib.metadata import entry_points
 
-    from pipeline.cli import analyze, eval, evolve, export, harness, train
+    from pipeline.cli import analyze, eval, evolve, export, harness, train, view
 
-    for module in (evolve, train, eval, analyze, harness, export):
+    for module in (evolve, train, eval, analyze, harness, export, view):
         for command in module.COMMANDS:
             main.add_command(command)
     # Commands of optional packages (the benchmarks) plug in by entry point, loaded only when asked
