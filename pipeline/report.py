@@ -29,6 +29,7 @@ from eval.scores import Aggregation
 from pipeline.config import Config
 from pipeline.core import fmt
 from pipeline.core.jsonio import read_json, write_json
+from pipeline.view import VIEW_FILE, write_viewer
 
 
 def _fmt(block: dict | None, key: str, pct: bool = False) -> str:
@@ -97,6 +98,8 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
                 lc_cell(ref["length_controlled"]) if ref else fmt.MISSING,
             ]
         )
+    # Every attempt of the evolution, browsable offline: cheap (no model), so written with each report.
+    viewer = write_viewer(run_dir) if (run_dir / "evolve" / "stats.json").is_file() else None
     section = Section(
         title="Ablation over evolution rounds",
         paragraphs=[
@@ -109,6 +112,14 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
             *_direct_sentences(rows),
             *(d["sentence"] for d in differences),
             strength_sentence(strengths),
+            *(
+                [
+                    f"Every one of the {viewer['attempts']:,} attempts of the evolution, with its lineage, verdict, "
+                    f"answer and the rule that eliminated it: **{VIEW_FILE}** beside this report (open it from disk)."
+                ]
+                if viewer
+                else []
+            ),
         ],
         tables=[(header, table), strength_table(strengths)],
         images=images,
