@@ -192,7 +192,12 @@ def write_viewer(run_dir: str | Path) -> dict:
     path = Path(run_dir) / VIEW_FILE
     with atomic_open(path) as handle:
         handle.write(before)
-        handle.write(script_json(data))
+        # One field at a time: the text of 52K seeds as one JSON string, escaped, would be several copies
+        # of ~100M characters in memory at once.
+        handle.write("{")
+        for n, (name, value) in enumerate(data.items()):
+            handle.write(("," if n else "") + script_json(name) + ":" + script_json(value))
+        handle.write("}")
         handle.write(after)
     return {
         "path": path,
