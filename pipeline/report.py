@@ -115,7 +115,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
             *(
                 [
                     f"Every one of the {viewer['attempts']:,} attempts of the evolution, with its lineage, verdict, "
-                    f"answer and the rule that eliminated it: **{VIEW_FILE}** beside this report (open it from disk)."
+                    f"answer and the rule that eliminated it: [{VIEW_FILE}]({VIEW_FILE}) beside this report (open it from disk)."
                 ]
                 if viewer
                 else []

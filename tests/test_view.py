@@ -195,3 +195,6 @@ def test_the_run_report_writes_the_page_and_names_it(run_copy):
     for report in ("report.md", "report.html"):
         assert f"Every one of the {attempts} attempts of the evolution" in (run_copy / report).read_text()
         assert VIEW_FILE in (run_copy / report).read_text()
+    # A link in both: markdown's [..](..) and, in the HTML, an anchor that opens the page beside it.
+    assert f"[{VIEW_FILE}]({VIEW_FILE})" in (run_copy / "report.md").read_text()
+    assert f"<a href='{VIEW_FILE}'>{VIEW_FILE}</a>" in (run_copy / "report.html").read_text()

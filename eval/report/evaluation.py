@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -326,10 +327,16 @@ def render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+# A link to a file beside the report: [text](name.html), a relative name only (no scheme, no folder).
+_LOCAL_LINK = re.compile(r"\[([^\]]+)\]\(([\w.-]+)\)")
+
+
 def _inline_markup(text: str) -> str:
-    # The only markdown the paragraphs use is **bold**; everything else is escaped.
+    # The only markdown the paragraphs use is **bold** and links to files beside the report;
+    # everything else is escaped.
     parts = html.escape(text).split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    bold = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    return _LOCAL_LINK.sub(lambda m: f"<a href='{m.group(2)}'>{m.group(1)}</a>", bold)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
