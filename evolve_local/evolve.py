@@ -36,7 +36,7 @@ from evolve_local.generation import (
     STEPS,
     Run,
     attempt_id,
-    choose_operation,
+    attempts,
     generate_by_step,
     generate_chained,
     overlapped,
@@ -44,6 +44,7 @@ from evolve_local.generation import (
     step_problem,
 )
 from evolve_local.inputs import Inputs, key_material, load_inputs
+from evolve_local.method import describe
 from evolve_local.prompts import messages
 from evolve_local.records import RoundTally, write_stats
 from evolve_local.seeds import Seed
@@ -57,12 +58,21 @@ from pipeline.core.text import words
 from pipeline.engine import TOO_LONG, ChatRequest
 
 STAGE = "evolve"
+METHOD_FILE = "method.json"  # evolve.method's file, copied into evolve/ when it is not "ops"
 
 
 def run_evolve(
-    config: Config, run_dir: str | Path, models: ModelSet, inputs: Inputs | None = None, quiet: bool = False
+    config: Config,
+    run_dir: str | Path,
+    models: ModelSet,
+    inputs: Inputs | None = None,
+    quiet: bool = False,
+    engines: Engines | None = None,
 ) -> dict:
-    """Evolve for `config.evolve.rounds` rounds into `run_dir`; returns the stats written."""
+    """Evolve for `config.evolve.rounds` rounds into `run_dir`; returns the stats written.
+
+    `engines`: a live engine holder to use and leave open (evol optimize runs many short evolutions
+    on one engine); None: this evolution starts its own and closes it at the end."""
     inputs = inputs or load_inputs(config)
     run_dir = Path(run_dir)
     rounds = config.evolve.rounds
@@ -82,14 +92,17 @@ def run_evolve(
     run = Run(
         config,
         models,
-        Engines(models),
+        engines or Engines(models),
         stage.dir,
         run_dir / "data",
         NearDuplicates(e.dedup_threshold, e.dedup_shingle_chars, e.minhash_permutations, e.dedup),
         TestSetFilter(
             inputs.tests, e.decontam_ngram, e.decontam_threshold, e.dedup_shingle_chars, e.minhash_permutations
         ),
+        inputs.method,
     )
+    if inputs.method is not None:  # the method beside the rounds it wrote, for the report
+        inputs.method.save(stage.dir / METHOD_FILE)
     if not run.pool(0).exists():
         for stale in run.data_dir.glob("C*.jsonl"):  # from an earlier evolution with other inputs
             stale.unlink()
@@ -105,7 +118,8 @@ def run_evolve(
             all_stats.append(read_json(run.round_stats(k)))
             write_stats(stage.dir / "stats.json", all_stats, inputs, models, run.tests)
     finally:
-        run.engines.close()
+        if engines is None:
+            run.engines.close()
     stats = read_json(stage.dir / "stats.json")
     finish_stage(
         stage,
@@ -113,7 +127,11 @@ def run_evolve(
         rows={f"C{k}": s["training_set_size"] for k, s in enumerate(all_stats)},
         models={role: models.names[role] for role in ("evolver", "equality", "responder")},
         seeds={"run_seed": config.run.seed},
-        extra={"rounds_done": rounds, "backend": config.engine.backend},
+        extra={
+            "rounds_done": rounds,
+            "backend": config.engine.backend,
+            "method": describe(inputs.method),
+        },
         outputs=[run.data_dir / f"C{k}.jsonl" for k in range(rounds + 1)],
     )
     return stats
@@ -246,7 +264,7 @@ def attempt_record(run: Run, k: int, item: dict, done: dict[str, dict]) -> Round
         parent_id=item["id"],
         root_id=item["root_id"],
         round=k,
-        operation=choose_operation(run.seed, item["id"], k, run.config.evolve.operation_weights),
+        operation=attempts(run, k).operation(item),
         instruction=evolved["text"].strip(),
         response=answer["text"].strip() if answer else None,
         verdict=rules.verdict_of(check) if check else None,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from evolve_local import eliminate as rules
 from evolve_local.dedup import NearDuplicates, TestSetFilter
+from evolve_local.method import METHOD_OPERATION, Method
 from evolve_local.prompts import equality_prompt, evolution_prompt, messages
 from evolve_local.steps import Engines, ModelSet, load_step, run_chained, run_step, step_record
 from pipeline.config import Config
@@ -39,6 +40,7 @@ class Run:
     data_dir: Path
     dedup: NearDuplicates
     tests: TestSetFilter
+    method: Method | None = None  # evolve.method (evolve_local/method.py); None: the six operations
 
     @property
     def seed(self) -> int:
@@ -90,6 +92,18 @@ class Attempts:
     evolve: EvolveConfig
     seed: int
     k: int
+    method: Method | None = None  # evolve.method's file, read on the driver; None: the six operations
+
+    def operation(self, item: dict) -> str:
+        """What the attempt's evolution prompt is: a seeded choice of operation, or the method."""
+        if self.method is not None:
+            return METHOD_OPERATION
+        return choose_operation(self.seed, item["id"], self.k, self.evolve.operation_weights)
+
+    def evolution_prompt(self, item: dict) -> str:
+        if self.method is not None:
+            return self.method.prompt(item["instruction"])
+        return evolution_prompt(self.operation(item), item["instruction"])
 
     def next_step(self, item: dict, results: dict[str, dict]) -> str | None:
         """The attempt's next missing step, or None when it needs no more: an evolution that broke an
@@ -106,12 +120,11 @@ class Attempts:
         e, aid, k = self.evolve, attempt_id(item, self.k), self.k
         context = {"item": item, "results": results}
         if step == "evolve":
-            operation = choose_operation(self.seed, item["id"], k, e.operation_weights)
             return ChatRequest(
                 id=aid,
                 purpose=step,
                 max_tokens=e.evolution_max_tokens,
-                messages=messages(evolution_prompt(operation, item["instruction"])),
+                messages=messages(self.evolution_prompt(item)),
                 seed=derive_seed(self.seed, item["id"], k, "evolve"),
                 context=context,
             )
@@ -145,7 +158,7 @@ class Attempts:
 
 
 def attempts(run: Run, k: int) -> Attempts:
-    return Attempts(run.config.evolve, run.seed, k)
+    return Attempts(run.config.evolve, run.seed, k, run.method)
 
 
 def attempt_results(done: dict[str, dict], aid: str) -> dict[str, dict]:

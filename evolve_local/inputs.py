@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from evolve_local.method import Method, describe, resolve_method
 from evolve_local.seeds import Seed, load_seeds
 from evolve_local.steps import ModelSet
 from pipeline.config import Config, semantic_dict, stable_hash
@@ -30,6 +31,7 @@ class Inputs:
     seed_format: str
     testset_file: Path | None
     tests: list[tuple[str, str]]
+    method: Method | None = None  # evolve.method read and checked; None: the six operations
 
 
 def load_inputs(config: Config) -> Inputs:
@@ -43,7 +45,8 @@ def load_inputs(config: Config) -> Inputs:
     if config.evolve.decontaminate:
         testset = testset_path(config.eval.testset)
         tests = decontamination_list(testset, config)
-    return Inputs(path, seeds, fmt, testset, tests)
+    method = resolve_method(config.evolve.method)
+    return Inputs(path, seeds, fmt, testset, tests, method)
 
 
 def decontamination_list(path: Path, config: Config) -> list[tuple[str, str]]:
@@ -64,6 +67,9 @@ def key_material(config: Config, inputs: Inputs, models: ModelSet) -> dict:
     evolve.pop("rounds")
     evolve.pop("seeds")  # the path does not matter, the content does
     evolve.pop("equality_model")  # the models are keyed by content below, not by the name that found them
+    evolve.pop("method")  # a path: the method's text is keyed by its hash below
+    if inputs.method is not None:
+        evolve.pop("operation_weights")  # a method replaces the operations: their weights change nothing
     engine = semantic_dict(config.engine)
     engine.pop("max_lora_rank")  # no adapter is served while evolving
     return {
@@ -74,4 +80,5 @@ def key_material(config: Config, inputs: Inputs, models: ModelSet) -> dict:
         # the instructions read, not the file: the field mapping decides which text is checked
         "testset": stable_hash(inputs.tests) if inputs.testset_file else None,
         "models": {role: list(models.identity(role)) for role in ("evolver", "equality", "responder")},
+        "method": describe(inputs.method)["hash"],
     }

@@ -1,5 +1,6 @@
-"""Every prompt the evolution stage sends to a model, in one place: the six operations and the
-equality (information-gain) check. The wording is this project's own.
+"""Every prompt the evolution stage sends to a model, in one place: the six operations, the
+equality (information-gain) check, and for Auto Evol-Instruct (`evol optimize`, optimize.py) the
+starting evolving method and the optimizer's two prompts. The wording is this project's own.
 
     evol evolve --config configs/tiny.yaml --out runs/tiny      # uses these templates
 
@@ -152,3 +153,80 @@ def equality_prompt(parent: str, evolved: str) -> str:
 
 def messages(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+# ---------------------------------------------------------------- evolving methods (evol optimize)
+
+# Where the instruction goes in an evolving method (evolve_local/method.py), and what follows it: the
+# same labels as the operations' frames, so an echo of them is caught by copied_prompt_words. An
+# optimizer's rewrite that lost the placeholder gets this tail back (recorded as `repaired`).
+METHOD_PLACEHOLDER = "{instruction}"
+METHOD_TAIL = f"\n\n{ORIGINAL_LABEL}\n{METHOD_PLACEHOLDER}\n\n{REWRITTEN_LABEL}\n"
+
+# The method an optimisation starts from: list ways to make the task harder, pick some, rewrite,
+# check the rewrite, then give only the result (Auto Evol-Instruct's general method, in our words).
+GENERAL_METHOD = (
+    "You make tasks for an AI assistant harder to answer well, without changing what they are about.\n"
+    "Work through these steps silently:\n"
+    "1. List a few ways this particular task could be made more demanding: an extra requirement, a "
+    "precise case instead of a vague one, reasoning in several steps, input data to work on, or a "
+    "less common angle on the same subject.\n"
+    "2. Choose one or two of them that fit the task and keep it answerable.\n"
+    "3. Rewrite the task with them, adding no more than about 20 words and keeping everything the "
+    "task already contains (numbers, code, tables, quoted text).\n"
+    "4. Read your rewrite once more: it must be harder than the original, on the same subject, make "
+    "sense on its own, and must not mention these steps or the word 'task'.\n"
+    "Reply with the final rewritten task only: no list, no plan, no title, no explanation." + METHOD_TAIL
+)
+
+# Trajectory analysis: the optimizer reads what the method did to a mini-batch over a few rounds.
+ANALYSIS_FRAME = """\
+You review a prompt that is meant to turn a task for an AI assistant into a harder version of the \
+same task (the "method" below). It was applied several times in a row to a few tasks; each version \
+is listed with whether it was kept or rejected, and why.
+
+Name the problems you see in the rewritten versions: for example a version that is no harder than \
+the one before, drifts to another subject, cannot be answered, repeats words of the method, is far \
+too long, or was rejected for the reason shown. Write one problem per line, each line starting with \
+"- ", at most five lines, and nothing else.
+
+Method:
+<<<
+{method}
+>>>
+
+What happened:
+{trajectories}
+
+Rejections by reason over these attempts: {rules}
+
+Problems:
+"""
+
+# Method optimisation: the optimizer rewrites the method to fix what the analysis named.
+REWRITE_FRAME = """\
+You improve a prompt (the "method" below) that rewrites tasks for an AI assistant into harder \
+versions of the same task. Problems were found when it was used; they are listed after it. Write an \
+improved method that fixes them and keeps what works. It must still tell the rewriter to reply with \
+the rewritten task alone, and it must keep the line {{instruction}} exactly as it is: that is where \
+each task is inserted. Reply with the improved method only.
+
+Current method:
+<<<
+{method}
+>>>
+
+Problems found:
+{problems}
+
+Improved method:
+"""
+
+
+def analysis_prompt(method: str, trajectories: str, rules: str) -> str:
+    return ANALYSIS_FRAME.format(method=method, trajectories=trajectories, rules=rules)
+
+
+def rewrite_prompt(method: str, problems: list[str]) -> str:
+    listed = "\n".join(f"- {p}" for p in problems) if problems else "- (none were named; make it more reliable)"
+    return REWRITE_FRAME.format(method=method, problems=listed)

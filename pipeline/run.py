@@ -51,8 +51,9 @@ from pipeline.warm import Warm, WarmProcess
 
 def check_run_config(config: Config) -> None:
     """Everything that can be wrong with the run's config and data files, said before any model loads:
-    every section's values (Config.validate), then the seed file, the test set, the accelerate file, the
-    prompt sets of the verified instruction following and the lm-eval task names."""
+    every section's values (Config.validate), then the seed file, the test set, the evolving method
+    (evolve.method), the accelerate file, the prompt sets of the verified instruction following and the
+    lm-eval task names."""
     config.validate()
     seeds = seeds_path(config.evolve.seeds)
     if not seeds.is_file():
@@ -60,6 +61,9 @@ def check_run_config(config: Config) -> None:
     test = testset_path(config.eval.testset, quiet=True)
     if not test.is_file():
         raise InputError(f"Test set {test} not found (eval.testset).")
+    from evolve_local.method import resolve_method  # evolve.method: "ops" or a method file, checked
+
+    resolve_method(config.evolve.method)
     if config.run.train_processes > 1 and not Path(config.run.accelerate_config).is_file():
         raise InputError(
             f"run.train_processes is {config.run.train_processes} but run.accelerate_config "

@@ -1,5 +1,5 @@
 """The `evol` command line: this file holds the tool commands; each stage's command is a module
-beside it (evolve.py, train.py, eval.py, analyze.py), and `evol bench` comes from the benchmarks
+beside it (evolve.py, optimize.py, train.py, eval.py, analyze.py), and `evol bench` comes from the benchmarks
 package through the `evol.commands` entry point (nothing here imports the benchmarks).
 
     evol models prepare smollm2-135m
@@ -166,9 +166,9 @@ def config_show(config_path, overrides) -> None:
 def _register_commands() -> None:
     from importlib.metadata import entry_points
 
-    from pipeline.cli import analyze, eval, evolve, export, harness, train, view
+    from pipeline.cli import analyze, eval, evolve, export, harness, optimize, train, view
 
-    for module in (evolve, train, eval, analyze, harness, export, view):
+    for module in (evolve, optimize, train, eval, analyze, harness, export, view):
         for command in module.COMMANDS:
             main.add_command(command)
     # Commands of optional packages (the benchmarks) plug in by entry point, loaded only when asked

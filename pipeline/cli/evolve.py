@@ -18,8 +18,9 @@ from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config, model_roles
 
 
-def vllm_models(config):
-    """The ModelSet of the real engine: names, content hashes and a lazy vLLM factory per role."""
+def vllm_models(config, optimizer: bool = False):
+    """The ModelSet of the real engine: names, content hashes and a lazy vLLM factory per role
+    (with `optimizer`, evol optimize's models.optimizer too, by default the evolver)."""
     from evolve_local.steps import ModelSet
     from pipeline.core.models import content_hash, models_dir, resolve_model
 
@@ -31,6 +32,9 @@ def vllm_models(config):
         connect(config.ray)
     roles = model_roles(config)
     keys = {"evolver": "models.evolver", "equality": "evolve.equality_model", "responder": "models.responder"}
+    if optimizer:
+        roles["models.optimizer"] = m.optimizer or m.evolver
+        keys["optimizer"] = "models.optimizer"
     paths = {role: resolve_model(roles[key], m.dir) for role, key in keys.items()}
     cache = models_dir(m.dir)
     hashes = {role: content_hash(path, cache) for role, path in paths.items()}
@@ -64,6 +68,7 @@ def vllm_models(config):
 def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
     """Evolve seed instructions for M rounds with elimination (Evol-Instruct)."""
     from evolve_local.evolve import load_inputs, run_evolve
+    from evolve_local.method import describe
     from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
     from pipeline.core.manifest import write_run_manifest
 
@@ -79,7 +84,8 @@ def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
     click.echo(
         f"[evolve] {len(inputs.seeds)} seeds ({inputs.seed_format}) from {inputs.seeds_file}, "
         f"{config.evolve.rounds} rounds, evolver {models.names['evolver']}, responder "
-        f"{models.names['responder']}, equality check {models.names['equality']}",
+        f"{models.names['responder']}, equality check {models.names['equality']}, "
+        f"method {describe(inputs.method)['name']}",
         err=True,
     )
     stats = run_evolve(config, Path(run_dir), models, inputs)

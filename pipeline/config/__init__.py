@@ -8,7 +8,7 @@ so tuning speed never invalidates finished results.
 
 Each stage owns its section: `engine` and `models` live here, `evolve` in pipeline/config/evolve.py,
 `train` in pipeline/config/train.py, `eval` in pipeline/config/eval.py, `analysis` in
-pipeline/config/analysis.py.
+pipeline/config/analysis.py, `optimize` (evol optimize) in pipeline/config/optimize.py.
 
 Loading checks types; values are checked by each section's `validate()` (one sentence naming the
 dotted key, its value and what is allowed). `Config.validate()` runs every section and the rules
@@ -34,6 +34,7 @@ from pipeline.config.checks import ConfigError, at_least, between, not_empty, on
 from pipeline.config.eval import EvalConfig
 from pipeline.config.evolve import EvolveConfig
 from pipeline.config.fields import throughput
+from pipeline.config.optimize import OptimizeConfig
 from pipeline.config.ray import BACKENDS, RayConfig
 from pipeline.config.train import TrainConfig
 from pipeline.core.jsonio import InputError, read_text_file
@@ -94,6 +95,7 @@ class ModelsConfig:
     responder: str = ""  # empty: the evolver answers its own evolved instructions
     base: str = "smollm2-135m"
     judge: str = "smollm2-135m"
+    optimizer: str = ""  # evol optimize's model that analyses trajectories and rewrites methods; empty: the evolver
     trust_remote_code: bool = False
 
     def validate(self) -> None:
@@ -165,6 +167,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
     def validate(self, *sections: str) -> None:
         """Check the named sections (all of them when none is named), then every rule across
@@ -192,6 +195,8 @@ def model_roles(config: Config) -> dict[str, str]:
     }
     if config.analysis.difficulty:
         roles["analysis.judge_model"] = config.analysis.judge_model or m.judge
+    if m.optimizer:  # evol optimize's own model; by default the evolver, already listed
+        roles["models.optimizer"] = m.optimizer
     return roles
 
 

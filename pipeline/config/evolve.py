@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config.checks import ConfigError, at_least, between, optional_at_least
+from pipeline.config.checks import ConfigError, at_least, between, not_empty, optional_at_least
 from pipeline.config.fields import throughput
 
 OPERATIONS = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "in_breadth")
@@ -19,7 +19,12 @@ class EvolveConfig:
     rounds: int = 4
     # Evolve only the first N seeds of the file (0: all): a small CPU run or a quick trial.
     max_seeds: int = 0
-    # Relative weights of the six operations; a missing operation gets weight 0. Uniform by default.
+    # How instructions are evolved: "ops" (the six hand-written operations of evolve_local/prompts.py)
+    # or the path of an evolving-method file written by `evol optimize` (evolve_local/method.py), used
+    # for every attempt instead. The stage key holds the method's hash, not the path.
+    method: str = "ops"
+    # Relative weights of the six operations (evolve.method=ops); a missing operation gets weight 0.
+    # Uniform by default.
     operation_weights: dict[str, float] = field(default_factory=lambda: {op: 1.0 for op in OPERATIONS})
     # Seeds that carry an answer keep it unless this is on (the WizardLM paper regenerated them).
     regenerate_seed_answers: bool = False
@@ -56,6 +61,7 @@ class EvolveConfig:
         """Values no evolution can run with; each failure names its key (see pipeline/config/checks.py)."""
         at_least("evolve.rounds", self.rounds, 0, " (0: the seeds alone)")
         at_least("evolve.max_seeds", self.max_seeds, 0, " (0: every seed)")
+        not_empty("evolve.method", self.method, "ops, or the path of a method file written by evol optimize")
         unknown = sorted(set(self.operation_weights) - set(OPERATIONS))
         if unknown:
             raise ConfigError(

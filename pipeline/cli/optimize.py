@@ -1,0 +1,76 @@
+"""The `evol optimize` command (registered by pipeline/cli/__init__.py); the stage is evolve_local/optimize.py.
+
+    evol optimize --config configs/tiny.yaml --out runs/tiny-opt --set optimize.steps=2
+    evol run --config configs/tiny.yaml --set evolve.method=runs/tiny-opt/best_method.json
+
+Auto Evol-Instruct with local models: improves an evolving method (optimize.start) from the failures of
+its own evolutions, scored by the elimination rules on a development set of seeds. The seeds, test set,
+config values, starting method and every model path are checked before a model loads; rerunning the
+same command resumes a killed optimisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import config_options, friendly_errors, lock_output
+from pipeline.config import load_config
+
+
+@click.command("optimize")
+@click.option(
+    "--seeds",
+    "seeds_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Seed file (default: evolve.seeds); the development set and the mini-batches are drawn from it.",
+)
+@click.option("--steps", type=int, default=None, help="Optimisation steps (default: optimize.steps).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory, e.g. runs/tiny-opt; writes optimize/ and best_method.json there.",
+)
+@config_options
+@friendly_errors
+def optimize(seeds_file, steps, out_dir, config_path, overrides) -> None:
+    """Improve an evolving method from its evolution failures (Auto Evol-Instruct)."""
+    from evolve_local.inputs import load_inputs
+    from evolve_local.optimize import BEST_FILE, run_optimize, split_seeds, start_method
+    from pipeline.cli.evolve import vllm_models
+    from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
+    from pipeline.core.manifest import write_run_manifest
+
+    lock_output(out_dir)
+    config = load_config(config_path, overrides)
+    if seeds_file:
+        config.evolve.seeds = seeds_file
+    if steps is not None:
+        config.optimize.steps = steps
+    config.validate("optimize")
+    inputs = load_inputs(config)
+    start = start_method(config)  # a bad method file is one sentence here
+    split_seeds(config, inputs.seeds)  # too few seeds for the development set and a mini-batch: here too
+    models = vllm_models(config, optimizer=True)
+    write_run_manifest(out_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+    o = config.optimize
+    click.echo(
+        f"[optimize] {len(inputs.seeds)} seeds from {inputs.seeds_file}: {o.steps} steps from method "
+        f"{start.name} ({start.hash}), {o.candidates} candidates each, development set {o.dev_size} seeds x "
+        f"{o.dev_rounds} rounds, mini-batch {o.minibatch} x {o.trajectory_rounds} rounds; evolver "
+        f"{models.names['evolver']}, optimizer {models.names['optimizer']}",
+        err=True,
+    )
+    summary = run_optimize(config, Path(out_dir), models, inputs)
+    rates = " -> ".join(f"{h['failure_rate']:.1%}" for h in summary["history"])
+    click.echo(
+        f"failure rate per step {rates}; chosen method {summary['chosen']} in {Path(out_dir) / BEST_FILE} "
+        f"(use it with --set evolve.method={Path(out_dir) / BEST_FILE})"
+    )
+
+
+COMMANDS = [optimize]
