@@ -26,7 +26,15 @@ from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.models import content_hash
 from pipeline.core.seeds import derive_seed
 from pipeline.core.testset import TestItem
-from pipeline.engine import ChatRequest, ChatResult, ChunkStats, Engine, generate_in_chunks
+from pipeline.engine import (
+    ChatRequest,
+    ChatResult,
+    ChunkStats,
+    Engine,
+    generate_in_chunks,
+    model_identity,
+    server_urls,
+)
 
 ANSWERS_FILE = "answers.jsonl"
 # Labels become directory names and `A__vs__B` judge names: keep them plain.
@@ -148,15 +156,21 @@ def testset_answers(config: Config, out_dir: Path, testset_file: Path) -> Answer
 
 
 def plan_answers(
-    answers: AnswerSet, model_path: Path, base_label: str, adapters: dict[str, Path], adapters_only: bool = False
+    answers: AnswerSet,
+    model_path: Path,
+    base_label: str,
+    adapters: dict[str, Path],
+    adapters_only: bool = False,
+    model_id: str | None = None,
 ) -> list[AnswerJob]:
-    """One job per label; finished labels come back done, partial ones with what they already hold."""
+    """One job per label; finished labels come back done, partial ones with what they already hold.
+    `model_id`: what the key holds of the model (`model_identity`; default: its content hash)."""
     if adapters_only and not adapters:
         raise InputError("--adapters-only needs at least one --adapter LABEL=PATH.")
     check_label(base_label, "--label")
     if not adapters_only and base_label in adapters:
         raise InputError(f"--label {base_label!r} is also an --adapter label; give the base model another --label.")
-    common = {**answers.source, "model": _hash_of(model_path), "generation": answers.settings}
+    common = {**answers.source, "model": model_id or _hash_of(model_path), "generation": answers.settings}
     targets = [] if adapters_only else [(base_label, None, None)]
     targets += [(label, label, path) for label, path in adapters.items()]
     answers.jobs = []
@@ -253,6 +267,7 @@ def _finish(answers: AnswerSet, config: Config, model_path: Path, stats: ChunkSt
             seeds={"run": config.run.seed},
             extra={
                 "label": job.label,
+                **server_urls(config, ("base",)),
                 "generation": answers.settings,
                 **answers.source,
                 # the engine call that answered every set of this model at once
@@ -285,7 +300,7 @@ def answer_all(
         from pipeline.engine import make_engine
 
         adapters = {job.label: job.adapter_path for a in sets for job in a.pending if job.adapter_path}
-        engine = make_engine(config, model_path, adapters=adapters)
+        engine = make_engine(config, model_path, adapters=adapters, role="base")
     try:
         return run_answers(engine, sets, config, model_path)
     finally:
@@ -310,5 +325,6 @@ def answer_testset(
     testset_file = Path(testset_file) if testset_file else testset_path(config.eval.testset)
     model_path = Path(model_path)
     answers = testset_answers(config, Path(out_dir), testset_file)
-    plan_answers(answers, model_path, base_label or model_path.name, adapters or {}, adapters_only)
+    model_id = model_identity(config, model_path, "base")
+    plan_answers(answers, model_path, base_label or model_path.name, adapters or {}, adapters_only, model_id)
     return answer_all(config, model_path, [answers], engine)[0]

@@ -40,7 +40,16 @@ from pipeline.core.jsonio import (
 from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import clip
-from pipeline.engine import ENGINE_ERROR, TOO_LONG, ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.engine import (
+    ENGINE_ERROR,
+    TOO_LONG,
+    ChatRequest,
+    ChatResult,
+    Engine,
+    generate_in_chunks,
+    model_identity,
+    server_urls,
+)
 
 ORDERS = ("AB", "BA")
 ORDERS_FILE, JUDGMENTS_FILE, SCORES_FILE = "orders.jsonl", "judgments.jsonl", "scores.json"
@@ -281,11 +290,12 @@ def run_judge(
         },
         seeds={"run": config.run.seed},
         extra={
+            **server_urls(config, ("judge",)),
             "throughput": {
                 "requests": stats.requests,
                 "seconds": round(stats.seconds, 1),
                 "output_tokens_per_second": round(stats.tokens_per_second, 1),
-            }
+            },
         },
     )
     return scores
@@ -333,11 +343,9 @@ def judge_pairs(
 
     Every pair is checked before the engine starts; finished pairs are read back from disk.
     """
-    from pipeline.core.models import content_hash
-
     config.validate("engine", "eval")  # the sections this stage reads (pipeline/config/)
     judge_model = Path(judge_model)
-    judge_hash = content_hash(judge_model) if judge_model.is_dir() else str(judge_model)
+    judge_hash = model_identity(config, judge_model, "judge")  # a content hash, or what the server reports
     loaded = []
     for answers_dir, baseline_dir in pairs:
         a = load_answer_set(answers_dir, "--answers")
@@ -354,7 +362,7 @@ def judge_pairs(
             if engine is None:
                 from pipeline.engine import make_engine
 
-                engine = make_engine(config, judge_model)
+                engine = make_engine(config, judge_model, role="judge")
             results.append((stage.dir, run_judge(engine, stage, a, b, item_ids, config, judge_model.name)))
     finally:
         if own_engine and engine is not None:

@@ -202,7 +202,7 @@ def other_value(value):
     if isinstance(value, list):
         return [*value, "x"]
     if isinstance(value, dict):
-        return {**value, next(iter(value)): 2.5}
+        return {**value, next(iter(value), "x"): 2.5}
     return 1  # None: an optional value set
 
 

@@ -165,7 +165,7 @@ def rate_difficulty(
         if own_engine:
             from pipeline.engine import make_engine
 
-            engine = make_engine(config, judge_path)
+            engine = make_engine(config, judge_path, role="analysis")
         try:
             generate_in_chunks(
                 engine, requests(), s.chunk_size or config.engine.chunk_size, save, total=len(todo), desc="difficulty"
@@ -307,10 +307,10 @@ def judge_identity(config: Config, engine: Engine | None) -> tuple[Path | None, 
         return None, None
     if engine is not None:
         return None, engine.model_name
-    from pipeline.core.models import content_hash, models_dir, resolve_model
+    from pipeline.engine.factory import locate_model, model_identity
 
-    judge_path = resolve_model(model_roles(config)["analysis.judge_model"], config.models.dir)
-    return judge_path, f"{judge_path.name} {content_hash(judge_path, models_dir(config.models.dir))}"
+    judge_path = locate_model(config, model_roles(config)["analysis.judge_model"], "analysis")
+    return judge_path, f"{judge_path.name} {model_identity(config, judge_path, 'analysis')}"
 
 
 def embedder_identity(embedder) -> str:

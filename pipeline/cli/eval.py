@@ -73,8 +73,8 @@ def answer(
     """Answer the test set with a base model and its LoRA adapters (one engine, greedy by default),
     or with several models, one engine after the other; with --verify-out, the verifiable prompt sets too."""
     from eval.answer import answer_all, check_label, parse_adapters, plan_answers, testset_answers
-    from pipeline.core.models import resolve_model
     from pipeline.core.paths import testset_path
+    from pipeline.engine.factory import locate_model, model_identity
 
     if len(model_names) > 1 and len(base_labels) != len(model_names):
         raise click.UsageError(f"{len(model_names)} --model options need as many --label options, one each.")
@@ -87,7 +87,8 @@ def answer(
         raise click.UsageError(f"Each --label must be different: {', '.join(labels)}.")
     config = load_config(config_path, overrides)
     config.validate("engine", "eval")  # the sections this stage reads, before anything is written
-    paths = [resolve_model(name, config.models.dir) for name in model_names or [config.models.base]]
+    # Local directories, or with engine.backend=server the served models (checked before any work).
+    paths = [locate_model(config, name, "base") for name in model_names or [config.models.base]]
     adapters = parse_adapters(adapter_specs, config.engine.max_lora_rank)
     testset_file = Path(testset) if testset else testset_path(config.eval.testset)
     testset_set = testset_answers(config, Path(out_dir), testset_file)
@@ -106,7 +107,9 @@ def answer(
         label = labels[i] if labels else model_path.name
         sets = [testset_set, *(v.answers for v in verify)]
         for answers in sets:  # jobs of this model's labels
-            plan_answers(answers, model_path, label, adapters, adapters_only)
+            plan_answers(
+                answers, model_path, label, adapters, adapters_only, model_identity(config, model_path, "base")
+            )
         summaries = answer_all(config, model_path, sets)
         _echo_answers(summaries[0])
         for v, summary in zip(verify, summaries[1:]):
@@ -230,7 +233,7 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
     """Judge two answer sets pairwise, in both orders, at temperature 0; write scores.json."""
     from eval.judge import judge_pairs
     from pipeline.core.jsonio import InputError
-    from pipeline.core.models import resolve_model
+    from pipeline.engine.factory import locate_model
 
     if len(answers_dirs) != len(baseline_dirs):
         raise InputError(
@@ -241,7 +244,7 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
     config.validate("engine", "eval")  # the sections this stage reads, before anything is written
     for a, b in zip(answers_dirs, baseline_dirs):  # one writer per comparison; others may run beside
         lock_output(Path(out_dir) / f"{Path(a).name}__vs__{Path(b).name}")
-    judge_path = resolve_model(judge_name or config.models.judge, config.models.dir)
+    judge_path = locate_model(config, judge_name or config.models.judge, "judge")
     for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
         o, f = scores["overall"], scores["judge_failures"]
         capacity = num(o["capacity_pct"], "%", spec="")

@@ -22,7 +22,7 @@ def vllm_models(config, optimizer: bool = False):
     """The ModelSet of the real engine: names, content hashes and a lazy vLLM factory per role
     (with `optimizer`, evol optimize's models.optimizer too, by default the evolver)."""
     from evolve_local.steps import ModelSet
-    from pipeline.core.models import content_hash, models_dir, resolve_model
+    from pipeline.engine.factory import locate_model, model_identity
 
     m = config.models
     if config.engine.backend == "ray":  # a missing Ray or a wrong address: one sentence, before any model
@@ -35,14 +35,15 @@ def vllm_models(config, optimizer: bool = False):
     if optimizer:
         roles["models.optimizer"] = m.optimizer or m.evolver
         keys["optimizer"] = "models.optimizer"
-    paths = {role: resolve_model(roles[key], m.dir) for role, key in keys.items()}
-    cache = models_dir(m.dir)
-    hashes = {role: content_hash(path, cache) for role, path in paths.items()}
+    # Local directories keyed by content, or with engine.backend=server the served models (checked
+    # against the server's list before any work) keyed by what the server reports.
+    paths = {role: locate_model(config, roles[key], role) for role, key in keys.items()}
+    hashes = {role: model_identity(config, path, role) for role, path in paths.items()}
 
     def make(role: str):
         from pipeline.engine import make_engine
 
-        return make_engine(config, paths[role])
+        return make_engine(config, paths[role], role=role)
 
     return ModelSet(names={role: path.name for role, path in paths.items()}, hashes=hashes, make=make)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ __all__ = ["Config", "ConfigError", "load_config", "model_roles", "semantic_dict
 # fail only when the engine starts, after a minute of loading.
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# The roles that get an engine, for engine.role_urls: evolve's three steps, the answering base model,
+# the judge and analysis' difficulty judge (model_roles names the config key of each).
+ROLES = ("evolver", "equality", "responder", "base", "judge", "analysis")
+URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
 
 
 @dataclass
@@ -112,8 +117,9 @@ class EngineConfig:
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
-    # Where generation runs: "local" (a vLLM engine in this process, the default) or "ray" (Ray Data
-    # with `replicas` vLLM engines, on this machine or a cluster; see the `ray` section).
+    # Where generation runs: "local" (a vLLM engine in this process, the default), "ray" (Ray Data
+    # with `replicas` vLLM engines, on this machine or a cluster; see the `ray` section) or "server"
+    # (an OpenAI-compatible server already running at `url`; the model names are the served names).
     backend: str = throughput("local")
     replicas: int = throughput(1)  # backend=ray: vLLM engine replicas, each tensor x pipeline parallel
     tensor_parallel_size: int = throughput(1)
@@ -132,6 +138,19 @@ class EngineConfig:
     core_process: bool | None = throughput(None)
     max_loras: int = throughput(4)
     max_lora_rank: int = 64
+    # backend=server: an OpenAI-compatible server that is already running (pipeline/engine/server_backend.py).
+    # Where the server is, how many requests it gets at once and how long each may take change where
+    # and how fast text is made, not which model makes it: the stage keys hold the served model's name
+    # and the identity the server reports for it instead.
+    url: str = throughput("")  # base URL, e.g. http://127.0.0.1:8000/v1
+    # Per-role servers, e.g. {judge: http://10.0.0.7:8000/v1}; roles: see ROLES, the rest use `url`.
+    role_urls: dict[str, str] = field(default_factory=dict, metadata={"throughput": True})
+    # The environment variable holding the server's API key (sent as a Bearer token); the key itself
+    # is never in the config nor in any manifest. Empty: no key.
+    api_key_env: str = throughput("")
+    max_in_flight: int = throughput(32)  # requests the server has at once (its continuous batch)
+    request_timeout_s: float = throughput(600.0)  # one request's reply, then it counts as a transient fault
+    retries: int = throughput(4)  # tries after a transient fault (refused, timed out, 5xx, torn reply)
 
     def validate(self) -> None:
         one_of("engine.dtype", self.dtype, DTYPES)
@@ -155,6 +174,26 @@ class EngineConfig:
         not_empty("engine.cpu_threads_bind", self.cpu_threads_bind, "all, or the cores to bind such as 0-7")
         at_least("engine.max_loras", self.max_loras, 1)
         one_of("engine.max_lora_rank", self.max_lora_rank, LORA_RANKS)
+        at_least("engine.max_in_flight", self.max_in_flight, 1)
+        positive("engine.request_timeout_s", self.request_timeout_s)
+        at_least("engine.retries", self.retries, 0)
+        if self.backend == "server" and not self.url and not self.role_urls:
+            raise ConfigError(
+                "engine.backend is server but engine.url is empty; give the server's base URL, "
+                "e.g. --set engine.url=http://127.0.0.1:8000/v1."
+            )
+        for key, url in [("engine.url", self.url)] + [(f"engine.role_urls.{r}", u) for r, u in self.role_urls.items()]:
+            if url and not URL.match(url):
+                raise ConfigError(
+                    f"{key} must be an http:// or https:// base URL such as http://127.0.0.1:8000/v1, not {url!r}."
+                )
+        for role in self.role_urls:
+            one_of("engine.role_urls", role, ROLES)
+        if self.backend == "server" and not self.url and set(ROLES) - set(self.role_urls):
+            missing = ", ".join(sorted(set(ROLES) - set(self.role_urls)))
+            raise ConfigError(
+                f"engine.url is empty and engine.role_urls names no server for {missing}; set engine.url."
+            )
 
 
 @dataclass

@@ -8,15 +8,17 @@
   vllm_backend.py  VLLMEngine: one vllm.LLM in this process (chat template, seeds, LoRA, constraints)
   ray_backend.py   RayEngine: every call a Ray Data job over engine.replicas engines (local Ray or a cluster)
   ray_job.py       that job: one replica actor per engine, each running its shard as chains
+  server_backend.py ServerEngine: requests to an OpenAI-compatible server already running (engine.url)
   fake.py          FakeEngine: scripted answers for unit tests
-  factory.py       make_engine: the backend a config asks for
+  factory.py       make_engine: the backend a config asks for; locate_model, model_identity: a role's
+                   model and what stage keys hold of it (a local directory, or a served model)
   schedule.py      generate_in_chunks (resumable chunks), run_dataflow and chain_blocks (dependent requests)
 
 The chat template is applied by the backend with the model's own tokenizer, so a prompt that does
 not fit the context is reported per request (`finish_reason == "too_long"`) instead of failing.
 """
 
-from pipeline.engine.factory import make_engine
+from pipeline.engine.factory import locate_model, make_engine, model_identity, server_urls
 from pipeline.engine.schedule import ChunkStats, chain_blocks, generate_in_chunks, run_dataflow
 from pipeline.engine.types import (
     ENGINE_ERROR,
@@ -43,6 +45,9 @@ __all__ = [
     "FollowUp",
     "StreamingEngine",
     "generate_in_chunks",
+    "locate_model",
     "make_engine",
+    "model_identity",
     "run_dataflow",
+    "server_urls",
 ]
