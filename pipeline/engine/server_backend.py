@@ -68,6 +68,7 @@ class Skipped(Exception):
 class Reply:
     status: int
     body: dict | None  # the parsed JSON, None when the reply was not JSON
+    text: str = ""  # the raw reply, for one that is not JSON
 
     @property
     def message(self) -> str:
@@ -76,7 +77,7 @@ class Reply:
         error = body.get("error")
         if isinstance(error, dict):
             return str(error.get("message", ""))
-        return str(error or body.get("message") or body.get("detail") or "")
+        return str(error or body.get("message") or body.get("detail") or self.text[:200])
 
 
 @dataclass
@@ -158,7 +159,7 @@ class ServerClient:
             conn.close()
             self._local.conn = None
 
-    def _once(self, method: str, path: str, body: dict | None) -> Reply:
+    def _once(self, method: str, path: str, body: dict | None, want_json: bool) -> Reply:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
@@ -185,19 +186,25 @@ class ServerClient:
             raise Transient(
                 f"returned HTTP {response.status} ({Reply(response.status, parsed).message or raw[:200]!r})"
             )
-        if response.status == 200 and not isinstance(parsed, dict):
+        if response.status == 200 and want_json and not isinstance(parsed, dict):
             raise Transient(f"returned a reply that is not a JSON object ({raw[:80]!r})")
-        return Reply(response.status, parsed if isinstance(parsed, dict) else None)
+        text = raw.decode("utf-8", "replace") if not isinstance(parsed, dict) else ""
+        return Reply(response.status, parsed if isinstance(parsed, dict) else None, text)
 
     def request(
-        self, method: str, path: str, body: dict | None = None, check: Callable[[Reply], None] = None
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        check: Callable[[Reply], None] | None = None,
+        want_json: bool = True,
     ) -> Reply:
         """The reply, after up to `retries` more tries on transient faults (backoff 1, 2, 4 ... x backoff_s,
         at most 30 s); then one sentence naming the URL and the last fault. `check` may raise Transient
         for a reply that parsed but lacks what the caller needs."""
         for attempt in range(self.retries + 1):
             try:
-                reply = self._once(method, path, body)
+                reply = self._once(method, path, body, want_json)
                 if check is not None:
                     check(reply)
                 return reply
@@ -262,7 +269,7 @@ class ServerStats:
     requests: int = 0
     too_long: int = 0
     retries: int = 0
-    # requests sent again without a field the server refused, by field
+    # requests answered without a field they asked for (the server refused it), by field
     fallbacks: dict[str, int] = field(default_factory=lambda: {name: 0 for name in OPTIONAL_FIELDS})
 
 
@@ -317,15 +324,28 @@ class ServerEngine:
         return body
 
     def complete(self, request: ChatRequest) -> ChatResult:
-        """One request to the end: retries inside, too_long for a context overflow, refused fields dropped."""
+        """One request to the end: retries inside, too_long for a context overflow, refused fields dropped.
+        Once a request has failed for good, the requests not yet sent are not sent (Skipped)."""
         if self._failed is not None:
             raise Skipped()
+        try:
+            return self._complete(request)
+        except ServerError as err:
+            with self._lock:
+                self._failed = self._failed or err
+            raise
+
+    def _complete(self, request: ChatRequest) -> ChatResult:
         body = self.body(request)
+        wanted = [name for name in OPTIONAL_FIELDS if name in body]
         while True:
             for name in self._refused:
                 body.pop(name, None)
             reply = self.client.request("POST", "/chat/completions", body, check=_check_completion)
             if reply.status == 200:
+                with self._lock:  # each request answered without a field it asked for, by field
+                    for name in wanted:
+                        self._stats.fallbacks[name] += name not in body
                 return self._result(request, reply.body)
             message = reply.message
             if reply.status == 400 and CONTEXT_OVERFLOW.search(message):
@@ -340,7 +360,6 @@ class ServerEngine:
                     f"{message or 'no reason given'}."
                 )
             with self._lock:
-                self._stats.fallbacks[refused] += 1
                 if refused not in self._refused:
                     self._refused.add(refused)
                     print(
@@ -364,7 +383,10 @@ class ServerEngine:
         )
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        return list(self._pool.map(self.complete, requests))
+        try:
+            return list(self._pool.map(self.complete, requests))
+        except Skipped:
+            raise self._failed from None
 
     @property
     def pending(self) -> int:
@@ -388,7 +410,7 @@ class ServerEngine:
             if error is None:
                 finished.append((request, future.result()))
             elif not isinstance(error, Skipped) and self._failed is None:
-                self._failed = error
+                self._failed = error  # anything else a request raised (a bug, an unknown adapter)
         if self._failed is not None and not finished:
             while self._futures:  # what is still out comes back first: finished work is never dropped
                 request_done, _ = wait(list(self._futures), return_when=FIRST_COMPLETED)
@@ -404,6 +426,11 @@ class ServerEngine:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
+        stats = self.stats
+        notes = [f"{stats.retries} transient faults retried"] if stats.retries else []
+        notes += [f"{n} answered without {name}" for name, n in stats.fallbacks.items() if n]
+        if notes:
+            print(f"[server] {self.url}: {stats.requests} requests, " + ", ".join(notes), file=sys.stderr)
 
 
 def _check_completion(reply: Reply) -> None:
@@ -446,7 +473,8 @@ def load_adapters(client: ServerClient, offered: list[ServedModel], adapters: di
     for name, path in adapters.items():
         if name in names:
             continue
-        reply = client.request("POST", "/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        # vLLM answers a load with plain text ("Success: LoRA adapter ... added successfully.")
+        reply = client.request("POST", "/load_lora_adapter", {"lora_name": name, "lora_path": path}, want_json=False)
         if reply.status == 200 or "already" in reply.message.lower():
             print(f"[server] loaded the LoRA adapter {name} from {path} into {client.url}", file=sys.stderr)
             continue
