@@ -24,6 +24,7 @@ from eval.report.ablation import (
 from eval.report.analysis import analysis_report_json, analysis_section
 from eval.report.evaluation import Section, build_report, find_judge_dirs, lc_cell, with_ci
 from eval.report.harness import harness_report_json, harness_section
+from eval.report.method import method_report_json, method_section
 from eval.report.verify import verify_panel, verify_report_json, verify_sections
 from eval.scores import Aggregation
 from pipeline.config import Config
@@ -128,10 +129,11 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     analysis = analysis_section(run_dir)
     harness = harness_section(run_dir)  # lm-eval tasks (eval.harness_tasks); None when off
     verified = verify_sections(run_dir, config)  # eval.verify_sets; none when off
+    method = method_section(run_dir)  # evolve.method: the operations, or a method with its optimisation
     build_report(
         judge_dirs,
         run_dir,
-        extra_sections=[section, *verified, *(s for s in (analysis, harness) if s)],
+        extra_sections=[section, *(s for s in (method,) if s), *verified, *(s for s in (analysis, harness) if s)],
         settings=settings,
     )
     # eval's report.json describes the comparisons; the run adds its ablation and survival rows.
@@ -145,6 +147,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
             "bradley_terry": strengths,
             "survival": survival_rows,
             **analysis_report_json(run_dir),
+            **method_report_json(run_dir),
             **harness_report_json(run_dir),
             **verify_report_json(run_dir, config),
         }

@@ -1,7 +1,8 @@
 """The `evol optimize` command (registered by pipeline/cli/__init__.py); the stage is evolve_local/optimize.py.
 
     evol optimize --config configs/tiny.yaml --out runs/tiny-opt --set optimize.steps=2
-    evol run --config configs/tiny.yaml --set evolve.method=runs/tiny-opt/best_method.json
+    evol run --config configs/tiny.yaml --set evolve.method=runs/tiny-opt/best_method.json --set run.name=tiny-m
+    evol compare-methods runs/tiny runs/tiny-m       # the ablation, side by side: runs/tiny-m/comparison.md
 
 Auto Evol-Instruct with local models: improves an evolving method (optimize.start) from the failures of
 its own evolutions, scored by the elimination rules on a development set of seeds. The seeds, test set,
@@ -73,4 +74,34 @@ def optimize(seeds_file, steps, out_dir, config_path, overrides) -> None:
     )
 
 
-COMMANDS = [optimize]
+@click.command("compare-methods")
+@click.argument("ops_run", type=click.Path(file_okay=False))
+@click.argument("method_run", type=click.Path(file_okay=False))
+@friendly_errors
+def compare_methods(ops_run, method_run) -> None:
+    """The ablation: two runs that differ only in evolve.method, side by side (comparison.md in METHOD_RUN).
+
+    Run the same config twice, e.g. `evol run --config configs/tiny.yaml --set run.name=tiny-ops` and
+    `evol run --config configs/tiny.yaml --set run.name=tiny-opt --set evolve.method=runs/tiny-opt/best_method.json`,
+    then `evol compare-methods runs/tiny-ops runs/tiny-opt`. Reads files only: no model."""
+    from eval.report.evaluation import render_html, render_markdown
+    from eval.report.method import method_comparison, method_section
+    from pipeline.core.jsonio import atomic_write_text, write_json
+
+    out = Path(method_run)
+    lock_output(out)
+    section, data = method_comparison(Path(ops_run), out)
+    sections = [section, *(s for s in (method_section(out),) if s)]
+    title = f"Evolving methods: {Path(ops_run).name} vs {out.name}"
+    atomic_write_text(out / "comparison.md", render_markdown(title, sections, out))
+    atomic_write_text(out / "comparison.html", render_html(title, sections))
+    write_json(out / "comparison.json", data)
+    totals = data["totals"]
+    click.echo(
+        f"kept {totals['a']['kept']}/{totals['a']['attempted']} ({data['a']['method']['name']}) vs "
+        f"{totals['b']['kept']}/{totals['b']['attempted']} ({data['b']['method']['name']}); "
+        f"{out / 'comparison.md'}"
+    )
+
+
+COMMANDS = [optimize, compare_methods]
