@@ -56,7 +56,11 @@ MAX_PROBLEMS = 8
 
 def start_method(config: Config) -> Method:
     start = config.optimize.start
-    return Method(GENERAL_METHOD, name="general", lineage={"step": 0}) if start == "general" else load_method(start)
+    return (
+        Method(GENERAL_METHOD, name="general", lineage={"step": 0})
+        if start == "general"
+        else load_method(start, "optimize.start")
+    )
 
 
 def split_seeds(config: Config, seeds: list[Seed]) -> tuple[list[Seed], list[list[Seed]]]:

@@ -5,6 +5,7 @@ with an optimised method keyed and recorded by the method's hash."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +19,8 @@ from pipeline.cli import main
 from pipeline.config import stable_hash
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
 from tests.conftest import VOCAB, Factory, make_config, parent_of, scripted
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Three rewrites the scripted optimizer writes, by request id: one that makes every evolution repeat its
 # parent (all eliminated), one that lost the placeholder (repaired), one as good as the second.
@@ -113,6 +116,40 @@ def test_a_bad_method_stops_evol_evolve_before_any_model(tmp_path):
     assert result.exit_code == 2, result.output
     assert "Error: Method file" in result.output and "{instruction}" in result.output
     assert not (tmp_path / "run" / "evolve").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        ({"format": "evol-method/2", "text": "Harder: {instruction}"}, "its 'format' is 'evol-method/2', not"),
+        ({"text": "Harder: {instruction}"}, "it has no 'format', 'evol-method/1'"),
+        ({"format": "evol-method/1", "text": "Make it harder."}, "exactly once (it holds it 0 times)"),
+    ],
+)
+@pytest.mark.parametrize("command, key", [("run", "evolve.method"), ("optimize", "optimize.start")])
+def test_a_bad_method_file_stops_evol_run_and_evol_optimize_before_any_model(
+    command, key, data, says, tmp_path, monkeypatch
+):
+    """The sentence names the setting that gave the file: evol optimize's starting method is optimize.start."""
+    import pipeline.run
+    from pipeline.engine import vllm_backend
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stage or an engine was started")
+
+    monkeypatch.setattr(pipeline.run, "_start", refuse)
+    monkeypatch.setattr(vllm_backend.VLLMEngine, "__init__", refuse)
+    bad = write_method(tmp_path, data)
+    config = make_config(tmp_path)
+    where = ["--set", f"run.runs_dir={tmp_path / 'runs'}"] if command == "run" else ["--out", str(tmp_path / "opt")]
+    args = [command, *where, "--set", f"{key}={bad}", "--set", f"models.dir={ROOT / 'models'}"]
+    for override in (f"evolve.seeds={config.evolve.seeds}", f"eval.testset={config.eval.testset}"):
+        args += ["--set", override]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: Method file {bad} ({key})") and says in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "opt").exists()  # nothing started
 
 
 def test_a_method_replaces_the_operations_and_its_hash_keys_the_stage(tmp_path):
