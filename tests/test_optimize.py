@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from evolve_local.eliminate import copied_method_words, method_phrases
 from evolve_local.evolve import run_evolve
 from evolve_local.inputs import key_material, load_inputs
 from evolve_local.method import GENERAL_METHOD, Method, load_method
@@ -181,6 +182,60 @@ def test_a_method_replaces_the_operations_and_its_hash_keys_the_stage(tmp_path):
 
     assert key(config) == key(make_config(tmp_path, f"evolve.method={same}", rounds=1))
     assert len({key(config), key(ops), key(make_config(tmp_path, f"evolve.method={other}", rounds=1))}) == 3
+
+
+# ---------------------------------------------------------------- a method's own words
+
+# A method with an example in it, as SmolLM2 wrote one; the scripted evolver copies the example's answer.
+LEAKY = (
+    "LEAKY: make it harder. For example: what is fifteen percent of two hundred? The answer is two.\n"
+    "Then name a river and it must be clear.\n#Original Task#\n{instruction}\n\n#Rewritten Task#\n"
+)
+
+
+def leaky_scripted(request):
+    text = request.prompt_text
+    if text.rstrip().endswith("Improved method:") and request.id == "rewrite-1":
+        return LEAKY
+    if text.startswith("LEAKY") and "EQUAL or DIFFERENT" not in text:
+        return parent_of(text) + " The answer is two."
+    return optimizer_scripted(request)
+
+
+def test_an_evolution_that_copies_its_methods_words_is_eliminated():
+    said = copied_method_words("Add 3 and 4. The answer is two.", "Add 3 and 4.", LEAKY)
+    assert said == "the instruction repeats the method's words 'the answer is two'"
+    assert (
+        copied_method_words("Add 3 and 4. The answer is two, why?", "Add 3 and 4. The answer is two.", LEAKY) is None
+    )
+    assert copied_method_words("Add 3 and 4. The answer is two.", "Add 3 and 4.", None) is None  # the operations
+    assert copied_method_words("Add 3 and 4, then name a river.", "Add 3 and 4.", LEAKY)  # any run of the method
+    assert copied_method_words("Add 3 and 4 and it must be clear.", "Add 3 and 4.", LEAKY) is None  # stop words
+    phrases = method_phrases(LEAKY)
+    assert ("and", "it", "must", "be") not in phrases  # stop words alone: said without copying anything
+    assert not any("original" in run or "instruction" in run for run in phrases)  # the labels: the phrase list
+
+
+def test_a_leaking_method_scores_worse_and_its_evolutions_are_keyed_by_the_rule(tmp_path):
+    path = Method(LEAKY, name="leaky").save(tmp_path / "leaky.json")
+    config = make_config(tmp_path, f"evolve.method={path}", rounds=1)
+    factory = OptFactory()
+    factory.respond = leaky_scripted
+    stats = run_evolve(config, tmp_path / "run", factory.models, load_inputs(config), quiet=True)
+    records = read_jsonl(tmp_path / "run" / "evolve" / "round_1.jsonl")
+    copied = [r for r in records if r["elimination_rule"] == "copied_prompt_words"]
+    assert copied and all("the method's words 'the answer is two'" in r["elimination_detail"] for r in copied)
+    assert stats["rounds"][1]["kept"] == 0
+    models = factory.models
+    assert key_material(config, load_inputs(config), models)["method"].endswith("+copied-method-words-4")
+    ops = make_config(tmp_path, rounds=1)
+    assert key_material(ops, load_inputs(ops), models)["method"] == "ops"  # the operations' key did not move
+
+    # in an optimisation the leaking rewrite (candidate 1) would keep every evolution without the rule
+    summary, _ = optimise(tmp_path, "opt", factory)
+    first = summary["steps"][0]["candidates"][0]
+    assert first["failure_rate"] == 1.0 and first["eliminated"]["copied_prompt_words"] == first["attempted"]
+    assert not first["chosen"]
 
 
 # ---------------------------------------------------------------- the optimisation
