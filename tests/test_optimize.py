@@ -19,6 +19,7 @@ from evolve_local.steps import ModelSet
 from pipeline.cli import main
 from pipeline.config import stable_hash
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
+from pipeline.engine.fake import BlockFakeEngine
 from tests.conftest import VOCAB, Factory, make_config, parent_of, scripted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,3 +343,27 @@ def test_the_optimizer_text_is_read_tolerantly():
     assert text.count("{instruction}") == 1 and "no {instruction} placeholder" in repaired
     text, repaired = candidate_text("{instruction} {instruction}")
     assert text.count("{instruction}") == 1 and repaired.startswith("2 ")
+
+
+def test_on_the_ray_backend_the_same_jobs_choose_the_same_method(tmp_path):
+    """engine.backend=ray: every evolution of the optimisation is a chain job and the optimizer's
+    prompts a streamed job on the block engine the Ray backend is, and they choose what the local
+    path chooses, file for file."""
+    local, _ = optimise(tmp_path, "local")
+
+    blocks = OptFactory(block_size=2)
+    blocks.engine_class = BlockFakeEngine
+    ray, _ = optimise(tmp_path, "ray", blocks, "engine.backend=ray")
+
+    assert json.dumps(ray["steps"]) == json.dumps(local["steps"])
+    assert (tmp_path / "ray" / "best_method.json").read_text() == (tmp_path / "local" / "best_method.json").read_text()
+    chains = [c for _, engine in blocks.started for c in engine.chains]
+    streams = [s for _, engine in blocks.started for s in engine.streams]
+    # the start's score, and per step a trajectory of 2 rounds and a 1-round evolution of each candidate
+    # not scored before (step 2's scripted rewrites are step 1's texts again)
+    scored = [sum(not c.get("same_as_scored") for c in step["candidates"]) for step in ray["steps"]]
+    assert scored == [3, 0] and len(chains) == 1 + (2 + 3) + (2 + 0)
+    optimizer_jobs = [s for s in streams if s[0].prompt_text.rstrip().endswith(("Problems:", "Improved method:"))]
+    assert [len(s) for s in optimizer_jobs] == [1, 3, 1, 3]  # per step: the analysis, then 3 rewrites
+    for run in (tmp_path / "ray" / "optimize").rglob("evolve/manifest.json"):
+        assert read_json(run)["backend"] == "ray"
