@@ -31,8 +31,9 @@ def completion(text="ok", prompt_tokens=7, completion_tokens=2, finish="stop"):
 class Stub:
     """A stub server: `chat(body, n)` scripts the n-th chat reply as (status, JSON or raw bytes)."""
 
-    def __init__(self, chat=None, models=(MODEL,), load=None):
+    def __init__(self, chat=None, models=(MODEL,), load=None, close_after_reply=False):
         self.chat = chat or (lambda body, n: completion())
+        self.close_after_reply = close_after_reply  # close each connection silently, as an idle keep-alive is
         self.models, self.load = list(models), load
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
@@ -55,6 +56,8 @@ class Stub:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                if stub.close_after_reply:  # no "Connection: close": the client believes it kept alive
+                    self.close_connection = True
 
             def do_GET(self):
                 if self.path == "/v1/models":
@@ -123,6 +126,15 @@ def engine_for(stub, model="tiny", **values):
 
 def ask(text="Hi", **fields):
     return ChatRequest(id=text, messages=[{"role": "user", "content": text}], **fields)
+
+
+def test_a_kept_alive_connection_the_server_closed_is_reopened_at_once_and_is_no_fault(stubs):
+    stub = stubs(close_after_reply=True)
+    engine = engine_for(stub, max_in_flight=1, retries=0)  # one thread: each request reuses its connection
+    results = engine.generate([ask(f"q{i}", seed=i) for i in range(4)])
+    assert [r.text for r in results] == ["ok"] * 4 and len(stub.bodies) == 4
+    # no retry counted and none needed (retries=0 would have failed the stage); each reuse reconnected
+    assert engine.stats.retries == 0 and engine.client.reconnected == 3  # the first request opened its own
 
 
 def test_a_5xx_is_retried_and_counted_then_the_answer_comes_back(stubs):
