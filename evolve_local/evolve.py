@@ -55,7 +55,7 @@ from pipeline.core.manifest import begin_stage, finish_stage
 from pipeline.core.records import CONTAMINATED, NEAR_DUPLICATE, SEED_FILE, SEED_OPERATION, TOO_LONG_RULE, RoundRecord
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import words
-from pipeline.engine import TOO_LONG, ChatRequest
+from pipeline.engine import TOO_LONG, ChatRequest, server_urls
 
 STAGE = "evolve"
 METHOD_FILE = "method.json"  # evolve.method's file, copied into evolve/ when it is not "ops"
@@ -131,6 +131,7 @@ def run_evolve(
             "rounds_done": rounds,
             "backend": config.engine.backend,
             "method": describe(inputs.method),
+            **server_urls(config, ("evolver", "equality", "responder")),
         },
         outputs=[run.data_dir / f"C{k}.jsonl" for k in range(rounds + 1)],
     )

@@ -148,6 +148,7 @@ def test_evolve_answer_judge_through_the_server_keep_the_local_contract(
     assert stats["remote"]["rounds"][1]["attempted"] == stats["local"]["rounds"][1]["attempted"] == SEEDS
     manifest = read_json(tmp_path / "remote" / "evolve" / "manifest.json")
     assert manifest["backend"] == "server"
+    assert manifest["server"] == {role: server.url for role in ("evolver", "equality", "responder")}
     assert manifest["inputs"]["models"]["evolver"] == [tiny_model.name, remote_models.hashes["evolver"]]
 
     for label in ("base", "lora"):
