@@ -219,3 +219,28 @@ def test_a_replica_killed_mid_round_costs_only_the_blocks_it_held(tmp_path):
     delivered = {p["id"] for p in engine.placement if p["replica"].endswith(f":{killed[0]}")}
     assert delivered and not delivered & set(others)  # what it handed back before the kill was not redone
     assert sorted(delivered | set(others)) == sorted(f"s{i}@r1" for i in range(9))
+
+
+def test_the_driver_shows_a_bar_of_chains_done_of_total_with_rate_and_eta(fake_gpus, tmp_path, capsys):
+    import re
+
+    config = make_config(tmp_path, "engine.backend=ray", "ray.batch_size=2", rounds=1)
+    engines = []
+
+    def make(role):
+        from pipeline.engine.ray_backend import RayEngine
+
+        engines.append(RayEngine("fake", config.engine, config.ray, replica=partial(StreamingFakeEngine, scripted)))
+        return engines[-1]
+
+    names = {role: "fake" for role in ("evolver", "equality", "responder")}
+    run_evolve(config, tmp_path / "ray", ModelSet(names, {r: "h" for r in names}, make))
+    err = capsys.readouterr().err
+    # tqdm's bar as the terminal shows it: "round 1: 100%|####| 9/9 [00:01<00:00, 6.50item/s, tok/s=...]"
+    bars = re.findall(
+        r"round 1: +\d+%\|[^|]*\| (\d+)/(\d+) \[(\d\d:\d\d)<(\d\d:\d\d|\?), +([0-9.?]+)(item/s|s/item)", err
+    )
+    assert bars and bars[0][:2] == ("0", "9")  # shown before the first block is back
+    assert bars[-1][:2] == ("9", "9") and bars[-1][3] == "00:00"  # every chain done, the ETA run out
+    assert engines[0].last_job["rows"] == 9 and engines[0].last_job["blocks"] >= 2  # one job, several blocks
+    assert "[ray] starting 1 engine replica(s)" in err

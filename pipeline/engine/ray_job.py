@@ -113,6 +113,11 @@ class ReplicaPool:
         gpus, workers = check_room(self.engine)
         options, bundles = replica_options(gpus, workers, r.cpus_per_worker)
         remote = ray.remote(Replica)
+        # the stage's bar shows nothing until the first block is back: say why it waits
+        print(
+            f"[ray] starting {s.replicas} engine replica(s); the first blocks go out once every one has started",
+            file=sys.stderr,
+        )
         began = time.time()
         for _ in range(s.replicas):
             extra = {}
