@@ -143,6 +143,110 @@ def overhead(seeds, rounds, work, backends, one) -> None:
             print(line, flush=True)
 
 
+class LeanFake:
+    """A replica's scripted streaming engine that keeps nothing but what is in flight (the test fakes
+    record every poll, which a job of 200K chains would fill a replica's memory with)."""
+
+    def __init__(self, per_poll: int = 64):
+        self.in_flight: list = []
+        self.per_poll = per_poll
+
+    @property
+    def pending(self) -> int:
+        return len(self.in_flight)
+
+    def submit(self, requests) -> None:
+        self.in_flight += requests
+
+    def poll(self):
+        done, self.in_flight = self.in_flight[: self.per_poll], self.in_flight[self.per_poll :]
+        return [(r, self.result(r)) for r in done]
+
+    def generate(self, requests):
+        return [self.result(r) for r in requests]
+
+    @staticmethod
+    def result(request):
+        from pipeline.engine.types import ChatResult
+
+        return ChatResult(request.id, scripted(request), 300, 20, "stop")
+
+    def close(self) -> None:
+        pass
+
+
+def three_steps(request, result):
+    """evolve -> check -> answer, as an evolution round's chains (the follow-up a replica runs)."""
+    from dataclasses import replace
+
+    after = {"evolve": "check", "check": "answer"}.get(request.purpose)
+    return replace(request, purpose=after) if after else None
+
+
+def run_job(chains: int, batch_size: int) -> dict:
+    """One Ray job of `chains` three-step chains on one scripted replica, the requests made lazily
+    (each ~1.5 KB of prompt, as an evolution prompt with its instruction) and every block dropped
+    once counted: the driver's own memory for a job, without the evolve stage's (its near-duplicate
+    index and the round's records grow with the pool whatever the backend)."""
+    from pipeline.config import load_config
+    from pipeline.engine.ray_backend import RayEngine
+    from pipeline.engine.types import ChatRequest
+
+    config = load_config(None, ["engine.backend=ray", "ray.num_cpus=2", f"ray.batch_size={batch_size}"])
+    engine = RayEngine("scripted", config.engine, config.ray, replica=LeanFake)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    filler = " ".join(WORDS[:250])
+
+    def requests():
+        for i in range(chains):
+            text = f"Rewrite the task below into a harder one.\n{filler}\nTask {i}"
+            yield ChatRequest(id=f"s{i}@r1", messages=[{"role": "user", "content": text}], purpose="evolve", seed=i)
+
+    started = time.perf_counter()
+    steps = 0
+    try:
+        for block in engine.run_chains(requests(), three_steps):
+            steps += len(block)
+    finally:
+        engine.close()
+    return {
+        "chains": chains,
+        "steps": steps,
+        "batch_size": batch_size,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "driver_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "driver_rss_before_job_gb": round(before / 2**20, 3),
+        "blocks": engine.last_job["blocks"],
+    }
+
+
+@main.command("job")
+@click.option("--chains", default="8000,52000,208000")
+@click.option("--batch-size", default=16, type=int)
+@click.option("--one", default=0, type=int, help="Internal: run one job of this many chains in this process.")
+def job(chains, batch_size, one) -> None:
+    """The driver's peak RSS over one Ray job as the job grows, each size in a fresh process."""
+    if one:
+        print(json.dumps(run_job(one, batch_size)))
+        return
+    for count in [int(x) for x in chains.split(",")]:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.ray_bench",
+                "job",
+                "--batch-size",
+                str(batch_size),
+                "--one",
+                str(count),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        print(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-3000:], flush=True)
+
+
 @main.command("round")
 @click.option("--seeds", default=16, type=int)
 @click.option("--work", default="runs/ray-bench", type=click.Path(file_okay=False))
