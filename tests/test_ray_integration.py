@@ -201,7 +201,7 @@ def engine_actors(ray, state=None) -> list[dict]:
 
 class OneResultThenStall(VLLMEngine):
     """A replica's engine that, in the replica's first process, hands back one finished request and
-    then stalls until the test kills the process, so the kill lands mid-shard after one counted row
+    then stalls until the test kills the process, so the kill lands mid-job after one counted row
     however fast the box runs. The restarted process (the `marks/stalls` file exists) runs as
     VLLMEngine. Every process lists the requests it finished in `marks/finished-<pid>`."""
 
