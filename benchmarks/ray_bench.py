@@ -63,7 +63,7 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def run_scripted(seeds: int, rounds: int, backend: str, work: Path) -> dict:
+def run_scripted(seeds: int, rounds: int, backend: str, work: Path, overrides: tuple = ()) -> dict:
     """One evolution with the scripted engine in this process (called in a fresh process)."""
     from evolve_local.evolve import run_evolve
     from evolve_local.steps import ModelSet
@@ -83,6 +83,7 @@ def run_scripted(seeds: int, rounds: int, backend: str, work: Path) -> dict:
             f"evolve.rounds={rounds}",
             f"engine.backend={'local' if backend == 'local' else 'ray'}",
             "ray.num_cpus=2",
+            *overrides,
         ],
     )
 
@@ -123,19 +124,21 @@ def main() -> None:
 @click.option("--rounds", default=4, type=int)
 @click.option("--work", default="runs/ray-bench", type=click.Path(file_okay=False))
 @click.option("--backends", default="local,ray,ray-job")
+@click.option("--set", "overrides", multiple=True, help="A config override for every run (key=value).")
 @click.option("--one", default="", help="Internal: run one 'backend:seeds' in this process.")
-def overhead(seeds, rounds, work, backends, one) -> None:
+def overhead(seeds, rounds, work, backends, overrides, one) -> None:
     """The evolve stage's own cost (no model), both backends, each in a fresh process."""
     work = Path(work)
     if one:
         backend, count = one.split(":")
-        print(json.dumps(run_scripted(int(count), rounds, backend, work)))
+        print(json.dumps({**run_scripted(int(count), rounds, backend, work, overrides), "set": list(overrides)}))
         return
     for count in [int(x) for x in seeds.split(",")]:
         for backend in backends.split(","):
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.ray_bench", "overhead", "--rounds", str(rounds)]
-                + ["--work", str(work), "--one", f"{backend}:{count}"],
+                + ["--work", str(work), "--one", f"{backend}:{count}"]
+                + [arg for override in overrides for arg in ("--set", override)],
                 capture_output=True,
                 text=True,
             )
