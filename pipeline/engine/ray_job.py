@@ -218,14 +218,15 @@ class Blocks:
         return block
 
 
-def delivered_pairs(engine, replica: str, block: dict, delivered: set[str]) -> list[tuple[ChatRequest, ChatResult]]:
-    """The finished steps of a block's chains the driver has not had yet; a failed chain is counted
-    in `engine.failed` instead."""
+def delivered_pairs(engine, replica: str, block: dict, delivered: set[int]) -> list[tuple[ChatRequest, ChatResult]]:
+    """The finished steps of a block's chains, unless the driver had the block already (kept by block
+    number, not chain id, so the driver's memory grows by a number per block); a failed chain is
+    counted in `engine.failed` instead."""
+    if block["block"] in delivered:
+        return []
+    delivered.add(block["block"])
     pairs = []
     for chain in block["chains"]:
-        if chain["id"] in delivered:
-            continue
-        delivered.add(chain["id"])
         engine.placement.append({"id": chain["id"], "replica": replica})
         if chain["error"]:
             engine.failed.append((chain["id"], chain["error"]))
@@ -263,7 +264,7 @@ def ray_job(
     open_chains, busy, alive = [0] * n, [0.0] * n, [True] * n
     calls: dict = {}  # a replica's call under way -> the replica
     restarting: set[int] = set()  # replicas Ray is starting again: their `begin` call is under way
-    delivered: set[str] = set()
+    delivered: set[int] = set()  # blocks handed to the caller
     done = chains = redone = 0
     first_block = None
 
