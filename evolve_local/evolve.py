@@ -14,7 +14,7 @@ needs no answer, and answering only instructions that passed it skips the larges
 for every rejected item (and, with a separate responder, one engine swap per round).
 When one model plays every role (the default) steps 1-3 run as chains on one engine: an item's
 check is sent the moment its evolution ends, so the engine never waits for a step's slowest
-request (`evolve.overlap_steps`); on Ray each replica chains its shard of the pool the same way.
+request (`evolve.overlap_steps`); on Ray each replica chains the blocks of the pool it takes the same way.
 With different models, each step runs over the whole pool in chunks, so each model starts once
 per round.
 
