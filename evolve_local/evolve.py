@@ -14,7 +14,7 @@ needs no answer, and answering only instructions that passed it skips the larges
 for every rejected item (and, with a separate responder, one engine swap per round).
 When one model plays every role (the default) steps 1-3 run as chains on one engine: an item's
 check is sent the moment its evolution ends, so the engine never waits for a step's slowest
-request (`evolve.overlap_steps`); on Ray each replica chains its shard of the pool the same way.
+request (`evolve.overlap_steps`); on Ray each replica chains the blocks of the pool it takes the same way.
 With different models, each step runs over the whole pool in chunks, so each model starts once
 per round.
 
@@ -55,7 +55,7 @@ from pipeline.core.manifest import begin_stage, finish_stage
 from pipeline.core.records import CONTAMINATED, NEAR_DUPLICATE, SEED_FILE, SEED_OPERATION, TOO_LONG_RULE, RoundRecord
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import words
-from pipeline.engine import TOO_LONG, ChatRequest
+from pipeline.engine import TOO_LONG, ChatRequest, server_urls
 
 STAGE = "evolve"
 METHOD_FILE = "method.json"  # evolve.method's file, copied into evolve/ when it is not "ops"
@@ -131,6 +131,7 @@ def run_evolve(
             "rounds_done": rounds,
             "backend": config.engine.backend,
             "method": describe(inputs.method),
+            **server_urls(config, ("evolver", "equality", "responder")),
         },
         outputs=[run.data_dir / f"C{k}.jsonl" for k in range(rounds + 1)],
     )

@@ -45,8 +45,11 @@ class Step:
 
 
 def answers_from_merged(config: Config, gpu: bool | None = None) -> bool:
-    """Whether LoRA fine-tunes answer as merged models (eval.answer_with; auto: on CPU only)."""
+    """Whether LoRA fine-tunes answer as merged models (eval.answer_with; auto: on CPU only, and never
+    with engine.backend=server, whose server loads the adapters)."""
     if config.train.method not in ("lora", "qlora") or config.eval.answer_with == "lora":
+        return False
+    if config.engine.backend == "server":
         return False
     if config.eval.answer_with == "merged":
         return True

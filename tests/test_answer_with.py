@@ -58,3 +58,26 @@ def test_the_choice_is_a_throughput_knob_and_checked():
     assert semantic_dict(tiny("eval.answer_with=lora")) == semantic_dict(tiny("eval.answer_with=merged"))
     with pytest.raises(InputError, match="eval.answer_with must be one of auto, lora, merged, not 'fast'"):
         check_run_config(tiny("eval.answer_with=fast"))
+
+
+def test_on_a_running_server_the_adapters_are_served_not_merged():
+    server = ("engine.backend=server", "engine.url=http://127.0.0.1:8000/v1")
+    config = tiny(*server)
+    assert answers_from_merged(config, gpu=False) is False  # auto: the server loads each adapter
+    steps = plan(config, RUN, CFG, gpu=False, lanes=1)
+    assert not any("--merge" in s.args for s in steps if s.stage == "train")
+    (answers,) = [s for s in steps if s.stage == "answer"]
+    assert any(a.startswith("--adapter") for a in answers.args)
+
+
+@pytest.mark.parametrize(
+    "wrong, key",
+    [("train.method=full", "train.method is 'full'"), ("eval.answer_with=merged", "eval.answer_with=merged")],
+)
+def test_a_running_server_refuses_whole_fine_tuned_models_before_any_stage(wrong, key):
+    config = tiny("engine.backend=server", "engine.url=http://127.0.0.1:8000/v1", wrong)
+    with pytest.raises(InputError, match=f"^{key}" if wrong.startswith("eval") else key) as caught:
+        check_run_config(config)
+    assert "\n" not in str(caught.value)
+    config.validate("engine")  # a lone `evol evolve` on the server does not care how fine-tunes answer
+    tiny(wrong).validate()  # and on the local backend both are fine

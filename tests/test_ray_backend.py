@@ -5,7 +5,6 @@ path writes (resume after failed rows included). The real Ray runs are in test_r
 import builtins
 import filecmp
 import json
-from collections import deque
 
 import pytest
 
@@ -164,47 +163,67 @@ class ScriptedPlan:
         return None
 
 
-def test_a_replica_chains_its_shard_and_yields_one_row_per_block_with_errors_counted():
+def bare_replica(window: int, finish_per_poll: int, slow: str = ""):
+    """A replica without Ray: the actor's work on the blocks it is handed. The engine finishes the
+    requests whose id ends with `slow` last, so chains can end while no block is whole."""
     from pipeline.engine.fake import StreamingFakeEngine
-    from pipeline.engine.ray_job import Replica, encode_request
+    from pipeline.engine.ray_replica import Replica
 
-    replica = object.__new__(Replica)  # no Ray: the actor's work on one shard
-    replica.engine = StreamingFakeEngine(lambda r: f"{r.purpose} {r.id}", finish_per_poll=2)
-    replica.follow_up, replica.window, replica.block = ScriptedPlan(), 4, 2
-    replica.where, replica.ready = "node:1", 0.0
-    ids = ["a", "b", "broken", "c", "d"]
-    shard = {"request": [encode_request(ChatRequest(id=i, messages=[], purpose="ask", seed=1)) for i in ids]}
-    rows = list(replica(shard))
-    assert all(list(row) == ["block"] and len(row["block"]) == 1 for row in rows)  # one row per block
-    chains = [chain for row in rows for chain in json.loads(row["block"][0])["chains"]]
-    assert sorted(c["id"] for c in chains) == sorted(ids)  # every chain once, the failed one too
-    (broken,) = [c for c in chains if c["error"]]
-    assert broken["id"] == "broken" and broken["error"] == "ValueError: no rule for this record"
-    for chain in chains:
-        if not chain["error"]:  # both steps, in order, in the replica's engine
-            assert [request["purpose"] for request, _ in chain["chain"]] == ["ask", "confirm"]
-    assert [len(json.loads(row["block"][0])["chains"]) for row in rows] == [2, 2, 1]  # block=2 chains each
-
-
-@pytest.mark.parametrize("block", [1, 2, 3])
-def test_a_replica_block_holds_ray_batch_size_chains_however_many_end_in_one_poll(block):
-    from pipeline.engine.fake import StreamingFakeEngine
-    from pipeline.engine.ray_job import Replica, encode_request
-
-    # Each poll ends five requests: from the second poll on, three or more chains end at once, which
-    # chain_blocks hands back together; a block must still hold `block` chains (ray.batch_size), else
-    # a job killed after its first block has saved more chains than ray.batch_size says.
     replica = object.__new__(Replica)
-    replica.engine = StreamingFakeEngine(lambda r: f"{r.purpose} {r.id}", finish_per_poll=5)
-    replica.follow_up, replica.window, replica.block = ScriptedPlan(), 8, block
-    replica.where, replica.ready = "node:1", 0.0
-    ids = [f"q{i}" for i in range(7)]
-    shard = {"request": [encode_request(ChatRequest(id=i, messages=[], purpose="ask", seed=1)) for i in ids]}
-    blocks = [[chain["id"] for chain in json.loads(row["block"][0])["chains"]] for row in replica(shard)]
-    ended = [sum(request.purpose == "confirm" for request in done) for done in replica.engine.batches]
-    assert max(ended) > block  # some poll ended more chains than a block holds
-    assert [len(chains) for chains in blocks] == [block] * (7 // block) + ([7 % block] if 7 % block else [])
-    assert sorted(i for chains in blocks for i in chains) == ids  # every chain once
+    replica.engine = StreamingFakeEngine(lambda r: f"{r.purpose} {r.id}", finish_per_poll=finish_per_poll)
+    if slow:
+        engine, poll = replica.engine, replica.engine.poll
+
+        def slow_last():
+            engine.in_flight.sort(key=lambda request: request.id.endswith(slow))
+            return poll()
+
+        engine.poll = slow_last
+    replica.window, replica.where, replica.ready = window, "node:1", 0.0
+    replica.begin(ScriptedPlan())
+    return replica
+
+
+def asks(*ids):
+    return [ChatRequest(id=i, messages=[], purpose="ask", seed=1) for i in ids]
+
+
+def test_a_replica_hands_back_whole_blocks_with_every_chain_and_its_error():
+    replica = bare_replica(window=4, finish_per_poll=2)
+    blocks = [(0, asks("a", "b")), (1, asks("broken", "c")), (2, asks("d"))]
+    replies = [replica.work(blocks, more=False)]
+    while replies[-1]["open"]:
+        replies.append(replica.work([], more=False))
+    done = [block for reply in replies for block in reply["blocks"]]
+    assert sorted(block["block"] for block in done) == [0, 1, 2]  # each block once, whole
+    assert all(len(reply["blocks"]) >= 1 for reply in replies)  # a reply comes when a block has finished
+    chains = {chain["id"]: chain for block in done for chain in block["chains"]}
+    assert sorted(chains) == ["a", "b", "broken", "c", "d"]  # every chain once, the failed one too
+    assert chains["broken"]["error"] == "ValueError: no rule for this record"
+    for chain in chains.values():
+        if not chain["error"]:  # both steps, in order, in the replica's engine
+            assert [request.purpose for request, _ in chain["chain"]] == ["ask", "confirm"]
+    assert [len(block["chains"]) for block in sorted(done, key=lambda b: b["block"])] == [2, 2, 1]
+
+
+def test_a_replica_asks_for_the_next_block_before_its_batch_runs_short():
+    # While the driver has more, a replica returns once a block finished or fewer chains than its
+    # window are open; topped up to its window plus a block (as ray_job's feed does), its engine is
+    # sent a full window at every step until the last blocks, as the local engine's would be.
+    replica = bare_replica(window=4, finish_per_poll=1, slow=".1")
+    queue = [(b, asks(f"{b}.0", f"{b}.1")) for b in range(12)]
+    held, replies = 0, 0
+    while queue:
+        new = []
+        while queue and held + 2 * len(new) < 4 + 2:
+            new.append(queue.pop(0))
+        reply = replica.work(new, more=bool(queue))
+        assert reply["blocks"] or reply["open"] < 4
+        held, replies = reply["open"], replies + 1
+    assert replies > 3 and all(len(batch) == 4 for batch in replica.engine.polls)
+    while replica.work([], more=False)["open"]:
+        pass
+    assert sum(len(batch) for batch in replica.engine.batches) == 2 * 24  # every chain's two steps, once
 
 
 def bare_ray_engine(**settings):
@@ -221,34 +240,28 @@ def bare_ray_engine(**settings):
 def test_an_unknown_adapter_is_refused_before_any_replica_starts():
     from pipeline.engine.ray_job import ray_job
 
-    engine = bare_ray_engine()
+    engine = bare_ray_engine()  # no replica pool: a replica start would fail on it
     ask = [{"role": "user", "content": "hi"}]
     with pytest.raises(KeyError, match=r"Adapter 'C9' was not given to the engine; known: \['C1'\]"):
         next(ray_job(engine, [ChatRequest(id="a", messages=ask, adapter="C9")], None))
 
 
-def test_the_job_waits_for_every_replica_and_places_each_one(monkeypatch, capsys):
+def test_the_pool_warns_when_the_cluster_is_short_and_places_each_replica(monkeypatch, capsys):
     ray = pytest.importorskip("ray")
-    from ray.data import DataContext
 
-    from pipeline.engine.ray_job import on_own_cores, prepare_job, replica_resources
+    from pipeline.engine.ray_job import check_room, replica_options
+    from pipeline.engine.ray_replica import on_own_cores
     from pipeline.engine.vllm_backend import VLLMEngine
 
     engine = bare_ray_engine(replicas=3)
-    engine.ray_settings.start_timeout_s = 77
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    before = DataContext.get_current().wait_for_min_actors_s
-    try:
-        assert prepare_job(engine) == (False, 1)
-        assert DataContext.get_current().wait_for_min_actors_s == 77  # no row before all 3 replicas started
-    finally:
-        DataContext.get_current().wait_for_min_actors_s = before
+    assert check_room(engine) == (False, 1)
     assert "engine.replicas=3 x 1 worker(s) need 3 CPUs; the cluster has 2 now" in capsys.readouterr().err
 
-    assert replica_resources(False, 1, 2) == {"num_cpus": 2}
-    assert replica_resources(True, 1, 2) == {"num_gpus": 1, "num_cpus": 1}
-    spanning = replica_resources(True, 4, 1)  # tensor x pipeline parallel: a placement group per replica
-    assert spanning["num_gpus"] == 0 and spanning["ray_remote_args_fn"].args == (4,)
+    assert replica_options(False, 1, 2) == ({"num_cpus": 2, "scheduling_strategy": "SPREAD"}, None)
+    assert replica_options(True, 1, 2) == ({"num_gpus": 1, "num_cpus": 1, "scheduling_strategy": "SPREAD"}, None)
+    spanning = replica_options(True, 4, 1)  # tensor x pipeline parallel: a placement group per replica
+    assert spanning == ({"num_gpus": 0, "num_cpus": 0}, [{"GPU": 1, "CPU": 1}] * 4)
 
     make = engine.replica_factory(gpus=True, workers=4)
     assert make.func is VLLMEngine and make.args == ("/models/base", engine.settings)
@@ -261,50 +274,6 @@ def test_the_job_waits_for_every_replica_and_places_each_one(monkeypatch, capsys
     assert engine.replica_factory(gpus=False, workers=1).func is VLLMEngine
 
 
-def test_a_job_ray_gives_up_on_ends_in_one_sentence_after_its_blocks():
-    exceptions = pytest.importorskip("ray.exceptions")
-    from pipeline.engine.ray_job import job_blocks
-
-    class Dataset:
-        def iter_batches(self, **_):
-            yield "first block"
-            raise exceptions.RayError("ActorDiedError: the actor died unexpectedly\n  traceback lines")
-
-    blocks = job_blocks(Dataset())
-    assert next(blocks) == "first block"
-    with pytest.raises(RowsFailed, match=r"^The Ray job stopped \(ActorDiedError: the actor died unexpectedly\)"):
-        next(blocks)
-
-
-def test_each_block_of_a_job_reaches_the_caller_before_the_replica_makes_the_next():
-    pytest.importorskip("ray.exceptions")
-    from pipeline.engine.ray_job import job_blocks
-
-    made = []
-
-    def replica():  # makes its next block only when asked
-        for k in range(3):
-            made.append(k)
-            yield f"block {k}"
-
-    class Dataset:
-        """Ray Data's iterator over a job's blocks (ray/data/_internal/block_batching/iter_batches.py,
-        prefetch_batches_locally, Ray 2.60): with batch_size=None it hands back a block only once
-        `prefetch_batches` more have arrived."""
-
-        def iter_batches(self, batch_size, batch_format, prefetch_batches=1):
-            window = deque()
-            for block in replica():
-                window.append(block)
-                if len(window) > prefetch_batches:
-                    yield window.popleft()
-            yield from window
-
-    for k, block in enumerate(job_blocks(Dataset())):
-        # the caller saves block k before block k+1 exists: a kill between them loses no finished block
-        assert block == f"block {k}" and made == list(range(k + 1))
-
-
 def test_cpu_replicas_on_one_machine_bind_disjoint_cores(tmp_path):
     import os
     import subprocess
@@ -313,7 +282,7 @@ def test_cpu_replicas_on_one_machine_bind_disjoint_cores(tmp_path):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores")
     script = (
-        "import os, sys, time; from pipeline.engine.ray_job import on_own_cores; "
+        "import os, sys, time; from pipeline.engine.ray_replica import on_own_cores; "
         "engine = on_own_cores(lambda: 'engine', 1, sys.argv[1]); "
         "print(sorted(os.sched_getaffinity(0)), engine, flush=True); time.sleep(float(sys.argv[2]))"
     )
@@ -335,40 +304,3 @@ def test_cpu_replicas_on_one_machine_bind_disjoint_cores(tmp_path):
         first.wait()
     third = replica(0).communicate(timeout=60)[0].split()
     assert third[0] == took[0]  # the first replica's process ended: its cores are free again
-
-
-def test_a_chain_a_restarted_replica_never_sends_back_ends_the_job_in_one_sentence(monkeypatch):
-    """Ray resends a restarted replica's shard but skips as many rows as it already passed on, whatever
-    chains they hold: one that ended in another order on the retry never comes back. The driver counts
-    the ids it received and says so, keeping the rest (a rerun generates only the lost chain)."""
-    ray_data = pytest.importorskip("ray.data")
-    from pipeline.engine import ChatResult
-    from pipeline.engine import ray_job as job_module
-    from pipeline.engine.ray_job import encode_pairs, ray_job
-
-    requests = [ChatRequest(id=i, messages=[{"role": "user", "content": i}]) for i in ("a", "b", "c")]
-
-    def block(chain_id):
-        pair = (requests["abc".index(chain_id)], ChatResult(chain_id, f"answer {chain_id}", 1, 1, "stop"))
-        chains = [{"id": chain_id, "error": None, "chain": encode_pairs([pair])}]
-        return {"block": [json.dumps({"where": "replica", "ready": 0.0, "busy": 0.0, "chains": chains})]}
-
-    class Job:  # the first try sends a, then dies; the retry ends c first, and Ray skips its first row
-        context = type("Context", (), {})()
-
-        def map_batches(self, *args, **kwargs):
-            return self
-
-        def iter_batches(self, **_):
-            yield block("a")
-            yield block("a")  # the retry's second row: a again, already delivered
-            yield block("c")
-
-    monkeypatch.setattr(ray_data, "from_arrow", lambda tables: Job())
-    monkeypatch.setattr(job_module, "prepare_job", lambda engine: (False, 1))
-    engine = bare_ray_engine()
-    received = []
-    with pytest.raises(RowsFailed, match=r"^1 of 3 chains never came back from the Ray replicas \(first: b;"):
-        for pairs in ray_job(engine, requests, job_module.no_follow_up):
-            received += [result.text for _, result in pairs]
-    assert received == ["answer a", "answer c"]  # what came back was handed on, once each

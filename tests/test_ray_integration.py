@@ -1,9 +1,9 @@
 """The Ray backend on SmolLM2 with a real Ray: one round of evolution on a local Ray against the same
 round on the local backend (the same files, byte for byte), and killed after the first block of its
-chain job was saved and rerun; an engine replica killed mid-job and restarted by Ray; answers (base
-and a LoRA adapter) and both judge orders on Ray; two replicas on a two-node cluster on this machine.
-Each Ray job starts its replicas' engines afresh (~11 s on a 2-core box), so the seeds are few and the
-token budgets tiny."""
+chain job was saved and rerun; an engine replica killed mid-job and restarted by Ray, which runs again
+only the blocks the killed one held; answers (base and a LoRA adapter) and both judge orders on Ray;
+two replicas on a two-node cluster on this machine. Each engine starts its replicas' engines afresh
+(~11 s on a 2-core box), so the seeds are few and the token budgets tiny."""
 
 import json
 import os
@@ -175,7 +175,7 @@ def test_two_replicas_on_a_two_node_cluster(tiny_model, tmp_path, ray_shutdown):
         config = tiny_config(tiny_model, tmp_path, "engine.backend=ray", "engine.replicas=2")
         config.ray.address = cluster.address
         engine = RayEngine(tiny_model, config.engine, config.ray, seed=1)
-        # one shard per replica, and no row is sent before both replicas started (ray.start_timeout_s)
+        # blocks of one request (ray.batch_size=1), pulled by both replicas once both have started
         requests = [
             ChatRequest(id=f"q{i}", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=4, seed=i)
             for i in range(16)
@@ -195,13 +195,13 @@ def engine_actors(ray, state=None) -> list[dict]:
     return [
         a
         for a in ray._private.state.actors().values()
-        if "MapBatches(Replica)" in a["ActorClassName"] and (state is None or a["State"] == state)
+        if a["ActorClassName"].endswith("Replica") and (state is None or a["State"] == state)
     ]
 
 
 class OneResultThenStall(VLLMEngine):
     """A replica's engine that, in the replica's first process, hands back one finished request and
-    then stalls until the test kills the process, so the kill lands mid-shard after one counted row
+    then stalls until the test kills the process, so the kill lands mid-job after one counted row
     however fast the box runs. The restarted process (the `marks/stalls` file exists) runs as
     VLLMEngine. Every process lists the requests it finished in `marks/finished-<pid>`."""
 
@@ -230,8 +230,6 @@ def test_a_killed_engine_replica_is_restarted_and_no_row_is_lost(tiny_model, tmp
     config = tiny_config(tiny_model, tmp_path, "engine.backend=ray")
     marks = tmp_path / "marks"
     marks.mkdir()
-    # Both processes of the replica bind the same cores, so the restarted one finishes its requests in
-    # the first one's order: Ray drops as many of a retried shard's first rows as the driver already had.
     replica = partial(OneResultThenStall, tiny_model, config.engine, seed=1, marks=str(marks))
     engine = RayEngine(tiny_model, config.engine, config.ray, seed=1, replica=replica)
     requests = [
@@ -249,13 +247,14 @@ def test_a_killed_engine_replica_is_restarted_and_no_row_is_lost(tiny_model, tmp
     assert sorted(received) == sorted(r.id for r in requests)  # every row once, none lost
     assert not engine.failed
     restarted = [a for a in engine_actors(ray) if a["ActorID"] == killed["ActorID"]]
-    assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray started the replica again and resent its shard
+    assert restarted and restarted[0]["NumRestarts"] >= 1  # Ray started the replica again
     finished = {int(f.name.split("-")[1]): f.read_text().split() for f in marks.glob("finished-*")}
-    assert finished.pop(killed["Pid"]) == received[:1]  # the killed process handed back one row, then stalled
-    # the restarted process ran the whole shard again, the row the driver already had included, which came once
+    assert finished.pop(killed["Pid"]) == received[:1]  # the killed process handed back one block, then stalled
+    # the restarted process ran the blocks the killed one held, and not the one the driver already had
     (again,) = finished.values()
-    assert sorted(again) == sorted(r.id for r in requests)
+    assert sorted(again) == sorted(received[1:]) and engine.last_job["redone_chains"] == 15
     assert [p["replica"].endswith(f":{killed['Pid']}") for p in engine.placement] == [True] + [False] * 15
+    engine.close()
 
 
 def test_answers_and_both_judge_orders_on_ray(tiny_model, lora_adapter, tmp_path, ray_shutdown):

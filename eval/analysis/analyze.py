@@ -43,7 +43,7 @@ from pipeline.core.jsonio import (
 from pipeline.core.manifest import begin_stage, file_hash, finish_stage
 from pipeline.core.records import KEPT
 from pipeline.core.seeds import derive_seed
-from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks
+from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks, server_urls
 
 RATINGS_FILE, PROJECTION_FILE = "ratings.jsonl", "projection.jsonl"
 # The fields of a round record (pipeline.core.records.RoundRecord) the analysis reads.
@@ -426,5 +426,6 @@ def analyze_run(config: Config, run_dir: str | Path, engine: Engine | None = Non
         models={"judge": judge_id, "embedding": embedder_id},
         rows={"rated": len(ratings), "unparsed": result["judge_failures"]["unparsed"], "embedded": len(labels)},
         seeds={"run": seed},
+        extra=server_urls(config, ("analysis",)),
     )
     return result

