@@ -78,7 +78,8 @@ ROLE_OF = {"evolve": "evolver", "check": "equality", "answer": "responder"}
 
 def step_problem(run: Run, item: dict, step: str, result: dict) -> tuple[str, str] | None:
     """The one survival rule (eliminate.step_problem): the files, the next request and the bar ask it."""
-    return rules.step_problem(step, item["instruction"], result, run.config.evolve.refusal_max_words)
+    method_text = run.method.text if run.method else None
+    return rules.step_problem(step, item["instruction"], result, run.config.evolve.refusal_max_words, method_text)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class Attempts:
             result = results.get(step)
             if result is None:
                 return step
-            if rules.step_problem(step, item["instruction"], result, self.evolve.refusal_max_words) is not None:
+            method_text = self.method.text if self.method else None
+            if rules.step_problem(step, item["instruction"], result, self.evolve.refusal_max_words, method_text):
                 return None
         return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from evolve_local.eliminate import METHOD_RULE_VERSION
 from evolve_local.method import Method, describe, resolve_method
 from evolve_local.seeds import Seed, load_seeds
 from evolve_local.steps import ModelSet
@@ -80,5 +81,6 @@ def key_material(config: Config, inputs: Inputs, models: ModelSet) -> dict:
         # the instructions read, not the file: the field mapping decides which text is checked
         "testset": stable_hash(inputs.tests) if inputs.testset_file else None,
         "models": {role: list(models.identity(role)) for role in ("evolver", "equality", "responder")},
-        "method": describe(inputs.method)["hash"],
+        # a method's evolution is judged by one rule more (eliminate.copied_method_words); "ops" stays as it was
+        "method": describe(inputs.method)["hash"] + (f"+{METHOD_RULE_VERSION}" if inputs.method else ""),
     }

@@ -84,14 +84,16 @@ def text_problem(text: object) -> str | None:
     return None
 
 
-def load_method(path: str | Path) -> Method:
-    """A method file, checked: one InputError sentence naming the file and what is wrong."""
+def load_method(path: str | Path, key: str = "evolve.method") -> Method:
+    """A method file, checked: one InputError sentence naming the file, the setting that named it (`key`:
+    evolve.method, or optimize.start for evol optimize's starting method) and what is wrong."""
     path = Path(path)
-    where = f"Method file {path} (evolve.method)"
+    where = f"Method file {path} ({key})"
     if not path.is_file():
+        default = "'general' for the starting method" if key == "optimize.start" else f"'{OPS}' for the operations"
         raise InputError(
             f"{where} {'is a directory' if path.is_dir() else 'not found'}; give a file written by evol optimize, "
-            f"or '{OPS}' for the hand-written operations."
+            f"or {default}."
         )
     try:
         data = json.loads(read_text_file(path))
@@ -100,7 +102,8 @@ def load_method(path: str | Path) -> Method:
     if not isinstance(data, dict):
         raise InputError(f"{where} must hold a JSON object with 'format' and 'text'.")
     if data.get("format") != FORMAT:
-        raise InputError(f"{where} is not an evolving method: its 'format' is {data.get('format')!r}, not {FORMAT!r}.")
+        found = f"its 'format' is {data['format']!r}, not" if "format" in data else "it has no 'format',"
+        raise InputError(f"{where} is not an evolving method: {found} {FORMAT!r}.")
     problem = text_problem(data.get("text"))
     if problem:
         raise InputError(f"{where}: {problem}, where the instruction to evolve goes.")

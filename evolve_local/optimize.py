@@ -32,6 +32,7 @@ import re
 import sys
 from pathlib import Path
 
+from evolve_local.eliminate import METHOD_RULE_VERSION
 from evolve_local.evolve import run_evolve
 from evolve_local.inputs import Inputs
 from evolve_local.method import GENERAL_METHOD, PLACEHOLDER, TAIL, Method, load_method
@@ -56,7 +57,11 @@ MAX_PROBLEMS = 8
 
 def start_method(config: Config) -> Method:
     start = config.optimize.start
-    return Method(GENERAL_METHOD, name="general", lineage={"step": 0}) if start == "general" else load_method(start)
+    return (
+        Method(GENERAL_METHOD, name="general", lineage={"step": 0})
+        if start == "general"
+        else load_method(start, "optimize.start")
+    )
 
 
 def split_seeds(config: Config, seeds: list[Seed]) -> tuple[list[Seed], list[list[Seed]]]:
@@ -89,6 +94,7 @@ def key_material(config: Config, inputs: Inputs, models: ModelSet) -> dict:
         "optimize": {k: v for k, v in semantic_dict(config.optimize).items() if k != "start"},
         "start": start_method(config).hash,
         "optimizer": list(models.identity("optimizer")),
+        "method_rule": METHOD_RULE_VERSION,  # every score counts what the rules eliminate
     }
 
 

@@ -24,7 +24,7 @@ from eval.report.ablation import (
 from eval.report.analysis import analysis_report_json, analysis_section
 from eval.report.evaluation import Section, build_report, find_judge_dirs, lc_cell, with_ci
 from eval.report.harness import harness_report_json, harness_section
-from eval.report.method import method_report_json, method_section
+from eval.report.method import method_info, method_report_json, method_section
 from eval.report.verify import verify_panel, verify_report_json, verify_sections
 from eval.scores import Aggregation
 from pipeline.config import Config
@@ -104,8 +104,8 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     section = Section(
         title="Ablation over evolution rounds",
         paragraphs=[
-            f"Run {run_dir.name}: evolver {config.models.evolver}, base {config.models.base}, "
-            f"judge {config.models.judge}, method {config.train.method}. Each C<k> is the seeds plus the "
+            f"Run {run_dir.name}: evolver {config.models.evolver} with {_evolved_with(run_dir)}, base "
+            f"{config.models.base}, judge {config.models.judge}, fine-tune {config.train.method}. Each C<k> is the seeds plus the "
             f"evolutions kept in rounds 1..k of one evolution; each model was fine-tuned on one C<k>.",
             f"Intervals are 95% paired bootstrap intervals over test items ({resamples} draws, seed {seed}); "
             f"a difference is called significant when its interval leaves out zero (no correction for "
@@ -154,3 +154,11 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     )
     write_json(report_json, report)
     return run_dir / "report.md"
+
+
+def _evolved_with(run_dir: Path) -> str:
+    """What the evolver rewrote with (evolve.method): "train.method" is the fine-tune's, not this."""
+    info = method_info(run_dir)
+    if info is None or info["kind"] == "ops":
+        return "the hand-written operations"
+    return f"the evolving method {info['name']}"

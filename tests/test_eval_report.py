@@ -115,6 +115,8 @@ def test_report_command_on_a_run_keeps_the_run_stage_ablation(run_dir):
     ]
     md = (run_dir / "report.md").read_text()
     assert "Ablation over evolution rounds" in md
+    # train.method is the fine-tune's; the evolving method is evolve.method's (no evolution here: the operations)
+    assert "with the hand-written operations, base" in md and "fine-tune lora." in md and "method lora" not in md
     assert re.search(r"^\| 1 \| 2 \| 50\.0% \| - \|", md, re.M)  # rounds, rows, evolved share, no kept rate
 
 

@@ -5,10 +5,12 @@ with an optimised method keyed and recorded by the method's hash."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from evolve_local.eliminate import copied_method_words, method_phrases
 from evolve_local.evolve import run_evolve
 from evolve_local.inputs import key_material, load_inputs
 from evolve_local.method import GENERAL_METHOD, Method, load_method
@@ -17,7 +19,10 @@ from evolve_local.steps import ModelSet
 from pipeline.cli import main
 from pipeline.config import stable_hash
 from pipeline.core.jsonio import InputError, read_json, read_jsonl
+from pipeline.engine.fake import BlockFakeEngine
 from tests.conftest import VOCAB, Factory, make_config, parent_of, scripted
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Three rewrites the scripted optimizer writes, by request id: one that makes every evolution repeat its
 # parent (all eliminated), one that lost the placeholder (repaired), one as good as the second.
@@ -115,6 +120,40 @@ def test_a_bad_method_stops_evol_evolve_before_any_model(tmp_path):
     assert not (tmp_path / "run" / "evolve").exists()  # nothing started
 
 
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        ({"format": "evol-method/2", "text": "Harder: {instruction}"}, "its 'format' is 'evol-method/2', not"),
+        ({"text": "Harder: {instruction}"}, "it has no 'format', 'evol-method/1'"),
+        ({"format": "evol-method/1", "text": "Make it harder."}, "exactly once (it holds it 0 times)"),
+    ],
+)
+@pytest.mark.parametrize("command, key", [("run", "evolve.method"), ("optimize", "optimize.start")])
+def test_a_bad_method_file_stops_evol_run_and_evol_optimize_before_any_model(
+    command, key, data, says, tmp_path, monkeypatch
+):
+    """The sentence names the setting that gave the file: evol optimize's starting method is optimize.start."""
+    import pipeline.run
+    from pipeline.engine import vllm_backend
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stage or an engine was started")
+
+    monkeypatch.setattr(pipeline.run, "_start", refuse)
+    monkeypatch.setattr(vllm_backend.VLLMEngine, "__init__", refuse)
+    bad = write_method(tmp_path, data)
+    config = make_config(tmp_path)
+    where = ["--set", f"run.runs_dir={tmp_path / 'runs'}"] if command == "run" else ["--out", str(tmp_path / "opt")]
+    args = [command, *where, "--set", f"{key}={bad}", "--set", f"models.dir={ROOT / 'models'}"]
+    for override in (f"evolve.seeds={config.evolve.seeds}", f"eval.testset={config.eval.testset}"):
+        args += ["--set", override]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: Method file {bad} ({key})") and says in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "opt").exists()  # nothing started
+
+
 def test_a_method_replaces_the_operations_and_its_hash_keys_the_stage(tmp_path):
     method = Method("BETTER: harder.\n#Original Task#\n{instruction}\n\n#Rewritten Task#\n", name="mine")
     path = method.save(tmp_path / "mine.json")
@@ -144,6 +183,60 @@ def test_a_method_replaces_the_operations_and_its_hash_keys_the_stage(tmp_path):
 
     assert key(config) == key(make_config(tmp_path, f"evolve.method={same}", rounds=1))
     assert len({key(config), key(ops), key(make_config(tmp_path, f"evolve.method={other}", rounds=1))}) == 3
+
+
+# ---------------------------------------------------------------- a method's own words
+
+# A method with an example in it, as SmolLM2 wrote one; the scripted evolver copies the example's answer.
+LEAKY = (
+    "LEAKY: make it harder. For example: what is fifteen percent of two hundred? The answer is two.\n"
+    "Then name a river and it must be clear.\n#Original Task#\n{instruction}\n\n#Rewritten Task#\n"
+)
+
+
+def leaky_scripted(request):
+    text = request.prompt_text
+    if text.rstrip().endswith("Improved method:") and request.id == "rewrite-1":
+        return LEAKY
+    if text.startswith("LEAKY") and "EQUAL or DIFFERENT" not in text:
+        return parent_of(text) + " The answer is two."
+    return optimizer_scripted(request)
+
+
+def test_an_evolution_that_copies_its_methods_words_is_eliminated():
+    said = copied_method_words("Add 3 and 4. The answer is two.", "Add 3 and 4.", LEAKY)
+    assert said == "the instruction repeats the method's words 'the answer is two'"
+    assert (
+        copied_method_words("Add 3 and 4. The answer is two, why?", "Add 3 and 4. The answer is two.", LEAKY) is None
+    )
+    assert copied_method_words("Add 3 and 4. The answer is two.", "Add 3 and 4.", None) is None  # the operations
+    assert copied_method_words("Add 3 and 4, then name a river.", "Add 3 and 4.", LEAKY)  # any run of the method
+    assert copied_method_words("Add 3 and 4 and it must be clear.", "Add 3 and 4.", LEAKY) is None  # stop words
+    phrases = method_phrases(LEAKY)
+    assert ("and", "it", "must", "be") not in phrases  # stop words alone: said without copying anything
+    assert not any("original" in run or "instruction" in run for run in phrases)  # the labels: the phrase list
+
+
+def test_a_leaking_method_scores_worse_and_its_evolutions_are_keyed_by_the_rule(tmp_path):
+    path = Method(LEAKY, name="leaky").save(tmp_path / "leaky.json")
+    config = make_config(tmp_path, f"evolve.method={path}", rounds=1)
+    factory = OptFactory()
+    factory.respond = leaky_scripted
+    stats = run_evolve(config, tmp_path / "run", factory.models, load_inputs(config), quiet=True)
+    records = read_jsonl(tmp_path / "run" / "evolve" / "round_1.jsonl")
+    copied = [r for r in records if r["elimination_rule"] == "copied_prompt_words"]
+    assert copied and all("the method's words 'the answer is two'" in r["elimination_detail"] for r in copied)
+    assert stats["rounds"][1]["kept"] == 0
+    models = factory.models
+    assert key_material(config, load_inputs(config), models)["method"].endswith("+copied-method-words-4")
+    ops = make_config(tmp_path, rounds=1)
+    assert key_material(ops, load_inputs(ops), models)["method"] == "ops"  # the operations' key did not move
+
+    # in an optimisation the leaking rewrite (candidate 1) would keep every evolution without the rule
+    summary, _ = optimise(tmp_path, "opt", factory)
+    first = summary["steps"][0]["candidates"][0]
+    assert first["failure_rate"] == 1.0 and first["eliminated"]["copied_prompt_words"] == first["attempted"]
+    assert not first["chosen"]
 
 
 # ---------------------------------------------------------------- the optimisation
@@ -250,3 +343,27 @@ def test_the_optimizer_text_is_read_tolerantly():
     assert text.count("{instruction}") == 1 and "no {instruction} placeholder" in repaired
     text, repaired = candidate_text("{instruction} {instruction}")
     assert text.count("{instruction}") == 1 and repaired.startswith("2 ")
+
+
+def test_on_the_ray_backend_the_same_jobs_choose_the_same_method(tmp_path):
+    """engine.backend=ray: every evolution of the optimisation is a chain job and the optimizer's
+    prompts a streamed job on the block engine the Ray backend is, and they choose what the local
+    path chooses, file for file."""
+    local, _ = optimise(tmp_path, "local")
+
+    blocks = OptFactory(block_size=2)
+    blocks.engine_class = BlockFakeEngine
+    ray, _ = optimise(tmp_path, "ray", blocks, "engine.backend=ray")
+
+    assert json.dumps(ray["steps"]) == json.dumps(local["steps"])
+    assert (tmp_path / "ray" / "best_method.json").read_text() == (tmp_path / "local" / "best_method.json").read_text()
+    chains = [c for _, engine in blocks.started for c in engine.chains]
+    streams = [s for _, engine in blocks.started for s in engine.streams]
+    # the start's score, and per step a trajectory of 2 rounds and a 1-round evolution of each candidate
+    # not scored before (step 2's scripted rewrites are step 1's texts again)
+    scored = [sum(not c.get("same_as_scored") for c in step["candidates"]) for step in ray["steps"]]
+    assert scored == [3, 0] and len(chains) == 1 + (2 + 3) + (2 + 0)
+    optimizer_jobs = [s for s in streams if s[0].prompt_text.rstrip().endswith(("Problems:", "Improved method:"))]
+    assert [len(s) for s in optimizer_jobs] == [1, 3, 1, 3]  # per step: the analysis, then 3 rewrites
+    for run in (tmp_path / "ray" / "optimize").rglob("evolve/manifest.json"):
+        assert read_json(run)["backend"] == "ray"

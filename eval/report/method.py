@@ -7,7 +7,10 @@ differ only in their method (same seeds, rounds and run seed), side by side.
 
 Kept rates carry 95% Wilson intervals over attempts, differences Newcombe's interval (the two Wilson
 intervals combined): attempts of one round are not independent draws of a fixed rate, so read them as a
-guide to the noise, not as a test.
+guide to the noise, not as a test. The judge's scores and the verified accuracy carry the bootstrap
+intervals of each run's report; a round's mean difficulty a Student t interval over its rated
+instructions (from the rating histogram). A and B sit in columns of their own, so no cell holds two
+intervals.
 """
 
 from __future__ import annotations
@@ -93,10 +96,11 @@ def method_section(run_dir: str | Path) -> Section | None:
     history = info.get("history") or []
     if history:
         paragraphs.append(
-            "It was chosen by `evol optimize`: at each step the optimizer rewrote the current method, every "
+            "It was chosen by evol optimize: at each step the optimizer rewrote the current method, every "
             "candidate evolved the same development set, and the lowest failure rate (the share of attempts "
             "the elimination rules removed) was kept, the current method included, so the rate never rises. "
-            "The rate of each step's chosen method, with a 95% Wilson interval over its attempts:"
+            "The table gives the rate of each step's chosen method with a 95% Wilson interval over its attempts"
+            + ("; below it, the method's prompt as the evolver received it." if info.get("text") else ".")
         )
         header = ["step", "method", "failure rate on the development set [95% CI]", "eliminated by rule"]
         rows = []
@@ -105,7 +109,10 @@ def method_section(run_dir: str | Path) -> Section | None:
             rules = ", ".join(f"{rule} {n}" for rule, n in (h.get("eliminated") or {}).items() if n) or "none"
             rows.append([h["step"], f"{h['name']} ({h['hash']})", _rate(failed, h["attempted"]), rules])
         tables.append((header, rows))
-    return Section("Evolving method", paragraphs=paragraphs, tables=tables)
+    elif info.get("text"):
+        paragraphs.append("Its prompt, as the evolver received it:")
+    code = [info["text"]] if info.get("text") else []
+    return Section("Evolving method", paragraphs=paragraphs, tables=tables, code=code)
 
 
 # ---------------------------------------------------------------- two runs, two methods
@@ -128,14 +135,14 @@ def _run(run_dir: Path) -> dict:
     }
 
 
-def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[Section, dict]:
-    """The section and the JSON comparing two runs' evolutions (A, then B) round by round and rule by
+def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[list[Section], dict]:
+    """The sections (the evolution; downstream scores and analysis per round where the reports have them,
+    each a section of its own so its words stand above its table) and the JSON comparing two runs' evolutions (A, then B) round by round and rule by
     rule, plus the report's scores per C<k> and the analysis per round where both runs have them."""
     a, b = _run(Path(ops_dir)), _run(Path(method_dir))
     paragraphs = [
-        f"A = {a['dir'].name} (method {a['method']['name']}), B = {b['dir'].name} (method {b['method']['name']}). "
-        f"Kept rate of "
-        f"each round with a 95% Wilson interval over its attempts; B - A with Newcombe's interval."
+        f"A = {a['dir'].name} ({_method_name(a['method'])}), B = {b['dir'].name} ({_method_name(b['method'])}). "
+        f"Kept rate of each round with a 95% Wilson interval over its attempts; B - A with Newcombe's interval."
     ]
     same = [key for key in ("seeds", "run_seed", "testset", "models") if a["inputs"].get(key) == b["inputs"].get(key)]
     differ = [key for key in ("seeds", "run_seed", "testset", "models") if key not in same]
@@ -189,19 +196,40 @@ def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[Sect
     rule_rows.append(["kept", _rate(ta["kept"], ta["attempted"]), _rate(tb["kept"], tb["attempted"])])
     tables.append((["survival per rule, all rounds (share of attempts)", "A", "B"], rule_rows))
 
-    scores = _score_rows(a["report"], b["report"])
+    sections = [Section("Ablation: hand-written operations vs evolving method", paragraphs=paragraphs, tables=tables)]
+    scores = _score_rows(a["report"], b["report"]) + _verified_rows(a["report"], b["report"])
     if scores:
-        tables.append(
-            (["C<k>", "capacity vs C0 A / B", "capacity vs reference A / B", "win rate vs reference A / B"], scores)
+        sections.append(
+            Section(
+                "Ablation: downstream scores per fine-tune",
+                [
+                    "Downstream, each fine-tune C<k> of A beside the one of B: the judge's capacity and win rate with the "
+                    "paired bootstrap interval over test items of each run's report, and the accuracy verified by code "
+                    "(prompt level, strict) with its bootstrap interval over prompts. The intervals are each run's own: "
+                    "where they overlap widely the two methods are not told apart."
+                ],
+                [(["C<k>", "measure", "A [95% CI]", "B [95% CI]"], scores)],
+            )
         )
     analysis = _analysis_rows(a["report"], b["report"])
     if analysis:
-        tables.append(
-            (["round", "difficulty A / B (rated)", "diversity A / B (mean pairwise cosine distance)"], analysis)
+        paragraph = (
+            "Per round (0: the seeds), the judge-rated difficulty of the kept instructions (1-10; mean, 95% t "
+            "interval, how many were rated) and their diversity (mean pairwise cosine distance of the embeddings)."
         )
-    if not scores:
+        table = (
+            [
+                "round",
+                "difficulty A [95% CI] (rated)",
+                "difficulty B [95% CI] (rated)",
+                "diversity A",
+                "diversity B",
+            ],
+            analysis,
+        )
+        sections.append(Section("Ablation: difficulty and diversity per round", [paragraph], [table]))
+    if not scores and not analysis:
         paragraphs.append("Neither judge scores nor analysis are compared: a run has no report.json with them yet.")
-    section = Section("Ablation: hand-written operations vs evolving method", paragraphs=paragraphs, tables=tables)
     data = {
         "a": {"run": a["dir"].name, "method": a["method"]},
         "b": {"run": b["dir"].name, "method": b["method"]},
@@ -209,31 +237,71 @@ def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[Sect
         "per_round": per_round,
         "totals": {"a": ta, "b": tb},
     }
-    return section, data
+    return sections, data
+
+
+def _method_name(info: dict) -> str:
+    if info["kind"] == "ops":
+        return "the hand-written operations"
+    return f"the evolving method {info['name']}, {info['hash']}"
 
 
 def _score_rows(ra: dict, rb: dict) -> list[list]:
+    """One row per C<k> and judge score: [C<k>, measure, A, B]; a score neither run has is left out."""
     rows_a = {r["rounds"]: r for r in ra.get("ablation") or []}
     rows_b = {r["rounds"]: r for r in rb.get("ablation") or []}
-
-    def cell(row: dict | None, baseline: str, key: str) -> str:
-        block = (row or {}).get(baseline)
-        return with_ci(block, key) if block else fmt.MISSING
-
+    measures = (
+        ("vs_C0", "capacity_pct", "capacity vs C0"),
+        ("vs_reference", "capacity_pct", "capacity vs reference"),
+        ("vs_reference", "win_rate", "win rate vs reference"),
+    )
     out = []
     for k in sorted(set(rows_a) & set(rows_b)):
-        out.append(
-            [f"C{k}"]
-            + [
-                f"{cell(rows_a[k], baseline, key)} / {cell(rows_b[k], baseline, key)}"
-                for baseline, key in (
-                    ("vs_C0", "capacity_pct"),
-                    ("vs_reference", "capacity_pct"),
-                    ("vs_reference", "win_rate"),
-                )
-            ]
-        )
+        for baseline, key, label in measures:
+            block_a, block_b = rows_a[k].get(baseline), rows_b[k].get(baseline)
+            if block_a or block_b:
+                cells = [with_ci(block, key) if block else fmt.MISSING for block in (block_a, block_b)]
+                out.append([f"C{k}", label, *cells])
     return out
+
+
+def _verified_rows(ra: dict, rb: dict) -> list[list]:
+    """[C<k>, "<set> prompt-level strict", A, B] for each prompt set and model both runs verified."""
+    from eval.report.verify import NAMES
+
+    out = []
+    va, vb = ra.get("verified") or {}, rb.get("verified") or {}
+    for name in sorted(set(va) & set(vb)):
+        for label in sorted(set(va[name]) & set(vb[name]), key=_label_order):
+            cells = []
+            for model in (va[name][label], vb[name][label]):
+                block = model.get("prompt_strict") or {}
+                value, ci = block.get("value"), block.get("ci")
+                text = fmt.MISSING if value is None else f"{100 * value:.1f}%"
+                if value is not None and ci:
+                    text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] of {model.get('scored')}"
+                cells.append(text)
+            out.append([label, f"{NAMES.get(name, name)}: prompt-level strict", *cells])
+    return out
+
+
+def _label_order(label: str) -> tuple:
+    return (0, int(label[1:])) if label[:1] == "C" and label[1:].isdigit() else (1, label)
+
+
+def difficulty_ci(summary: dict) -> tuple[float, float] | None:
+    """The 95% Student t interval of a round's mean difficulty from its 1-10 histogram, kept within 1-10;
+    None below two ratings."""
+    from scipy.stats import t
+
+    counts = {int(score): n for score, n in (summary.get("distribution") or {}).items() if n}
+    n = sum(counts.values())
+    if n < 2:
+        return None
+    mean = sum(score * c for score, c in counts.items()) / n
+    sd = math.sqrt(sum(c * (score - mean) ** 2 for score, c in counts.items()) / (n - 1))
+    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return max(1.0, mean - half), min(10.0, mean + half)
 
 
 def _analysis_rows(ra: dict, rb: dict) -> list[list]:
@@ -242,12 +310,16 @@ def _analysis_rows(ra: dict, rb: dict) -> list[list]:
 
     def difficulty(r: dict) -> str:
         d = r.get("difficulty")
-        return f"{fmt.num(d['mean'], spec='.2f')} ({d['rated']})" if d else fmt.MISSING
+        if not d or d.get("mean") is None:
+            return fmt.MISSING
+        ci = difficulty_ci(d)
+        interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        return f"{fmt.num(d['mean'], spec='.2f')}{interval} ({d['rated']})"
 
     def diversity(r: dict) -> str:
         return fmt.num((r.get("diversity") or {}).get("mean_pairwise_cosine_distance"), spec=".3f")
 
     return [
-        [k, f"{difficulty(pa[k])} / {difficulty(pb[k])}", f"{diversity(pa[k])} / {diversity(pb[k])}"]
+        [k, difficulty(pa[k]), difficulty(pb[k]), diversity(pa[k]), diversity(pb[k])]
         for k in sorted(set(pa) & set(pb))
     ]

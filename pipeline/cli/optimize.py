@@ -90,8 +90,8 @@ def compare_methods(ops_run, method_run) -> None:
 
     out = Path(method_run)
     lock_output(out)
-    section, data = method_comparison(Path(ops_run), out)
-    sections = [section, *(s for s in (method_section(out),) if s)]
+    sections, data = method_comparison(Path(ops_run), out)
+    sections += [s for s in (method_section(out),) if s]
     title = f"Evolving methods: {Path(ops_run).name} vs {out.name}"
     atomic_write_text(out / "comparison.md", render_markdown(title, sections, out))
     atomic_write_text(out / "comparison.html", render_html(title, sections))
