@@ -216,7 +216,7 @@ def test_a_finished_label_is_skipped_and_only_semantic_changes_rerun(tmp_path, m
     def evaluate(config, m, stage, manager, include):
         evaluated.append(m.label)
         results = fake_results("evol_arith", [1.0, 0.0, 1.0, 1.0], config.eval.harness_limit)
-        return write_results(stage, results, config, m, {"pretrained": str(m.path)}, 1.0)
+        return write_results(stage, results, config, m, "vllm", {"pretrained": str(m.path)}, 1.0)
 
     monkeypatch.setattr(harness_run, "evaluate_model", evaluate)
     base = ["eval.harness_tasks=[evol_arith]", f"eval.harness_include={tasks}", "eval.harness_limit=4"]

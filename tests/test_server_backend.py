@@ -294,6 +294,33 @@ def test_the_api_key_comes_from_the_named_variable_only(stubs, monkeypatch):
         engine_for(stub, api_key_env="EVOL_TEST_KEY")
 
 
+def test_the_harness_talks_to_the_server_through_lm_evals_completions_model(stubs, tmp_path, monkeypatch):
+    """evol harness on the server backend: lm-eval's local-completions arguments name the served model
+    (an adapter under its label, loaded into the server), the server's context length and
+    max_in_flight; the tokenizer is the local copy the server reports; the key stays out of the args."""
+    from eval.harness.run import HarnessModel, server_model_args
+
+    local = tmp_path / "tiny"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    stub = stubs(models=[{**MODEL, "root": str(local)}], load=lambda body: (200, b"Success"))
+    monkeypatch.setenv("EVOL_TEST_KEY", "s3cret")
+    config = settings(stub.url, max_in_flight=5, api_key_env="EVOL_TEST_KEY")
+    args, header = server_model_args(config, HarnessModel("C1", Path("tiny"), adapter=tmp_path / "adapter"))
+    assert args["model"] == "C1" and stub.loads == [{"lora_name": "C1", "lora_path": str(tmp_path / "adapter")}]
+    assert args["base_url"] == f"{stub.url}/completions" and args["tokenizer"] == str(local)
+    assert (args["num_concurrent"], args["max_length"], args["seed"]) == (5, 2048, config.run.seed)
+    assert header == {"Authorization": "Bearer s3cret"} and "s3cret" not in json.dumps(args)
+    args, _ = server_model_args(config, HarnessModel("base", Path("tiny")))
+    assert args["model"] == "tiny" and len(stub.loads) == 1
+
+    elsewhere = stubs()  # the server loaded /models/tiny, which is not here, and models.dir has no "tiny"
+    config = settings(elsewhere.url)
+    config.models.dir = str(tmp_path / "models")
+    with pytest.raises(InputError, match=r"reads the tokenizer of 'tiny' from a local copy.*\(/models/tiny\)"):
+        server_model_args(config, HarnessModel("base", Path("tiny")))
+
+
 def test_per_role_urls_and_the_identity_in_the_keys(stubs):
     main, judge = stubs(), stubs(models=[{**MODEL, "id": "judge-70b", "root": "/m/70b", "max_model_len": 8192}])
     config = settings(main.url, role_urls={"judge": judge.url})

@@ -8,6 +8,7 @@ engine for the comparison; few seeds and small token budgets keep the module at 
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from pipeline.engine.vllm_server import start_vllm_server, stop, wait_until_read
 pytestmark = pytest.mark.integration
 
 SEEDS = 4
+HARNESS_TASKS = Path(__file__).resolve().parent / "fixtures" / "harness"
 OVERRIDES = [
     "evolve.rounds=1",
     "evolve.evolution_max_tokens=40",
@@ -168,6 +170,53 @@ def test_evolve_answer_judge_through_the_server_keep_the_local_contract(
     # the constrained score line reached the server: every order reads as two scores, as in-process
     assert all(j["orders"][o]["score_a"] is not None for j in judgments[remote_dir] for o in ("AB", "BA"))
     assert remote_scores["overall"]["n"] == local_scores["overall"]["n"] == 3
+
+
+def test_the_harness_runs_lm_evals_task_through_the_server_on_the_base_model_and_an_adapter(
+    server, tiny_model, lora_adapter, files, tmp_path, monkeypatch
+):
+    """evol harness with engine.backend=server: lm-eval's local-completions model on the served model
+    and on a LoRA adapter loaded into the server, the project's own task (tests/fixtures/harness), 4
+    items each; a rerun skips both labels."""
+    import datasets.config
+
+    from eval.harness import HarnessModel, run_harness
+
+    cache = tmp_path / "datasets"  # the json loader's cache, not ~
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    config = config_for(
+        tiny_model,
+        files,
+        "engine.backend=server",
+        f"engine.url={server.url}",
+        "eval.harness_tasks=[evol_arith]",
+        f"eval.harness_include={HARNESS_TASKS}",
+        "eval.harness_limit=4",
+    )
+    served = Path(str(tiny_model))  # the module's server serves the model under its path
+    models = [HarnessModel("base", served), HarnessModel("lora", served, adapter=lora_adapter)]
+    summary = run_harness(config, models, tmp_path / "harness")
+    assert {label: s["samples"] for label, s in summary.items()} == {
+        "base": {"evol_arith": 4},
+        "lora": {"evol_arith": 4},
+    }
+    responses = {}
+    for label, name in (("base", str(tiny_model)), ("lora", "lora")):
+        results = read_json(tmp_path / "harness" / label / "results.json")
+        assert results["config"]["model"] == "local-completions"
+        assert results["config"]["model_args"]["model"] == name
+        assert results["config"]["model_args"]["base_url"] == f"{server.url}/completions"
+        assert results["n-samples"]["evol_arith"] == {"original": 10, "effective": 4}
+        assert 0.0 <= results["results"]["evol_arith"]["exact_match,last-number"] <= 1.0
+        samples = read_jsonl(tmp_path / "harness" / label / "samples_evol_arith.jsonl")
+        responses[label] = [row["resps"][0][0] for row in samples]
+        assert len(samples) == 4 and all(text.strip() for text in responses[label])  # the server answered
+        manifest = read_json(tmp_path / "harness" / label / "manifest.json")
+        assert manifest["server"] == {"base": server.url}
+    assert responses["base"] != responses["lora"]  # the server applied the adapter
+    again = run_harness(config, models, tmp_path / "harness")
+    assert all(s["skipped"] for s in again.values())
 
 
 def test_a_server_killed_mid_round_then_restarted_the_rerun_sends_only_what_is_missing(

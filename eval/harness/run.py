@@ -2,6 +2,10 @@
 
     run_harness(config, [HarnessModel("C1", Path("runs/tiny/sft/C1/merged"))], Path("runs/tiny/harness"))
 
+With engine.backend=server the models are the server's (`HarnessModel.path` is the served name, an
+adapter is loaded into the server under its label) and lm-eval talks to it through its
+`local-completions` API model: no model is loaded in this process.
+
 Writes `<out>/<label>/results.json` (lm-eval's results: per task metric and its stderr, n-samples,
 n-shot, task configs and versions, its seeds, git hash and date, plus an "evol" block with the model,
 the vLLM arguments and the versions), `<out>/<label>/samples_<task>.jsonl` (lm-eval's per-sample log:
@@ -30,19 +34,21 @@ from eval.harness.tasks import (
 )
 from eval.harness.vllm_cpu import answer_vllm_version
 from pipeline.config import Config
-from pipeline.core.jsonio import atomic_write_text
+from pipeline.core.jsonio import InputError, atomic_write_text
 from pipeline.core.manifest import Stage, begin_stage, finish_stage
-from pipeline.core.models import content_hash
+from pipeline.core.models import content_hash, is_model_dir, resolve_model
+from pipeline.engine.factory import model_identity, server_urls
 
 RESULTS_FILE = "results.json"
 SAMPLES_PREFIX = "samples_"
+ROLE = "base"  # the harness evaluates the base model and its fine-tunes, as the answers stage does
 
 
 @dataclass
 class HarnessModel:
     label: str
-    path: Path  # model weights; with an adapter, the base model it was trained on
-    adapter: Path | None = None  # a PEFT LoRA adapter, served through lm-eval's `lora_local_path`
+    path: Path  # model weights (engine.backend=server: the served name); with an adapter, its base model
+    adapter: Path | None = None  # a PEFT LoRA adapter: lm-eval's `lora_local_path`, or loaded into the server
 
 
 def harness_settings(config: Config) -> dict:
@@ -74,6 +80,53 @@ def model_args(config: Config, model_path: str | Path, adapter: str | Path | Non
     if adapter:
         args["lora_local_path"] = str(adapter)
     return args
+
+
+def server_model_args(config: Config, model: HarnessModel) -> tuple[dict, dict | None]:
+    """lm-eval's `local-completions` arguments for a model on the server of engine.url (or the base
+    role's URL): the completions endpoint, the served name (an adapter under its label, loaded into
+    the server when it does not list it, as the answers stage does), the tokenizer of a local copy of
+    the base model (chat template, context lengths), engine.max_in_flight requests at a time, the
+    server's context length, the run's seed; and the request header with the API key, kept apart so
+    that it never reaches results.json."""
+    from pipeline.engine.server_backend import api_key, client_for, find_model, load_adapters, served_models
+
+    settings = config.engine
+    client = client_for(settings, ROLE)
+    offered = served_models(client)
+    base = find_model(offered, str(model.path), client.url, ROLE)
+    name = base.name
+    if model.adapter:
+        load_adapters(client, offered, {model.label: str(model.adapter)})
+        name = model.label
+    args = {
+        "model": name,
+        "base_url": f"{client.url}/completions",
+        "tokenizer": str(tokenizer_dir(config, base.name, base.root, client.url)),
+        "tokenizer_backend": "huggingface",
+        "num_concurrent": settings.max_in_flight,
+        "max_retries": settings.retries + 1,
+        "timeout": int(settings.request_timeout_s),
+        "max_length": base.max_model_len or settings.max_model_len,
+        "seed": config.run.seed,
+    }
+    key = api_key(settings)
+    return args, ({"Authorization": f"Bearer {key}"} if key else None)
+
+
+def tokenizer_dir(config: Config, name: str, root: str | None, url: str) -> Path:
+    """A local copy of a served model, for its tokenizer: the directory the server says it loaded (the
+    same box), else the prepared model or directory of that name."""
+    if root and is_model_dir(Path(root)):
+        return Path(root)
+    try:
+        return resolve_model(name, config.models.dir)
+    except InputError:
+        raise InputError(
+            f"evol harness on the server backend reads the tokenizer of {name!r} from a local copy, and "
+            f"neither the path the server at {url} reports ({root}) nor models.dir holds one; prepare the "
+            f"model here or pass its directory with --model."
+        ) from None
 
 
 def prepare_process(config: Config) -> None:
@@ -112,7 +165,7 @@ def run_harness(config: Config, models: list[HarnessModel], out_dir: str | Path)
     stages = []
     for model in models:
         material = {
-            "model": content_hash(model.path),
+            "model": model_identity(config, model.path, ROLE),
             "adapter": content_hash(model.adapter) if model.adapter else None,
             "settings": settings,
             "tasks": tasks,
@@ -128,21 +181,27 @@ def run_harness(config: Config, models: list[HarnessModel], out_dir: str | Path)
 
 
 def evaluate_model(config: Config, model: HarnessModel, stage: Stage, manager, include: Path | None) -> dict:
-    """lm-eval's `simple_evaluate` on one model's vLLM engine, then results, samples and manifest."""
-    prepare_process(config)
+    """lm-eval's `simple_evaluate` on one model's vLLM engine (or, with engine.backend=server, on the
+    server through lm-eval's `local-completions`), then results, samples and manifest."""
+    e, seed = config.eval, config.run.seed
+    if config.engine.backend == "server":
+        kind, (args, header), batch = "local-completions", server_model_args(config, model), 1
+    else:
+        prepare_process(config)
+        kind, args, header, batch = "vllm", model_args(config, model.path, model.adapter), None, batch_size(config)
     import lm_eval
     from lm_eval.api.registry import get_model
 
-    e, seed = config.eval, config.run.seed
-    args = model_args(config, model.path, model.adapter)
     started = time.time()
     with from_include_dir(include):
-        lm = get_model("vllm").create_from_arg_obj(args, {"batch_size": batch_size(config)})
+        lm = get_model(kind).create_from_arg_obj(
+            {**args, **({"header": header} if header else {})}, {"batch_size": batch}
+        )
         try:
             results = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=list(e.harness_tasks),
-                batch_size=batch_size(config),
+                batch_size=batch,
                 limit=e.harness_limit or None,
                 task_manager=manager,
                 log_samples=True,
@@ -156,10 +215,12 @@ def evaluate_model(config: Config, model: HarnessModel, stage: Stage, manager, i
         finally:
             _close(lm)
     seconds = time.time() - started
-    return write_results(stage, dict(results), config, model, args, seconds)
+    return write_results(stage, dict(results), config, model, kind, args, seconds)
 
 
-def write_results(stage: Stage, results: dict, config: Config, model: HarnessModel, args: dict, seconds: float):
+def write_results(
+    stage: Stage, results: dict, config: Config, model: HarnessModel, kind: str, args: dict, seconds: float
+):
     """results.json and one samples_<task>.jsonl per task, then the stage manifest last."""
     from importlib import metadata
 
@@ -171,7 +232,7 @@ def write_results(stage: Stage, results: dict, config: Config, model: HarnessMod
     samples = results.pop("samples", None) or {}
     for task, rows in samples.items():
         atomic_write_text(stage.dir / f"{SAMPLES_PREFIX}{task}.jsonl", "".join(dumps(row) + "\n" for row in rows))
-    results["config"] = {**(results.get("config") or {}), "model": "vllm", "model_args": args}
+    results["config"] = {**(results.get("config") or {}), "model": kind, "model_args": args}
     results["evol"] = {
         "label": model.label,
         "model": str(model.path),
@@ -192,6 +253,7 @@ def write_results(stage: Stage, results: dict, config: Config, model: HarnessMod
         extra={
             "label": model.label,
             "throughput": {"seconds": round(seconds, 1), "batch_size": str(config.eval.harness_batch_size)},
+            **server_urls(config, (ROLE,)),
         },
     )
     print(f"[harness] {model.label}: {', '.join(sorted(samples))} in {seconds:.0f} s", file=sys.stderr)

@@ -6,8 +6,9 @@
     evol harness --adapter C1=runs/tiny/sft/C1/adapter --out runs/tiny/harness --set eval.harness_tasks=[gsm8k]
 
 Runs the lm-eval tasks of `eval.harness_tasks` on each model, one engine after the other in this
-process, and writes `<out>/<label>/results.json` and per-sample logs. Every task name, the include
-folder, the datasets cache, each model and adapter are checked before a model loads.
+process (with engine.backend=server, on the server: --model and --base are served names, adapters are
+loaded into it), and writes `<out>/<label>/results.json` and per-sample logs. Every task name, the
+include folder, the datasets cache, each model and adapter are checked before a model loads.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pipeline.config import load_config
     "adapter_specs",
     multiple=True,
     metavar="LABEL=PATH",
-    help="A PEFT LoRA adapter, served on --base through lm-eval's lora_local_path (repeatable).",
+    help="A PEFT LoRA adapter, served on --base (lm-eval's lora_local_path, or loaded into the server) (repeatable).",
 )
 @click.option("--base", "base_name", default=None, help="The base model of the adapters (default: models.base).")
 @click.option(
@@ -49,7 +50,7 @@ def harness(model_names, labels, adapter_specs, base_name, out_dir, config_path,
     """Standard benchmarks (lm-evaluation-harness tasks, eval.harness_tasks) on each model, offline."""
     from eval.answer import check_label, parse_adapters
     from eval.harness import HarnessModel, run_harness
-    from pipeline.core.models import resolve_model
+    from pipeline.engine import locate_model
 
     if len(labels) != len(model_names):
         raise click.UsageError(f"{len(model_names)} --model options need as many --label options, one each.")
@@ -61,9 +62,9 @@ def harness(model_names, labels, adapter_specs, base_name, out_dir, config_path,
     names = [check_label(label, "--label") for label in labels] + list(adapters)
     if len(set(names)) < len(names):
         raise click.UsageError(f"Each label must be different: {', '.join(names)}.")
-    models = [HarnessModel(label, resolve_model(name, config.models.dir)) for name, label in zip(model_names, labels)]
+    models = [HarnessModel(label, locate_model(config, name, "base")) for name, label in zip(model_names, labels)]
     if adapters:
-        base = resolve_model(base_name or config.models.base, config.models.dir)
+        base = locate_model(config, base_name or config.models.base, "base")
         models += [HarnessModel(label, base, path) for label, path in adapters.items()]
     for name in names:  # one writer per label directory
         lock_output(Path(out_dir) / name)
