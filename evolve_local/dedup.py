@@ -2,8 +2,8 @@
 
     evol evolve --config configs/tiny.yaml --set evolve.dedup_threshold=0.8 --out runs/tiny
 
-`NearDuplicates` holds every instruction admitted to the training set so far (seeds, then the kept
-evolutions of each round in order); a new one whose estimated Jaccard similarity over character
+`NearDuplicates` indexes every instruction admitted to the training set so far (seeds, then the kept
+evolutions of each round in order; in a scratch SQLite file, so memory stays flat); a new one whose estimated Jaccard similarity over character
 shingles reaches the threshold is a `near_duplicate`. `TestSetFilter` flags an instruction that
 shares a long run of words with a test instruction, or is MinHash-similar to one: `contaminated`.
 Both are deterministic (fixed MinHash seed), so a resumed run rebuilds the same index.
@@ -12,7 +12,11 @@ Both are deterministic (fixed MinHash seed), so a resumed run rebuilds the same 
 from __future__ import annotations
 
 import functools
+import hashlib
 
+import numpy as np
+
+from pipeline.core.scratch import Scratch
 from pipeline.core.text import normalise, words
 
 MINHASH_SEED = 1
@@ -49,39 +53,80 @@ def minhash(text: str, size: int, permutations: int):
 
 
 class NearDuplicates:
-    """An LSH index of admitted instructions; `check_and_add` admits or names the earlier twin."""
+    """An LSH index of admitted instructions; `check_and_add` admits or names the earlier twin.
 
-    def __init__(self, threshold: float, shingle_chars: int, permutations: int, enabled: bool = True):
+    The index lives in a scratch SQLite file (pipeline/core/scratch.py), not in memory, since it holds
+    every instruction admitted so far (~250K at the paper's scale): per instruction its MinHash
+    signature, its band keys and a digest of its normalised text. The bands are datasketch's
+    MinHashLSH's for the same threshold and permutations, and a band key is the band's exact
+    hashvalues, so the candidates are exactly those MinHashLSH proposes; the estimated similarity
+    (the share of equal hashvalues, as MinHash.jaccard) then decides.
+    """
+
+    def __init__(
+        self,
+        threshold: float,
+        shingle_chars: int,
+        permutations: int,
+        enabled: bool = True,
+        scratch: Scratch | None = None,
+    ):
         from datasketch import MinHashLSH
 
         self.enabled = enabled
         self.threshold = threshold
         self.size = shingle_chars
         self.permutations = permutations
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=permutations)
-        self.sketches: dict[str, object] = {}
-        self.exact: dict[str, str] = {}
+        # MinHashLSH's (bands, rows) for this threshold: only its hash ranges are used
+        self.ranges = MinHashLSH(threshold=threshold, num_perm=permutations).hashranges
+        self._own = scratch is None
+        self.scratch = scratch if scratch is not None else Scratch()
+        db = self.scratch.db
+        for table in ("nd_items", "nd_bands", "nd_exact"):
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+        db.execute("CREATE TABLE nd_items (n INTEGER PRIMARY KEY, id TEXT NOT NULL, sketch BLOB NOT NULL)")
+        db.execute("CREATE TABLE nd_bands (key BLOB NOT NULL, n INTEGER NOT NULL)")
+        db.execute("CREATE INDEX nd_bands_key ON nd_bands (key)")
+        db.execute("CREATE TABLE nd_exact (digest BLOB PRIMARY KEY, id TEXT NOT NULL) WITHOUT ROWID")
+        self.count = 0
 
     def check_and_add(self, item_id: str, instruction: str) -> str | None:
         """None when admitted (and indexed); otherwise why it is a near-duplicate."""
         if not self.enabled:
             return None
-        key = normalise(instruction)
-        if key in self.exact:
-            return f"the same text as {self.exact[key]}"
-        sketch = minhash(instruction, self.size, self.permutations)
+        db = self.scratch.db
+        digest = hashlib.blake2b(normalise(instruction).encode("utf-8"), digest_size=16).digest()
+        same = db.execute("SELECT id FROM nd_exact WHERE digest = ?", (digest,)).fetchone()
+        if same is not None:
+            return f"the same text as {same[0]}"
+        values = minhash(instruction, self.size, self.permutations).hashvalues
+        keys = [i.to_bytes(2, "big") + values[start:end].tobytes() for i, (start, end) in enumerate(self.ranges)]
+        marks = ",".join("?" * len(keys))
+        candidates = db.execute(
+            f"SELECT id, sketch FROM nd_items WHERE n IN (SELECT n FROM nd_bands WHERE key IN ({marks}))", keys
+        ).fetchall()
         # LSH only proposes candidates; the estimated similarity decides, so the threshold is exact.
         best = None
-        for other in sorted(self.lsh.query(sketch)):
-            similarity = sketch.jaccard(self.sketches[other])
+        for other, sketch in sorted(candidates):
+            similarity = float(np.count_nonzero(values == np.frombuffer(sketch, dtype=values.dtype))) / len(values)
             if similarity >= self.threshold and (best is None or similarity > best[1]):
                 best = (other, similarity)
         if best is not None:
             return f"a near-duplicate of {best[0]} (similarity {best[1]:.2f})"
-        self.lsh.insert(item_id, sketch)
-        self.sketches[item_id] = sketch
-        self.exact[key] = item_id
+        self.count += 1
+        db.execute("INSERT INTO nd_items (n, id, sketch) VALUES (?, ?, ?)", (self.count, item_id, values.tobytes()))
+        db.executemany("INSERT INTO nd_bands (key, n) VALUES (?, ?)", [(key, self.count) for key in keys])
+        db.execute("INSERT INTO nd_exact (digest, id) VALUES (?, ?)", (digest, item_id))
+        self.scratch.wrote(2 + len(keys))
         return None
+
+    def close(self) -> None:
+        """Delete the index (its own scratch file; in a shared scratch, its tables)."""
+        if self._own:
+            self.scratch.close()
+        elif self.scratch.db is not None:
+            for table in ("nd_items", "nd_bands", "nd_exact"):
+                self.scratch.db.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 class TestSetFilter:

@@ -20,7 +20,9 @@ per round.
 
 Outputs (the run-directory contract): evolve/round_<k>.jsonl (one RoundRecord per attempt, see
 pipeline/core/records.py), evolve/stats.json, evolve/manifest.json, data/C<k>.jsonl (seeds + kept
-evolutions of rounds 1..k, chat `messages`). Work in progress lives in evolve/work/ (see steps.py); a killed run resumes there. Which request an
+evolutions of rounds 1..k, chat `messages`). Work in progress lives in evolve/work/ (see steps.py); a killed run resumes there. The
+near-duplicate index and the round's finished records are looked up in evolve/work/scratch.sqlite
+(pipeline/core/scratch.py), which each process rebuilds from those files and deletes at its end. Which request an
 attempt needs next, and the two ways of generating a round, are in generation.py.
 `run_evolve` takes a ModelSet (an engine factory per role), so unit tests pass FakeEngines.
 """
@@ -48,16 +50,18 @@ from evolve_local.method import describe
 from evolve_local.prompts import messages
 from evolve_local.records import RoundTally, write_stats
 from evolve_local.seeds import Seed
-from evolve_local.steps import Engines, ModelSet, load_step, run_step
+from evolve_local.steps import Engines, ModelSet, run_step
 from pipeline.config import Config, semantic_dict
 from pipeline.core.jsonio import JsonlWriter, iter_jsonl, read_json, write_json
 from pipeline.core.manifest import begin_stage, finish_stage
 from pipeline.core.records import CONTAMINATED, NEAR_DUPLICATE, SEED_FILE, SEED_OPERATION, TOO_LONG_RULE, RoundRecord
+from pipeline.core.scratch import Scratch
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import words
 from pipeline.engine import TOO_LONG, ChatRequest, server_urls
 
 STAGE = "evolve"
+SCRATCH_FILE = "scratch.sqlite"  # in evolve/work/, made anew by each process and deleted at its end
 METHOD_FILE = "method.json"  # evolve.method's file, copied into evolve/ when it is not "ops"
 
 
@@ -89,17 +93,20 @@ def run_evolve(
         stage = begin_stage(run_dir, STAGE, material, quiet=True)
 
     e = config.evolve
+    # the near-duplicate index and a round's finished records, looked up on disk (rebuilt on resume)
+    scratch = Scratch(stage.dir / "work" / SCRATCH_FILE)
     run = Run(
         config,
         models,
         engines or Engines(models),
         stage.dir,
         run_dir / "data",
-        NearDuplicates(e.dedup_threshold, e.dedup_shingle_chars, e.minhash_permutations, e.dedup),
+        NearDuplicates(e.dedup_threshold, e.dedup_shingle_chars, e.minhash_permutations, e.dedup, scratch),
         TestSetFilter(
             inputs.tests, e.decontam_ngram, e.decontam_threshold, e.dedup_shingle_chars, e.minhash_permutations
         ),
         inputs.method,
+        scratch,
     )
     if inputs.method is not None:  # the method beside the rounds it wrote, for the report
         inputs.method.save(stage.dir / METHOD_FILE)
@@ -118,6 +125,7 @@ def run_evolve(
             all_stats.append(read_json(run.round_stats(k)))
             write_stats(stage.dir / "stats.json", all_stats, inputs, models, run.tests)
     finally:
+        scratch.close()
         if engines is None:
             run.engines.close()
     stats = read_json(stage.dir / "stats.json")
@@ -160,7 +168,7 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
             and run.tests.overlap(seed.instruction) is None
         )
 
-    done = load_step(run.work(0, "answer"))
+    done = run.finished(0, "answer")
     todo = [s for s in seeds if s.id not in done and needs_answer(s)]
     requests = (
         ChatRequest(
@@ -184,7 +192,7 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
         passes=lambda r: rules.too_long(r["finish_reason"], "answer") is None,
     )
 
-    answers = load_step(run.work(0, "answer"))
+    answers = run.finished(0, "answer")
     tally = RoundTally(0)
     with (
         JsonlWriter(run.stage_dir / "round_0.jsonl") as out,
@@ -227,12 +235,15 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
 
 def evolve_round(run: Run, k: int) -> None:
     pool_in = run.pool(k - 1)
-    done = {step: load_step(run.work(k, step)) for step in STEPS}  # what an earlier process finished
+    done = {step: run.finished(k, step) for step in STEPS}  # what an earlier process finished
     if overlapped(run):
         generate_chained(run, k, pool_in, done)
     else:
         generate_by_step(run, k, pool_in, done)
     eliminate_round(run, k, pool_in, done)
+    for records in done.values():  # the round is written: its lookups are not needed again
+        if hasattr(records, "drop"):
+            records.drop()
 
 
 def eliminate_round(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:

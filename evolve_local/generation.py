@@ -10,7 +10,7 @@ first step whose rule fires (eliminate.step_problem), and the progress bar count
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,9 @@ from evolve_local.prompts import equality_prompt, evolution_prompt, messages
 from evolve_local.steps import Engines, ModelSet, load_step, run_chained, run_step, step_record
 from pipeline.config import Config
 from pipeline.config.evolve import OPERATIONS, EvolveConfig
-from pipeline.core.jsonio import iter_jsonl
+from pipeline.core.jsonio import iter_jsonl, read_jsonl_tolerant
 from pipeline.core.paths import round_pool
+from pipeline.core.scratch import Scratch
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, ChatResult
 
@@ -41,6 +42,7 @@ class Run:
     dedup: NearDuplicates
     tests: TestSetFilter
     method: Method | None = None  # evolve.method (evolve_local/method.py); None: the six operations
+    scratch: Scratch | None = None  # where a round's finished records are looked up; None: in memory
 
     @property
     def seed(self) -> int:
@@ -51,6 +53,16 @@ class Run:
 
     def pool(self, k: int) -> Path:
         return round_pool(self.stage_dir.parent, k)  # written last: its presence = round done
+
+    def finished(self, k: int, step: str) -> MutableMapping[str, dict]:
+        """The step's finished records of round k by attempt id, from its work file: in the scratch
+        file, so memory does not grow with the pool (without one, a dict)."""
+        if self.scratch is None:
+            return load_step(self.work(k, step))
+        records = self.scratch.records(f"round_{k}_{step}")
+        for record in read_jsonl_tolerant(self.work(k, step)):
+            records[record["id"]] = record
+        return records
 
     def round_stats(self, k: int) -> Path:
         return self.stage_dir / "work" / f"stats_{k}.json"
@@ -184,7 +196,7 @@ def overlapped(run: Run) -> bool:
     return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 
-def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
+def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, MutableMapping]) -> None:
     """Each step over the whole pool in large chunks, then the next: with a different model per role,
     each model's engine starts once per round. `done` gains each step's records as it ends."""
     for step in STEPS:
@@ -202,7 +214,7 @@ def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> 
             run.config.engine.chunk_size,
             passes=step_passes(run, step, sent.pop),
         )
-        done[step] = load_step(run.work(k, step))
+        done[step] = run.finished(k, step)
 
 
 def step_requests(
@@ -219,7 +231,7 @@ def step_requests(
             yield request
 
 
-def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:
+def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, MutableMapping]) -> None:
     """Every step at once on the one engine: an item's check is sent as soon as its evolution ends,
     its answer as soon as its check does, so the engine's batch stays full across the steps.
     `done` gains every record as it finishes (and is saved)."""

@@ -33,6 +33,63 @@ def test_dedup_switched_off_admits_everything():
     assert near.check_and_add("b", "same text") is None
 
 
+class InMemoryReference:
+    """The index as it was before it moved to a scratch file: datasketch's MinHashLSH and MinHash
+    objects in memory. The scratch index must decide exactly as this one does."""
+
+    def __init__(self, threshold, shingle_chars, permutations):
+        from datasketch import MinHashLSH
+
+        from evolve_local.dedup import minhash
+
+        self.minhash = lambda text: minhash(text, shingle_chars, permutations)
+        self.threshold, self.lsh, self.sketches, self.exact = threshold, MinHashLSH(threshold, permutations), {}, {}
+
+    def check_and_add(self, item_id, instruction):
+        from pipeline.core.text import normalise
+
+        key = normalise(instruction)
+        if key in self.exact:
+            return f"the same text as {self.exact[key]}"
+        sketch, best = self.minhash(instruction), None
+        for other in sorted(self.lsh.query(sketch)):
+            similarity = sketch.jaccard(self.sketches[other])
+            if similarity >= self.threshold and (best is None or similarity > best[1]):
+                best = (other, similarity)
+        if best is not None:
+            return f"a near-duplicate of {best[0]} (similarity {best[1]:.2f})"
+        self.lsh.insert(item_id, sketch)
+        self.sketches[item_id], self.exact[key] = sketch, item_id
+        return None
+
+
+@pytest.mark.parametrize("threshold, permutations", [(0.85, 128), (0.5, 64)])
+def test_the_scratch_index_decides_exactly_as_datasketchs_in_memory_lsh(threshold, permutations):
+    import random
+
+    rng = random.Random(7)
+    words = "river snow bread robot window village poem tide engine garden lamp letter clock winter".split()
+    texts = []
+    for _ in range(400):
+        kind = rng.random()
+        if texts and kind < 0.15:
+            texts.append(rng.choice(texts).upper())  # the same text once normalised
+        elif texts and kind < 0.45:  # a near one: a word changed or added
+            base = rng.choice(texts).split()
+            base[rng.randrange(len(base))] = rng.choice(words)
+            texts.append(" ".join(base + ([rng.choice(words)] if rng.random() < 0.5 else [])))
+        else:
+            texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(4, 14))))
+    reference = InMemoryReference(threshold, 5, permutations)
+    scratch = NearDuplicates(threshold, 5, permutations)
+    decisions = [(reference.check_and_add(f"i{n}", t), scratch.check_and_add(f"i{n}", t)) for n, t in enumerate(texts)]
+    assert all(old == new for old, new in decisions)
+    kinds = [d.split()[0] if d else None for d, _ in decisions]
+    assert kinds.count("the") > 20 and kinds.count("a") > 10 and kinds.count(None) > 100  # each kind was met
+    scratch.close()
+    assert not scratch.scratch.path.exists()
+
+
 TESTS = [
     ("1", "If a car travels 120 miles in 2 hours, what is its average speed in miles per hour?"),
     ("2", "Name the largest ocean on Earth today."),

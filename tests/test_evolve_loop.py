@@ -199,11 +199,14 @@ def test_chained_round_resumes_after_a_crash_with_nothing_redone(tmp_path):
     }
     assert len(persisted) == 12  # every finished request was saved, the buffered ones too
     assert not (work / "pool_2.jsonl").exists()
+    assert not (work / "scratch.sqlite").exists()  # the lookups' scratch file went with the process
+    (work / "scratch.sqlite").write_bytes(b"left by a killed process")  # as a SIGKILL would leave it
 
     resumed = Factory(streaming=True)
     run_evolve(make_config(tmp_path), run_dir, resumed.models, quiet=True)
     redone = {(r.purpose, r.id) for r in resumed.requests}
     assert redone and not redone & persisted and all(r.id.endswith("@r2") for r in resumed.requests)
+    assert not (work / "scratch.sqlite").exists()
     run_evolve(make_config(tmp_path), tmp_path / "clean", Factory(streaming=True).models, quiet=True)
     for name in OUTPUTS:
         assert (run_dir / name).read_text() == (tmp_path / "clean" / name).read_text()
