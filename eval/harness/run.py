@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eval.harness.tasks import (
     check_tasks,
@@ -38,6 +39,9 @@ from pipeline.core.jsonio import InputError, atomic_write_text
 from pipeline.core.manifest import Stage, begin_stage, finish_stage
 from pipeline.core.models import content_hash, is_model_dir, resolve_model
 from pipeline.engine.factory import model_identity, server_urls
+
+if TYPE_CHECKING:
+    from pipeline.engine.server_backend import ServedModel
 
 RESULTS_FILE = "results.json"
 SAMPLES_PREFIX = "samples_"
@@ -89,20 +93,15 @@ def server_model_args(config: Config, model: HarnessModel) -> tuple[dict, dict |
     the base model (chat template, context lengths), engine.max_in_flight requests at a time, the
     server's context length, the run's seed; and the request header with the API key, kept apart so
     that it never reaches results.json."""
-    from pipeline.engine.server_backend import api_key, client_for, find_model, load_adapters, served_models
+    from pipeline.engine.server_backend import api_key, open_model
 
     settings = config.engine
-    client = client_for(settings, ROLE)
-    offered = served_models(client)
-    base = find_model(offered, str(model.path), client.url, ROLE)
-    name = base.name
-    if model.adapter:
-        load_adapters(client, offered, {model.label: str(model.adapter)})
-        name = model.label
+    adapters = {model.label: str(model.adapter)} if model.adapter else {}
+    client, base = open_model(settings, str(model.path), ROLE, adapters)
     args = {
-        "model": name,
+        "model": model.label if model.adapter else base.name,
         "base_url": f"{client.url}/completions",
-        "tokenizer": str(tokenizer_dir(config, base.name, base.root, client.url)),
+        "tokenizer": str(tokenizer_dir(config, base)),
         "tokenizer_backend": "huggingface",
         "num_concurrent": settings.max_in_flight,
         "max_retries": settings.retries + 1,
@@ -114,18 +113,18 @@ def server_model_args(config: Config, model: HarnessModel) -> tuple[dict, dict |
     return args, ({"Authorization": f"Bearer {key}"} if key else None)
 
 
-def tokenizer_dir(config: Config, name: str, root: str | None, url: str) -> Path:
+def tokenizer_dir(config: Config, served: ServedModel) -> Path:
     """A local copy of a served model, for its tokenizer: the directory the server says it loaded (the
     same box), else the prepared model or directory of that name."""
-    if root and is_model_dir(Path(root)):
-        return Path(root)
+    if served.root and is_model_dir(Path(served.root)):
+        return Path(served.root)
     try:
-        return resolve_model(name, config.models.dir)
+        return resolve_model(served.name, config.models.dir)
     except InputError:
         raise InputError(
-            f"evol harness on the server backend reads the tokenizer of {name!r} from a local copy, and "
-            f"neither the path the server at {url} reports ({root}) nor models.dir holds one; prepare the "
-            f"model here or pass its directory with --model."
+            f"evol harness on the server backend reads the tokenizer of {served.name!r} from a local copy, "
+            f"and neither the path the server at {served.url} reports ({served.root}) nor models.dir holds "
+            f"one; prepare the model here or pass its directory with --model."
         ) from None
 
 

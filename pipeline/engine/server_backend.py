@@ -279,10 +279,25 @@ def client_for(settings: EngineConfig, role: str, backoff_s: float = 1.0) -> Ser
     )
 
 
+def open_model(
+    settings: EngineConfig,
+    name: str,
+    role: str = "",
+    adapters: dict[str, str] | None = None,
+    backoff_s: float = 1.0,
+) -> tuple[ServerClient, ServedModel]:
+    """A client for the role's server and the model it asks for, as the server reports it (a wrong name
+    is one sentence, before any work), with every adapter the server must answer with loaded into it."""
+    client = client_for(settings, role, backoff_s)
+    offered = served_models(client)
+    served = find_model(offered, name, client.url, role)
+    load_adapters(client, offered, adapters or {})
+    return client, served
+
+
 def served_model(settings: EngineConfig, name: str, role: str = "") -> ServedModel:
     """The model a role asks for, as the server at its URL reports it (before any work)."""
-    client = client_for(settings, role)
-    return find_model(served_models(client), name, client.url, role)
+    return open_model(settings, name, role)[1]
 
 
 @dataclass
@@ -306,13 +321,10 @@ class ServerEngine:
         backoff_s: float = 1.0,
     ):
         self.settings = settings
-        self.client = client_for(settings, role, backoff_s)
-        self.url = self.client.url
-        offered = served_models(self.client)
-        self.served = find_model(offered, model, self.url, role)
-        self.model_name = model
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
-        load_adapters(self.client, offered, self.adapters)
+        self.client, self.served = open_model(settings, model, role, self.adapters, backoff_s)
+        self.url = self.client.url
+        self.model_name = model
         self._refused: set[str] = set()  # optional fields this server refused: never sent again
         self._lock = threading.Lock()
         self._stats = ServerStats()
