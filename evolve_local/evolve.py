@@ -105,8 +105,8 @@ def run_evolve(
         TestSetFilter(
             inputs.tests, e.decontam_ngram, e.decontam_threshold, e.dedup_shingle_chars, e.minhash_permutations
         ),
-        inputs.method,
         scratch,
+        inputs.method,
     )
     if inputs.method is not None:  # the method beside the rounds it wrote, for the report
         inputs.method.save(stage.dir / METHOD_FILE)
@@ -242,8 +242,7 @@ def evolve_round(run: Run, k: int) -> None:
         generate_by_step(run, k, pool_in, done)
     eliminate_round(run, k, pool_in, done)
     for records in done.values():  # the round is written: its lookups are not needed again
-        if hasattr(records, "drop"):
-            records.drop()
+        records.drop()
 
 
 def eliminate_round(run: Run, k: int, pool_in: Path, done: dict[str, dict]) -> None:

@@ -10,7 +10,7 @@ first step whose rule fires (eliminate.step_problem), and the progress bar count
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +18,12 @@ from evolve_local import eliminate as rules
 from evolve_local.dedup import NearDuplicates, TestSetFilter
 from evolve_local.method import METHOD_OPERATION, Method
 from evolve_local.prompts import equality_prompt, evolution_prompt, messages
-from evolve_local.steps import Engines, ModelSet, load_step, run_chained, run_step, step_record
+from evolve_local.steps import Engines, ModelSet, run_chained, run_step, step_record
 from pipeline.config import Config
 from pipeline.config.evolve import OPERATIONS, EvolveConfig
 from pipeline.core.jsonio import iter_jsonl, read_jsonl_tolerant
 from pipeline.core.paths import round_pool
-from pipeline.core.scratch import Scratch
+from pipeline.core.scratch import Scratch, ScratchRecords
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, ChatResult
 
@@ -41,8 +41,8 @@ class Run:
     data_dir: Path
     dedup: NearDuplicates
     tests: TestSetFilter
+    scratch: Scratch  # where the near-duplicate index and a round's finished records are looked up
     method: Method | None = None  # evolve.method (evolve_local/method.py); None: the six operations
-    scratch: Scratch | None = None  # where a round's finished records are looked up; None: in memory
 
     @property
     def seed(self) -> int:
@@ -54,11 +54,9 @@ class Run:
     def pool(self, k: int) -> Path:
         return round_pool(self.stage_dir.parent, k)  # written last: its presence = round done
 
-    def finished(self, k: int, step: str) -> MutableMapping[str, dict]:
+    def finished(self, k: int, step: str) -> ScratchRecords:
         """The step's finished records of round k by attempt id, from its work file: in the scratch
-        file, so memory does not grow with the pool (without one, a dict)."""
-        if self.scratch is None:
-            return load_step(self.work(k, step))
+        file, so memory does not grow with the pool."""
         records = self.scratch.records(f"round_{k}_{step}")
         for record in read_jsonl_tolerant(self.work(k, step)):
             records[record["id"]] = record
@@ -196,7 +194,7 @@ def overlapped(run: Run) -> bool:
     return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 
-def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, MutableMapping]) -> None:
+def generate_by_step(run: Run, k: int, pool_in: Path, done: dict[str, ScratchRecords]) -> None:
     """Each step over the whole pool in large chunks, then the next: with a different model per role,
     each model's engine starts once per round. `done` gains each step's records as it ends."""
     for step in STEPS:
@@ -231,7 +229,7 @@ def step_requests(
             yield request
 
 
-def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, MutableMapping]) -> None:
+def generate_chained(run: Run, k: int, pool_in: Path, done: dict[str, ScratchRecords]) -> None:
     """Every step at once on the one engine: an item's check is sent as soon as its evolution ends,
     its answer as soon as its check does, so the engine's batch stays full across the steps.
     `done` gains every record as it finishes (and is saved)."""

@@ -74,7 +74,7 @@ def test_two_lanes_make_each_model_a_chain_that_may_start_once_its_round_is_comm
 def test_the_evolution_commits_a_round_where_the_plan_looks_for_it():
     from evolve_local.generation import Run
 
-    run = Run(None, None, None, RUN / "evolve", RUN / "data", None, None)
+    run = Run(None, None, None, RUN / "evolve", RUN / "data", None, None, None)
     steps = plan(tiny(), RUN, CFG, gpu=False, lanes=2)
     assert run.pool(2) == next(s for s in steps if s.title == "train C2").early
 
