@@ -3,8 +3,8 @@
     evol evolve --config configs/tiny.yaml --set evolve.dedup_threshold=0.8 --out runs/tiny
 
 `NearDuplicates` indexes every instruction admitted to the training set so far (seeds, then the kept
-evolutions of each round in order; in a scratch SQLite file, so memory stays flat); a new one whose estimated Jaccard similarity over character
-shingles reaches the threshold is a `near_duplicate`. `TestSetFilter` flags an instruction that
+evolutions of each round in order; in a scratch SQLite file, so memory stays flat); a new one whose
+estimated Jaccard similarity over character shingles reaches the threshold is a `near_duplicate`. `TestSetFilter` flags an instruction that
 shares a long run of words with a test instruction, or is MinHash-similar to one: `contaminated`.
 Both are deterministic (fixed MinHash seed), so a resumed run rebuilds the same index.
 """
@@ -121,12 +121,9 @@ class NearDuplicates:
         return None
 
     def close(self) -> None:
-        """Delete the index (its own scratch file; in a shared scratch, its tables)."""
+        """Delete the index's own scratch file (a scratch given to it is its owner's to close)."""
         if self._own:
             self.scratch.close()
-        elif self.scratch.db is not None:
-            for table in ("nd_items", "nd_bands", "nd_exact"):
-                self.scratch.db.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 class TestSetFilter:

@@ -20,10 +20,11 @@ per round.
 
 Outputs (the run-directory contract): evolve/round_<k>.jsonl (one RoundRecord per attempt, see
 pipeline/core/records.py), evolve/stats.json, evolve/manifest.json, data/C<k>.jsonl (seeds + kept
-evolutions of rounds 1..k, chat `messages`). Work in progress lives in evolve/work/ (see steps.py); a killed run resumes there. The
-near-duplicate index and the round's finished records are looked up in evolve/work/scratch.sqlite
-(pipeline/core/scratch.py), which each process rebuilds from those files and deletes at its end. Which request an
-attempt needs next, and the two ways of generating a round, are in generation.py.
+evolutions of rounds 1..k, chat `messages`). Work in progress lives in evolve/work/ (see steps.py);
+a killed run resumes there. The near-duplicate index and the round's finished records are looked up
+in evolve/work/scratch.sqlite (pipeline/core/scratch.py), which each process rebuilds from those
+files and deletes at its end. Which request an attempt needs next, and the two ways of generating a
+round, are in generation.py.
 `run_evolve` takes a ModelSet (an engine factory per role), so unit tests pass FakeEngines.
 """
 
