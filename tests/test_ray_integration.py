@@ -25,6 +25,7 @@ from pipeline.core.paths import SHIPPED_SEEDS
 from pipeline.engine import ChatRequest
 from pipeline.engine.ray_backend import RayEngine, connect
 from pipeline.engine.vllm_backend import VLLMEngine
+from tests.conftest import TINY_ROUND
 
 pytest.importorskip("ray.data")
 pytestmark = pytest.mark.integration
@@ -48,13 +49,7 @@ def tiny_config(tiny_model, tmp, *overrides):
             f"models.evolver={tiny_model}",
             f"evolve.seeds={seeds}",
             f"eval.testset={tmp / 'testset.jsonl'}",
-            "evolve.rounds=1",
-            "evolve.evolution_max_tokens=40",
-            "evolve.answer_max_tokens=24",
-            "evolve.verdict_max_tokens=4",
-            "engine.dtype=bfloat16",
-            "engine.max_model_len=1024",
-            "engine.kv_cache_gb=0.5",
+            *TINY_ROUND,
             "ray.num_cpus=4",
             "ray.batch_size=1",
             *overrides,

@@ -22,19 +22,14 @@ from pipeline.core.jsonio import read_json, read_jsonl
 from pipeline.core.paths import SHIPPED_SEEDS
 from pipeline.engine.server_backend import ServerEngine, ServerError
 from pipeline.engine.vllm_server import start_vllm_server, stop, wait_until_ready
+from tests.conftest import TINY_ROUND
 
 pytestmark = pytest.mark.integration
 
 SEEDS = 4
 HARNESS_TASKS = Path(__file__).resolve().parent / "fixtures" / "harness"
 OVERRIDES = [
-    "evolve.rounds=1",
-    "evolve.evolution_max_tokens=40",
-    "evolve.answer_max_tokens=24",
-    "evolve.verdict_max_tokens=4",
-    "engine.dtype=bfloat16",
-    "engine.max_model_len=1024",
-    "engine.kv_cache_gb=0.5",
+    *TINY_ROUND,
     "eval.limit=3",
     "eval.answer_max_tokens=24",
     "eval.judge_max_tokens=24",
