@@ -29,8 +29,10 @@ done
 source scripts/bootstrap.sh   # with EVOL_BUNDLE set, it verifies checksums and installs offline
 
 if [ -n "${EVOL_BUNDLE:-}" ]; then
+    # the bundled config's paths (models, seeds, test set, ...) are relative to the bundle: make them absolute
     [ -n "$config" ] || config="$EVOL_BUNDLE/config.yaml"
-    args=(--set "evolve.seeds=$EVOL_BUNDLE/data/seeds.jsonl" --set "eval.testset=$EVOL_BUNDLE/data/testset.jsonl" "${args[@]}")
+    mapfile -t bundled < <(python pipeline/bundle_target.py settings "$EVOL_BUNDLE")
+    args=("${bundled[@]}" "${args[@]}")
 fi
 [ -n "$config" ] || config=configs/tiny.yaml
 exec python -m pipeline run --config "$config" "${args[@]}"

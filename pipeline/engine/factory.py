@@ -19,6 +19,11 @@ from pipeline.engine.types import Engine
 from pipeline.engine.vllm_backend import VLLMEngine
 
 
+def backend_extras(config: Config) -> list[str]:
+    """The optional extras of pyproject.toml that the configured backend needs installed (`evol bundle`)."""
+    return ["ray"] if config.engine.backend == "ray" else []
+
+
 def make_engine(
     config: Config, model_path: str | Path, adapters: dict[str, str | Path] | None = None, role: str = ""
 ) -> Engine:

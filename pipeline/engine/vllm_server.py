@@ -63,6 +63,10 @@ def vllm_server_command(
         env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind(settings.cpu_threads_bind)
     if runtime_lora:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if host in ("127.0.0.1", "localhost", "::1") and "VLLM_HOST_IP" not in os.environ:
+        # A server on loopback keeps its processes' own traffic there too; without this vLLM finds its
+        # address by routing a socket towards 8.8.8.8, a reach outside that an air-gapped run should not make.
+        env["VLLM_HOST_IP"] = "127.0.0.1"
     return argv, env
 
 
