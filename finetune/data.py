@@ -166,6 +166,43 @@ def render_instruction(messages: list[dict], marker: str, eos: str) -> str:
     return text
 
 
+# render_instruction as a chat template: what a fine-tune in the `instruction` layout writes beside its
+# weights, so that every consumer (vLLM in-process or served, lm-eval, evol generate) prompts it in
+# the layout it was trained in without knowing about layouts. Jinja strips nothing here (no `-`
+# markers), so the text is exactly render_instruction's; a prompt ends with the marker line, which
+# is the generation prompt.
+_INSTRUCTION_TEMPLATE = (
+    "{%- set ns = namespace(text='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- set ns.text = ns.text + (message['content'] | trim) + '\\n\\n' -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{%- set gap = '\\n\\n' if ns.text and not ns.text.endswith('\\n\\n') else '' -%}"
+    "{%- set ns.text = ns.text + gap + message['content'] + '\\n\\n' + MARKER + '\\n' -%}"
+    "{%- else -%}"
+    "{%- set ns.text = ns.text + message['content'] + EOS -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- PREFIX + ns.text + SUFFIX -}}"
+)
+
+
+def training_chat_template(tokenizer, template: str, marker: str) -> str | None:
+    """The chat template that renders a conversation exactly as this fine-tune was trained on it:
+    the base's own for the `chat` layout; for `instruction`, render_instruction with the special
+    tokens the tokenizer adds around a text (a BOS for most base models), since a chat template's
+    text is tokenized without adding them."""
+    if template == "chat":
+        return tokenizer.chat_template
+    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    start = with_special.index(plain[0]) if plain and plain[0] in with_special else 0
+    prefix = "".join(tokenizer.convert_ids_to_tokens(with_special[:start]))
+    suffix = "".join(tokenizer.convert_ids_to_tokens(with_special[start + len(plain) :]))
+    values = {"MARKER": marker, "EOS": tokenizer.eos_token, "PREFIX": prefix, "SUFFIX": suffix}
+    return "".join(f"{{%- set {name} = {value!r} -%}}" for name, value in values.items()) + _INSTRUCTION_TEMPLATE
+
+
 class ChatEncoder:
     """Renders (part of) a conversation and tokenizes it the same way for prompts and full turns."""
 

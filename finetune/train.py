@@ -25,11 +25,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from finetune.card import MetricsCallback, peak_memory, plot_loss, trim_metrics, write_model_card
-from finetune.data import BadRows, check_bad_rows, load_conversations, resolve_template, tokenize_conversations
+from finetune.data import (
+    BadRows,
+    check_bad_rows,
+    load_conversations,
+    resolve_template,
+    tokenize_conversations,
+    training_chat_template,
+)
 from pipeline.config import Config, semantic_dict, to_yaml
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
 from pipeline.core.manifest import begin_stage, file_sha256, finish_stage, stage_done
-from pipeline.core.models import content_hash, resolve_model
+from pipeline.core.models import chat_template_of, content_hash, resolve_model
 
 
 def log(message: str) -> None:
@@ -151,7 +158,10 @@ def run_train(
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    # ---- save (every rank takes part: DeepSpeed ZeRO-3 and FSDP gather sharded weights here)
+    # ---- save (every rank takes part: DeepSpeed ZeRO-3 and FSDP gather sharded weights here); the
+    # tokenizer saved beside the weights, the adapter and the merged copy carries the chat template
+    # of the layout trained in, so every consumer prompts the fine-tune as it was trained
+    tokenizer.chat_template = training_chat_template(tokenizer, template, train.response_marker)
     target = out_dir / ("model" if method == "full" else "adapter")
     trainer.save_model(str(target))  # a PEFT model saves only its adapter; the tokenizer goes along
     if not trainer.is_world_process_zero():
@@ -482,6 +492,8 @@ def merge_adapter(base_path: Path, adapter: Path, target: Path, tokenizer) -> st
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging, safe_serialization=True)
+    # the merged copy answers in the layout the adapter was trained in (its template, not the base's)
+    tokenizer.chat_template = chat_template_of(adapter) or tokenizer.chat_template
     tokenizer.save_pretrained(staging)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)

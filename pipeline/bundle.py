@@ -6,28 +6,30 @@
 The bundle holds:
   models/<name>/      every model directory the config loads (model_roles: copied, marked as prepared)
   data/seeds.jsonl, data/testset.jsonl, data/ifeval_prompts.jsonl (eval.ifeval_prompts, when set)
-  wheels/             the Python wheels of this environment (pip download of `pip freeze`) and of
-                      this project, so `pip install --no-index` works offline
+  wheels/             every wheel the offline install takes (pipeline/bundle_wheels.py): the whole
+                      dependency closure of the variant, the build backend, scripts/no-deps.txt
   config.yaml         the config with model names and data paths pointing inside the bundle
+  bundle.json         the variant, Python, platform and glibc it is for, its extras and packages,
+                      and the settings whose paths are relative to the bundle
   SHA256SUMS          one line per file; `./run_all.sh --bundle` checks it before installing
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.bundle_target import FORMAT, INFO, glibc_needed, this_machine
+from pipeline.bundle_wheels import download, environment_variant, resolve, sizes
 from pipeline.config import Config, model_roles, to_yaml
 from pipeline.core.jsonio import InputError, atomic_write_text, write_json
-from pipeline.core.manifest import file_sha256
-from pipeline.core.models import MARKER, resolve_model
+from pipeline.core.manifest import file_sha256, git_sha, now
+from pipeline.core.models import MARKER, check_chat_roles, resolve_model
 from pipeline.core.paths import ROOT, seeds_path, testset_path
+from pipeline.engine.factory import backend_extras
 
 CHECKSUMS = "SHA256SUMS"
-# The project itself is built as a wheel separately, not downloaded.
-SKIP_PACKAGES = ("evol-local", "evol_local")
 
 
 def write_checksums(bundle: Path) -> int:
@@ -66,38 +68,23 @@ def _copy_model(name: str, config: Config, target_root: Path) -> str:
     return source.name
 
 
-def _download_wheels(wheels: Path) -> int:
-    wheels.mkdir(parents=True, exist_ok=True)
-    # --all keeps pip and setuptools: an offline install needs the build backend as a wheel too.
-    freeze = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    requirements = [
-        line
-        for line in freeze
-        if line and not line.startswith("#") and line.split("==")[0].lower() not in SKIP_PACKAGES
-    ]
-    req_file = wheels / "requirements.txt"
-    req_file.write_text("\n".join(requirements) + "\n")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), "-r", str(req_file)],
-        check=True,
-    )
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)], check=True)
-    return len(list(wheels.glob("*.whl")))
+def make_bundle(
+    config: Config, out: Path, wheels: bool = True, variant: str | None = None, extras: list[str] | None = None
+) -> dict:
+    """Copy models, data and wheels into `out` and write bundle.json and the checksums last.
 
-
-def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
-    """Copy models, data and wheels into `out` and write the checksums last."""
+    `variant` (cpu / gpu; default this environment's) and `extras` (default what the config's backend
+    needs) choose the wheels; they are resolved before anything is copied, so a resolution that fails
+    costs seconds."""
+    variant = variant or environment_variant()
+    extras = sorted(set(backend_extras(config) if extras is None else extras))
     names = model_roles(config)
     for key, name in names.items():  # every model must exist before anything is copied
         try:
             resolve_model(name, config.models.dir)
         except InputError as err:
             raise InputError(f"{key}: {err}") from None
+    check_chat_roles(names, config.models.dir)  # a bundle the offline machine could not run is refused here
     seeds, test = seeds_path(config.evolve.seeds), testset_path(config.eval.testset, quiet=True)
     # IFEval's prompts when the config names a file (the shipped sample and IFBench's travel in the wheels)
     ifeval = Path(config.eval.ifeval_prompts).expanduser() if "ifeval" in config.eval.verify_sets else None
@@ -105,6 +92,7 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     for what, path in (("evolve.seeds", seeds), ("eval.testset", test), ("eval.ifeval_prompts", ifeval)):
         if path is not None and not path.is_file():
             raise InputError(f"{what}: {path} not found.")
+    closure = resolve(variant, extras) if wheels else []
     out.mkdir(parents=True, exist_ok=True)
     (out / CHECKSUMS).unlink(missing_ok=True)  # an unfinished bundle must not look finished
 
@@ -115,21 +103,63 @@ def make_bundle(config: Config, out: Path, wheels: bool = True) -> dict:
     if ifeval:
         shutil.copyfile(ifeval, out / "data" / "ifeval_prompts.jsonl")
     harness = _carry_harness(config, out)
-    wheel_count = _download_wheels(out / "wheels") if wheels else 0
+    wheel_files = download(closure, out / "wheels") if wheels else []
 
-    # Paths in the bundled config are relative to the bundle; run_all.sh --bundle runs from there.
+    # Models by name in the bundle's store; paths relative to the bundle, which bundle.json lists so
+    # that run_all.sh --bundle can make them absolute wherever the bundle is on the offline machine.
     for key, name in bundled.items():
         section, _, option = key.partition(".")
         if getattr(getattr(config, section), option):  # an empty fallback stays empty: it means the same model
             setattr(getattr(config, section), option, name)
-    config.models.dir = "models"
-    config.evolve.seeds = "data/seeds.jsonl"
-    config.eval.testset = "data/testset.jsonl"
+    relative = {"models.dir": "models", "evolve.seeds": "data/seeds.jsonl", "eval.testset": "data/testset.jsonl"}
     if ifeval:
-        config.eval.ifeval_prompts = "data/ifeval_prompts.jsonl"
+        relative["eval.ifeval_prompts"] = "data/ifeval_prompts.jsonl"
+    relative.update({f"eval.harness_{what}": where for what, where in harness.get("paths", {}).items()})
+    for key, value in relative.items():
+        section, _, option = key.partition(".")
+        setattr(getattr(config, section), option, value)
     atomic_write_text(out / "config.yaml", "# ./run_all.sh --bundle <this directory>\n" + to_yaml(config))
+    info = {
+        "format": FORMAT,
+        "variant": variant,
+        **{key: this_machine()[key] for key in ("python", "platform")},
+        "glibc": glibc_needed(wheel_files),
+        "extras": extras,
+        "made": now(),
+        "commit": git_sha(),
+        "pyproject_sha256": file_sha256(ROOT / "pyproject.toml"),
+        "paths": relative,
+        "packages": [{k: d[k] for k in ("name", "version", "sha256", "no_deps")} for d in closure],
+        "wheels": wheel_files,
+    }
+    write_json(out / INFO, info)
     files = write_checksums(out)
-    return {"models": sorted(set(bundled.values())), "wheels": wheel_count, "files": files, "harness": harness}
+    return {
+        "models": sorted(set(bundled.values())),
+        "wheels": len(wheel_files),
+        "files": files,
+        "harness": harness,
+        "variant": variant,
+        "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+    }
+
+
+def list_wheels(config: Config, variant: str | None, extras: list[str] | None) -> str:
+    """The wheels a bundle of this config would carry, one line each with its size, and the total."""
+    variant = variant or environment_variant()
+    closure = resolve(variant, sorted(set(backend_extras(config) if extras is None else extras)))
+    size = sizes(closure)
+    lines = [
+        f"{d['name']}=={d['version']}  {_gb(size[d['name']])}{'  (no deps)' if d['no_deps'] else ''}" for d in closure
+    ]
+    known = sum(s for s in size.values() if s)
+    unknown = sum(1 for s in size.values() if not s)
+    total = f"{len(closure)} distributions for the {variant} variant, {known / 1e9:.2f} GB to download"
+    return "\n".join([*lines, total + (f" ({unknown} of unknown size)" if unknown else "")])
+
+
+def _gb(size: int | None) -> str:
+    return "size unknown" if not size else f"{size / 1e6:.1f} MB"
 
 
 def _carry_harness(config: Config, out: Path) -> dict:
@@ -143,10 +173,10 @@ def _carry_harness(config: Config, out: Path) -> dict:
     from eval.harness.tasks import cached_datasets, include_dir, task_manager
 
     include = include_dir(e.harness_include)
-    carried: dict = {"tasks": None, "datasets": [], "missing": []}
+    carried: dict = {"tasks": None, "datasets": [], "missing": [], "paths": {}}
     if include:
         shutil.copytree(include, out / "harness" / "tasks", dirs_exist_ok=True)
-        e.harness_include = carried["tasks"] = "harness/tasks"
+        carried["tasks"] = carried["paths"]["include"] = "harness/tasks"
     import datasets.config
 
     cache = Path(e.harness_datasets_cache or datasets.config.HF_DATASETS_CACHE).expanduser()
@@ -155,7 +185,7 @@ def _carry_harness(config: Config, out: Path) -> dict:
         shutil.copytree(folder, out / "harness" / "datasets" / folder.name, dirs_exist_ok=True)
         carried["datasets"].append(folder.name)
     if folders:
-        e.harness_datasets_cache = "harness/datasets"
+        carried["paths"]["datasets_cache"] = "harness/datasets"
     if carried["missing"]:
         print(
             f"[bundle] eval.harness_tasks: no copy of {', '.join(carried['missing'])} in the datasets cache {cache}; "

@@ -42,7 +42,7 @@ from pipeline.core.cores import bind_cores
 from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
-from pipeline.core.models import SMOLLM2_ALIAS, prepare_alias, resolve_model
+from pipeline.core.models import CHAT_ROLES, SMOLLM2_ALIAS, prepare_alias, require_chat_model, resolve_model
 from pipeline.core.paths import seeds_path, testset_path
 from pipeline.engine.vllm_backend import check_loopback
 from pipeline.plan import Step, lanes_for, plan
@@ -93,6 +93,8 @@ def ensure_models(config: Config) -> dict[str, Path]:
             paths[key] = resolve_model(name, config.models.dir)
         except InputError as err:
             raise InputError(f"{key}: {err}") from None
+        if key in CHAT_ROLES:
+            require_chat_model(key, paths[key])
     return paths
 
 

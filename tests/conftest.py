@@ -70,6 +70,14 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_model(tiny_model) -> Path:
+    """The same SmolLM2 as a base model: its GGUF without the chat template, prepared once."""
+    from pipeline.core.models import SMOLLM2_BASE_ALIAS, prepare_alias
+
+    return prepare_alias(SMOLLM2_BASE_ALIAS, tiny_model.parent).path
+
+
+@pytest.fixture(scope="session")
 def lora_adapter(tiny_model, tmp_path_factory):
     """A rank-8 LoRA on the attention projections with random non-zero B, so its answers differ."""
     import torch

@@ -73,6 +73,7 @@ def test_answer_and_judge_commands_fail_cleanly_before_loading_a_model(tmp_path,
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
+    (model / "chat_template.jinja").write_text("{{ messages }}")  # a chat model: it may judge
     result = runner.invoke(main, ["answer", "--model", str(model), "--adapter", "C1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "LABEL=PATH" in result.output
     bad = tmp_path / "bad.jsonl"

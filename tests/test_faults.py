@@ -38,6 +38,7 @@ def fake_model(tmp_path) -> Path:
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
+    (model / "chat_template.jinja").write_text("{{ messages }}")
     return model
 
 

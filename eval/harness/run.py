@@ -37,7 +37,7 @@ from eval.harness.vllm_cpu import answer_vllm_version
 from pipeline.config import Config
 from pipeline.core.jsonio import InputError, atomic_write_text
 from pipeline.core.manifest import Stage, begin_stage, finish_stage
-from pipeline.core.models import content_hash, is_model_dir, resolve_model
+from pipeline.core.models import chat_template_of, content_hash, is_model_dir, resolve_model
 from pipeline.engine.factory import model_identity, server_urls
 
 if TYPE_CHECKING:
@@ -196,6 +196,11 @@ def evaluate_model(config: Config, model: HarnessModel, stage: Stage, manager, i
         lm = get_model(kind).create_from_arg_obj(
             {**args, **({"header": header} if header else {})}, {"batch_size": batch}
         )
+        template = chat_template_of(model.adapter) if model.adapter else None
+        if template:  # a fine-tune's adapter is prompted in the layout it was trained in, not with the base's
+            lm.tokenizer.chat_template = template
+            if kind == "vllm":  # lm-eval's vLLM model renders with the template it resolved at start
+                lm.hf_chat_template = template
         try:
             results = lm_eval.simple_evaluate(
                 model=lm,

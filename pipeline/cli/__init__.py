@@ -57,8 +57,11 @@ def models_prepare(alias, gguf, name, models_dir, config_path, overrides) -> Non
         prepared = prepare_alias(alias, store)
     else:
         raise InputError("Name a model alias (smollm2-135m) or give --gguf FILE --name NAME.")
+    from pipeline.core.models import chat_template_of
+
     state = "already prepared" if prepared.reused else "prepared"
-    click.echo(f"{prepared.name}: {state} at {prepared.path}")
+    kind = "" if chat_template_of(prepared.path) else " (a base model without a chat template: for models.base only)"
+    click.echo(f"{prepared.name}: {state} at {prepared.path}{kind}")
 
 
 @models.command("list")
@@ -79,9 +82,11 @@ def models_list(models_dir, as_json, config_path, overrides) -> None:
     if not rows:
         click.echo(f"No models in {store_of(store)}; run `evol models prepare smollm2-135m`.")
         return
-    click.echo(f"{'name':<28} {'architecture':<24} {'size':>10}  path")
+    click.echo(f"{'name':<28} {'architecture':<24} {'kind':<5} {'size':>10}  path")
     for row in rows:
-        click.echo(f"{row['name']:<28} {row['architecture']:<24} {row['size_mb']:>8} MB  {row['path']}")
+        click.echo(
+            f"{row['name']:<28} {row['architecture']:<24} {row['kind']:<5} {row['size_mb']:>8} MB  {row['path']}"
+        )
 
 
 # ---------------------------------------------------------------- evol generate
@@ -99,7 +104,7 @@ def models_list(models_dir, as_json, config_path, overrides) -> None:
 @friendly_errors
 def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     """Answer every prompt of a JSONL file with the local vLLM engine."""
-    from pipeline.core.models import resolve_model
+    from pipeline.core.models import require_chat_model, resolve_model
     from pipeline.engine import make_engine
     from pipeline.generate import check_resumable, load_prompts, run_generate, settings_of
 
@@ -108,6 +113,7 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     # Everything the user can get wrong is checked before the model loads.
     rows = load_prompts(in_path)
     model_path = resolve_model(model_name or config.models.evolver, config.models.dir)
+    require_chat_model("--model" if model_name else "models.evolver", model_path)
     settings = settings_of(config, str(model_path))
     finished = check_resumable(Path(out_path), settings)
     engine = make_engine(config, model_path)
@@ -123,28 +129,51 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
 
 
 @main.command()
+@click.option(
+    "--rehearse",
+    is_flag=True,
+    help="A CPU dress rehearsal: stand-in models, sizes scaled down, every stage, a table of the config's keys.",
+)
 @config_options
 @friendly_errors
-def run(config_path, overrides) -> None:
+def run(rehearse, config_path, overrides) -> None:
     """The whole pipeline: evolve, train one model per round count, answer, judge, report."""
+    if rehearse:
+        from pipeline.rehearse import rehearse as dress_rehearsal
+
+        run_dir = dress_rehearsal(load_config(config_path, overrides), config_path)
+        click.echo((run_dir / "rehearsal.md").read_text())
+        click.echo(f"Rehearsal written to {run_dir / 'rehearsal.md'} (and rehearsal.json).")
+        return
     from pipeline.run import run_pipeline
 
     run_pipeline(load_config(config_path, overrides))
 
 
 @main.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Bundle directory.")
+@click.option("--variant", type=click.Choice(["cpu", "gpu"]), help="Whose wheels (default: this environment's).")
+@click.option("--extras", default=None, help="Optional extras to carry, comma-separated (default: the backend's).")
 @click.option("--no-wheels", is_flag=True, help="Leave out the Python wheels (models and data only).")
+@click.option("--list", "list_only", is_flag=True, help="Print the wheels the bundle would carry; copy nothing.")
 @config_options
 @friendly_errors
-def bundle(out_dir, no_wheels, config_path, overrides) -> None:
+def bundle(out_dir, variant, extras, no_wheels, list_only, config_path, overrides) -> None:
     """Gather models, data and wheels for a machine with no internet (with SHA256SUMS)."""
-    from pipeline.bundle import make_bundle
+    from pipeline.bundle import list_wheels, make_bundle
 
-    summary = make_bundle(load_config(config_path, overrides), Path(out_dir), wheels=not no_wheels)
+    config = load_config(config_path, overrides)
+    extras = [e for e in extras.split(",") if e] if extras is not None else None
+    if list_only:
+        click.echo(list_wheels(config, variant, extras))
+        return
+    if not out_dir:
+        raise click.UsageError("--out is needed (or --list to print the wheels without copying).")
+    summary = make_bundle(config, Path(out_dir), wheels=not no_wheels, variant=variant, extras=extras)
     click.echo(
-        f"Bundle {out_dir}: models {', '.join(summary['models'])}, {summary['wheels']} wheels, "
-        f"{summary['files']} files checksummed. On the offline machine: ./run_all.sh --bundle {out_dir}"
+        f"Bundle {out_dir} ({summary['variant']}, {summary['bytes'] / 1e9:.2f} GB): models "
+        f"{', '.join(summary['models'])}, {summary['wheels']} wheels, {summary['files']} files checksummed. "
+        f"On the offline machine: ./run_all.sh --bundle {out_dir}"
     )
 
 
@@ -243,7 +272,7 @@ def serve(port, host, role, print_only, no_runtime_lora, config_path, overrides)
 
     from pipeline.config import model_roles
     from pipeline.core.jsonio import InputError
-    from pipeline.core.models import resolve_model
+    from pipeline.core.models import CHAT_ROLES, require_chat_model, resolve_model
     from pipeline.engine.vllm_backend import on_cpu
     from pipeline.engine.vllm_server import vllm_server_command
 
@@ -255,6 +284,8 @@ def serve(port, host, role, print_only, no_runtime_lora, config_path, overrides)
         raise InputError(f"--role {role} is not a model of this config; its models: {', '.join(roles)}.")
     name = roles[key]
     model = resolve_model(name, config.models.dir)
+    if key in CHAT_ROLES:  # the base (models.base) is served for its fine-tunes' adapters, template or not
+        require_chat_model(key, model)
     argv, env = vllm_server_command(
         config.engine,
         model,

@@ -233,6 +233,7 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
     """Judge two answer sets pairwise, in both orders, at temperature 0; write scores.json."""
     from eval.judge import judge_pairs
     from pipeline.core.jsonio import InputError
+    from pipeline.core.models import check_chat_roles
     from pipeline.engine.factory import locate_model
 
     if len(answers_dirs) != len(baseline_dirs):
@@ -244,6 +245,7 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
     config.validate("engine", "eval")  # the sections this stage reads, before anything is written
     for a, b in zip(answers_dirs, baseline_dirs):  # one writer per comparison; others may run beside
         lock_output(Path(out_dir) / f"{Path(a).name}__vs__{Path(b).name}")
+    check_chat_roles({"models.judge": judge_name or config.models.judge}, config.models.dir)
     judge_path = locate_model(config, judge_name or config.models.judge, "judge")
     for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
         o, f = scores["overall"], scores["judge_failures"]

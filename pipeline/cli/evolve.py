@@ -22,6 +22,7 @@ def vllm_models(config, optimizer: bool = False):
     """The ModelSet of the real engine: names, content hashes and a lazy vLLM factory per role
     (with `optimizer`, evol optimize's models.optimizer too, by default the evolver)."""
     from evolve_local.steps import ModelSet
+    from pipeline.core.models import check_chat_roles
     from pipeline.engine.factory import locate_model, model_identity
 
     m = config.models
@@ -35,6 +36,8 @@ def vllm_models(config, optimizer: bool = False):
     if optimizer:
         roles["models.optimizer"] = m.optimizer or m.evolver
         keys["optimizer"] = "models.optimizer"
+    # A base model in a conversing role: one sentence now, not a traceback after the engine started.
+    check_chat_roles({key: roles[key] for key in keys.values()}, config.models.dir)
     # Local directories keyed by content, or with engine.backend=server the served models (checked
     # against the server's list before any work) keyed by what the server reports.
     paths = {role: locate_model(config, roles[key], role) for role, key in keys.items()}

@@ -26,6 +26,9 @@ from pipeline.core.manifest import file_sha256
 
 MARKER = "evol_model.json"
 SMOLLM2_ALIAS = "smollm2-135m"
+# The same weights as a base model: SmolLM2 with its chat template taken out of the GGUF, the stand-in
+# for a LLaMA-family base model (the paper's recipe) on a CPU box.
+SMOLLM2_BASE_ALIAS = "smollm2-135m-base"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HASH_CACHE = ".content-hashes.json"
 
@@ -53,6 +56,28 @@ def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
+def chat_template_of(path: str | Path) -> str | None:
+    """The chat template a model or adapter directory carries (chat_template.jinja, or the
+    tokenizer_config.json entry older tokenizers keep it in); None for a base model without one.
+
+    A fine-tune writes the template of the layout it was trained in beside its weights and adapter
+    (finetune.data.training_chat_template), so this is how every consumer prompts it."""
+    path = Path(path)
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if isinstance(template, list):  # named templates: the default one
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        return template or None
+    return None
+
+
 def resolve_model(name: str, configured_dir: str | Path = "models") -> Path:
     """A local model directory, or the prepared model of that name; anything else is an error."""
     if not name:
@@ -70,6 +95,44 @@ def resolve_model(name: str, configured_dir: str | Path = "models") -> Path:
         else f"run `evol models prepare --gguf FILE --name {name}` or pass a local model directory"
     )
     raise InputError(f"Model '{name}' is neither a local model directory nor a prepared model in {store}; {hint}.")
+
+
+# The config keys of the roles that converse: each is prompted through a chat template, so a base
+# model (no template) cannot fill one; it belongs in models.base, whose fine-tunes carry a template.
+CHAT_ROLES = {
+    "models.evolver": "evolver",
+    "models.responder": "responder",
+    "evolve.equality_model": "equality model",
+    "models.judge": "judge",
+    "models.optimizer": "optimizer",
+    "analysis.judge_model": "analysis judge",
+}
+
+
+def require_chat_model(key: str, path: Path) -> None:
+    """One sentence when the model of a conversing role (or of --model) has no chat template."""
+    if chat_template_of(path):
+        return
+    role = CHAT_ROLES.get(key)
+    what = f"the {role} ({key})" if role else key
+    raise InputError(
+        f"{what} is {path}, a base model without a chat template, but {'the ' + role if role else 'it'} is "
+        f"prompted with conversations and needs a chat (instruct) model; point {key} at an instruct model "
+        f"(a base model belongs in models.base, where its fine-tunes get the template of their training layout)."
+    )
+
+
+def check_chat_roles(roles: dict[str, str], configured_dir: str | Path = "models") -> None:
+    """Every conversing role of `roles` (config key -> model) holds a chat model; a name that is no local
+    model (a served one, or missing: its own check says so) is left to the caller."""
+    for key, name in roles.items():
+        if key not in CHAT_ROLES:
+            continue
+        try:
+            path = resolve_model(name, configured_dir)
+        except InputError:
+            continue
+        require_chat_model(key, path)
 
 
 @dataclass
@@ -119,11 +182,11 @@ def prepare_gguf(
         )
     del packed
     model.tie_weights()
-    if not tokenizer.chat_template:
-        raise InputError(f"{gguf} carries no chat template; an instruct model with one is needed.")
-    # Generation must stop at the chat template's end-of-turn token, not only at the document end.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
+    kind = "chat" if tokenizer.chat_template else "base"
+    if kind == "chat":
+        # Generation must stop at the chat template's end-of-turn token, not only at the document end.
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.config.eos_token_id = tokenizer.eos_token_id
 
     staging = store / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -136,6 +199,8 @@ def prepare_gguf(
             "source": source,
             "architecture": (model.config.architectures or ["?"])[0],
             "parameters": sum(p.numel() for p in model.parameters()),
+            # a base model (no chat template) is for models.base only: the chat roles refuse it
+            "kind": kind,
             "prepared_seconds": round(time.time() - started, 1),
         },
     )
@@ -145,12 +210,48 @@ def prepare_gguf(
 
 
 def prepare_alias(alias: str, configured_dir: str | Path = "models") -> PreparedModel:
-    if alias != SMOLLM2_ALIAS:
-        raise InputError(
-            f"Unknown model alias '{alias}'; the built-in one is '{SMOLLM2_ALIAS}'. "
-            f"For any other model use `evol models prepare --gguf FILE --name NAME` or a local directory."
-        )
-    return prepare_gguf(smollm2_gguf_path(), alias, configured_dir)
+    if alias == SMOLLM2_ALIAS:
+        return prepare_gguf(smollm2_gguf_path(), alias, configured_dir)
+    if alias == SMOLLM2_BASE_ALIAS:
+        store = models_dir(configured_dir)
+        store.mkdir(parents=True, exist_ok=True)
+        stripped = store / f".{alias}.gguf"
+        source = smollm2_gguf_path()
+        if not stripped.is_file() or stripped.stat().st_mtime_ns < source.stat().st_mtime_ns:
+            without_chat_template(source, stripped)
+        return prepare_gguf(stripped, alias, configured_dir)
+    raise InputError(
+        f"Unknown model alias '{alias}'; the built-in ones are '{SMOLLM2_ALIAS}' and '{SMOLLM2_BASE_ALIAS}' "
+        f"(the same weights without a chat template, a base model). For any other model use "
+        f"`evol models prepare --gguf FILE --name NAME` or a local directory."
+    )
+
+
+def without_chat_template(gguf_in: Path, gguf_out: Path) -> None:
+    """A copy of a GGUF file without its `tokenizer.chat_template` entry (everything else byte for byte).
+
+    The key-value section precedes the tensor infos and the tensor data, whose offsets count from the
+    aligned start of the data section; so the entry's bytes are cut, the key count lowered by one,
+    and the padding before the data recomputed."""
+    import gguf
+
+    reader = gguf.GGUFReader(gguf_in)
+    field = reader.fields.get("tokenizer.chat_template")
+    raw = Path(gguf_in).read_bytes()
+    if field is None:
+        Path(gguf_out).write_bytes(raw)
+        return
+    start = field.offset
+    end = start + sum(part.nbytes for part in field.parts)
+    infos_end = max(t.field.offset + sum(part.nbytes for part in t.field.parts) for t in reader.tensors)
+    alignment = int(reader.fields["general.alignment"].parts[-1][0]) if "general.alignment" in reader.fields else 32
+    head = bytearray(raw[:start] + raw[end:infos_end])
+    kv_count = int.from_bytes(head[16:24], "little")  # magic, version, tensor count, then the key count
+    head[16:24] = (kv_count - 1).to_bytes(8, "little")
+    head += b"\0" * (-len(head) % alignment)
+    staging = Path(gguf_out).with_suffix(".partial")
+    staging.write_bytes(bytes(head) + raw[reader.data_offset :])
+    os.replace(staging, gguf_out)
 
 
 def dir_size(path: Path) -> int:
@@ -173,6 +274,7 @@ def list_models(configured_dir: str | Path = "models") -> list[dict]:
                 "architecture": (config.get("architectures") or ["?"])[0],
                 "size_mb": round(dir_size(path) / 2**20, 1),
                 "prepared": (path / MARKER).is_file(),
+                "kind": "chat" if chat_template_of(path) else "base",
                 "adapter": False,
             }
         )

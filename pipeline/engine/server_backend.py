@@ -41,6 +41,7 @@ from pathlib import Path
 
 from pipeline.config import EngineConfig
 from pipeline.core.jsonio import InputError
+from pipeline.core.models import chat_template_of
 from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult
 
 # Statuses worth another try: the server is starting, overloaded or restarting behind a proxy.
@@ -322,6 +323,7 @@ class ServerEngine:
     ):
         self.settings = settings
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
+        self.templates = {name: chat_template_of(path) for name, path in self.adapters.items()}
         self.client, self.served = open_model(settings, model, role, self.adapters, backoff_s)
         self.url = self.client.url
         self.model_name = model
@@ -354,6 +356,9 @@ class ServerEngine:
             body["structured_outputs"] = {"regex": request.regex}
         if request.adapter is not None and request.adapter not in self.adapters:
             raise KeyError(f"Adapter '{request.adapter}' was not given to the engine; known: {sorted(self.adapters)}.")
+        if request.adapter is not None and self.templates[request.adapter]:
+            # vLLM's server renders with the base's template unless the request brings the adapter's own
+            body["chat_template"] = self.templates[request.adapter]
         return body
 
     def complete(self, request: ChatRequest) -> ChatResult:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import EngineConfig
 from pipeline.core.jsonio import InputError
-from pipeline.core.models import is_model_dir
+from pipeline.core.models import chat_template_of, is_model_dir
 from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult
 
 
@@ -128,6 +128,21 @@ def compile_grammars_on_arrival(llm) -> bool:
     return True
 
 
+def render_prompt(tokenizer, messages: list[dict], template: str | None = None) -> list[int]:
+    """The token ids of a chat prompt with the generation prompt: the tokenizer's chat template, or
+    `template` (an adapter's own) instead. A model with neither is one sentence, not a traceback."""
+    if template is None and not tokenizer.chat_template:
+        raise InputError(
+            f"{tokenizer.name_or_path} has no chat template, so it cannot be prompted with a conversation: it is "
+            f"a base model. Fine-tune it first (its fine-tunes carry the template of their training layout), "
+            f"or use an instruct model for this role."
+        )
+    ids = tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
 class VLLMEngine:
     """A `StreamingEngine` on one `vllm.LLM` (submit/poll go through its continuous batching)."""
 
@@ -160,6 +175,9 @@ class VLLMEngine:
         self.model_name = Path(model_path).name
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
+        # A fine-tune's adapter carries the template of the layout it was trained in; a base model's
+        # adapter answers with it, not with the base's (which a base model may not have at all).
+        self.templates = {name: chat_template_of(path) for name, path in self.adapters.items()}
         options = engine_options(settings, self.model_path, seed, trust_remote_code, cpu, len(self.adapters))
         self.llm = LLM(**options | (extra_options or {}))
         compile_grammars_on_arrival(self.llm)
@@ -179,11 +197,8 @@ class VLLMEngine:
             self._lora_requests[name] = LoRARequest(name, len(self._lora_requests) + 1, self.adapters[name])
         return self._lora_requests[name]
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
+    def prompt_ids(self, messages: list[dict], adapter: str | None = None) -> list[int]:
+        return render_prompt(self.tokenizer, messages, self.templates.get(adapter) if adapter else None)
 
     def build_inputs(self, requests: list[ChatRequest]):
         """(token prompts, SamplingParams, LoRA requests, request indices) for the requests that fit
@@ -196,7 +211,7 @@ class VLLMEngine:
         results: list[ChatResult | None] = [None] * len(requests)
         prompts, params, loras, slots = [], [], [], []
         for index, request in enumerate(requests):
-            ids = self.prompt_ids(request.messages)
+            ids = self.prompt_ids(request.messages, request.adapter)
             room = settings.max_model_len - len(ids)
             if room <= 0:
                 results[index] = ChatResult(request.id, "", len(ids), 0, TOO_LONG)
