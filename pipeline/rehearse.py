@@ -8,7 +8,10 @@ Instruct, a base model (no chat template) by the same weights without their temp
 prompts, tokens, batch sizes, steps, clusters; the rounds are kept), settings that only a CUDA GPU
 can run are replaced by their CPU counterparts, and then every stage runs through `evol run` with
 the config's own settings and code paths otherwise: the training method (full with gradient
-checkpointing, LoRA), the templates, reference-guided judging, decontamination, the analysis.
+checkpointing, LoRA), the templates, reference-guided judging, decontamination, the analysis, and
+the backend: a local Ray for engine.backend=ray, and for engine.backend=server two vLLM servers the
+rehearsal starts on loopback (the chat stand-in for every conversing role, the base stand-in with
+runtime LoRA for the fine-tunes' adapters).
 
 Before anything runs it checks what a GPU run would fail on: every model path exists (one sentence
 lists those still to fill in), each model's context window holds engine.max_model_len and
@@ -19,9 +22,12 @@ not used by this config, or could not be exercised here (CUDA-only).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.config import Config, model_roles, to_dict
@@ -75,11 +81,16 @@ def _set(config: Config, key: str, value) -> None:
     setattr(getattr(config, section), option, value)
 
 
-def check_models(config: Config) -> dict[str, Path]:
-    """Every model the config names, as a directory; one sentence lists the ones still to fill in."""
+def check_models(config: Config) -> dict[str, Path | None]:
+    """Every model the config names, as a directory; one sentence lists the ones still to fill in. With
+    engine.backend=server the conversing roles are names a server serves (None here): only models.base,
+    which the fine-tune loads, must be a directory."""
     found, missing = {}, []
     for key, name in model_roles(config).items():
         if not _get(config, key):  # a fallback (responder = evolver, ...) is its model's key already
+            continue
+        if config.engine.backend == "server" and key != "models.base":
+            found[key] = None
             continue
         try:
             found[key] = resolve_model(name, config.models.dir)
@@ -98,6 +109,8 @@ def context_problems(config: Config, paths: dict[str, Path]) -> list[str]:
     """What a GPU run would stop on: a model whose context window is shorter than the config asks."""
     problems = []
     for key, path in paths.items():
+        if path is None:
+            continue
         try:
             window = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
         except (OSError, json.JSONDecodeError):
@@ -132,10 +145,11 @@ def rehearsal_config(config: Config, paths: dict[str, Path]) -> tuple[Config, di
             "with --set train.method=lora, and run benchmarks/gpu_check.py on a GPU for QLoRA itself."
         )
     rehearsal, changes = copy.deepcopy(config), {}
-    for key, path in paths.items():  # a stand-in of the same kind for every model
-        alias = SMOLLM2_ALIAS if chat_template_of(path) else SMOLLM2_BASE_ALIAS
+    for key, path in paths.items():  # a stand-in of the same kind for every model (a served one converses)
+        alias = SMOLLM2_ALIAS if path is None or chat_template_of(path) else SMOLLM2_BASE_ALIAS
         _set(rehearsal, key, alias)
-        changes[key] = f"stand-in: {path.name} -> {alias} ({'chat' if alias == SMOLLM2_ALIAS else 'base'} model)"
+        name = path.name if path else _get(config, key)
+        changes[key] = f"stand-in: {name} -> {alias} ({'chat' if alias == SMOLLM2_ALIAS else 'base'} model)"
     for key, ceiling in CEILINGS.items():
         value = _get(config, key)
         if value == 0 or value is None or value > ceiling:
@@ -155,13 +169,44 @@ def rehearsal_config(config: Config, paths: dict[str, Path]) -> tuple[Config, di
     if config.engine.backend == "ray" and config.ray.address:
         rehearsal.ray.address = ""
         changes["ray.address"] = f"scaled: {config.ray.address} -> a local Ray"
-    if config.engine.backend == "server":
-        raise InputError(
-            "A rehearsal of engine.backend=server is not built yet: rehearse with --set engine.backend=local "
-            "(every stage then runs in-process on the stand-ins), and check the server with `evol serve`."
-        )
+    if config.engine.backend == "server":  # servers the rehearsal starts: one per stand-in
+        for key in ("engine.url", "engine.role_urls"):
+            changes[key] = f"scaled: {_get(config, key) or '-'} -> the rehearsal's own servers on loopback"
     rehearsal.run.name = f"{config.run.name}-rehearsal"
     return rehearsal, changes
+
+
+@contextlib.contextmanager
+def stand_in_servers(rehearsal: Config) -> Iterator[None]:
+    """With engine.backend=server: one vLLM server on a free loopback port for every role, stopped
+    afterwards; the rehearsal's engine.url points at it. The two stand-ins are the same weights (the
+    base one lacks only the chat template), so the server loads the chat stand-in and answers to both
+    names; the base's fine-tunes are adapters loaded into it at runtime, each sent with the template of
+    its training layout, as on a real server. Else nothing."""
+    if rehearsal.engine.backend != "server":
+        yield
+        return
+    from pipeline.engine.vllm_server import start_vllm_server, stop, wait_until_ready
+
+    run_dir = Path(rehearsal.run.runs_dir) / rehearsal.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port, model = _free_port(), resolve_model(SMOLLM2_ALIAS, rehearsal.models.dir)
+    names = list(dict.fromkeys((SMOLLM2_ALIAS, rehearsal.models.base)))
+    server = start_vllm_server(
+        rehearsal.engine, model, port, run_dir / "server.log", rehearsal.run.seed, runtime_lora=True, served_name=names
+    )
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/v1", server)
+        rehearsal.engine.url, rehearsal.engine.role_urls = f"http://127.0.0.1:{port}/v1", {}
+        yield
+    finally:
+        stop(server)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def unused(config: Config, key: str) -> str | None:
@@ -251,9 +296,10 @@ def rehearse(config: Config, config_path: str | None) -> Path:
     rehearsal, changes = rehearsal_config(config, paths)
     for alias in {SMOLLM2_ALIAS, SMOLLM2_BASE_ALIAS}:
         prepare_alias(alias, config.models.dir)
-    check_run_config(rehearsal)
     started = time.monotonic()
-    run_dir = run_pipeline(rehearsal)
+    with stand_in_servers(rehearsal):
+        check_run_config(rehearsal)
+        run_dir = run_pipeline(rehearsal)
     wall = time.monotonic() - started
     rows, times = key_table(config, changes), stage_times(run_dir)
     atomic_write_text(run_dir / "rehearsal.md", render(rows, times, checks, wall))

@@ -75,6 +75,26 @@ def test_what_a_gpu_run_would_fail_on_is_said_before_anything_runs(tmp_path):
         rehearsal_config(config, check_models(config))
 
 
+def test_a_server_config_rehearses_on_servers_of_its_own(tmp_path):
+    """With engine.backend=server the conversing roles are served names (chat stand-ins); models.base,
+    which the fine-tune loads, must be local; the URLs become the rehearsal's own servers."""
+    base = fake_model(tmp_path / "llama", chat=False)
+    sets = ["engine.backend=server", "engine.url=http://gpu-box:8000/v1", "train.method=lora"]
+    sets += ["models.evolver=llama-3-70b-instruct", "models.judge=judge-70b", f"models.base={base}"]
+    config = load_config(PAPER, sets)
+    paths = check_models(config)
+    assert paths["models.evolver"] is None and paths["models.base"] == base.resolve()
+    rehearsal, changes = rehearsal_config(config, paths)
+    assert (rehearsal.models.evolver, rehearsal.models.judge, rehearsal.models.base) == (
+        "smollm2-135m",
+        "smollm2-135m",
+        "smollm2-135m-base",
+    )
+    assert changes["engine.url"].endswith("the rehearsal's own servers on loopback")
+    with pytest.raises(InputError, match=r"models\.base \(/nowhere\)"):
+        check_models(load_config(PAPER, [*sets[:3], "models.base=/nowhere"]))
+
+
 @pytest.mark.integration
 def test_the_paper_config_is_rehearsed_on_this_cpu_box(tmp_path, tiny_model, tiny_base_model):
     """Every stage of configs/paper-7b.yaml (rounds 0-4, full fine-tunes with gradient checkpointing,

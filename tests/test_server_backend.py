@@ -374,3 +374,21 @@ def test_evol_serve_starts_vllms_server_with_the_configs_engine_settings_under_t
     wrong = CliRunner().invoke(main, ["serve", *tiny, "--role", "critic"])
     assert wrong.exit_code == 2 and "--role critic is not a model of this config" in wrong.output
     assert len(started) == 1
+
+
+def test_an_adapter_trained_in_another_layout_sends_its_chat_template(stubs, tmp_path):
+    """A fine-tune of a base model answers through its own template (the server would render with the
+    base's); an adapter whose template is the served model's sends none."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "chat_template.jinja").write_text("{{ 'chat' }}")
+    adapters = {}
+    for name, template in (("instruction", "{{ 'instruction layout' }}"), ("chat", "{{ 'chat' }}")):
+        adapters[name] = tmp_path / name
+        adapters[name].mkdir()
+        (adapters[name] / "chat_template.jinja").write_text(template)
+    stub = stubs(models=[{**MODEL, "root": str(base)}], load=lambda body: (200, b"Success"))
+    engine = ServerEngine("tiny", settings(stub.url).engine, adapters=adapters, backoff_s=0)
+    assert engine.body(ask(adapter="instruction"))["chat_template"] == "{{ 'instruction layout' }}"
+    assert "chat_template" not in engine.body(ask(adapter="chat")) and "chat_template" not in engine.body(ask())

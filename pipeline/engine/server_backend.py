@@ -323,8 +323,13 @@ class ServerEngine:
     ):
         self.settings = settings
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
-        self.templates = {name: chat_template_of(path) for name, path in self.adapters.items()}
         self.client, self.served = open_model(settings, model, role, self.adapters, backoff_s)
+        # An adapter whose template is not the served model's (a fine-tune of a base model) sends its own
+        # with each request; the server renders the rest with the model's. What the server cannot show
+        # (no local copy of the model) counts as different.
+        served_template = chat_template_of(self.served.root) if self.served.root else None
+        self.templates = {name: chat_template_of(path) for name, path in self.adapters.items()}
+        self.templates = {name: t if t != served_template else None for name, t in self.templates.items()}
         self.url = self.client.url
         self.model_name = model
         self._refused: set[str] = set()  # optional fields this server refused: never sent again

@@ -35,7 +35,7 @@ def vllm_server_command(
     cpu: bool = True,
     adapters: dict[str, str | Path] | None = None,
     runtime_lora: bool = False,
-    served_name: str | None = None,
+    served_name: str | list[str] | None = None,
     host: str = "127.0.0.1",
     trust_remote_code: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
@@ -47,8 +47,9 @@ def vllm_server_command(
     if cpu:
         options.pop("gpu_memory_utilization")
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", options.pop("model")]
-    if served_name and served_name != str(model):
-        argv += ["--served-model-name", served_name]
+    names = [served_name] if isinstance(served_name, str) else list(served_name or [])
+    if names and names != [str(model)]:
+        argv += ["--served-model-name", *names]  # several: one model answering to each name
     argv += ["--host", host, "--port", str(port)]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -58,6 +59,10 @@ def vllm_server_command(
             argv += [flag, str(value)]
     if adapters:
         argv += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+    if lora_slots:
+        # a fine-tune of a base model answers through the chat template of its training layout, which
+        # the answer stage sends with each request (the base has none, or another)
+        argv.append("--trust-request-chat-template")
     env = {}
     if cpu and settings.cpu_threads_bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind(settings.cpu_threads_bind)
