@@ -24,6 +24,7 @@ from eval.report.ablation import (
 from eval.report.analysis import analysis_report_json, analysis_section
 from eval.report.evaluation import Section, build_report, find_judge_dirs, lc_cell, with_ci
 from eval.report.harness import harness_report_json, harness_section
+from eval.report.headline import headline
 from eval.report.method import method_info, method_report_json, method_section
 from eval.report.verify import verify_panel, verify_report_json, verify_sections
 from eval.scores import Aggregation
@@ -125,6 +126,14 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         tables=[(header, table), strength_table(strengths)],
         images=images,
     )
+    pieces = {
+        "ablation": rows,
+        "round_differences": differences,
+        "bradley_terry": strengths,
+        **harness_report_json(run_dir),
+        **verify_report_json(run_dir, config),
+    }
+    top, top_json = headline(run_dir, pieces, list(config.eval.verify_sets))
     judge_dirs, _ = find_judge_dirs(run_dir)
     analysis = analysis_section(run_dir)
     harness = harness_section(run_dir)  # lm-eval tasks (eval.harness_tasks); None when off
@@ -135,6 +144,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         run_dir,
         extra_sections=[section, *(s for s in (method,) if s), *verified, *(s for s in (analysis, harness) if s)],
         settings=settings,
+        leading_sections=top,
     )
     # eval's report.json describes the comparisons; the run adds its ablation and survival rows.
     report_json = run_dir / "report.json"
@@ -142,14 +152,14 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     report.update(
         {
             "run": run_dir.name,
+            "headline": top_json,
             "ablation": rows,
             "round_differences": differences,
             "bradley_terry": strengths,
             "survival": survival_rows,
             **analysis_report_json(run_dir),
             **method_report_json(run_dir),
-            **harness_report_json(run_dir),
-            **verify_report_json(run_dir, config),
+            **{key: pieces[key] for key in ("harness", "verified", "verified_differences") if key in pieces},
         }
     )
     write_json(report_json, report)

@@ -1,6 +1,7 @@
 """Bootstrap intervals and paired significance on constructed verdict sets whose answer is known."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -95,8 +96,9 @@ def judge_by_content(request):
     return f"{8 if shown(prompt, 1).startswith('good') else 4} {8 if shown(prompt, 2).startswith('good') else 4}\nok"
 
 
-def test_run_report_shows_intervals_and_significance_lines(tmp_path):
-    run = tmp_path / "run"
+def graded_run(run: Path) -> Config:
+    """A run whose models answer 0, 0, 20 and 40 of 40 items well (reference, C0, C1, C2), judged by a
+    scripted judge that scores a good answer 8 and any other 4; its report written."""
     items = [{"id": str(i), "instruction": f"Task {i}.", "category": "Math", "difficulty": 5} for i in range(40)]
     quality = {"reference": 0, "C0": 0, "C1": 20, "C2": 40}  # how many items each model answers well
     dirs = {
@@ -112,6 +114,12 @@ def test_run_report_shows_intervals_and_significance_lines(tmp_path):
     for a, b in pairs:
         judge_pairs(config, [(dirs[a], dirs[b])], run / "judge", "fake-judge", engine=FakeEngine(judge_by_content))[0]
     write_run_report(run, config)
+    return config
+
+
+def test_run_report_shows_intervals_and_significance_lines(tmp_path):
+    run = tmp_path / "run"
+    config = graded_run(run)
     md = (run / "report.md").read_text()
     assert "C2 vs C1 (both against reference): +" in md and "C2 vs C1 (both against C0): +" in md
     assert re.search(
@@ -145,3 +153,19 @@ def test_a_negative_resample_count_is_refused_before_the_judge_loads(tmp_path):
     with pytest.raises(InputError, match="eval.bootstrap_resamples must be 0 .* got -5"):
         judge_pairs(config, [(tmp_path / "a", tmp_path / "b")], tmp_path / "judge", "j", engine=engine)[0]
     assert engine.calls == 0
+
+
+def test_the_headline_names_the_best_round_count_first(tmp_path):
+    """report.md opens with the headline: a row per model, a column per instrument; C2 wins on the judge,
+    significantly after Holm's correction over its two comparisons with C0; the scripted judge is healthy."""
+    run = tmp_path / "run"
+    graded_run(run)
+    md = (run / "report.md").read_text()
+    assert md.index("## Headline: which round count wins") < md.index("## Summary")
+    head = read_json(run / "report.json")["headline"]
+    win = next(i for i in head["instruments"] if i["name"] == "win rate vs reference")
+    assert win["best"] == "C2" and win["differences_from_C0"]["C2"]["significant_holm"]
+    assert win["correction"] == "Holm over 2 comparisons with C0" and win["n"] == 40
+    assert "win rate vs reference: C2 scores highest" in md and "significant (p " in md
+    assert head["judge"]["uninformative"] is False and head["judge"]["tie_rate"] < 0.9
+    assert {i["name"] for i in head["instruments"]} >= {"capacity vs reference (%)", "Bradley-Terry strength"}

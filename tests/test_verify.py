@@ -238,3 +238,60 @@ def test_the_report_section_compares_round_counts_on_the_same_prompts(tmp_path):
     (diff,) = numbers["verified_differences"]
     assert diff["prompt_strict"]["difference"] > 0 and (diff["a"], diff["b"]) == ("C0", "C1")
     assert verify_sections(tmp_path / "empty", config) == []
+
+
+# Instructions built without their arguments: IFEval's checker draws the missing ones from `random`
+# (a letter outside a-z, a language, a sentence count and its relation, placeholders, bullets).
+DRAWING = [
+    ("keywords:letter_frequency", {"letter": "é", "let_frequency": 3, "let_relation": "at least"}),
+    ("language:response_language", {}),
+    ("length_constraints:number_sentences", {}),
+    ("detectable_content:number_placeholders", {}),
+    ("detectable_format:number_bullet_lists", {}),
+]
+SCORE_IN_A_PROCESS = """
+import json, sys
+from eval.verify.checkers import load_checker
+from eval.verify.prompts import read_prompts
+from eval.verify.scores import check_answers
+prompts = read_prompts(sys.argv[1])
+if sys.argv[3] == "reversed":
+    prompts = prompts[::-1]
+answers = [json.loads(line) for line in open(sys.argv[2])]
+checks = check_answers(prompts, load_checker("ifeval"), answers, seed=42)
+print(json.dumps(sorted([c.to_dict() for c in checks], key=lambda c: c["id"])))
+"""
+
+
+def test_the_same_answers_score_the_same_in_every_process_and_order(tmp_path):
+    """Each check's random draws are seeded from the prompt's key and the run seed: two processes, and
+    the prompts in two orders, give equal results for every prompt."""
+    import subprocess
+    import sys
+
+    answers_text = [
+        "Hello world. This is a test.",
+        "- one\n- two\n- three\n\nBonjour, ceci est une réponse en français. [name] et [place].",
+        "Sentence one. Sentence two. Sentence three. Sentence four. Sentence five. Sentence six.",
+        "* a\n* b\n[x] [y] [z] aaa bbb ccc ddd eee",
+    ]
+    lines, answers = [], []
+    for i in range(24):
+        name, kwargs = DRAWING[i % len(DRAWING)]
+        lines.append({"key": 7000 + i, "prompt": f"Prompt {i}", "instruction_id_list": [name], "kwargs": [kwargs]})
+        answers.append({"id": 7000 + i, "text": answers_text[i % len(answers_text)]})
+    prompts, answer_file = tmp_path / "prompts.jsonl", tmp_path / "answers.jsonl"
+    write_lines(prompts, lines)
+    write_lines(answer_file, answers)
+    runs = []
+    for order in ("as-read", "reversed", "as-read"):
+        done = subprocess.run(
+            [sys.executable, "-c", SCORE_IN_A_PROCESS, str(prompts), str(answer_file), order],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    assert runs[0] == runs[1] == runs[2]
+    assert all(check["strict"] is not None for check in runs[0])  # every prompt was really scored

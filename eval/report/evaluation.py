@@ -217,6 +217,7 @@ def build_report(
     extra_sections: list[Section] | None = None,
     title: str = "Evaluation report",
     settings: Aggregation | None = None,
+    leading_sections: list[Section] | None = None,
 ) -> dict[str, Path]:
     """The report; every number is recounted from judgments.jsonl as `settings` say (a run's report
     passes its config's), so the intervals and the high-difficulty subset follow the current settings."""
@@ -260,7 +261,7 @@ def build_report(
             "Win rate by difficulty level",
         )
     )
-    sections = [overview, *(extra_sections or [])]
+    sections = [*(leading_sections or []), overview, *(extra_sections or [])]
     sections += [_comparison_section(s, d, plots_dir, d.name) for d, s in comparisons]
 
     paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "json": out_dir / "report.json"}

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from eval.report.evaluation import Section, with_ci
+from eval.report.headline import methods_headline
 from pipeline.core import fmt
 from pipeline.core.jsonio import InputError, read_json
 from pipeline.core.records import RULES
@@ -197,6 +198,9 @@ def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[list
     tables.append((["survival per rule, all rounds (share of attempts)", "A", "B"], rule_rows))
 
     sections = [Section("Ablation: hand-written operations vs evolving method", paragraphs=paragraphs, tables=tables)]
+    top, top_data = methods_headline(a["report"], b["report"])
+    if top:
+        sections.insert(0, top)
     scores = _score_rows(a["report"], b["report"]) + _verified_rows(a["report"], b["report"])
     if scores:
         sections.append(
@@ -234,6 +238,7 @@ def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[list
         "a": {"run": a["dir"].name, "method": a["method"]},
         "b": {"run": b["dir"].name, "method": b["method"]},
         "differ_in": differ,
+        "headline": top_data,
         "per_round": per_round,
         "totals": {"a": ta, "b": tb},
     }

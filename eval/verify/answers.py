@@ -74,7 +74,7 @@ def write_checks(config: Config, verify: VerifySet) -> dict[str, dict]:
     name = verify.answers.name
     for job in verify.answers.jobs:
         answers = read_jsonl(job.path)
-        checks = check_answers(verify.prompts, verify.checker, answers, str(job.path))
+        checks = check_answers(verify.prompts, verify.checker, answers, str(job.path), config.run.seed)
         write_jsonl(job.stage.dir / CHECKS_FILE, [c.to_dict() for c in checks])
         seed = derive_seed(config.run.seed, "verify", name)  # one seed per set: paired draws across labels
         result = {"set": name, "label": job.label, **score(checks, name, config.eval.bootstrap_resamples, seed)}

@@ -24,17 +24,20 @@ fixed probe answer, so it is the same for every model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
+import random
 import re
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from pipeline.core.jsonio import InputError
+from pipeline.core.seeds import derive_seed
 
 # A plain answer every checker can run on; only a checker that cannot run at all fails on it.
 PROBE_ANSWER = "This is a probe answer. It has two sentences."
@@ -77,13 +80,18 @@ class Checker:
     _strict: Callable[[VerifyPrompt, str], list[bool]]
     _loose: Callable[[VerifyPrompt, str], list[bool]]
 
-    def check(self, prompt: VerifyPrompt, answer: str) -> PromptCheck:
+    def check(self, prompt: VerifyPrompt, answer: str, seed: int = 0) -> PromptCheck:
+        """The prompt's instructions checked on `answer`, strict and loose, each with the random draws
+        seeded from the prompt's key and `seed` (the run's), so a result never depends on the process
+        or on the order the prompts are checked in."""
         why = self.unscorable(prompt)
         if why is None:
             try:
-                return PromptCheck(
-                    prompt.key, prompt.instruction_id_list, self._strict(prompt, answer), self._loose(prompt, answer)
-                )
+                with seeded(prompt.key, seed):
+                    strict = self._strict(prompt, answer)
+                with seeded(prompt.key, seed):
+                    loose = self._loose(prompt, answer)
+                return PromptCheck(prompt.key, prompt.instruction_id_list, strict, loose)
             except Exception as err:  # a checker that breaks on one answer: that answer is not scored
                 why = f"the checker failed on this answer ({_reason(err)})"
         return PromptCheck(prompt.key, prompt.instruction_id_list, None, None, why)
@@ -100,6 +108,25 @@ class Checker:
         except Exception as err:
             return f"the checker cannot run ({_reason(err)})"
         return None
+
+
+@contextlib.contextmanager
+def seeded(key: str, seed: int) -> Iterator[None]:
+    """Python's global `random` and langdetect's detectors seeded for one check, the caller's state put
+    back after. IFEval's checkers draw from `random` (an instruction built without one of its arguments
+    picks it at random, e.g. a letter-frequency check whose letter is not a-z) and langdetect samples
+    unless seeded; the checkers' code is left as it is."""
+    from langdetect.detector_factory import DetectorFactory
+
+    state, before = random.getstate(), DetectorFactory.seed
+    value = derive_seed("verify-check", seed, key)
+    random.seed(value)
+    DetectorFactory.seed = value
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        DetectorFactory.seed = before
 
 
 def _reason(err: Exception) -> str:

@@ -38,9 +38,10 @@ def answer_text(record: dict) -> str:
 
 
 def check_answers(
-    prompts: list[VerifyPrompt], checker: Checker, answers: list[dict], where: str = "the answers"
+    prompts: list[VerifyPrompt], checker: Checker, answers: list[dict], where: str = "the answers", seed: int = 0
 ) -> list[PromptCheck]:
-    """Every prompt's answer checked; each prompt needs exactly one answer line, matched by `id` = `key`."""
+    """Every prompt's answer checked (the checks' random draws seeded from each prompt's key and `seed`,
+    the run's); each prompt needs exactly one answer line, matched by `id` = `key`."""
     by_id: dict[str, dict] = {}
     for record in answers:
         key = str(record.get("id", "")).strip()
@@ -59,7 +60,7 @@ def check_answers(
         raise InputError(
             f"{where}: {len(extra)} answers have ids that are no key of the prompt file ({', '.join(extra[:5])})."
         )
-    return [checker.check(p, answer_text(by_id[p.key])) for p in prompts]
+    return [checker.check(p, answer_text(by_id[p.key]), seed) for p in prompts]
 
 
 def _rate(hits: np.ndarray, totals: np.ndarray, resamples: int, seed: int) -> dict:

@@ -134,10 +134,27 @@ def generate(model_name, in_path, out_path, config_path, overrides) -> None:
     is_flag=True,
     help="A CPU dress rehearsal: stand-in models, sizes scaled down, every stage, a table of the config's keys.",
 )
+@click.option(
+    "--plan",
+    "plan_only",
+    is_flag=True,
+    help="Print what each model will answer and what that can detect; run nothing.",
+)
+@click.option(
+    "--like",
+    type=click.Path(file_okay=False, exists=True),
+    help="With --plan: a finished run whose measured variances size the plan.",
+)
 @config_options
 @friendly_errors
-def run(rehearse, config_path, overrides) -> None:
+def run(rehearse, plan_only, like, config_path, overrides) -> None:
     """The whole pipeline: evolve, train one model per round count, answer, judge, report."""
+    if plan_only:
+        from pipeline.sizing import plan_sizes, render_plan
+
+        rows, answers = plan_sizes(load_config(config_path, overrides), Path(like) if like else None)
+        click.echo(render_plan(rows, answers))
+        return
     if rehearse:
         from pipeline.rehearse import rehearse as dress_rehearsal
 

@@ -185,7 +185,7 @@ def verify(prompts_spec, answers_file, out_dir, config_path, overrides) -> None:
     prompts = read_prompts(path)
     checker = load_checker(prompts_spec) if named else checker_for(prompts, path)
     answers = [record for _, record in iter_records(answers_file)]
-    checks = check_answers(prompts, checker, answers, answers_file)
+    checks = check_answers(prompts, checker, answers, answers_file, config.run.seed)
     seed = derive_seed(config.run.seed, "verify", checker.name)
     result = {"prompts_file": str(path), "answers": str(answers_file)}
     result |= score(checks, checker.name, config.eval.bootstrap_resamples, seed)
