@@ -112,7 +112,8 @@ def offline_env(net_log: Path) -> dict:
 def offline(script: str, cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
     """`script` in bash inside a new network namespace with only loopback up."""
     return subprocess.run(
-        ["unshare", "-n", "bash", "-c", f"ip link set lo up && {script}"],
+        # `;`, not `&&`: a script that starts something with `&` must background that command alone
+        ["unshare", "-n", "bash", "-c", f"ip link set lo up || exit 97; {script}"],
         cwd=cwd,
         env=env,
         capture_output=True,
