@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.bundle_target import FORMAT, INFO, glibc_needed, this_machine
 from pipeline.bundle_wheels import download, environment_variant, resolve, sizes
-from pipeline.config import Config, model_roles, to_yaml
+from pipeline.config import Config, get_setting, model_roles, set_setting, to_yaml
 from pipeline.core.jsonio import InputError, atomic_write_text, write_json
 from pipeline.core.manifest import file_sha256, git_sha, now
 from pipeline.core.models import MARKER, check_chat_roles, resolve_model
@@ -108,16 +108,14 @@ def make_bundle(
     # Models by name in the bundle's store; paths relative to the bundle, which bundle.json lists so
     # that run_all.sh --bundle can make them absolute wherever the bundle is on the offline machine.
     for key, name in bundled.items():
-        section, _, option = key.partition(".")
-        if getattr(getattr(config, section), option):  # an empty fallback stays empty: it means the same model
-            setattr(getattr(config, section), option, name)
+        if get_setting(config, key):  # an empty fallback stays empty: it means the same model
+            set_setting(config, key, name)
     relative = {"models.dir": "models", "evolve.seeds": "data/seeds.jsonl", "eval.testset": "data/testset.jsonl"}
     if ifeval:
         relative["eval.ifeval_prompts"] = "data/ifeval_prompts.jsonl"
     relative.update({f"eval.harness_{what}": where for what, where in harness.get("paths", {}).items()})
     for key, value in relative.items():
-        section, _, option = key.partition(".")
-        setattr(getattr(config, section), option, value)
+        set_setting(config, key, value)
     atomic_write_text(out / "config.yaml", "# ./run_all.sh --bundle <this directory>\n" + to_yaml(config))
     info = {
         "format": FORMAT,

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.config import Config, model_roles, to_dict
+from pipeline.config import Config, get_setting, model_roles, set_setting, to_dict
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
 from pipeline.core.models import SMOLLM2_ALIAS, SMOLLM2_BASE_ALIAS, chat_template_of, prepare_alias, resolve_model
 
@@ -71,23 +71,13 @@ CUDA_ONLY = {
 NOT_IN_RUN = ("optimize.", "models.optimizer")
 
 
-def _get(config: Config, key: str):
-    section, _, option = key.partition(".")
-    return getattr(getattr(config, section), option)
-
-
-def _set(config: Config, key: str, value) -> None:
-    section, _, option = key.partition(".")
-    setattr(getattr(config, section), option, value)
-
-
 def check_models(config: Config) -> dict[str, Path | None]:
     """Every model the config names, as a directory; one sentence lists the ones still to fill in. With
     engine.backend=server the conversing roles are names a server serves (None here): only models.base,
     which the fine-tune loads, must be a directory."""
     found, missing = {}, []
     for key, name in model_roles(config).items():
-        if not _get(config, key):  # a fallback (responder = evolver, ...) is its model's key already
+        if not get_setting(config, key):  # a fallback (responder = evolver, ...) is its model's key already
             continue
         if config.engine.backend == "server" and key != "models.base":
             found[key] = None
@@ -147,31 +137,31 @@ def rehearsal_config(config: Config, paths: dict[str, Path]) -> tuple[Config, di
     rehearsal, changes = copy.deepcopy(config), {}
     for key, path in paths.items():  # a stand-in of the same kind for every model (a served one converses)
         alias = SMOLLM2_ALIAS if path is None or chat_template_of(path) else SMOLLM2_BASE_ALIAS
-        _set(rehearsal, key, alias)
-        name = path.name if path else _get(config, key)
+        set_setting(rehearsal, key, alias)
+        name = path.name if path else get_setting(config, key)
         changes[key] = f"stand-in: {name} -> {alias} ({'chat' if alias == SMOLLM2_ALIAS else 'base'} model)"
     for key, ceiling in CEILINGS.items():
-        value = _get(config, key)
+        value = get_setting(config, key)
         if value == 0 or value is None or value > ceiling:
-            _set(rehearsal, key, ceiling)
+            set_setting(rehearsal, key, ceiling)
             changes[key] = f"scaled: {value} -> {ceiling}"
     for key, value in FIXED.items():
-        if _get(config, key) != value:
-            _set(rehearsal, key, value)
-            changes[key] = f"scaled: {_get(config, key)} -> {value}"
+        if get_setting(config, key) != value:
+            set_setting(rehearsal, key, value)
+            changes[key] = f"scaled: {get_setting(config, key)} -> {value}"
     for key, (value, what) in CUDA_ONLY.items():
-        if key == "train.precision" and _get(config, key) in ("auto", "fp32"):
-            changes[key] = f"exercised as {_get(config, key)} (fp32 on CPU); could not: {what}"
+        if key == "train.precision" and get_setting(config, key) in ("auto", "fp32"):
+            changes[key] = f"exercised as {get_setting(config, key)} (fp32 on CPU); could not: {what}"
             continue
         if value is not None:
-            _set(rehearsal, key, value)
+            set_setting(rehearsal, key, value)
         changes[key] = f"could not (CUDA-only): {what}" + (f"; ran {value}" if value is not None else "")
     if config.engine.backend == "ray" and config.ray.address:
         rehearsal.ray.address = ""
         changes["ray.address"] = f"scaled: {config.ray.address} -> a local Ray"
     if config.engine.backend == "server":  # servers the rehearsal starts: one per stand-in
         for key in ("engine.url", "engine.role_urls"):
-            changes[key] = f"scaled: {_get(config, key) or '-'} -> the rehearsal's own servers on loopback"
+            changes[key] = f"scaled: {get_setting(config, key) or '-'} -> the rehearsal's own servers on loopback"
     rehearsal.run.name = f"{config.run.name}-rehearsal"
     return rehearsal, changes
 

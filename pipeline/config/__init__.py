@@ -219,6 +219,18 @@ class Config:
                 check(self)
 
 
+def get_setting(config: Config, key: str) -> Any:
+    """The value of a "section.option" key, such as "models.base"."""
+    section, _, option = key.partition(".")
+    return getattr(getattr(config, section), option)
+
+
+def set_setting(config: Config, key: str, value: Any) -> None:
+    """Set a "section.option" key on a loaded config (what `--set` does before validation)."""
+    section, _, option = key.partition(".")
+    setattr(getattr(config, section), option, value)
+
+
 def model_roles(config: Config) -> dict[str, str]:
     """Every model the config loads, by the config key that names it (empty fallbacks filled in).
 
