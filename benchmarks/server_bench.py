@@ -16,19 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import click
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def round_speed(run_dir: Path) -> dict:
@@ -66,7 +59,7 @@ def main(seeds, in_flight, work, config_path) -> None:
     from pipeline.config import load_config
     from pipeline.core.models import resolve_model
     from pipeline.core.paths import SHIPPED_SEEDS
-    from pipeline.engine.vllm_server import start_vllm_server, stop, wait_until_ready
+    from pipeline.engine.vllm_server import free_port, start_vllm_server, stop, wait_until_ready
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,7 +158,7 @@ def rehearsal_config(config: Config, paths: dict[str, Path]) -> tuple[Config, di
     if config.engine.backend == "ray" and config.ray.address:
         rehearsal.ray.address = ""
         changes["ray.address"] = f"scaled: {config.ray.address} -> a local Ray"
-    if config.engine.backend == "server":  # servers the rehearsal starts: one per stand-in
+    if config.engine.backend == "server":  # the server the rehearsal starts (stand_in_servers)
         for key in ("engine.url", "engine.role_urls"):
             changes[key] = f"scaled: {get_setting(config, key) or '-'} -> the rehearsal's own servers on loopback"
     rehearsal.run.name = f"{config.run.name}-rehearsal"
@@ -176,11 +175,11 @@ def stand_in_servers(rehearsal: Config) -> Iterator[None]:
     if rehearsal.engine.backend != "server":
         yield
         return
-    from pipeline.engine.vllm_server import start_vllm_server, stop, wait_until_ready
+    from pipeline.engine.vllm_server import free_port, start_vllm_server, stop, wait_until_ready
 
     run_dir = Path(rehearsal.run.runs_dir) / rehearsal.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    port, model = _free_port(), resolve_model(SMOLLM2_ALIAS, rehearsal.models.dir)
+    port, model = free_port(), resolve_model(SMOLLM2_ALIAS, rehearsal.models.dir)
     names = list(dict.fromkeys((SMOLLM2_ALIAS, rehearsal.models.base)))
     server = start_vllm_server(
         rehearsal.engine, model, port, run_dir / "server.log", rehearsal.run.seed, runtime_lora=True, served_name=names
@@ -191,12 +190,6 @@ def stand_in_servers(rehearsal: Config) -> Iterator[None]:
         yield
     finally:
         stop(server)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def unused(config: Config, key: str) -> str | None:

@@ -15,13 +15,14 @@ Needs root (unshare) and iproute2 (loopback up); CI has both. About 10 minutes o
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from pipeline.engine.vllm_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -200,12 +201,6 @@ def test_the_other_commands_run_offline(air_gapped):
     assert (verified["prompts"], verified["scored"]) == (in_run["prompts"], in_run["scored"])
     assert (run_dir / "data.html").is_file() and any((clone / "exported").iterdir())
     assert attempts(air_gapped["net_log"]) == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_evol_serve_answers_on_loopback_offline(air_gapped):

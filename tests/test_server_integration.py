@@ -7,7 +7,6 @@ One server for the module (started once, ~40-70 s here, and once more after the 
 engine for the comparison; few seeds and small token budgets keep the module at a few minutes."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from pipeline.config import load_config
 from pipeline.core.jsonio import read_json, read_jsonl
 from pipeline.core.paths import SHIPPED_SEEDS
 from pipeline.engine.server_backend import ServerEngine, ServerError
-from pipeline.engine.vllm_server import start_vllm_server, stop, wait_until_ready
+from pipeline.engine.vllm_server import free_port, start_vllm_server, stop, wait_until_ready
 from tests.conftest import TINY_ROUND
 
 pytestmark = pytest.mark.integration
@@ -38,9 +37,7 @@ OVERRIDES = [
 
 class Server:
     def __init__(self, model, config, log):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.model, self.config, self.log = model, config, log
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc = None

@@ -16,6 +16,7 @@ its own seed, and every request of this project carries one); the cores from eng
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +74,13 @@ def vllm_server_command(
         # address by routing a socket towards 8.8.8.8, a reach outside that an air-gapped run should not make.
         env["VLLM_HOST_IP"] = "127.0.0.1"
     return argv, env
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now, for a server to start on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def start_vllm_server(
