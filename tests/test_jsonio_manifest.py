@@ -5,6 +5,8 @@ import pytest
 from pipeline.core.jsonio import (
     InputError,
     append_jsonl,
+    atomic_dir,
+    atomic_write_bytes,
     iter_records,
     read_jsonl,
     read_jsonl_tolerant,
@@ -75,6 +77,24 @@ def test_atomic_write_leaves_no_temp_and_keeps_old_file_on_failure(tmp_path):
         write_jsonl(path, boom())
     assert read_jsonl(path) == [{"a": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_atomic_bytes_and_directory_replace_only_when_complete(tmp_path):
+    blob = tmp_path / "model.gguf"
+    atomic_write_bytes(blob, b"\x00\x01new")
+    assert blob.read_bytes() == b"\x00\x01new"
+    target = tmp_path / "models" / "m"
+    with atomic_dir(target) as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "w.bin").write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as staging:
+        (staging / "w.bin").write_bytes(b"half")
+        raise RuntimeError("killed mid-save")
+    assert (target / "sub" / "w.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m"]  # no staging directory left
+    with atomic_dir(target) as staging:
+        (staging / "w.bin").write_bytes(b"new")
+    assert sorted(p.name for p in target.iterdir()) == ["w.bin"]
 
 
 def test_torn_tail_is_cut_and_appends_continue_cleanly(tmp_path):

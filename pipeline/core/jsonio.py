@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -160,14 +161,14 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_open(path: str | Path) -> Iterator[IO[str]]:
-    """A text handle on a temp file beside `path`, renamed over it only if the block completes."""
+def atomic_open(path: str | Path, binary: bool = False) -> Iterator[IO]:
+    """A text (or `binary`) handle on a temp file beside `path`, renamed over it only if the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -182,6 +183,38 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path) as handle:
         handle.write(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, binary=True) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """An empty staging directory beside `path` (`.<name>.partial`), put in place of `path` only if the
+    block completes, its files synced first: a failed or killed block never leaves a half-written `path`.
+
+        with atomic_dir(store / name) as staging:
+            model.save_pretrained(staging)
+    """
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a process killed before it could clean up
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        for file in sorted(staging.rglob("*")):
+            if file.is_file():
+                with file.open("rb") as handle:
+                    os.fsync(handle.fileno())
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(staging, path)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
+        raise
 
 
 def write_json(path: str | Path, data: Any) -> None:
