@@ -208,7 +208,7 @@ def test_a_replica_hands_back_whole_blocks_with_every_chain_and_its_error():
 
 def test_a_replica_asks_for_the_next_block_before_its_batch_runs_short():
     # While the driver has more, a replica returns once a block finished or fewer chains than its
-    # window are open; topped up to its window plus a block (as ray_job's feed does), its engine is
+    # window are open; topped up to its window plus a block (as RayJob._feed does), its engine is
     # sent a full window at every step until the last blocks, as the local engine's would be.
     replica = bare_replica(window=4, finish_per_poll=1, slow=".1")
     queue = [(b, asks(f"{b}.0", f"{b}.1")) for b in range(12)]
@@ -238,12 +238,12 @@ def bare_ray_engine(**settings):
 
 
 def test_an_unknown_adapter_is_refused_before_any_replica_starts():
-    from pipeline.engine.ray_job import ray_job
+    from pipeline.engine.ray_job import RayJob
 
     engine = bare_ray_engine()  # no replica pool: a replica start would fail on it
     ask = [{"role": "user", "content": "hi"}]
     with pytest.raises(KeyError, match=r"Adapter 'C9' was not given to the engine; known: \['C1'\]"):
-        next(ray_job(engine, [ChatRequest(id="a", messages=ask, adapter="C9")], None))
+        next(iter(RayJob(engine, [ChatRequest(id="a", messages=ask, adapter="C9")], None)))
 
 
 def test_the_pool_warns_when_the_cluster_is_short_and_places_each_replica(monkeypatch, capsys):

@@ -30,7 +30,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, EngineConfig
 from pipeline.config.ray import ADDRESS, RayConfig
 from pipeline.core.jsonio import InputError
-from pipeline.engine.ray_job import ReplicaPool, RowsFailed, no_follow_up, ray_job
+from pipeline.engine.ray_job import RayJob, ReplicaPool, RowsFailed, no_follow_up
 from pipeline.engine.ray_replica import on_own_cores
 from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
 from pipeline.engine.vllm_backend import VLLMEngine
@@ -111,10 +111,22 @@ class RayEngine:
         self.adapters = {name: str(path) for name, path in (adapters or {}).items()}
         self.replica = replica  # None: each replica runs a VLLMEngine on the model
         self.started_ray = connect(ray_settings)
-        self.placement: list[dict] = []  # each chain of the last job with the replica (node:pid) that ran it
-        self.last_job: dict = {}  # rows, seconds until every replica was ready (start-up), to the first block, in all
-        self.failed: list[tuple[str, str]] = []
+        self.job: RayJob | None = None  # the last job, with what it learnt (placement, failures, summary)
         self.pool = ReplicaPool(self)
+
+    @property
+    def placement(self) -> list[dict]:
+        """Each chain of the last job with the replica (node:pid) that ran it, as the chains come back."""
+        return self.job.placement if self.job else []
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return self.job.failed if self.job else []
+
+    @property
+    def last_job(self) -> dict:
+        """Rows, blocks, seconds until every replica was ready (start-up), to the first block, in all."""
+        return self.job.summary if self.job else {}
 
     def replica_factory(self, gpus: bool, workers: int) -> Callable[[], Engine]:
         """What builds each replica's engine: `replica` when one was given (a scripted engine, for
@@ -141,10 +153,11 @@ class RayEngine:
     def run_chains(
         self, first: Iterable[ChatRequest], follow_up: FollowUp
     ) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
-        return ray_job(self, first, follow_up)
+        self.job = RayJob(self, first, follow_up)
+        return iter(self.job)
 
     def stream(self, requests: Iterable[ChatRequest]) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
-        return ray_job(self, requests, no_follow_up)
+        return self.run_chains(requests, no_follow_up)
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         results = {request.id: result for block in self.stream(requests) for request, result in block}

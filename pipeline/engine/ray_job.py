@@ -1,4 +1,4 @@
-"""The driver's side of the Ray backend: every call (`stream`, `run_chains`) is one job over the
+"""The driver's side of the Ray backend: every call (`stream`, `run_chains`) is one `RayJob` over the
 stage's engine replicas (`ray_replica.Replica`), which pull blocks of chains as they have room.
 
     evol evolve --config configs/tiny.yaml --set engine.backend=ray --set engine.replicas=2 --out runs/tiny
@@ -14,7 +14,7 @@ the caller's "skip the ids already written" resume does the rest.
 
 A replica that dies (its process killed, its engine dead, a node lost) loses the blocks it held;
 they go back to the front of the queue and the next replica with room runs them again, so only
-those chains are generated twice (`last_job["redone_chains"]`). Ray restarts the dead replica at
+those chains are generated twice (`RayJob.summary["redone_chains"]`). Ray restarts the dead replica at
 most `ray.retries` times. A chain whose follow-up raised comes back with its error and is counted;
 the job then ends in `RowsFailed`, one sentence, after every other chain was saved.
 
@@ -218,157 +218,192 @@ class Blocks:
         return block
 
 
-def delivered_pairs(engine, replica: str, block: dict, delivered: set[int]) -> list[tuple[ChatRequest, ChatResult]]:
-    """The finished steps of a block's chains, unless the driver had the block already (kept by block
-    number, not chain id, so the driver's memory grows by a number per block); a failed chain is
-    counted in `engine.failed` instead."""
-    if block["block"] in delivered:
-        return []
-    delivered.add(block["block"])
-    pairs = []
-    for chain in block["chains"]:
-        engine.placement.append({"id": chain["id"], "replica": replica})
-        if chain["error"]:
-            engine.failed.append((chain["id"], chain["error"]))
-            print(f"[ray] chain {chain['id']} failed: {chain['error']}", file=sys.stderr)
-            continue
-        pairs += chain["chain"]
-    return pairs
+class RayJob:
+    """One job (see the module doc) over `engine`'s replica pool; iterating it runs the job and yields
+    its finished blocks. The job keeps what it learns: `placement` (each chain with the replica that
+    ran it), `failed` (chain id, error) and, once it has ended, `summary` (counts and seconds)."""
 
+    def __init__(self, engine, first: Iterable[ChatRequest], follow_up: FollowUp):
+        self.engine = engine  # whose settings, adapters and replica pool the job uses
+        self.settings, self.ray_settings = engine.settings, engine.ray_settings
+        self.first, self.follow_up = first, follow_up
+        self.placement: list[dict] = []
+        self.failed: list[tuple[str, str]] = []
+        self.summary: dict = {}
+        self.calls: dict = {}  # a replica's call under way -> the replica
+        self.restarting: set[int] = set()  # replicas Ray is starting again: their `begin` call is under way
+        self.delivered: set[int] = set()  # blocks handed to the caller, by number
+        self.done = self.chains = self.redone = 0
+        self.first_block: float | None = None
 
-def ray_job(
-    engine, first: Iterable[ChatRequest], follow_up: FollowUp
-) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
-    """The job (see the module doc); `engine` is the RayEngine whose settings and replica pool it uses,
-    and gains `placement` (each chain's replica), `failed` and `last_job` (counts and seconds)."""
-    import ray
-    from ray.exceptions import RayActorError, RayError
+    def __iter__(self) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
+        import ray
 
-    s, r = engine.settings, engine.ray_settings
-    engine.placement, engine.failed = [], []
-    requests = iter(first)
-    head = list(itertools.islice(requests, s.replicas * r.batch_size))
-    size = r.batch_size if len(head) == s.replicas * r.batch_size else max(1, -(-len(head) // s.replicas))
-    blocks = Blocks(itertools.chain(head, requests), size, engine.adapters)
-    del head
-    if not blocks.more():
-        return
-    pool = engine.pool
-    started = time.perf_counter()
-    startup = pool.start()
-    follow = ray.put(follow_up)
-    n = len(pool.actors)
-    for actor in pool.actors:
-        actor.begin.remote(follow)
-    held: list[dict[int, list[ChatRequest]]] = [{} for _ in range(n)]  # what each replica holds, to hand on if it dies
-    open_chains, busy, alive = [0] * n, [0.0] * n, [True] * n
-    calls: dict = {}  # a replica's call under way -> the replica
-    restarting: set[int] = set()  # replicas Ray is starting again: their `begin` call is under way
-    delivered: set[int] = set()  # blocks handed to the caller
-    done = chains = redone = 0
-    first_block = None
+        self.blocks = self._blocks()
+        if not self.blocks.more():
+            return
+        self.pool = pool = self.engine.pool
+        self.started = time.perf_counter()
+        self.startup = pool.start()
+        self.follow = ray.put(self.follow_up)
+        n = len(pool.actors)
+        for actor in pool.actors:
+            actor.begin.remote(self.follow)
+        self.held: list[dict[int, list[ChatRequest]]] = [{} for _ in range(n)]  # to hand on if a replica dies
+        self.open_chains, self.busy, self.alive = [0] * n, [0.0] * n, [True] * n
+        finished = False
+        try:
+            self._feed(list(range(n)))
+            while self.calls:
+                (call,), _ = ray.wait(list(self.calls), num_returns=1)
+                i = self.calls.pop(call)
+                reply = self._reply(call, i)
+                if reply is not None:
+                    yield from self._hand_on(i, reply)
+            finished = True
+        finally:
+            if not finished:  # cut short (an error, or the caller stopped): the replicas still hold blocks
+                pool.close()
+        self._end(n)
 
-    def feed(replicas: list[int]) -> None:
+    def _blocks(self) -> Blocks:
+        """The job's blocks: `ray.batch_size` chains each, or `engine.replicas` equal blocks of a job too
+        short to give every replica a full one."""
+        replicas, batch = self.settings.replicas, self.ray_settings.batch_size
+        requests = iter(self.first)
+        head = list(itertools.islice(requests, replicas * batch))
+        self.size = batch if len(head) == replicas * batch else max(1, -(-len(head) // replicas))
+        return Blocks(itertools.chain(head, requests), self.size, self.engine.adapters)
+
+    def _feed(self, replicas: list[int]) -> None:
         """Top up each replica to its window plus one block, a block to each in turn, and call it."""
         new: dict[int, list] = {i: [] for i in replicas}
-        want = {i: open_chains[i] for i in replicas}
-        while blocks.more():
-            hungry = [i for i in replicas if want[i] < s.chunk_size + size]
+        want = {i: self.open_chains[i] for i in replicas}
+        while self.blocks.more():
+            hungry = [i for i in replicas if want[i] < self.settings.chunk_size + self.size]
             if not hungry:
                 break
             for i in hungry:
-                block = blocks.take()
+                block = self.blocks.take()
                 if block is None:
                     break
                 new[i].append(block)
                 want[i] += len(block[1])
         for i in replicas:
-            held[i].update(new[i])
-            open_chains[i] = want[i]
-            if new[i] or open_chains[i]:
-                calls[pool.actors[i].work.remote(new[i], blocks.more())] = i
+            self.held[i].update(new[i])
+            self.open_chains[i] = want[i]
+            if new[i] or self.open_chains[i]:
+                self.calls[self.pool.actors[i].work.remote(new[i], self.blocks.more())] = i
 
-    finished = False
-    try:
-        feed(list(range(n)))
-        while calls:
-            (call,), _ = ray.wait(list(calls), num_returns=1)
-            i = calls.pop(call)
-            try:
-                reply = ray.get(call)
-                if i in restarting:  # back, with its engine: it takes blocks again
-                    restarting.discard(i)
-                    feed([i])
-                    continue
-            except RayActorError as err:
-                # The replica's process is gone: its blocks go back to the front, for whoever has room.
-                lost = sorted(held[i])
-                blocks.again.extendleft(sorted(((b, held[i][b]) for b in lost), reverse=True))
-                redone += sum(len(held[i][b]) for b in lost)
-                held[i], open_chains[i] = {}, 0
-                pool.deaths[i] += i not in restarting  # a restart that failed is the same death
-                print(
-                    f"[ray] replica {pool.where[i]} died ({first_line(err)}); its {len(lost)} block(s) go to "
-                    f"the next replica with room",
-                    file=sys.stderr,
-                )
-                if pool.deaths[i] > r.retries or i in restarting:
-                    alive[i] = False
-                    restarting.discard(i)
-                else:  # waits for Ray to restart it (a call sent before then would fail at once)
-                    calls[pool.actors[i].begin.options(max_task_retries=-1).remote(follow)] = i
-                    restarting.add(i)
-                if not any(alive):
-                    raise RowsFailed(
-                        f"Every engine replica died more than ray.retries={r.retries} times (last: {first_line(err)}); "
-                        "the blocks handed back before are saved, a rerun sends the rest. "
-                        "Engine logs: /tmp/ray/session_latest/logs on each node."
-                    ) from err
-                feed([j for j in range(n) if alive[j] and j not in calls.values() and j not in restarting])
-                continue
-            except RayError as err:
-                raise RowsFailed(
-                    f"The Ray job stopped ({first_line(err)}); the blocks handed back before are saved, a rerun "
-                    "sends the rest. Engine logs: /tmp/ray/session_latest/logs on each node."
-                ) from err
-            pool.where[i] = reply["where"]  # a restarted replica is another process
-            open_chains[i], busy[i] = reply["open"], reply["busy"]
-            for block in reply["blocks"]:
-                del held[i][block["block"]]
-            feed([i])  # before the caller saves: the replica goes on meanwhile
-            for block in reply["blocks"]:  # one at a time: a kill between two loses only the second
-                done += 1
-                chains += len(block["chains"])
-                pairs = delivered_pairs(engine, reply["where"], block, delivered)
-                if pairs:
-                    if first_block is None:
-                        first_block = time.perf_counter() - started
-                    yield pairs
-        finished = True
-    finally:
-        if not finished:  # cut short (an error, or the caller stopped): the replicas still hold blocks
-            pool.close()
-    engine.last_job = {
-        "rows": chains,
-        "blocks": done,
-        "block_size": size,
-        "redone_chains": redone,
-        "startup_s": round(startup, 1),  # until the last replica's engine was ready (0: started before)
-        "replica_busy_s": round(max(busy), 1),  # the longest a replica worked on this job
-        "first_block_s": round(first_block or 0.0, 1),
-        "job_s": round(time.perf_counter() - started, 1),
-    }
-    print(
-        f"[ray] job of {chains} chains in {done} blocks of {size} on {n} replica(s): replicas ready after "
-        f"{engine.last_job['startup_s']} s, first block after {engine.last_job['first_block_s']} s, "
-        f"longest replica {engine.last_job['replica_busy_s']} s, all after {engine.last_job['job_s']} s, "
-        f"{redone} chains generated again",
-        file=sys.stderr,
-    )
-    if engine.failed:
-        first_id, first_error = engine.failed[0]
-        raise RowsFailed(
-            f"{len(engine.failed)} of {chains} chains failed on the Ray replicas (first, {first_id}: "
-            f"{first_error.splitlines()[0] if first_error else 'no message'}); the others are saved, "
-            "and rerunning the same command retries only the failed ones."
+    def _reply(self, call, i: int) -> dict | None:
+        """Replica `i`'s answer to `call`; None when it brings no blocks (a restarted replica is back,
+        or the replica died and its blocks went back to the queue)."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        try:
+            reply = ray.get(call)
+        except RayActorError as err:
+            self._lost(i, err)
+            return None
+        except RayError as err:
+            raise RowsFailed(
+                f"The Ray job stopped ({first_line(err)}); the blocks handed back before are saved, a rerun "
+                "sends the rest. Engine logs: /tmp/ray/session_latest/logs on each node."
+            ) from err
+        if i in self.restarting:  # back, with its engine: it takes blocks again
+            self.restarting.discard(i)
+            self._feed([i])
+            return None
+        return reply
+
+    def _lost(self, i: int, err: BaseException) -> None:
+        """Replica `i`'s process is gone: its blocks go back to the front, for whoever has room, and Ray
+        restarts it unless it died more than `ray.retries` times."""
+        pool, retries = self.pool, self.ray_settings.retries
+        held = self.held[i]
+        lost = sorted(held)
+        self.blocks.again.extendleft(sorted(((b, held[b]) for b in lost), reverse=True))
+        self.redone += sum(len(held[b]) for b in lost)
+        self.held[i], self.open_chains[i] = {}, 0
+        pool.deaths[i] += i not in self.restarting  # a restart that failed is the same death
+        print(
+            f"[ray] replica {pool.where[i]} died ({first_line(err)}); its {len(lost)} block(s) go to "
+            f"the next replica with room",
+            file=sys.stderr,
         )
+        if pool.deaths[i] > retries or i in self.restarting:
+            self.alive[i] = False
+            self.restarting.discard(i)
+        else:  # waits for Ray to restart it (a call sent before then would fail at once)
+            self.calls[pool.actors[i].begin.options(max_task_retries=-1).remote(self.follow)] = i
+            self.restarting.add(i)
+        if not any(self.alive):
+            raise RowsFailed(
+                f"Every engine replica died more than ray.retries={retries} times (last: {first_line(err)}); "
+                "the blocks handed back before are saved, a rerun sends the rest. "
+                "Engine logs: /tmp/ray/session_latest/logs on each node."
+            ) from err
+        calling = set(self.calls.values())
+        self._feed([j for j in range(len(self.alive)) if self.alive[j] and j not in calling | self.restarting])
+
+    def _hand_on(self, i: int, reply: dict) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
+        """The blocks replica `i` finished, one at a time (a kill between two loses only the second),
+        after it was fed again (it goes on while the caller saves)."""
+        self.pool.where[i] = reply["where"]  # a restarted replica is another process
+        self.open_chains[i], self.busy[i] = reply["open"], reply["busy"]
+        for block in reply["blocks"]:
+            del self.held[i][block["block"]]
+        self._feed([i])
+        for block in reply["blocks"]:
+            self.done += 1
+            self.chains += len(block["chains"])
+            pairs = self._delivered(reply["where"], block)
+            if pairs:
+                if self.first_block is None:
+                    self.first_block = time.perf_counter() - self.started
+                yield pairs
+
+    def _delivered(self, replica: str, block: dict) -> list[tuple[ChatRequest, ChatResult]]:
+        """The finished steps of a block's chains, unless the caller had the block already (kept by block
+        number, not chain id, so the driver's memory grows by a number per block); a failed chain is
+        kept in `failed` instead."""
+        if block["block"] in self.delivered:
+            return []
+        self.delivered.add(block["block"])
+        pairs = []
+        for chain in block["chains"]:
+            self.placement.append({"id": chain["id"], "replica": replica})
+            if chain["error"]:
+                self.failed.append((chain["id"], chain["error"]))
+                print(f"[ray] chain {chain['id']} failed: {chain['error']}", file=sys.stderr)
+                continue
+            pairs += chain["chain"]
+        return pairs
+
+    def _end(self, replicas: int) -> None:
+        """The job's summary, said on stderr; `RowsFailed` if a chain failed (every other one was saved)."""
+        self.summary = summary = {
+            "rows": self.chains,
+            "blocks": self.done,
+            "block_size": self.size,
+            "redone_chains": self.redone,
+            "startup_s": round(self.startup, 1),  # until the last replica's engine was ready (0: started before)
+            "replica_busy_s": round(max(self.busy), 1),  # the longest a replica worked on this job
+            "first_block_s": round(self.first_block or 0.0, 1),
+            "job_s": round(time.perf_counter() - self.started, 1),
+        }
+        print(
+            f"[ray] job of {self.chains} chains in {self.done} blocks of {self.size} on {replicas} replica(s): "
+            f"replicas ready after {summary['startup_s']} s, first block after {summary['first_block_s']} s, "
+            f"longest replica {summary['replica_busy_s']} s, all after {summary['job_s']} s, "
+            f"{self.redone} chains generated again",
+            file=sys.stderr,
+        )
+        if self.failed:
+            first_id, first_error = self.failed[0]
+            raise RowsFailed(
+                f"{len(self.failed)} of {self.chains} chains failed on the Ray replicas (first, {first_id}: "
+                f"{first_error.splitlines()[0] if first_error else 'no message'}); the others are saved, "
+                "and rerunning the same command retries only the failed ones."
+            )
