@@ -16,15 +16,8 @@ from pathlib import Path
 
 from pipeline.config import Config, stable_hash
 from pipeline.core.chat import messages_problem
-from pipeline.core.jsonio import (
-    InputError,
-    append_jsonl,
-    iter_records,
-    read_json,
-    read_jsonl_tolerant,
-    write_json,
-    write_jsonl,
-)
+from pipeline.core.jsonio import InputError, iter_records, read_json, write_json
+from pipeline.core.ledger import Ledger
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, Engine, generate_in_chunks
 
@@ -73,26 +66,26 @@ def settings_of(config: Config, model_path: str) -> dict:
     }
 
 
-def check_resumable(out: Path, settings: dict) -> list[dict]:
-    """Finished records of an earlier run with the same settings; refuse anything else."""
+def check_resumable(out: Path, settings: dict) -> Ledger:
+    """The output's ledger, holding what an earlier run with the same settings finished (read now,
+    before any model loads); an output from other settings is refused."""
     meta_path = Path(f"{out}.meta.json")
     if not out.exists():
         write_json(meta_path, settings)
-        return []
+        return Ledger(out)
     if not meta_path.exists() or read_json(meta_path) != settings:
         raise InputError(
             f"{out} already exists and was not written with these settings; "
             f"pass another --out or remove it (nothing was overwritten)."
         )
-    return read_jsonl_tolerant(out)
+    return Ledger(out).read()
 
 
 def run_generate(
-    engine: Engine, rows: list[dict], out: Path, config: Config, settings: dict, finished: list[dict]
+    engine: Engine, rows: list[dict], out: Path, config: Config, settings: dict, finished: Ledger
 ) -> dict:
-    """Generate what `finished` (from `check_resumable`, read before the model loaded) lacks."""
-    done = {record["id"]: record for record in finished}
-    todo = [row for row in rows if row["id"] not in done]
+    """Generate what `finished` (`check_resumable`'s ledger of `out`) lacks."""
+    todo = finished.left(rows)
     requests = (
         ChatRequest(id=row["id"], messages=row["messages"], seed=derive_seed(config.run.seed, row["id"], "generate"))
         for row in todo
@@ -111,12 +104,10 @@ def run_generate(
             }
             for request, result in zip(chunk, results)
         ]
-        append_jsonl(out, records)
-        done.update((record["id"], record) for record in records)
+        finished.append(records)
 
     stats = generate_in_chunks(engine, requests, config.engine.chunk_size, save, total=len(todo), desc="generate")
-    # All chunks are in: rewrite once in input order (a resumed run appended out of order).
-    write_jsonl(out, (done[row["id"]] for row in rows))
+    finished.finish(row["id"] for row in rows)  # once, in input order (a resumed run appended out of order)
     return {
         "requests": len(rows),
         "generated": stats.requests,
