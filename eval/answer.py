@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config, semantic_dict
-from pipeline.core.jsonio import InputError, append_jsonl, read_json, read_jsonl_tolerant, write_jsonl
+from pipeline.core.jsonio import InputError, read_json
+from pipeline.core.ledger import Ledger
 from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.models import content_hash
 from pipeline.core.seeds import derive_seed
@@ -105,11 +106,11 @@ class AnswerJob:
     adapter: str | None  # adapter name given to the engine; None: the base model
     adapter_path: Path | None
     stage: Stage
-    done: dict[str, dict] = field(default_factory=dict)
+    ledger: Ledger  # the label's answers.jsonl: what an interrupted run of it already holds
 
     @property
     def path(self) -> Path:
-        return self.stage.dir / ANSWERS_FILE
+        return self.ledger.path
 
 
 @dataclass
@@ -173,15 +174,15 @@ def plan_answers(
     common = {**answers.source, "model": model_id or _hash_of(model_path), "generation": answers.settings}
     targets = [] if adapters_only else [(base_label, None, None)]
     targets += [(label, label, path) for label, path in adapters.items()]
+    wanted = {item.id for item in answers.items}
     answers.jobs = []
     for label, adapter, path in targets:
         material = {**common, "adapter": _hash_of(path) if path else None}
         stage = begin_stage(answers.out_dir, label, material)
-        job = AnswerJob(label, adapter, path, stage)
+        ledger = Ledger(stage.dir / ANSWERS_FILE, keep=lambda r: r.get("id") in wanted)  # items dropped: ignored
         if not stage.done:
-            wanted = {item.id for item in answers.items}
-            job.done = {r["id"]: r for r in read_jsonl_tolerant(job.path) if r.get("id") in wanted}
-        answers.jobs.append(job)
+            ledger.read()  # before the model loads
+        answers.jobs.append(AnswerJob(label, adapter, path, stage, ledger))
     return answers.jobs
 
 
@@ -195,7 +196,7 @@ def _requests(answers: AnswerSet, index: int, config: Config) -> Iterator[ChatRe
     settings = answers.settings
     for job in answers.pending:
         for item in answers.items:
-            if item.id in job.done:
+            if not job.ledger.is_left(item.id):
                 continue
             yield ChatRequest(
                 id=f"{index}\x1f{job.label}\x1f{item.id}",
@@ -231,11 +232,10 @@ def run_answers(engine: Engine, sets: list[AnswerSet], config: Config, model_pat
                 "seed": request.seed,
             }
             grouped.setdefault((index, label), []).append(record)
-            job.done[item_id] = record
         for (index, label), records in grouped.items():
-            append_jsonl(job_of[index][label].path, records)
+            job_of[index][label].ledger.append(records)
 
-    total = sum(len(answers.items) - len(job.done) for answers in sets for job in answers.pending)
+    total = sum(len(answers.items) - len(job.ledger.done) for answers in sets for job in answers.pending)
     requests = (request for index, answers in enumerate(sets) for request in _requests(answers, index, config))
     chunk_size = config.eval.chunk_size or config.engine.chunk_size
     desc = "+".join(answers.name for answers in sets if answers.pending)
@@ -250,8 +250,9 @@ def _finish(answers: AnswerSet, config: Config, model_path: Path, stats: ChunkSt
         if job.stage.done:
             summaries[job.label] = {"skipped": True, "dir": str(job.stage.dir)}
             continue
-        records = [job.done[item.id] for item in answers.items]
-        write_jsonl(job.path, records)  # a resumed run appended out of order: rewrite in input order
+        records = job.ledger.finish(
+            item.id for item in answers.items
+        )  # input order: a resumed run appended out of order
         counts = {
             "answers": len(records),
             "empty": sum(not r.get("answer", r.get("text")) for r in records),
