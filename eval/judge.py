@@ -27,16 +27,8 @@ from eval.judge_prompt import CUT_MARK, PROMPT_VERSION, judge_messages
 from eval.length_control import Lengths, answer_lengths
 from eval.scores import Aggregation, aggregate, combine, rescore, verdict_of
 from pipeline.config import Config
-from pipeline.core.jsonio import (
-    InputError,
-    append_jsonl,
-    iter_jsonl,
-    read_json,
-    read_jsonl,
-    read_jsonl_tolerant,
-    write_json,
-    write_jsonl,
-)
+from pipeline.core.jsonio import InputError, iter_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from pipeline.core.ledger import Ledger
 from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import clip
@@ -45,6 +37,7 @@ from pipeline.engine import (
     TOO_LONG,
     ChatRequest,
     ChatResult,
+    ChunkStats,
     Engine,
     generate_in_chunks,
     model_identity,
@@ -212,27 +205,16 @@ def judgment(item: dict, ab: dict, ba: dict, single_order_fallback: bool) -> dic
 # ---------------------------------------------------------------- the stage
 
 
-def run_judge(
-    engine: Engine, stage: Stage, a: AnswerSet, b: AnswerSet, item_ids: list[str], config: Config, judge_model: str
-) -> dict:
-    """Judge every pair in both orders (resuming from orders.jsonl), then write judgments and scores."""
-    orders_path = stage.dir / ORDERS_FILE
-    # the last record of an order counts: a retried order is appended after the failed one
-    done = {(r["id"], r["order"]): r for r in read_jsonl_tolerant(orders_path)}
+def judge_orders(
+    engine: Engine, orders: Ledger, a: AnswerSet, b: AnswerSet, item_ids: list[str], config: Config
+) -> ChunkStats:
+    """Judge each (item, order) that `orders` still lacks, appending every chunk as it finishes; an
+    order the engine failed on is sent once more. Returns the engine's throughput."""
+    keys = [(item_id, order) for item_id in item_ids for order in ORDERS]
     clipped: dict[str, bool] = {}
 
-    def todo() -> list[tuple[str, str]]:
-        # An order the engine failed on (finish_reason "error": e.g. a grammar that did not compile in
-        # time) is not a verdict: it is sent again, here and when an interrupted stage resumes.
-        return [
-            (item_id, order)
-            for item_id in item_ids
-            for order in ORDERS
-            if (item_id, order) not in done or done[(item_id, order)]["finish_reason"] == ENGINE_ERROR
-        ]
-
-    def requests(keys):
-        for item_id, order in keys:
+    def requests(todo):
+        for item_id, order in todo:
             request, cut = order_request(item_id, order, a.records[item_id], b.records[item_id], config)
             clipped[request.id] = cut
             yield request
@@ -242,19 +224,34 @@ def run_judge(
         for request, result in zip(chunk, results):
             item_id, _, order = request.id.partition("\x1f")
             records.append(read_order(item_id, order, result, clipped[request.id]))
-        append_jsonl(orders_path, records)
-        done.update(((r["id"], r["order"]), r) for r in records)
+        orders.append(records)
 
     chunk_size = config.eval.chunk_size or config.engine.chunk_size
-    keys = todo()
-    stats = generate_in_chunks(engine, requests(keys), chunk_size, save, total=len(keys), desc="judge")
-    failed = todo()
+    todo = orders.left(keys, key=lambda key: key)
+    stats = generate_in_chunks(engine, requests(todo), chunk_size, save, total=len(todo), desc="judge")
+    failed = orders.left(keys, key=lambda key: key)
     if failed:  # once more; what fails again is counted as unparsed, with the engine's reason
         print(f"[judge] the engine failed on {len(failed)} order(s); sending them once more", file=sys.stderr)
         again = generate_in_chunks(engine, requests(failed), chunk_size, save, total=len(failed), desc="judge retry")
         for name in ("requests", "prompt_tokens", "completion_tokens", "too_long", "seconds"):
             setattr(stats, name, getattr(stats, name) + getattr(again, name))
+    return stats
 
+
+def run_judge(
+    engine: Engine, stage: Stage, a: AnswerSet, b: AnswerSet, item_ids: list[str], config: Config, judge_model: str
+) -> dict:
+    """Judge every pair in both orders (resuming from orders.jsonl), then write judgments and scores."""
+    # The last record of an order counts: a retried order is appended after the failed one. An order
+    # the engine failed on (finish_reason "error": e.g. a grammar that did not compile in time) is not
+    # a verdict: it is sent again, here and when an interrupted stage resumes.
+    orders = Ledger(
+        stage.dir / ORDERS_FILE,
+        key=lambda r: (r["id"], r["order"]),
+        redo=lambda r: r["finish_reason"] == ENGINE_ERROR,
+    )
+    stats = judge_orders(engine, orders, a, b, item_ids, config)
+    done = orders.done
     judgments = [
         judgment(a.records[i], done[(i, "AB")], done[(i, "BA")], config.eval.single_order_fallback) for i in item_ids
     ]
