@@ -31,15 +31,8 @@ from eval.report.analysis import ANALYSIS_FILE, STAGE, plot_all
 from pipeline.config import Config, model_roles, semantic_dict, stable_hash
 from pipeline.config.analysis import AnalysisConfig
 from pipeline.config.evolve import OPERATIONS
-from pipeline.core.jsonio import (
-    InputError,
-    append_jsonl,
-    iter_jsonl,
-    read_json,
-    read_jsonl_tolerant,
-    write_json,
-    write_jsonl,
-)
+from pipeline.core.jsonio import InputError, iter_jsonl, read_json, read_jsonl_tolerant, write_json, write_jsonl
+from pipeline.core.ledger import Ledger
 from pipeline.core.manifest import begin_stage, file_hash, finish_stage
 from pipeline.core.records import KEPT
 from pipeline.core.seeds import derive_seed
@@ -141,10 +134,11 @@ def rate_difficulty(
     """Rate every item not yet in ratings.jsonl (resume), starting the judge only if work remains."""
     s = config.analysis
     expected = {item["id"]: stable_hash([settings_key, item["instruction"]]) for item in items}
+    # a rating of an item no longer sampled, or made with other settings, does not count
+    ratings = Ledger(ratings_path, keep=lambda r: expected.get(r.get("id")) == r.get("rating_key"))
     if not ratings_path.exists() and cached:  # the stage restarted for a diversity knob: keep valid ratings
-        append_jsonl(ratings_path, [r for r in cached if expected.get(r.get("id")) == r.get("rating_key")])
-    done = {r["id"]: r for r in read_jsonl_tolerant(ratings_path) if expected.get(r.get("id")) == r.get("rating_key")}
-    todo = [item for item in items if item["id"] not in done]
+        ratings.append([r for r in cached if ratings.keep(r)])
+    todo = ratings.left(items)
     by_id, clipped = {item["id"]: item for item in items}, {}
 
     def requests():
@@ -157,8 +151,7 @@ def rate_difficulty(
         records = [
             rating_record(by_id[r.id], result, clipped[r.id], expected[r.id]) for r, result in zip(chunk, results)
         ]
-        append_jsonl(ratings_path, records)
-        done.update((record["id"], record) for record in records)
+        ratings.append(records)
 
     if todo:
         own_engine = engine is None
@@ -173,7 +166,7 @@ def rate_difficulty(
         finally:
             if own_engine:
                 engine.close()  # free the accelerator before the embedding model loads
-    return [done[item["id"]] for item in items]
+    return [ratings.done[item["id"]] for item in items]
 
 
 # ---------------------------------------------------------------- diversity (the embeddings)
