@@ -20,7 +20,6 @@ README.md is written last: a folder without it holds an unfinished export.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -197,26 +196,20 @@ def write_config(path: Path, rows: Iterable[dict], features, fmt: str, source: s
 
     schema = features.arrow_schema
     count = num_bytes = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with ExitStack() as stack:
-            parquet = stack.enter_context(pq.ParquetWriter(tmp, schema)) if fmt == "parquet" else None
-            jsonl = stack.enter_context(atomic_open(path)) if fmt == "jsonl" else None
-            for batch in _batches(rows, BATCH_ROWS):
-                try:
-                    table = pa.Table.from_pylist(batch, schema=schema)
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-                    raise InputError(f"{source}: a row does not fit the declared column types ({err}).") from None
-                count, num_bytes = count + len(batch), num_bytes + table.nbytes
-                if parquet:
-                    parquet.write_table(table, row_group_size=BATCH_ROWS)
-                if jsonl:
-                    jsonl.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in batch)
-        if fmt == "parquet":
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with ExitStack() as stack:
+        # the file appears, synced, only once complete (the Parquet writer closes first: its footer goes in)
+        handle = stack.enter_context(atomic_open(path, binary=fmt == "parquet"))
+        parquet = stack.enter_context(pq.ParquetWriter(handle, schema)) if fmt == "parquet" else None
+        for batch in _batches(rows, BATCH_ROWS):
+            try:
+                table = pa.Table.from_pylist(batch, schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+                raise InputError(f"{source}: a row does not fit the declared column types ({err}).") from None
+            count, num_bytes = count + len(batch), num_bytes + table.nbytes
+            if parquet:
+                parquet.write_table(table, row_group_size=BATCH_ROWS)
+            else:
+                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in batch)
     return {"rows": count, "num_bytes": num_bytes, "file_bytes": path.stat().st_size}
 
 
