@@ -111,42 +111,8 @@ def dataset_card(run, configs: dict[str, dict], fmt: str) -> str:
     """The whole README.md. `run` is the pipeline.export.RunData read from the run directory;
     `configs` maps each config to what was written: rows, num_bytes, file_bytes, path, features, and
     `tree` (True for the evolution tree, which comes last)."""
-    stats, manifest, run_manifest = run.stats, run.evolve_manifest, run.run_manifest
-    rounds = stats.get("rounds") or []
-    sets = [name for name, written in configs.items() if not written["tree"]]
-    tree = next(name for name, written in configs.items() if written["tree"])
-    name = run_manifest.get("run") or run.run_dir.name
-    largest = sets[-1]
-    totals = stats.get("evolution_totals") or {}
-    eliminated = totals.get("eliminated") or {}
-
-    models = (manifest.get("inputs") or {}).get("models") or {}
-    model_rows = [
-        [role, f"`{pair[0]}`", f"`{pair[1]}`"] if isinstance(pair, list) else [role, f"`{pair}`", ""]
-        for role, pair in models.items()
-    ] or [[role, f"`{model}`", ""] for role, model in (manifest.get("models") or {}).items()]
-    versions = manifest.get("versions") or run_manifest.get("versions") or {}
-
-    round_rows = [
-        [
-            r["round"],
-            r["attempted"],
-            r["kept"],
-            f"{r['kept_pct']}%",
-            r.get("training_set_size"),
-            *[r["eliminated"].get(rule, 0) for rule in RULES],
-        ]
-        for r in rounds
-    ]
-    operation_rows = [
-        [f"`{op}`", *[f"{r['kept_operations'].get(op, 0)}/{r['operations'].get(op, 0)}" for r in rounds[1:]]]
-        for op in OPERATIONS
-    ]
-    rule_rows = [[f"`{rule}`", eliminated.get(rule, 0), RULE_MEANINGS.get(rule, "")] for rule in RULES]
-    set_rows = [
-        [f"`{n}`", configs[n]["rows"], f"`{configs[n]['path']}`", _describe(n, configs[n]["tree"])]
-        for n in (*sets, tree)
-    ]
+    stats = run.stats
+    name = run.run_manifest.get("run") or run.run_dir.name
     body = f"""
 # {name}: an Evol-Instruct data set evolved offline with evol-local
 
@@ -154,7 +120,25 @@ Instructions evolved from {stats.get("seeds")} seeds over {stats.get("rounds_don
 (WizardLM's method) with local models, each answered by a local model and kept or eliminated by the rules
 below. Exported by `evol export` from the run directory `{run.run_dir.name}` as {fmt}; nothing was uploaded.
 
-## Configs
+{_configs_and_columns(configs)}
+
+{_how_it_was_made(stats, run.evolve_manifest)}
+
+{_versions_and_config(run)}
+"""
+    return f"---\n{card_header(configs).rstrip()}\n---\n{body}"
+
+
+def _configs_and_columns(configs: dict[str, dict]) -> str:
+    """What each config holds, how to load it, and what its columns mean."""
+    sets = [name for name, written in configs.items() if not written["tree"]]
+    tree = next(name for name, written in configs.items() if written["tree"])
+    largest = sets[-1]
+    set_rows = [
+        [f"`{n}`", configs[n]["rows"], f"`{configs[n]['path']}`", _describe(n, configs[n]["tree"])]
+        for n in (*sets, tree)
+    ]
+    return f"""## Configs
 
 {_table(["config", "rows", "file", "what"], set_rows)}
 
@@ -175,9 +159,36 @@ tree = load_dataset("path/to/this/folder", "{tree}", split="train")
 
 `{tree}`: one row per attempt of every round, kept or not.
 
-{_table(["column", "meaning"], [[f"`{c}`", m] for c, m in TREE_COLUMNS.items()])}
+{_table(["column", "meaning"], [[f"`{c}`", m] for c, m in TREE_COLUMNS.items()])}"""
 
-## How it was made
+
+def _how_it_was_made(stats: dict, manifest: dict) -> str:
+    """The models with their hashes, the seeds and test set, and per round and rule what was kept."""
+    rounds = stats.get("rounds") or []
+    totals = stats.get("evolution_totals") or {}
+    eliminated = totals.get("eliminated") or {}
+    models = (manifest.get("inputs") or {}).get("models") or {}
+    model_rows = [
+        [role, f"`{pair[0]}`", f"`{pair[1]}`"] if isinstance(pair, list) else [role, f"`{pair}`", ""]
+        for role, pair in models.items()
+    ] or [[role, f"`{model}`", ""] for role, model in (manifest.get("models") or {}).items()]
+    round_rows = [
+        [
+            r["round"],
+            r["attempted"],
+            r["kept"],
+            f"{r['kept_pct']}%",
+            r.get("training_set_size"),
+            *[r["eliminated"].get(rule, 0) for rule in RULES],
+        ]
+        for r in rounds
+    ]
+    operation_rows = [
+        [f"`{op}`", *[f"{r['kept_operations'].get(op, 0)}/{r['operations'].get(op, 0)}" for r in rounds[1:]]]
+        for op in OPERATIONS
+    ]
+    rule_rows = [[f"`{rule}`", eliminated.get(rule, 0), RULE_MEANINGS.get(rule, "")] for rule in RULES]
+    return f"""## How it was made
 
 Models (the content hash is evol-local's hash of the model directory's files):
 
@@ -198,9 +209,14 @@ Operations, kept/attempted per round:
 Elimination rules (a rejected attempt names the first rule that fired), eliminated in the evolution rounds
 1..{stats.get("rounds_done")} ({totals.get("kept")} of {totals.get("attempted")} evolutions kept; round 0's seeds are in the table above):
 
-{_table(["rule", "eliminated", "meaning"], rule_rows)}
+{_table(["rule", "eliminated", "meaning"], rule_rows)}"""
 
-## Versions
+
+def _versions_and_config(run) -> str:
+    """Which code and packages evolved and exported the data, the resolved config, and the license note."""
+    manifest, run_manifest = run.evolve_manifest, run.run_manifest
+    versions = manifest.get("versions") or run_manifest.get("versions") or {}
+    return f"""## Versions
 
 - evol-local {versions.get("evol-local", "unknown")} at git `{manifest.get("git_sha")}` evolved the data
   (run started at git `{run_manifest.get("git_sha")}`); exported by evol-local {_exporter_version()}.
@@ -218,9 +234,7 @@ From the run's `{run.config_source}`:
 
 ## License
 
-Not set: fill in `license:` in the header above with what the seeds' and the models' licenses allow.
-"""
-    return f"---\n{card_header(configs).rstrip()}\n---\n{body}"
+Not set: fill in `license:` in the header above with what the seeds' and the models' licenses allow."""
 
 
 def _describe(config: str, tree: bool) -> str:

@@ -58,7 +58,6 @@ def _direct_sentences(rows: list[dict]) -> list[str]:
 def write_run_report(run_dir: Path, config: Config) -> Path:
     """report.json (ablation rows, survival, every comparison) and report.md/html with the plots."""
     settings = Aggregation.of(config)
-    resamples, seed = settings.resamples, settings.seed
     rows = ablation_rows(run_dir, config.run.rounds, settings)
     differences = round_differences(run_dir, config.run.rounds, settings)
     survival_rows = survival(run_dir)
@@ -67,65 +66,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     images = plot_ablation(
         rows, survival_rows, run_dir / "plots", strengths, [verified_panel] if verified_panel else []
     )
-    header = [
-        "rounds",
-        "train rows",
-        "evolved share",
-        "kept rate of round",
-        "W/T/L vs C0",
-        "capacity vs C0 [95% CI]",
-        "W/T/L vs reference",
-        "capacity vs reference [95% CI]",
-        "win rate vs reference [95% CI]",
-        "high-difficulty win rate vs reference [95% CI]",
-        "length-controlled win rate vs C0 [95% CI]",
-        "length-controlled win rate vs reference [95% CI]",
-    ]
-    table = []
-    for r in rows:
-        c0, ref = r["vs_C0"], r["vs_reference"]
-        table.append(
-            [
-                r["rounds"],
-                r["training_rows"],
-                _fmt(r, "evolved_share", pct=True),
-                _fmt(r, "kept_rate_of_round", pct=True),
-                f"{c0['win']}/{c0['tie']}/{c0['lose']}" if c0 else fmt.MISSING,
-                with_ci(c0, "capacity_pct") if c0 else fmt.MISSING,
-                f"{ref['win']}/{ref['tie']}/{ref['lose']}" if ref else fmt.MISSING,
-                with_ci(ref, "capacity_pct") if ref else fmt.MISSING,
-                with_ci(ref, "win_rate") if ref else fmt.MISSING,
-                with_ci(ref, "high_difficulty_win_rate") if ref else fmt.MISSING,
-                lc_cell(c0["length_controlled"]) if c0 else fmt.MISSING,
-                lc_cell(ref["length_controlled"]) if ref else fmt.MISSING,
-            ]
-        )
-    # Every attempt of the evolution, browsable offline: cheap (no model), so written with each report.
-    viewer = write_viewer(run_dir) if (run_dir / "evolve" / "stats.json").is_file() else None
-    section = Section(
-        title="Ablation over evolution rounds",
-        paragraphs=[
-            f"Run {run_dir.name}: evolver {config.models.evolver} with {_evolved_with(run_dir)}, base "
-            f"{config.models.base}, judge {config.models.judge}, fine-tune {config.train.method}. Each C<k> is the seeds plus the "
-            f"evolutions kept in rounds 1..k of one evolution; each model was fine-tuned on one C<k>.",
-            f"Intervals are 95% paired bootstrap intervals over test items ({resamples} draws, seed {seed}); "
-            f"a difference is called significant when its interval leaves out zero (no correction for "
-            f"the number of comparisons, so expect one false alarm in twenty).",
-            *_direct_sentences(rows),
-            *(d["sentence"] for d in differences),
-            strength_sentence(strengths),
-            *(
-                [
-                    f"Every one of the {viewer['attempts']:,} attempts of the evolution, with its lineage, verdict, "
-                    f"answer and the rule that eliminated it: [{VIEW_FILE}]({VIEW_FILE}) beside this report (open it from disk)."
-                ]
-                if viewer
-                else []
-            ),
-        ],
-        tables=[(header, table), strength_table(strengths)],
-        images=images,
-    )
+    section = _ablation_section(run_dir, config, settings, rows, differences, strengths, images)
     pieces = {
         "ablation": rows,
         "round_differences": differences,
@@ -164,6 +105,80 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     )
     write_json(report_json, report)
     return run_dir / "report.md"
+
+
+def _ablation_section(
+    run_dir: Path,
+    config: Config,
+    settings: Aggregation,
+    rows: list[dict],
+    differences: list[dict],
+    strengths: dict,
+    images: list,
+) -> Section:
+    """What was run and how to read the intervals, the sentences the numbers support, the table over
+    rounds and the Bradley-Terry strengths; writes the evolution's viewer page it links to."""
+    # Every attempt of the evolution, browsable offline: cheap (no model), so written with each report.
+    viewer = write_viewer(run_dir) if (run_dir / "evolve" / "stats.json").is_file() else None
+    return Section(
+        title="Ablation over evolution rounds",
+        paragraphs=[
+            f"Run {run_dir.name}: evolver {config.models.evolver} with {_evolved_with(run_dir)}, base "
+            f"{config.models.base}, judge {config.models.judge}, fine-tune {config.train.method}. Each C<k> is the seeds plus the "
+            f"evolutions kept in rounds 1..k of one evolution; each model was fine-tuned on one C<k>.",
+            f"Intervals are 95% paired bootstrap intervals over test items ({settings.resamples} draws, seed "
+            f"{settings.seed}); a difference is called significant when its interval leaves out zero (no correction "
+            f"for the number of comparisons, so expect one false alarm in twenty).",
+            *_direct_sentences(rows),
+            *(d["sentence"] for d in differences),
+            strength_sentence(strengths),
+            *(
+                [
+                    f"Every one of the {viewer['attempts']:,} attempts of the evolution, with its lineage, verdict, "
+                    f"answer and the rule that eliminated it: [{VIEW_FILE}]({VIEW_FILE}) beside this report (open it from disk)."
+                ]
+                if viewer
+                else []
+            ),
+        ],
+        tables=[(ABLATION_HEADER, [_ablation_row(r) for r in rows]), strength_table(strengths)],
+        images=images,
+    )
+
+
+ABLATION_HEADER = [
+    "rounds",
+    "train rows",
+    "evolved share",
+    "kept rate of round",
+    "W/T/L vs C0",
+    "capacity vs C0 [95% CI]",
+    "W/T/L vs reference",
+    "capacity vs reference [95% CI]",
+    "win rate vs reference [95% CI]",
+    "high-difficulty win rate vs reference [95% CI]",
+    "length-controlled win rate vs C0 [95% CI]",
+    "length-controlled win rate vs reference [95% CI]",
+]
+
+
+def _ablation_row(r: dict) -> list:
+    """One round count's row of the ablation table, in the columns of ABLATION_HEADER."""
+    c0, ref = r["vs_C0"], r["vs_reference"]
+    return [
+        r["rounds"],
+        r["training_rows"],
+        _fmt(r, "evolved_share", pct=True),
+        _fmt(r, "kept_rate_of_round", pct=True),
+        f"{c0['win']}/{c0['tie']}/{c0['lose']}" if c0 else fmt.MISSING,
+        with_ci(c0, "capacity_pct") if c0 else fmt.MISSING,
+        f"{ref['win']}/{ref['tie']}/{ref['lose']}" if ref else fmt.MISSING,
+        with_ci(ref, "capacity_pct") if ref else fmt.MISSING,
+        with_ci(ref, "win_rate") if ref else fmt.MISSING,
+        with_ci(ref, "high_difficulty_win_rate") if ref else fmt.MISSING,
+        lc_cell(c0["length_controlled"]) if c0 else fmt.MISSING,
+        lc_cell(ref["length_controlled"]) if ref else fmt.MISSING,
+    ]
 
 
 def _evolved_with(run_dir: Path) -> str:

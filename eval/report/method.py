@@ -137,9 +137,9 @@ def _run(run_dir: Path) -> dict:
 
 
 def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[list[Section], dict]:
-    """The sections (the evolution; downstream scores and analysis per round where the reports have them,
-    each a section of its own so its words stand above its table) and the JSON comparing two runs' evolutions (A, then B) round by round and rule by
-    rule, plus the report's scores per C<k> and the analysis per round where both runs have them."""
+    """The sections and the JSON comparing two runs' evolutions (A, then B) round by round and rule by
+    rule, plus the report's scores per C<k> and the analysis per round where both runs have them (each
+    a section of its own, so its words stand above its table)."""
     a, b = _run(Path(ops_dir)), _run(Path(method_dir))
     paragraphs = [
         f"A = {a['dir'].name} ({_method_name(a['method'])}), B = {b['dir'].name} ({_method_name(b['method'])}). "
@@ -152,88 +152,20 @@ def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[list
         if not differ
         else f"Warning: the runs differ in {', '.join(differ)} besides the method, so this is not a clean ablation."
     )
-    rounds = min(len(a["stats"]["rounds"]), len(b["stats"]["rounds"]))
-    per_round = []
-    for k in range(1, rounds):
-        ra, rb = a["stats"]["rounds"][k], b["stats"]["rounds"][k]
-        diff = newcombe(ra["kept"], ra["attempted"], rb["kept"], rb["attempted"])
-        per_round.append(
-            {
-                "round": k,
-                "a": {key: ra[key] for key in ("attempted", "kept", "eliminated")},
-                "b": {key: rb[key] for key in ("attempted", "kept", "eliminated")},
-                "a_kept_ci": wilson(ra["kept"], ra["attempted"]),
-                "b_kept_ci": wilson(rb["kept"], rb["attempted"]),
-                "difference_ci": diff,
-                "a_words_kept": ra["mean_instruction_words"]["kept"],
-                "b_words_kept": rb["mean_instruction_words"]["kept"],
-            }
-        )
-    kept_rows = [
-        [
-            r["round"],
-            _rate(r["a"]["kept"], r["a"]["attempted"]),
-            _rate(r["b"]["kept"], r["b"]["attempted"]),
-            (
-                f"{100 * (r['b']['kept'] / r['b']['attempted'] - r['a']['kept'] / r['a']['attempted']):+.1f} points "
-                f"[{100 * r['difference_ci'][0]:+.1f}, {100 * r['difference_ci'][1]:+.1f}]"
-                if r["difference_ci"]
-                else fmt.MISSING
-            ),
-            f"{fmt.num(r['a_words_kept'])} / {fmt.num(r['b_words_kept'])}",
-        ]
-        for r in per_round
-    ]
-    tables = [(["round", "A kept", "B kept", "B - A", "mean words kept A / B"], kept_rows)]
+    per_round = _per_round(a["stats"]["rounds"], b["stats"]["rounds"])
     ta, tb = a["stats"]["evolution_totals"], b["stats"]["evolution_totals"]
-    rule_rows = [
-        [
-            rule,
-            f"{ta['eliminated'].get(rule, 0)} ({100 * ta['eliminated'].get(rule, 0) / max(ta['attempted'], 1):.1f}%)",
-            f"{tb['eliminated'].get(rule, 0)} ({100 * tb['eliminated'].get(rule, 0) / max(tb['attempted'], 1):.1f}%)",
-        ]
-        for rule in RULES
+    tables = [
+        (["round", "A kept", "B kept", "B - A", "mean words kept A / B"], [_kept_row(r) for r in per_round]),
+        (["survival per rule, all rounds (share of attempts)", "A", "B"], _rule_rows(ta, tb)),
     ]
-    rule_rows.append(["kept", _rate(ta["kept"], ta["attempted"]), _rate(tb["kept"], tb["attempted"])])
-    tables.append((["survival per rule, all rounds (share of attempts)", "A", "B"], rule_rows))
-
     sections = [Section("Ablation: hand-written operations vs evolving method", paragraphs=paragraphs, tables=tables)]
     top, top_data = methods_headline(a["report"], b["report"])
     if top:
         sections.insert(0, top)
-    scores = _score_rows(a["report"], b["report"]) + _verified_rows(a["report"], b["report"])
-    if scores:
-        sections.append(
-            Section(
-                "Ablation: downstream scores per fine-tune",
-                [
-                    "Downstream, each fine-tune C<k> of A beside the one of B: the judge's capacity and win rate with the "
-                    "paired bootstrap interval over test items of each run's report, and the accuracy verified by code "
-                    "(prompt level, strict) with its bootstrap interval over prompts. The intervals are each run's own: "
-                    "where they overlap widely the two methods are not told apart."
-                ],
-                [(["C<k>", "measure", "A [95% CI]", "B [95% CI]"], scores)],
-            )
-        )
-    analysis = _analysis_rows(a["report"], b["report"])
-    if analysis:
-        paragraph = (
-            "Per round (0: the seeds), the judge-rated difficulty of the kept instructions (1-10; mean, 95% t "
-            "interval, how many were rated) and their diversity (mean pairwise cosine distance of the embeddings)."
-        )
-        table = (
-            [
-                "round",
-                "difficulty A [95% CI] (rated)",
-                "difficulty B [95% CI] (rated)",
-                "diversity A",
-                "diversity B",
-            ],
-            analysis,
-        )
-        sections.append(Section("Ablation: difficulty and diversity per round", [paragraph], [table]))
-    if not scores and not analysis:
+    downstream = _downstream_sections(a["report"], b["report"])
+    if not downstream:
         paragraphs.append("Neither judge scores nor analysis are compared: a run has no report.json with them yet.")
+    sections += downstream
     data = {
         "a": {"run": a["dir"].name, "method": a["method"]},
         "b": {"run": b["dir"].name, "method": b["method"]},
@@ -243,6 +175,87 @@ def method_comparison(ops_dir: str | Path, method_dir: str | Path) -> tuple[list
         "totals": {"a": ta, "b": tb},
     }
     return sections, data
+
+
+def _per_round(rounds_a: list[dict], rounds_b: list[dict]) -> list[dict]:
+    """Each evolution round both runs have: attempts, kept and eliminated, the kept rates' Wilson
+    intervals and Newcombe's interval of their difference."""
+    per_round = []
+    for k in range(1, min(len(rounds_a), len(rounds_b))):
+        ra, rb = rounds_a[k], rounds_b[k]
+        per_round.append(
+            {
+                "round": k,
+                "a": {key: ra[key] for key in ("attempted", "kept", "eliminated")},
+                "b": {key: rb[key] for key in ("attempted", "kept", "eliminated")},
+                "a_kept_ci": wilson(ra["kept"], ra["attempted"]),
+                "b_kept_ci": wilson(rb["kept"], rb["attempted"]),
+                "difference_ci": newcombe(ra["kept"], ra["attempted"], rb["kept"], rb["attempted"]),
+                "a_words_kept": ra["mean_instruction_words"]["kept"],
+                "b_words_kept": rb["mean_instruction_words"]["kept"],
+            }
+        )
+    return per_round
+
+
+def _kept_row(r: dict) -> list:
+    return [
+        r["round"],
+        _rate(r["a"]["kept"], r["a"]["attempted"]),
+        _rate(r["b"]["kept"], r["b"]["attempted"]),
+        (
+            f"{100 * (r['b']['kept'] / r['b']['attempted'] - r['a']['kept'] / r['a']['attempted']):+.1f} points "
+            f"[{100 * r['difference_ci'][0]:+.1f}, {100 * r['difference_ci'][1]:+.1f}]"
+            if r["difference_ci"]
+            else fmt.MISSING
+        ),
+        f"{fmt.num(r['a_words_kept'])} / {fmt.num(r['b_words_kept'])}",
+    ]
+
+
+def _rule_rows(ta: dict, tb: dict) -> list[list]:
+    """Attempts each rule eliminated over all rounds (count and share of attempts), then the kept rate."""
+    rows = [
+        [
+            rule,
+            f"{ta['eliminated'].get(rule, 0)} ({100 * ta['eliminated'].get(rule, 0) / max(ta['attempted'], 1):.1f}%)",
+            f"{tb['eliminated'].get(rule, 0)} ({100 * tb['eliminated'].get(rule, 0) / max(tb['attempted'], 1):.1f}%)",
+        ]
+        for rule in RULES
+    ]
+    rows.append(["kept", _rate(ta["kept"], ta["attempted"]), _rate(tb["kept"], tb["attempted"])])
+    return rows
+
+
+def _downstream_sections(ra: dict, rb: dict) -> list[Section]:
+    """From the runs' report.json: each fine-tune's scores side by side, and difficulty and diversity
+    per round; none where a run has no report with them yet."""
+    sections = []
+    scores = _score_rows(ra, rb) + _verified_rows(ra, rb)
+    if scores:
+        paragraph = (
+            "Downstream, each fine-tune C<k> of A beside the one of B: the judge's capacity and win rate with the "
+            "paired bootstrap interval over test items of each run's report, and the accuracy verified by code "
+            "(prompt level, strict) with its bootstrap interval over prompts. The intervals are each run's own: "
+            "where they overlap widely the two methods are not told apart."
+        )
+        header = ["C<k>", "measure", "A [95% CI]", "B [95% CI]"]
+        sections.append(Section("Ablation: downstream scores per fine-tune", [paragraph], [(header, scores)]))
+    analysis = _analysis_rows(ra, rb)
+    if analysis:
+        paragraph = (
+            "Per round (0: the seeds), the judge-rated difficulty of the kept instructions (1-10; mean, 95% t "
+            "interval, how many were rated) and their diversity (mean pairwise cosine distance of the embeddings)."
+        )
+        header = [
+            "round",
+            "difficulty A [95% CI] (rated)",
+            "difficulty B [95% CI] (rated)",
+            "diversity A",
+            "diversity B",
+        ]
+        sections.append(Section("Ablation: difficulty and diversity per round", [paragraph], [(header, analysis)]))
+    return sections
 
 
 def _method_name(info: dict) -> str:
