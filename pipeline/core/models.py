@@ -16,12 +16,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.jsonio import InputError, read_json, write_json
+from pipeline.core.jsonio import InputError, atomic_dir, atomic_write_bytes, read_json, write_json
 from pipeline.core.manifest import file_sha256
 
 MARKER = "evol_model.json"
@@ -188,24 +187,21 @@ def prepare_gguf(
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.config.eos_token_id = tokenizer.eos_token_id
 
-    staging = store / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    write_json(
-        staging / MARKER,
-        {
-            "name": name,
-            "source": source,
-            "architecture": (model.config.architectures or ["?"])[0],
-            "parameters": sum(p.numel() for p in model.parameters()),
-            # a base model (no chat template) is for models.base only: the chat roles refuse it
-            "kind": kind,
-            "prepared_seconds": round(time.time() - started, 1),
-        },
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    with atomic_dir(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_json(
+            staging / MARKER,
+            {
+                "name": name,
+                "source": source,
+                "architecture": (model.config.architectures or ["?"])[0],
+                "parameters": sum(p.numel() for p in model.parameters()),
+                # a base model (no chat template) is for models.base only: the chat roles refuse it
+                "kind": kind,
+                "prepared_seconds": round(time.time() - started, 1),
+            },
+        )
     return PreparedModel(name, target.resolve(), reused=False)
 
 
@@ -239,7 +235,7 @@ def without_chat_template(gguf_in: Path, gguf_out: Path) -> None:
     field = reader.fields.get("tokenizer.chat_template")
     raw = Path(gguf_in).read_bytes()
     if field is None:
-        Path(gguf_out).write_bytes(raw)
+        atomic_write_bytes(gguf_out, raw)
         return
     start = field.offset
     end = start + sum(part.nbytes for part in field.parts)
@@ -249,9 +245,7 @@ def without_chat_template(gguf_in: Path, gguf_out: Path) -> None:
     kv_count = int.from_bytes(head[16:24], "little")  # magic, version, tensor count, then the key count
     head[16:24] = (kv_count - 1).to_bytes(8, "little")
     head += b"\0" * (-len(head) % alignment)
-    staging = Path(gguf_out).with_suffix(".partial")
-    staging.write_bytes(bytes(head) + raw[reader.data_offset :])
-    os.replace(staging, gguf_out)
+    atomic_write_bytes(gguf_out, bytes(head) + raw[reader.data_offset :])
 
 
 def dir_size(path: Path) -> int:
