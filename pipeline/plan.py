@@ -11,13 +11,13 @@ steps it waits for by title; `pipeline.run.run_steps` starts each one once they 
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.core.paths import REFERENCE, label, round_pool
+from pipeline.engine.backends import backend_of
 
 
 @dataclass
@@ -49,7 +49,7 @@ def answers_from_merged(config: Config, gpu: bool | None = None) -> bool:
     with engine.backend=server, whose server loads the adapters)."""
     if config.train.method not in ("lora", "qlora") or config.eval.answer_with == "lora":
         return False
-    if config.engine.backend == "server":
+    if backend_of(config).served:
         return False
     if config.eval.answer_with == "merged":
         return True
@@ -68,13 +68,11 @@ def lanes_for(config: Config, gpu: bool | None = None) -> int:
     core each, do more work than one on both cores (BENCHMARKS.md, "Two lanes")."""
     if config.run.lanes:
         return config.run.lanes
-    if config.engine.backend != "local":
-        return 1
     if gpu is None:
         from pipeline.core.manifest import gpu_names
 
         gpu = bool(gpu_names())
-    return 2 if not gpu and len(os.sched_getaffinity(0)) >= 2 else 1
+    return backend_of(config).lanes(gpu)
 
 
 def plan(

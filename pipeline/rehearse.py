@@ -32,6 +32,7 @@ from pathlib import Path
 from pipeline.config import Config, get_setting, model_roles, set_setting, to_dict
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
 from pipeline.core.models import SMOLLM2_ALIAS, SMOLLM2_BASE_ALIAS, chat_template_of, prepare_alias, resolve_model
+from pipeline.engine.backends import backend_of, read_by_another_backend
 
 # key -> the rehearsal's ceiling: the config's value when lower (0 meaning "all" takes the ceiling)
 CEILINGS = {
@@ -75,10 +76,11 @@ def check_models(config: Config) -> dict[str, Path | None]:
     engine.backend=server the conversing roles are names a server serves (None here): only models.base,
     which the fine-tune loads, must be a directory."""
     found, missing = {}, []
+    served = backend_of(config).served
     for key, name in model_roles(config).items():
         if not get_setting(config, key):  # a fallback (responder = evolver, ...) is its model's key already
             continue
-        if config.engine.backend == "server" and key != "models.base":
+        if served and key != "models.base":
             found[key] = None
             continue
         try:
@@ -155,12 +157,7 @@ def rehearsal_config(config: Config, paths: dict[str, Path]) -> tuple[Config, di
         if value is not None:
             set_setting(rehearsal, key, value)
         changes[key] = f"could not (CUDA-only): {what}" + (f"; ran {value}" if value is not None else "")
-    if config.engine.backend == "ray" and config.ray.address:
-        rehearsal.ray.address = ""
-        changes["ray.address"] = f"scaled: {config.ray.address} -> a local Ray"
-    if config.engine.backend == "server":  # the server the rehearsal starts (stand_in_servers)
-        for key in ("engine.url", "engine.role_urls"):
-            changes[key] = f"scaled: {get_setting(config, key) or '-'} -> the rehearsal's own servers on loopback"
+    changes.update(backend_of(config).rehearsal_changes(rehearsal))  # a local Ray; the servers stand_in_servers starts
     rehearsal.run.name = f"{config.run.name}-rehearsal"
     return rehearsal, changes
 
@@ -172,7 +169,7 @@ def stand_in_servers(rehearsal: Config) -> Iterator[None]:
     base one lacks only the chat template), so the server loads the chat stand-in and answers to both
     names; the base's fine-tunes are adapters loaded into it at runtime, each sent with the template of
     its training layout, as on a real server. Else nothing."""
-    if rehearsal.engine.backend != "server":
+    if not backend_of(rehearsal).served:
         yield
         return
     from pipeline.engine.vllm_server import free_port, start_vllm_server, stop, wait_until_ready
@@ -194,20 +191,11 @@ def stand_in_servers(rehearsal: Config) -> Iterator[None]:
 
 def unused(config: Config, key: str) -> str | None:
     """Why a key plays no part in this config's run, or None."""
-    e, backend = config.eval, config.engine.backend
+    e = config.eval
     if key.startswith(NOT_IN_RUN):
         return "not part of evol run (evol optimize)"
-    if key.startswith("ray.") or key == "engine.replicas":
-        return None if backend == "ray" else "engine.backend is not ray"
-    if key in (
-        "engine.url",
-        "engine.role_urls",
-        "engine.api_key_env",
-        "engine.max_in_flight",
-        "engine.request_timeout_s",
-        "engine.retries",
-    ):
-        return None if backend == "server" else "engine.backend is not server"
+    if other := read_by_another_backend(config, key):
+        return f"engine.backend is not {other}"
     if key.startswith("eval.harness_") and not e.harness_tasks:
         return "eval.harness_tasks is empty"
     if key.startswith("eval.verify_") and key != "eval.verify_sets" and not e.verify_sets:

@@ -78,9 +78,9 @@ def check_run_config(config: Config) -> None:
 
         include = include_dir(config.eval.harness_include)
         check_tasks(config.eval.harness_tasks, task_manager(include), include)
-    from pipeline.engine.ray_backend import check_backend  # engine.backend, replicas, parallel sizes, Ray
+    from pipeline.engine.backends import backend_of  # the backend's own settings, with the train and eval rules
 
-    check_backend(config.engine, config.ray)
+    backend_of(config, whole_run=True)
 
 
 def ensure_models(config: Config) -> dict[str, Path]:

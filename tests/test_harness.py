@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eval.harness import run as harness_run
-from eval.harness.run import HarnessModel, model_args, run_harness, write_results
+from eval.harness.run import HarnessModel, run_harness, write_results
 from eval.harness.tasks import check_tasks, dataset_paths, task_manager
 from eval.harness.vllm_cpu import VllmCpuFinder, needs_answer
 from eval.report.harness import harness_report_json, harness_section
@@ -104,6 +104,8 @@ def test_serial_plan_serves_adapters_on_a_gpu_and_waits_for_the_train_step():
 
 
 def test_model_args_come_from_the_engine_config():
+    from pipeline.engine.vllm_backend import lm_eval_args as model_args
+
     config = load_config(
         None, ["engine.kv_cache_gb=0.5", "engine.dtype=bfloat16", "engine.max_model_len=1024", "run.seed=7"]
     )

@@ -11,8 +11,9 @@ import pytest
 from evolve_local.evolve import run_evolve
 from pipeline.config import ConfigError, load_config, semantic_dict
 from pipeline.engine import ChatRequest, generate_in_chunks
+from pipeline.engine.backends import backend_of
 from pipeline.engine.fake import BlockFakeEngine, FakeEngine
-from pipeline.engine.ray_backend import RowsFailed, check_backend
+from pipeline.engine.ray_backend import RowsFailed
 from tests.test_evolve_loop import Factory, make_config, scripted
 
 
@@ -25,11 +26,11 @@ def test_backend_options_fail_with_one_sentence():
     ]:
         config = load_config(None, overrides)
         with pytest.raises(ConfigError, match=pattern) as caught:
-            check_backend(config.engine, config.ray)
+            backend_of(config)
         assert "\n" not in str(caught.value)
     for address in ("", "auto", "10.0.0.1:6379", "ray://head-node:10001"):
         config = load_config(None, ["engine.backend=ray", f"ray.address={address}"])
-        check_backend(config.engine, config.ray)
+        backend_of(config)
 
 
 def test_ray_not_installed_says_how_to_install(monkeypatch):
@@ -43,7 +44,7 @@ def test_ray_not_installed_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     config = load_config(None, ["engine.backend=ray"])
     with pytest.raises(ConfigError, match=r"needs Ray Data, which is not installed: pip install '\.\[ray\]'"):
-        check_backend(config.engine, config.ray)
+        backend_of(config)
 
 
 def test_backend_is_a_throughput_knob():

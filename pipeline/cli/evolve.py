@@ -26,11 +26,9 @@ def vllm_models(config, optimizer: bool = False):
     from pipeline.engine.factory import locate_model, model_identity
 
     m = config.models
-    if config.engine.backend == "ray":  # a missing Ray or a wrong address: one sentence, before any model
-        from pipeline.engine.ray_backend import check_backend, connect
+    from pipeline.engine.backends import backend_of
 
-        check_backend(config.engine, config.ray)
-        connect(config.ray)
+    backend_of(config).connect()  # a missing Ray or a wrong address: one sentence, before any model
     roles = model_roles(config)
     keys = {"evolver": "models.evolver", "equality": "evolve.equality_model", "responder": "models.responder"}
     if optimizer:

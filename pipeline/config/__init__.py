@@ -162,11 +162,6 @@ class EngineConfig:
         one_of("engine.backend", self.backend, BACKENDS)
         at_least("engine.replicas", self.replicas, 1)
         at_least("engine.pipeline_parallel_size", self.pipeline_parallel_size, 1)
-        if self.backend != "ray" and (self.replicas > 1 or self.pipeline_parallel_size > 1):
-            raise ConfigError(
-                "engine.replicas and engine.pipeline_parallel_size above 1 need engine.backend=ray "
-                "(the local backend runs one engine)."
-            )
         between("engine.gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True)
         if self.kv_cache_gb is not None:
             positive("engine.kv_cache_gb", self.kv_cache_gb)
@@ -177,11 +172,6 @@ class EngineConfig:
         at_least("engine.max_in_flight", self.max_in_flight, 1)
         positive("engine.request_timeout_s", self.request_timeout_s)
         at_least("engine.retries", self.retries, 0)
-        if self.backend == "server" and not self.url and not self.role_urls:
-            raise ConfigError(
-                "engine.backend is server but engine.url is empty; give the server's base URL, "
-                "e.g. --set engine.url=http://127.0.0.1:8000/v1."
-            )
         for key, url in [("engine.url", self.url)] + [(f"engine.role_urls.{r}", u) for r, u in self.role_urls.items()]:
             if url and not URL.match(url):
                 raise ConfigError(
@@ -189,11 +179,6 @@ class EngineConfig:
                 )
         for role in self.role_urls:
             one_of("engine.role_urls", role, ROLES)
-        if self.backend == "server" and not self.url and set(ROLES) - set(self.role_urls):
-            missing = ", ".join(sorted(set(ROLES) - set(self.role_urls)))
-            raise ConfigError(
-                f"engine.url is empty and engine.role_urls names no server for {missing}; set engine.url."
-            )
 
 
 @dataclass
@@ -261,30 +246,8 @@ def _adapter_fits_the_engine(config: Config) -> None:
         )
 
 
-def _server_answers_adapters(config: Config) -> None:
-    """With engine.backend=server the fine-tunes answer as LoRA adapters the server loads by path at
-    runtime; a whole model (a full fine-tune, or an adapter merged into its base) is a model the server
-    was not started with."""
-    if config.engine.backend != "server":
-        return
-    if config.train.method not in ("lora", "qlora"):
-        raise ConfigError(
-            f"engine.backend=server answers the fine-tunes as LoRA adapters loaded into the running server, "
-            f"but train.method is {config.train.method!r}, whose models the server does not serve; use "
-            f"train.method=lora (or qlora), or run the answer stage on the local backend."
-        )
-    if config.eval.answer_with == "merged":
-        raise ConfigError(
-            "eval.answer_with=merged makes whole models the running server does not serve; with "
-            "engine.backend=server use eval.answer_with=auto or lora (the server loads the adapters)."
-        )
-
-
 # Rules across sections: each runs when Config.validate checks every section it reads.
-_CROSS_CHECKS = (
-    (("engine", "train"), _adapter_fits_the_engine),
-    (("engine", "train", "eval"), _server_answers_adapters),
-)
+_CROSS_CHECKS = ((("engine", "train"), _adapter_fits_the_engine),)
 
 
 # ---------------------------------------------------------------- loading and overriding

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pipeline.config.checks import ConfigError, at_least
 from pipeline.config.fields import throughput
 
-BACKENDS = ("local", "ray", "server")  # engine.backend (server: pipeline/engine/server_backend.py)
+BACKENDS = ("local", "ray", "server")  # engine.backend: one class each in pipeline/engine/backends.py
 ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.-]+:\d+$")  # host:port or ray://host:port
 
 

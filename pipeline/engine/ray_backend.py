@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
-from pipeline.config import ConfigError, EngineConfig
+from pipeline.config import EngineConfig
 from pipeline.config.ray import ADDRESS, RayConfig
 from pipeline.core.jsonio import InputError
 from pipeline.engine.ray_job import RayJob, ReplicaPool, RowsFailed, no_follow_up
@@ -35,24 +35,7 @@ from pipeline.engine.ray_replica import on_own_cores
 from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
 from pipeline.engine.vllm_backend import VLLMEngine
 
-__all__ = ["RayEngine", "RowsFailed", "check_backend", "connect"]
-
-
-def check_backend(settings: EngineConfig, ray_settings: RayConfig) -> None:
-    """The section values (EngineConfig/RayConfig.validate), then whether Ray is installed when asked
-    for: one sentence each, before any model or cluster starts."""
-    settings.validate()
-    ray_settings.validate()
-    if settings.backend != "ray":
-        return
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "engine.backend=ray needs Ray Data, which is not installed: pip install '.[ray]' "
-            "(or pip install 'ray[data]==2.60.0')."
-        ) from None
+__all__ = ["RayEngine", "RowsFailed", "connect"]
 
 
 def connect(ray_settings: RayConfig) -> bool:

