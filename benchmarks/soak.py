@@ -4,10 +4,10 @@ finishes, and check that every finished run equals one that was never interrupte
     nice -n 10 python -m benchmarks.soak --work /tmp/soak --runs 2 --kills-per-run 5 --seed 7 \
         --json /tmp/soak/soak.json --markdown
     python -m benchmarks.soak --work /tmp/soak --json benchmarks/soak_results.json --render-only \
-        --markdown                        # compare again and rewrite the section (the last soak's results)
+        --markdown                        # compare again and rewrite the soak's rows (the last soak's results)
 
---markdown writes the section to benchmarks/sections/40-soak.md and rewrites BENCHMARKS.md with it
-(benchmarks/report.py write_markdown, which keeps every section).
+--markdown copies the results to benchmarks/soak_results.json, the file BENCHMARKS.md's soak rows
+come from, and rewrites the page (benchmarks/report.py write_markdown, its one writer).
 
 A script, not a CI test: it takes the better part of an hour on 2 CPU cores. Steps:
   1. one uninterrupted `evol run` of the small soak config (SOAK_SETTINGS below), timing each stage
@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.report import write_markdown
+from benchmarks.report import SOAK_RESULTS, measured_stamp, write_markdown
 from benchmarks.soak_compare import compare, is_result
 from pipeline.core.paths import ROOT
 
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--delay-scale", type=float, default=1.0, help="Kill delays up to this share of a step.")
     parser.add_argument("--first-run", type=int, default=0, help="Number of the first run (its folder runN).")
     parser.add_argument(
-        "--markdown", action="store_true", help=f"Write the soak section ({SECTION}) and rewrite BENCHMARKS.md."
+        "--markdown", action="store_true", help=f"Copy the results to {SOAK_RESULTS} and rewrite BENCHMARKS.md."
     )
     parser.add_argument("--render-only", action="store_true", help="Run nothing: render --markdown from --json.")
     parser.add_argument(
@@ -215,6 +215,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     name = "soak"
     results = {"settings": SOAK_SETTINGS, "config": args.config, "seed": args.seed, "runs": []}
+    results["measured"] = measured_stamp()  # the commit and day BENCHMARKS.md's soak rows name
     results["commands"] = [" ".join(["python -m benchmarks.soak", *sys.argv[1:]])]
     out = Path(args.json or work / "soak.json")
     if args.render_only:  # compare again (the comparison may have changed since), then render
@@ -223,7 +224,7 @@ def main() -> None:
             run["comparison"] = compare(work / "base" / "runs" / name, work / f"run{number}" / "runs" / name)
         summarize(results)
         out.write_text(json.dumps(results, indent=2))
-        write_section(results)
+        write_results(results)
         return
 
     base_dir = work / "base"
@@ -253,7 +254,7 @@ def main() -> None:
     summarize(results)
     out.write_text(json.dumps(results, indent=2))
     if args.markdown:
-        write_section(results)
+        write_results(results)
 
 
 def summarize(results: dict) -> None:
@@ -285,68 +286,17 @@ def summarize(results: dict) -> None:
     print(json.dumps(results["summary"], indent=2), flush=True)
 
 
-# ---------------------------------------------------------------- the BENCHMARKS.md section
-
-SECTION = ROOT / "benchmarks" / "sections" / "40-soak.md"
+# ---------------------------------------------------------------- BENCHMARKS.md
 
 
-def render_section(results: dict) -> str:
-    s = results["summary"]
-    kills = ", ".join(f"{stage} {s['kills_per_stage'].get(stage, 0)}" for stage in (*STAGES, "report"))
-    lines = [
-        "## Soak: `evol run` killed with SIGKILL at random moments",
-        "",
-        ", then ".join(
-            f"`{c}`" for c in results.get("commands", [" ".join(["python -m benchmarks.soak", *sys.argv[1:]])])
-        )
-        + " "
-        + f"(benchmarks/soak.py), config `{results['config']}` with "
-        + " ".join(f"`--set {x}`" for x in results["settings"])
-        + ". One uninterrupted run, then each run from scratch is killed (the whole process group, "
-        "SIGKILL) at seeded random moments aimed at each stage in turn and rerun with the same command "
-        "until it finishes; the finished run is compared file by file with the uninterrupted one "
-        "(JSON and JSONL with times, speeds and paths left out; other files byte for byte).",
-        "",
-        f"- kills: {s['kills']} ({kills}); runs: {s['runs']}, of which resumed a partly done stage: "
-        f"{s['runs_resumed']}",
-        f"- finished runs whose results (C<k> data, answers, verdicts and scores, analysis, report) equal the "
-        f"uninterrupted run's: {s['runs_results_identical']} of {s['runs']}; identical in every file, logs "
-        f"included: {s['runs_identical']} of {s['runs']}; files missing: {s['missing_files']}; ids duplicated in "
-        f"a JSONL file: {s['duplicated_ids']}",
-        f"- uninterrupted run: {s['uninterrupted_wall_s']} s; extra wall time per killed run "
-        f"(all its attempts minus the uninterrupted run): {', '.join(f'{e} s' for e in s['extra_wall_s'])}",
-        "",
-        "| run | kills (stage at the kill) | attempts | result files identical | other files differing | "
-        "missing / extra | duplicated ids |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for number, run in enumerate(results["runs"]):
-        c = run["comparison"]
-        stages = ", ".join(
-            a["killed_in"][0] + (f" {a['killed_in'][1]}" if a["killed_in"][1] else "")
-            for a in run["attempts"]
-            if a["killed_in"]
-        )
-        results_differ = [f for f in c["differs"] if is_result(f)]
-        others = [f for f in c["differs"] if f not in results_differ]
-        lines.append(
-            f"| {number} | {stages} | {len(run['attempts'])} | "
-            f"{'yes' if not results_differ else 'no: ' + ', '.join(results_differ)} | "
-            f"{', '.join(others) or '-'} | {len(c['missing'])} / {len(c['extra'])} | "
-            f"{c['duplicated_ids'] or 'none'} |"
-        )
-    lines += ["", *results.get("notes", [])]
-    return "\n".join(lines) + "\n"
-
-
-def write_section(results: dict, section: Path | None = None, markdown: Path | None = None) -> None:
-    """The soak section into its file, then BENCHMARKS.md rewritten around it (the generated part
-    from benchmarks/results.json when there is one)."""
-    section = section or SECTION
-    section.write_text(render_section(results), encoding="utf-8")
+def write_results(results: dict, path: Path | None = None, markdown: Path | None = None) -> None:
+    """The soak's results where BENCHMARKS.md's soak rows come from, then the page rewritten with them
+    (its `evol bench` rows from benchmarks/results.json when there is one)."""
+    path = path or SOAK_RESULTS
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     bench_results = ROOT / "benchmarks" / "results.json"
     previous = json.loads(bench_results.read_text()) if bench_results.is_file() else None
-    write_markdown(markdown or ROOT / "BENCHMARKS.md", previous, section.parent)
+    write_markdown(markdown or ROOT / "BENCHMARKS.md", previous, soak=path)
 
 
 if __name__ == "__main__":

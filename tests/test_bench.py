@@ -1,5 +1,5 @@
-"""`evol bench` without a model: median/spread, headline ratios, the ablation count from stage files,
-the process watcher, BENCHMARKS.md and the results schema. No timing is asserted."""
+"""`evol bench` without a model: median/spread, the ratios against the targets, the ablation count from
+stage files, the process watcher, its rows of BENCHMARKS.md and the results schema. No timing is asserted."""
 
 import json
 import sys
@@ -192,12 +192,17 @@ def test_summaries_compare_against_the_issue_targets():
 
 
 def table_row(markdown: str, first_cell: str) -> list[str]:
-    """The cells of the summary-table row whose first cell is `first_cell`."""
+    """The cells of the table row whose first cell is `first_cell`."""
     for line in markdown.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
         if line.startswith("|") and cells[0] == first_cell:
             return cells
     raise AssertionError(f"no table row starts with {first_cell!r}")
+
+
+RERUN = "rerun of a finished evolve / its first run, wall"
+SHARE = "share of the evolve round's wall outside engine calls (files, rules, dedup); the rest of the gap is batching"
+JUDGE = "`evol judge`, both orders counted (6 items): orders/s"
 
 
 def test_a_missed_target_is_reported_as_missed():
@@ -205,11 +210,17 @@ def test_a_missed_target_is_reported_as_missed():
     results["measurements"]["resume"]["second"] = proc(20.0)
     results["summary"] = measurement_summaries(results["measurements"])
     assert results["summary"]["resume"]["rerun_meets_target"] is False
-    rerun = table_row(render_markdown(results), "3a")
-    assert rerun[2:] == ["0.2", "< 0.05", "**missed**", "abc, 2026-01-01"]  # measured, target, verdict, when
+    rerun = table_row(render_markdown(results), RERUN)
+    # value, target and verdict, when, and the command that measures it at the results' sizes
+    assert rerun[1:] == [
+        "0.2",
+        "< 0.05 (**missed**)",
+        "abc, 2026-01-01",
+        "`evol bench --config configs/bench-tiny.yaml --only resume --rounds 2`",
+    ]
 
 
-def test_each_headline_row_names_the_commit_and_day_of_its_own_measurement():
+def test_each_bench_row_names_the_commit_and_day_of_its_own_measurement():
     results = results_fixture()
     results["measurements"]["judge"]["measured"] = {
         "date": "2026-12-03T08:00:00+00:00",
@@ -217,11 +228,11 @@ def test_each_headline_row_names_the_commit_and_day_of_its_own_measurement():
     }
     results["summary"] = measurement_summaries(results["measurements"])
     text = render_markdown(results)
-    assert table_row(text, "6")[-1] == "0123456-dirty, 2026-12-03"  # its own stamp
-    assert table_row(text, "3a")[-1] == "abc, 2026-01-01"  # no stamp: it ran with the whole bench
+    assert table_row(text, JUDGE)[3] == "0123456-dirty, 2026-12-03"  # its own stamp
+    assert table_row(text, RERUN)[3] == "abc, 2026-01-01"  # no stamp: it ran with the whole bench
 
 
-def test_markdown_names_machine_versions_model_sizes_and_every_section():
+def test_markdown_names_machine_versions_model_and_a_command_per_row():
     results = results_fixture()
     results["summary"] = measurement_summaries(results["measurements"])
     text = render_markdown(results)
@@ -229,22 +240,23 @@ def test_markdown_names_machine_versions_model_sizes_and_every_section():
         "Test CPU",
         "vllm 0.32.0",
         "smollm2-135m",
-        "repeats=3",
         "GPU: none",
-        "## 1.",
-        "## 2.",
-        "## 3.",
-        "## 4.",
-        "## 5.",
-        "## 6.",
-        "## 7.",
-        "## Peak memory per process",
-        "1/5/15",
+        "python -m benchmarks.report",
+        "## Evolve throughput vs the raw engine",
+        "## Resume, ablation, training and judge cost",
     ):
         assert needle in text, needle
-    assert text.count("| lora |") == 2 and text.count("| full |") == 2
-    training = table_row(text, "5")[2].split("; ")
-    assert training[0] == "lora packing off: 50.0 tok/s, 1,000 MB" and len(training) == 4
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| Figure")]
+    assert len(rows) == 11  # 2 sizes, the outside share, naive, scaling; rerun, resume, ablation, 2 training, judge
+    assert all(" | `evol bench --config configs/bench-tiny.yaml --only " in row for row in rows)
+    tokens = table_row(text, "`evol train`, 2 optimizer steps: tok/s, packing off / on (median of 1)")
+    assert tokens[1] == "lora 50.0 / 50.0, full 50.0 / 50.0"
+    assert (
+        table_row(text, "`evol train`: peak RSS, packing off / on")[1]
+        == "lora 1,000 MB / 1,000 MB, full 1,000 MB / 1,000 MB"
+    )
+    judge = table_row(text, JUDGE)
+    assert judge[-1] == "`evol bench --config configs/bench-tiny.yaml --only resume,training,judge --rounds 2`"
 
 
 def test_markdown_with_only_some_measurements():
@@ -252,7 +264,7 @@ def test_markdown_with_only_some_measurements():
     results["measurements"] = {"throughput": results["measurements"]["throughput"]}
     results["summary"] = measurement_summaries(results["measurements"])
     text = render_markdown(results)
-    assert "## 1." in text and "## 3." not in text and "naive" not in results["summary"]
+    assert "## Evolve throughput" in text and "## Resume" not in text and "naive" not in results["summary"]
 
 
 def test_results_schema_survives_json():
@@ -366,9 +378,12 @@ def test_render_only_rewrites_the_markdown_from_the_results_file(tmp_path):
     chained = summary["throughput"]["sizes"][0]["modes"]["chained"]
     assert chained["stage_outside_engine_share"]["median"] == pytest.approx(0.1, abs=1e-3)
     text = markdown.read_text()
-    assert "outside engine calls" in text
-    assert "evolve.max_seeds (resume, training)=8" in text  # stage sizes read back from the bench config
-    assert "8 seeds: 0.9 chained, 0.75 by step; 32 seeds:" in text
-    assert "chained, 8 seeds: met; by step, 8 seeds: **missed**" in text
+    stored = json.loads(results.read_text())
+    assert stored["config_sizes"]["evolve.max_seeds (resume, training)"] == 8  # read back from the bench config
+    # the medians per size and mode: 1 s of 10 (8 seeds, chained) down to 1 s of 23 (32 seeds, by step)
+    assert table_row(text, SHARE)[1] == "0.043-0.1"
+    small = table_row(text, "evolve round / raw `vllm.LLM` on the same requests, output tok/s, 8 seeds")
+    assert small[1] == "chained 0.9 (0.833-1.0), by step 0.75 (0.714-0.818); n=3"
+    assert small[2] == ">= 0.85 (chained: met, by step: **missed**)"
     missing = CliRunner().invoke(bench_command, ["--render-only", "--results", str(tmp_path / "none.json")])
     assert missing.exit_code == 2 and "earlier `evol bench` run" in missing.output
