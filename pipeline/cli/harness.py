@@ -18,32 +18,18 @@ from pathlib import Path
 import click
 
 from pipeline.cli.common import config_options, friendly_errors, lock_output
+from pipeline.cli.options import adapter_option, label_option, model_option, out_option
 from pipeline.config import load_config
 
 
 @click.command("harness")
-@click.option(
-    "--model",
-    "model_names",
-    multiple=True,
-    help="A model: a local directory or a prepared name. Repeat it, each with its --label.",
-)
-@click.option("--label", "labels", multiple=True, help="Label (output subdirectory) of each --model, in order.")
-@click.option(
-    "--adapter",
-    "adapter_specs",
-    multiple=True,
-    metavar="LABEL=PATH",
-    help="A PEFT LoRA adapter, served on --base (lm-eval's lora_local_path, or loaded into the server) (repeatable).",
+@model_option("A model: a local directory or a prepared name. Repeat it, each with its --label.")
+@label_option("labels", "Label (output subdirectory) of each --model, in order.")
+@adapter_option(
+    "A PEFT LoRA adapter, served on --base (lm-eval's lora_local_path, or loaded into the server) (repeatable)."
 )
 @click.option("--base", "base_name", default=None, help="The base model of the adapters (default: models.base).")
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory that receives <label>/results.json for every label.",
-)
+@out_option("Directory that receives <label>/results.json for every label.")
 @config_options
 @friendly_errors
 def harness(model_names, labels, adapter_specs, base_name, out_dir, config_path, overrides) -> None:

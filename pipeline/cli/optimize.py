@@ -17,25 +17,13 @@ from pathlib import Path
 import click
 
 from pipeline.cli.common import config_options, friendly_errors, lock_output
-from pipeline.config import load_config
+from pipeline.cli.options import load_config_with, out_option, seeds_option
 
 
 @click.command("optimize")
-@click.option(
-    "--seeds",
-    "seeds_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Seed file (default: evolve.seeds); the development set and the mini-batches are drawn from it.",
-)
+@seeds_option("Seed file (default: evolve.seeds); the development set and the mini-batches are drawn from it.")
 @click.option("--steps", type=int, default=None, help="Optimisation steps (default: optimize.steps).")
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output directory, e.g. runs/tiny-opt; writes optimize/ and best_method.json there.",
-)
+@out_option("Output directory, e.g. runs/tiny-opt; writes optimize/ and best_method.json there.")
 @config_options
 @friendly_errors
 def optimize(seeds_file, steps, out_dir, config_path, overrides) -> None:
@@ -47,11 +35,7 @@ def optimize(seeds_file, steps, out_dir, config_path, overrides) -> None:
     from pipeline.core.manifest import write_run_manifest
 
     lock_output(out_dir)
-    config = load_config(config_path, overrides)
-    if seeds_file:
-        config.evolve.seeds = seeds_file
-    if steps is not None:
-        config.optimize.steps = steps
+    config = load_config_with(config_path, overrides, {"evolve.seeds": seeds_file, "optimize.steps": steps})
     config.validate("optimize")
     inputs = load_inputs(config)
     start = start_method(config)  # a bad method file is one sentence here

@@ -17,28 +17,21 @@ import os
 import click
 
 from pipeline.cli.common import config_options, friendly_errors, lock_output
+from pipeline.cli.options import file_option, out_option
 from pipeline.config import load_config
 
 
 @click.command("train")
-@click.option(
+@file_option(
     "--data",
     "data_paths",
-    required=True,
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    help="Training set: chat `messages` JSONL (runs/<name>/data/C<k>.jsonl) or Alpaca JSON/JSONL. Repeat it, "
+    "Training set: chat `messages` JSONL (runs/<name>/data/C<k>.jsonl) or Alpaca JSON/JSONL. Repeat it, "
     "each with its --out, to run several fine-tunes one after the other in this process (one import of "
     "torch, transformers and TRL).",
-)
-@click.option(
-    "--out",
-    "out_dirs",
     required=True,
     multiple=True,
-    type=click.Path(file_okay=False),
-    help="Output directory, e.g. runs/<name>/sft/C<k>; one per --data.",
 )
+@out_option("Output directory, e.g. runs/<name>/sft/C<k>; one per --data.", "out_dirs", multiple=True)
 @click.option("--base", default=None, help="Base model directory or prepared name (default: models.base).")
 @click.option(
     "--method",
