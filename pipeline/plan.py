@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.core.paths import REFERENCE, label, round_pool
+from pipeline.core.paths import REFERENCE, RunDir, label, round_pool
 from pipeline.engine.backends import backend_of
 
 
@@ -100,7 +100,7 @@ class _StepBuilder:
         self.config, self.run_dir, self.merged = config, run_dir, merged
         self.common = ["--config", str(config_file)]
         self.rounds = sorted(config.run.rounds)
-        self.answers = run_dir / "answers"
+        self.answers = RunDir(run_dir).answers
         self.reference_model = config.models.responder or config.models.evolver
         self.served = config.train.method in ("lora", "qlora") and not merged  # adapters served by one engine
         self.launcher = _train_launcher(config)
@@ -108,7 +108,7 @@ class _StepBuilder:
         self.evolve = Step("evolve", "evolve", ["evolve", *self.common, *rounds, "--out", str(run_dir)])
 
     def train(self, ks: list[int], early: Path | None = None) -> Step:
-        pairs = [("--data", str(self.run_dir / "data" / f"{label(k)}.jsonl"), "--out", str(self.sft(k))) for k in ks]
+        pairs = [("--data", str(RunDir(self.run_dir).data(k)), "--out", str(self.sft(k))) for k in ks]
         args = ["train", *self.common, *[a for pair in pairs for a in pair], *(["--merge"] if self.merged else [])]
         name = ", ".join(label(k) for k in ks)
         # A multi-process fine-tune (accelerate) needs every core: it runs alone.
@@ -128,7 +128,7 @@ class _StepBuilder:
     @property
     def answer_out(self) -> list[str]:
         """Where answers go; with eval.verify_sets, the same engine also answers the prompt sets checked by code."""
-        verify = ["--verify-out", str(self.run_dir / "verify")] if self.config.eval.verify_sets else []
+        verify = ["--verify-out", str(RunDir(self.run_dir).verify)] if self.config.eval.verify_sets else []
         return ["--out", str(self.answers), *verify]
 
     def comparisons(self) -> list[tuple[str, str]]:
@@ -142,7 +142,9 @@ class _StepBuilder:
         pairs = [
             a for x, y in judged for a in ("--answers", str(self.answers / x), "--baseline", str(self.answers / y))
         ]
-        return Step("judge", title, ["judge", *self.common, *pairs, "--out", str(self.run_dir / "judge")], after=after)
+        return Step(
+            "judge", title, ["judge", *self.common, *pairs, "--out", str(RunDir(self.run_dir).judge)], after=after
+        )
 
     def analyze(self) -> Step:
         # Complexity and diversity per round (evol analyze): last in both plans, so it never delays a model.
@@ -158,11 +160,11 @@ class _StepBuilder:
         else:
             path, name = self.fine_tuned(k)
             models = ["--model", path, "--label", name]
-        args = ["harness", *self.common, *models, "--out", str(self.run_dir / "harness")]
+        args = ["harness", *self.common, *models, "--out", str(RunDir(self.run_dir).harness)]
         return Step("harness", REFERENCE if k is None else label(k), args, after=after)
 
     def sft(self, k: int) -> Path:
-        return self.run_dir / "sft" / label(k)
+        return RunDir(self.run_dir).sft(k)
 
 
 def _train_launcher(config: Config) -> list[str] | None:

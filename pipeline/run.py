@@ -43,7 +43,7 @@ from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, hold
 from pipeline.core.manifest import write_run_manifest
 from pipeline.core.models import CHAT_ROLES, SMOLLM2_ALIAS, prepare_alias, require_chat_model, resolve_model
-from pipeline.core.paths import seeds_path, testset_path
+from pipeline.core.paths import RunDir, seeds_path, testset_path
 from pipeline.engine.vllm_backend import check_loopback
 from pipeline.plan import Step, lanes_for, plan
 from pipeline.warm import Warm, WarmProcess
@@ -115,7 +115,7 @@ def run_pipeline(config: Config) -> Path:
     # One writer per run: the stage processes below inherit this lock instead of being refused by it.
     with hold(run_dir):
         write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
-        config_file = run_dir / "config.yaml"
+        config_file = RunDir(run_dir).config
         from pipeline.core.manifest import gpu_names
 
         gpu = bool(gpu_names())  # asked once: it decides eval.answer_with=auto and the lanes

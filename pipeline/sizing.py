@@ -19,14 +19,14 @@ from eval.power import DEFAULT_SD, TARGETS, items_needed, minimum_detectable_dif
 from pipeline.config import Config
 from pipeline.core import fmt
 from pipeline.core.jsonio import InputError, read_json
-from pipeline.core.paths import label, testset_path
+from pipeline.core.paths import RunDir, label, testset_path
 
 JUDGE_INSTRUMENTS = ("win rate vs reference",)
 
 
 def measured_sds(run_dir: Path) -> dict[str, float]:
     """Each instrument's paired sd (points) from a finished run's report.json headline."""
-    report = run_dir / "report.json"
+    report = RunDir(run_dir).report("json")
     if not report.is_file():
         raise InputError(f"--like {run_dir}: no report.json there; give a finished run's directory.")
     instruments = (read_json(report).get("headline") or {}).get("instruments") or []

@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.core.jsonio import InputError, atomic_open, read_json
+from pipeline.core.paths import RunDir
 from pipeline.core.records import KEPT, RULES, elimination_match, iter_attempts, round_files
 
 VIEW_FILE = "data.html"
@@ -44,22 +45,22 @@ def check_run(run_dir: str | Path) -> tuple[Path, dict]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run directory.")
-    evolve = run_dir / "evolve"
-    if not evolve.is_dir() or not round_files(run_dir):
+    stats_file = RunDir(run_dir).evolve_stats
+    if not stats_file.parent.is_dir() or not round_files(run_dir):
         raise InputError(
             f"{run_dir} is not a run directory: it has no evolve/round_0.jsonl; give the folder `evol run` "
             f"or `evol evolve --out` wrote (runs/<name>)."
         )
-    if not (evolve / "stats.json").is_file():
+    if not stats_file.is_file():
         raise InputError(
             f"{run_dir}: the evolution has not finished (evolve/stats.json is missing); view it once "
             f"`evol evolve` has ended."
         )
-    stats = read_json(evolve / "stats.json")
+    stats = read_json(stats_file)
     last = stats.get("rounds_done") if isinstance(stats, dict) else None
     if not isinstance(last, int) or last < 0 or len(round_files(run_dir, last)) != last + 1:
         raise InputError(
-            f"{evolve / 'stats.json'}: rounds_done is {last!r} but evolve/round_0.jsonl..round_{last}.jsonl are "
+            f"{stats_file}: rounds_done is {last!r} but evolve/round_0.jsonl..round_{last}.jsonl are "
             f"not all there; not a finished `evol evolve` run."
         )
     return run_dir, stats

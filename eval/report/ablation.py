@@ -23,12 +23,12 @@ from eval.scores import Aggregation, paired_difference
 from pipeline.config.eval import EvalConfig
 from pipeline.core import fmt
 from pipeline.core.jsonio import read_json, read_jsonl
-from pipeline.core.paths import REFERENCE
+from pipeline.core.paths import REFERENCE, RunDir
 from pipeline.core.seeds import derive_seed
 
 
 def _comparison(run_dir: Path, a: str, b: str, settings: Aggregation) -> dict | None:
-    judge_dir = run_dir / "judge" / f"{a}__vs__{b}"
+    judge_dir = RunDir(run_dir).judge_pair(a, b)
     if not (judge_dir / "scores.json").is_file():
         return None
     scores = load_scores(judge_dir, settings)
@@ -55,11 +55,11 @@ def _comparison(run_dir: Path, a: str, b: str, settings: Aggregation) -> dict | 
 
 def ablation_rows(run_dir: Path, rounds: list[int], settings: Aggregation | None = None) -> list[dict]:
     settings = settings or Aggregation()
-    stats_path = run_dir / "evolve" / "stats.json"
+    stats_path = RunDir(run_dir).evolve_stats
     stats = read_json(stats_path)["rounds"] if stats_path.is_file() else []
     rows = []
     for k in sorted(rounds):
-        data = run_dir / "data" / f"C{k}.jsonl"
+        data = RunDir(run_dir).data(k)
         records = read_jsonl(data) if data.is_file() else []
         evolved = sum(1 for r in records if r.get("round", 0) > 0)
         round_stats = stats[k] if k < len(stats) else {}
@@ -80,7 +80,7 @@ def ablation_rows(run_dir: Path, rounds: list[int], settings: Aggregation | None
 
 
 def _judgments(run_dir: Path, a: str, b: str, settings: Aggregation) -> list[dict] | None:
-    judge_dir = run_dir / "judge" / f"{a}__vs__{b}"
+    judge_dir = RunDir(run_dir).judge_pair(a, b)
     return counted(judge_dir, settings)[1] if (judge_dir / "judgments.jsonl").is_file() else None
 
 
@@ -133,7 +133,7 @@ def round_differences(run_dir: Path, rounds: list[int], settings: Aggregation) -
 
 def survival(run_dir: Path) -> list[dict]:
     """Elimination counts per rule for every evolution round (the survival curve)."""
-    stats_path = run_dir / "evolve" / "stats.json"
+    stats_path = RunDir(run_dir).evolve_stats
     if not stats_path.is_file():
         return []
     return [
@@ -147,7 +147,7 @@ def run_strengths(run_dir: Path, settings: Aggregation) -> dict:
     """Bradley-Terry strengths from every comparison under <run>/judge/, counted as `settings` say;
     the draws follow settings (else the comparisons' recorded bootstrap), seeded from the run seed."""
     comparisons, recorded = [], {}
-    for judge_dir in sorted(p.parent for p in (run_dir / "judge").glob("*/scores.json")):
+    for judge_dir in sorted(p.parent for p in RunDir(run_dir).judge.glob("*/scores.json")):
         scores, judgments = counted(judge_dir, settings)
         comparisons.append((scores["a"], scores["b"], judgments))
         recorded = recorded or scores.get("bootstrap") or {}

@@ -26,6 +26,7 @@ from pipeline.core.fmt import num as _num
 from pipeline.core.fmt import pct as _pct
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, read_jsonl, write_json
 from pipeline.core.manifest import now
+from pipeline.core.paths import RunDir
 
 EXAMPLES_PER_COMPARISON = 3
 
@@ -44,7 +45,7 @@ def find_judge_dirs(path: str | Path) -> tuple[list[Path], Path]:
     path = Path(path)
     if (path / SCORES_FILE).is_file():
         return [path], path
-    dirs = sorted(p.parent for p in (path / "judge").glob(f"*/{SCORES_FILE}"))
+    dirs = sorted(p.parent for p in RunDir(path).judge.glob(f"*/{SCORES_FILE}"))
     if not dirs:
         raise InputError(
             f"{path}: neither a judge directory (no {SCORES_FILE}) nor a run directory with "
@@ -264,7 +265,7 @@ def build_report(
     sections = [*(leading_sections or []), overview, *(extra_sections or [])]
     sections += [_comparison_section(s, d, plots_dir, d.name) for d, s in comparisons]
 
-    paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "json": out_dir / "report.json"}
+    paths = {kind: RunDir(out_dir).report(kind) for kind in ("md", "html", "json")}
     atomic_write_text(paths["md"], render_markdown(title, sections, out_dir))
     atomic_write_text(paths["html"], render_html(title, sections))
     write_json(

