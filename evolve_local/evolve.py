@@ -93,22 +93,9 @@ def run_evolve(
         stage.manifest_path.unlink()
         stage = begin_stage(run_dir, STAGE, material, quiet=True)
 
-    e = config.evolve
     # the near-duplicate index and a round's finished records, looked up on disk (rebuilt on resume)
     scratch = Scratch(stage.dir / "work" / SCRATCH_FILE)
-    run = Run(
-        config,
-        models,
-        engines or Engines(models),
-        stage.dir,
-        run_dir / "data",
-        NearDuplicates(e.dedup_threshold, e.dedup_shingle_chars, e.minhash_permutations, e.dedup, scratch),
-        TestSetFilter(
-            inputs.tests, e.decontam_ngram, e.decontam_threshold, e.dedup_shingle_chars, e.minhash_permutations
-        ),
-        scratch,
-        inputs.method,
-    )
+    run = new_run(config, models, engines or Engines(models), stage.dir, run_dir / "data", inputs, scratch)
     if inputs.method is not None:  # the method beside the rounds it wrote, for the report
         inputs.method.save(stage.dir / METHOD_FILE)
     if not run.pool(0).exists():
@@ -147,6 +134,33 @@ def run_evolve(
     return stats
 
 
+def new_run(
+    config: Config,
+    models: ModelSet,
+    engines: Engines,
+    stage_dir: Path,
+    data_dir: Path,
+    inputs: Inputs,
+    scratch: Scratch,
+) -> Run:
+    """What every round of one evolution works with: its engines and directories, the near-duplicate
+    index and the test-set filter (both kept in `scratch`), and the evolving method."""
+    e = config.evolve
+    return Run(
+        config,
+        models,
+        engines,
+        stage_dir,
+        data_dir,
+        NearDuplicates(e.dedup_threshold, e.dedup_shingle_chars, e.minhash_permutations, e.dedup, scratch),
+        TestSetFilter(
+            inputs.tests, e.decontam_ngram, e.decontam_threshold, e.dedup_shingle_chars, e.minhash_permutations
+        ),
+        scratch,
+        inputs.method,
+    )
+
+
 def rebuild_index(run: Run, k: int) -> None:
     """A finished round from an earlier process: put its kept instructions back in the index."""
     for _, data in iter_jsonl(run.stage_dir / f"round_{k}.jsonl"):
@@ -159,6 +173,28 @@ def rebuild_index(run: Run, k: int) -> None:
 
 
 def seed_round(run: Run, seeds: list[Seed]) -> None:
+    """Round 0: the seeds answered where they need it, then round_0.jsonl, C0 and the seed pool."""
+    answer_seeds(run, seeds)
+    answers = run.finished(0, "answer")
+    tally = RoundTally(0)
+    with (
+        JsonlWriter(run.stage_dir / "round_0.jsonl") as out,
+        JsonlWriter(run.training_set(0)) as training,
+        JsonlWriter(run.pool(0).with_suffix(".tmp-pool")) as pool,
+    ):
+        for seed in seeds:
+            record = _seed_record(run, seed, answers.get(seed.id))
+            tally.add(record)
+            out.write(record.to_dict())
+            if record.kept:
+                training.write(record.training_row())
+                pool.write(_pool_item(record))
+    _commit_round(run, 0, tally, training_size=training.count, pool_size=pool.count)
+
+
+def answer_seeds(run: Run, seeds: list[Seed]) -> None:
+    """The responder answers each seed that came without an answer (every seed with
+    evolve.regenerate_seed_answers), unless it is too long for the context or overlaps the test set."""
     e, limit = run.config.evolve, run.config.engine.max_model_len
     regenerate = e.regenerate_seed_answers
 
@@ -193,42 +229,32 @@ def seed_round(run: Run, seeds: list[Seed]) -> None:
         passes=lambda r: rules.too_long(r["finish_reason"], "answer") is None,
     )
 
-    answers = run.finished(0, "answer")
-    tally = RoundTally(0)
-    with (
-        JsonlWriter(run.stage_dir / "round_0.jsonl") as out,
-        JsonlWriter(run.training_set(0)) as training,
-        JsonlWriter(run.pool(0).with_suffix(".tmp-pool")) as pool,
-    ):
-        for seed in seeds:
-            answer = answers.get(seed.id)
-            generated = answer is not None
-            record = RoundRecord(
-                id=seed.id,
-                parent_id=None,
-                root_id=seed.id,
-                round=0,
-                operation=SEED_OPERATION,
-                instruction=seed.instruction,
-                response=answer["text"].strip() if generated else seed.output,
-                responder_model=run.models.names["responder"] if generated else SEED_FILE,
-                tokens={"answer": _tokens(answer)} if generated else {},
-                seeds={"answer": answer["seed"]} if generated else {},
-            )
-            too_long = (
-                rules.too_long(TOO_LONG, "answer")
-                if len(words(seed.instruction)) >= limit
-                else rules.too_long(answer["finish_reason"], "answer")
-                if generated
-                else None
-            )
-            decide(run, record, [(TOO_LONG_RULE, too_long)])
-            tally.add(record)
-            out.write(record.to_dict())
-            if record.kept:
-                training.write(record.training_row())
-                pool.write(_pool_item(record))
-    _commit_round(run, 0, tally, training_size=training.count, pool_size=pool.count)
+
+def _seed_record(run: Run, seed: Seed, answer: dict | None) -> RoundRecord:
+    """A seed's round-0 record with its answer (generated, or the seed file's), kept or eliminated:
+    an instruction too long for the context, or an answer cut at its limit, is too_long."""
+    generated = answer is not None
+    record = RoundRecord(
+        id=seed.id,
+        parent_id=None,
+        root_id=seed.id,
+        round=0,
+        operation=SEED_OPERATION,
+        instruction=seed.instruction,
+        response=answer["text"].strip() if generated else seed.output,
+        responder_model=run.models.names["responder"] if generated else SEED_FILE,
+        tokens={"answer": _tokens(answer)} if generated else {},
+        seeds={"answer": answer["seed"]} if generated else {},
+    )
+    too_long = (
+        rules.too_long(TOO_LONG, "answer")
+        if len(words(seed.instruction)) >= run.config.engine.max_model_len
+        else rules.too_long(answer["finish_reason"], "answer")
+        if generated
+        else None
+    )
+    decide(run, record, [(TOO_LONG_RULE, too_long)])
+    return record
 
 
 # ---------------------------------------------------------------- round k >= 1

@@ -264,21 +264,7 @@ def _steps(opt: Optimisation, config: Config, folder: Path, dev: list[Seed], bat
             entries.append((f"candidate_{j}", dataclasses.replace(candidate, score=score), score, repaired))
         # lowest failure rate; ties: the incumbent (listed first), then the earlier candidate
         winner = min(range(len(entries)), key=lambda i: (entries[i][2]["failure_rate"], i))
-        candidates = []
-        for i, (_, method, score, repaired) in enumerate(entries[1:], 1):
-            path = methods_dir / f"{method.name}.json"
-            method = dataclasses.replace(method, lineage={**method.lineage, "chosen": i == winner})
-            method.save(path)
-            candidates.append(
-                {
-                    "name": method.name,
-                    "hash": method.hash,
-                    "file": str(path.relative_to(folder)),
-                    "repaired": repaired,
-                    "chosen": i == winner,
-                    **score,
-                }
-            )
+        candidates = _save_candidates(entries, winner, methods_dir, folder)
         current, current_score = entries[winner][1], entries[winner][2]
         history.append({"step": s, "name": current.name, "hash": current.hash, **_brief(current_score)})
         summary["steps"].append(
@@ -308,6 +294,27 @@ def _steps(opt: Optimisation, config: Config, folder: Path, dev: list[Seed], bat
     best.save(folder.parent / BEST_FILE)
     write_json(folder / "optimize.json", summary)
     return summary
+
+
+def _save_candidates(entries: list[tuple], winner: int, methods_dir: Path, folder: Path) -> list[dict]:
+    """Each candidate of a step (entries after the incumbent) saved as a method file that says whether
+    it was chosen; returns their summaries for optimize.json."""
+    candidates = []
+    for i, (_, method, score, repaired) in enumerate(entries[1:], 1):
+        path = methods_dir / f"{method.name}.json"
+        method = dataclasses.replace(method, lineage={**method.lineage, "chosen": i == winner})
+        method.save(path)
+        candidates.append(
+            {
+                "name": method.name,
+                "hash": method.hash,
+                "file": str(path.relative_to(folder)),
+                "repaired": repaired,
+                "chosen": i == winner,
+                **score,
+            }
+        )
+    return candidates
 
 
 def _brief(score: dict) -> dict:

@@ -78,20 +78,7 @@ def make_bundle(
     costs seconds."""
     variant = variant or environment_variant()
     extras = sorted(set(backend_extras(config) if extras is None else extras))
-    names = model_roles(config)
-    for key, name in names.items():  # every model must exist before anything is copied
-        try:
-            resolve_model(name, config.models.dir)
-        except InputError as err:
-            raise InputError(f"{key}: {err}") from None
-    check_chat_roles(names, config.models.dir)  # a bundle the offline machine could not run is refused here
-    seeds, test = seeds_path(config.evolve.seeds), testset_path(config.eval.testset, quiet=True)
-    # IFEval's prompts when the config names a file (the shipped sample and IFBench's travel in the wheels)
-    ifeval = Path(config.eval.ifeval_prompts).expanduser() if "ifeval" in config.eval.verify_sets else None
-    ifeval = ifeval if config.eval.ifeval_prompts and ifeval else None
-    for what, path in (("evolve.seeds", seeds), ("eval.testset", test), ("eval.ifeval_prompts", ifeval)):
-        if path is not None and not path.is_file():
-            raise InputError(f"{what}: {path} not found.")
+    names, seeds, test, ifeval = _checked_inputs(config)
     closure = resolve(variant, extras) if wheels else []
     out.mkdir(parents=True, exist_ok=True)
     (out / CHECKSUMS).unlink(missing_ok=True)  # an unfinished bundle must not look finished
@@ -140,6 +127,26 @@ def make_bundle(
         "variant": variant,
         "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
     }
+
+
+def _checked_inputs(config: Config) -> tuple[dict[str, str], Path, Path, Path | None]:
+    """(models by config key, seed file, test set, IFEval prompts or None): every one the bundle carries,
+    checked before anything is copied."""
+    names = model_roles(config)
+    for key, name in names.items():
+        try:
+            resolve_model(name, config.models.dir)
+        except InputError as err:
+            raise InputError(f"{key}: {err}") from None
+    check_chat_roles(names, config.models.dir)  # a bundle the offline machine could not run is refused here
+    seeds, test = seeds_path(config.evolve.seeds), testset_path(config.eval.testset, quiet=True)
+    # IFEval's prompts when the config names a file (the shipped sample and IFBench's travel in the wheels)
+    ifeval = Path(config.eval.ifeval_prompts).expanduser() if "ifeval" in config.eval.verify_sets else None
+    ifeval = ifeval if config.eval.ifeval_prompts and ifeval else None
+    for what, path in (("evolve.seeds", seeds), ("eval.testset", test), ("eval.ifeval_prompts", ifeval)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{what}: {path} not found.")
+    return names, seeds, test, ifeval
 
 
 def list_wheels(config: Config, variant: str | None, extras: list[str] | None) -> str:
