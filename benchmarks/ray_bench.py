@@ -35,6 +35,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.engine.schedule import ContinuousBatching
+
 WORDS = [f"w{i}" for i in range(5000)]
 
 
@@ -146,7 +148,7 @@ def overhead(seeds, rounds, work, backends, overrides, one) -> None:
             print(line, flush=True)
 
 
-class LeanFake:
+class LeanFake(ContinuousBatching):
     """A replica's scripted streaming engine that keeps nothing but what is in flight (the test fakes
     record every poll, which a job of 200K chains would fill a replica's memory with)."""
 
@@ -208,7 +210,7 @@ def run_job(chains: int, batch_size: int) -> dict:
     started = time.perf_counter()
     steps = 0
     try:
-        for block in engine.run_chains(requests(), three_steps):
+        for block in engine.stream(requests(), three_steps):
             steps += len(block)
     finally:
         engine.close()

@@ -23,16 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-from evolve_local.steps import TimedStreamingEngine
+from evolve_local.steps import TimedEngine
 from pipeline.config import load_config
 from pipeline.core.jsonio import write_json
-from pipeline.engine import ChatRequest, ChatResult
+from pipeline.engine import DEFAULT_WINDOW, ChatRequest
 
 
-class RecordingEngine(TimedStreamingEngine):
-    """Passes work to the real engine, timing it (`seconds`) and keeping every request; `close` is
-    a no-op so the engine (and its warm start) survives `run_evolve`'s cleanup and serves every
-    repetition. It streams like the engine, so the stage runs its steps as chains, as it does for real."""
+class RecordingEngine(TimedEngine):
+    """Passes work to the real engine, timing it (`seconds`) and keeping every request as its block
+    comes back (`calls`: the blocks); `close` is a no-op so the engine (and its warm start) survives
+    `run_evolve`'s cleanup and serves every repetition. It streams like the engine, so the stage runs
+    its steps as chains, as it does for real."""
 
     def __init__(self, engine):
         super().__init__(engine)
@@ -40,24 +41,12 @@ class RecordingEngine(TimedStreamingEngine):
         self.completion_tokens = 0
         self.calls = 0
 
-    def _timed(self, call, *args):
-        self.calls += 1
-        return super()._timed(call, *args)
-
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        self.requests.extend(requests)
-        results = super().generate(requests)
-        self.completion_tokens += sum(r.completion_tokens for r in results)
-        return results
-
-    def submit(self, requests: list[ChatRequest]) -> None:
-        self.requests.extend(requests)
-        super().submit(requests)
-
-    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
-        finished = super().poll()
-        self.completion_tokens += sum(result.completion_tokens for _, result in finished)
-        return finished
+    def stream(self, requests, follow_up=None, window=DEFAULT_WINDOW):
+        for block in super().stream(requests, follow_up, window):
+            self.calls += 1
+            self.requests.extend(request for request, _ in block)
+            self.completion_tokens += sum(result.completion_tokens for _, result in block)
+            yield block
 
     def close(self) -> None:
         pass

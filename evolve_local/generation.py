@@ -98,7 +98,7 @@ class Attempts:
 
     It holds only plain values, and `follow_up` reads nothing but the request's `context` (the pool
     item and the attempt's finished records), so on Ray it travels to the engine replicas and each
-    chains its attempts there (`ChainEngine.run_chains`), exactly as the local engine chains them."""
+    chains its attempts there (`Engine.stream` with this follow-up), exactly as the local engine chains them."""
 
     evolve: EvolveConfig
     seed: int

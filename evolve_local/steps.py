@@ -7,30 +7,20 @@ A step (evolve, check, answer) appends its finished records to `evolve/work/roun
 and its timing to `round_<k>.timing.jsonl`; a rerun reads what is there and sends only the missing
 requests, so nothing is generated twice and nothing finished is lost. `run_step` runs one step
 over the pool in chunks; `run_chained` runs every step at once on one engine, each item's next
-request sent as soon as its last one finished (see `pipeline.engine.run_dataflow`), or on Ray on
-every replica at once (`ChainEngine.run_chains`).
+request sent as soon as its last one finished (`Engine.stream` with a follow-up: on the local
+engine's continuous batch, or on Ray on every replica at once).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.jsonio import append_jsonl, read_jsonl_tolerant
-from pipeline.engine import (
-    BlockStreamingEngine,
-    ChainEngine,
-    ChatRequest,
-    ChatResult,
-    Engine,
-    FollowUp,
-    StreamingEngine,
-    generate_in_chunks,
-    run_dataflow,
-)
+from pipeline.engine import DEFAULT_WINDOW, Block, ChatRequest, ChatResult, Engine, FollowUp, generate_in_chunks
 
 
 @dataclass
@@ -77,8 +67,9 @@ class Engines:
 
 class TimedEngine:
     """Wraps an engine to measure its generation time for the persisted timing log: `last_seconds`
-    of the last `generate` call, `seconds` in all calls. `timed(engine)` picks the wrapper that
-    offers what the engine offers."""
+    is the wait for the last block `stream` handed back (a whole chunk on a local engine, a block of a
+    Ray job, start-up included), `seconds` the waits of all, so a step's timing rows sum to the
+    engine's time."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -86,43 +77,10 @@ class TimedEngine:
         self.last_seconds = 0.0
         self.seconds = 0.0
 
-    def _timed(self, call, *args):
-        started = time.perf_counter()
-        try:
-            return call(*args)
-        finally:
-            self.last_seconds = time.perf_counter() - started
-            self.seconds += self.last_seconds
-
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        return self._timed(self.engine.generate, requests)
-
-    def close(self) -> None:
-        self.engine.close()
-
-
-class TimedStreamingEngine(TimedEngine):
-    """A `TimedEngine` around a `StreamingEngine`: submit and poll are timed too."""
-
-    def submit(self, requests: list[ChatRequest]) -> None:
-        self._timed(self.engine.submit, requests)
-
-    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
-        return self._timed(self.engine.poll)
-
-    @property
-    def pending(self) -> int:
-        return self.engine.pending
-
-
-class TimedBlockEngine(TimedEngine):
-    """A `TimedEngine` around a `BlockStreamingEngine` (Ray): `last_seconds` is the wait for the
-    last block, so a step's timing rows sum to the job's wall time, start-up included."""
-
-    def stream(self, requests):
-        return self._blocks(self.engine.stream(requests))
-
-    def _blocks(self, blocks):
+    def stream(
+        self, requests: Iterable[ChatRequest], follow_up: FollowUp | None = None, window: int = DEFAULT_WINDOW
+    ) -> Iterator[Block]:
+        blocks = self.engine.stream(requests, follow_up, window)
         while True:
             started = time.perf_counter()
             try:
@@ -134,20 +92,8 @@ class TimedBlockEngine(TimedEngine):
                 self.seconds += self.last_seconds
             yield block
 
-
-class TimedChainEngine(TimedBlockEngine):
-    """A `TimedBlockEngine` around a `ChainEngine` (Ray): each block of finished chains timed alike."""
-
-    def run_chains(self, first, follow_up):
-        return self._blocks(self.engine.run_chains(first, follow_up))
-
-
-def timed_engine(engine: Engine) -> TimedEngine:
-    if isinstance(engine, ChainEngine):
-        return TimedChainEngine(engine)
-    if isinstance(engine, BlockStreamingEngine):
-        return TimedBlockEngine(engine)
-    return TimedStreamingEngine(engine) if isinstance(engine, StreamingEngine) else TimedEngine(engine)
+    def close(self) -> None:
+        self.engine.close()
 
 
 def step_record(request: ChatRequest, result: ChatResult) -> dict:
@@ -184,7 +130,7 @@ def run_step(
     """
     if total == 0:
         return  # nothing left: do not even start an engine
-    timed = timed_engine(engines.get(role))
+    timed = TimedEngine(engines.get(role))
     seen = [0, 0]
 
     def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
@@ -278,16 +224,16 @@ def run_chained(
 
     `first` holds each chain's first missing request, its step in `request.purpose`; `follow_up`
     gets a finished request and its result and returns the chain's next request, or None when the
-    chain is done. A `ChainEngine` (Ray) runs the chains on its replicas and hands back finished
-    chains; any other engine runs them here (`run_dataflow`). Records go to `outs[step]` as in
+    chain is done. The engine's `stream` runs the chains (here on the local engine, on its replicas
+    on Ray) and hands back finished pairs, a chain's in order. Records go to `outs[step]` as in
     `run_step`, and each to `on_record(request, record, last)` after its step's `passes` counted it
-    (`last`: the chain ended with it); the bar counts finished chains.
+    (`last`: the chain ended with it, as `follow_up` says); the bar counts finished chains.
     """
     if total == 0:
         return
     from tqdm import tqdm
 
-    timed = timed_engine(engines.get(role))
+    timed = TimedEngine(engines.get(role))
     log = _ChainLog(outs, timing, timed, every=chunk_size)
     seen = {step: [0, 0] for step in outs}
     tokens = [0]
@@ -310,24 +256,11 @@ def run_chained(
             }
         )
 
-    def on_results(pairs: list[tuple[ChatRequest, ChatResult]]) -> list[ChatRequest]:
-        following = []
-        for request, result in pairs:
-            after = follow_up(request, result)
-            finished(request, result, after is None)
-            if after is not None:
-                following.append(after)
-        show()
-        return following
-
     try:
-        if isinstance(timed, TimedChainEngine):
-            for pairs in timed.run_chains(first, follow_up):
-                for i, (request, result) in enumerate(pairs):  # whole chains, each one's pairs in order
-                    finished(request, result, i + 1 == len(pairs) or pairs[i + 1][0].id != request.id)
-                show()
-        else:
-            run_dataflow(timed, first, on_results, window=chunk_size)
+        for pairs in timed.stream(first, follow_up, chunk_size):
+            for request, result in pairs:
+                finished(request, result, follow_up(request, result) is None)
+            show()
     finally:
         log.flush()  # finished records survive an error in a later request too
         bar.close()

@@ -90,29 +90,23 @@ def test_a_constrained_batch_is_the_same_whether_its_grammar_is_new_or_cached(en
 
 
 def test_dataflow_sends_follow_ups_into_the_running_batch(engine):
-    from pipeline.engine import run_dataflow
-
     fresh = requests(100) + [ChatRequest(id="long", messages=[{"role": "user", "content": "word " * 2000}])]
     finished, in_flight = [], []
 
-    def on_results(pairs):
-        in_flight.append(engine.pending)
-        follow = []
-        for request, result in pairs:
-            finished.append((request.id, request.purpose, result))
-            if request.purpose is None and result.finish_reason != "too_long":
-                follow.append(
-                    ChatRequest(
-                        id=request.id,
-                        purpose="verdict",
-                        temperature=0.0,
-                        messages=[{"role": "user", "content": f"Is this polite? {result.text}"}],
-                        choice=["YES", "NO"],
-                    )
-                )
-        return follow
+    def follow_up(request, result):
+        if request.purpose is None and result.finish_reason != "too_long":
+            return ChatRequest(
+                id=request.id,
+                purpose="verdict",
+                temperature=0.0,
+                messages=[{"role": "user", "content": f"Is this polite? {result.text}"}],
+                choice=["YES", "NO"],
+            )
+        return None
 
-    run_dataflow(engine, fresh, on_results, window=3)
+    for pairs in engine.stream(fresh, follow_up, window=3):
+        in_flight.append(engine.pending)
+        finished += [(request.id, request.purpose, result) for request, result in pairs]
     firsts = {rid: result for rid, purpose, result in finished if purpose is None}
     verdicts = {rid: result.text for rid, purpose, result in finished if purpose == "verdict"}
     assert firsts["long"].finish_reason == "too_long" and set(verdicts) == {"q0", "q1", "q2", "q3"}

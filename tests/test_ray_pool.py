@@ -64,7 +64,7 @@ def test_one_replica_is_sent_the_local_engines_batches_block_by_block(fake_gpus)
     }
     engine = ray_engine("engine.chunk_size=8", "ray.batch_size=2", replica=respond)
     try:
-        on_ray = [pair for block in engine.run_chains(iter(requests), ScriptedPlan()) for pair in block]
+        on_ray = [pair for block in engine.stream(iter(requests), ScriptedPlan()) for pair in block]
     finally:
         engine.close()
     assert engine.last_job["blocks"] == 20 and engine.last_job["block_size"] == 2  # many blocks, not one shard
@@ -85,7 +85,7 @@ def test_the_driver_reads_a_round_a_block_at_a_time(fake_gpus):
     ahead = []
     try:
         saved = 0
-        for block in engine.run_chains(pool(), ScriptedPlan()):
+        for block in engine.stream(pool(), ScriptedPlan()):
             saved += len({request.id for request, _ in block})
             ahead.append(read[0] - saved)
     finally:
@@ -110,7 +110,7 @@ def test_a_stages_placement_groups_serve_all_its_jobs_and_none_is_left_after_it(
     engine = ray_engine(*settings)
     asks = [ChatRequest(id=f"q{i}", messages=[], purpose="ask", seed=i) for i in range(6)]
     for job in range(3):  # seed answers, then two rounds: each job starts on the replica the first one started
-        done = [pair for block in engine.run_chains(iter(asks), ScriptedPlan()) for pair in block]
+        done = [pair for block in engine.stream(iter(asks), ScriptedPlan()) for pair in block]
         assert len(done) == 12
         assert engine.pool.started == 1 and placement_groups() == {"CREATED": 1}
         assert engine.last_job["startup_s"] == 0 or job == 0

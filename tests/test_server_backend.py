@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.jsonio import InputError
-from pipeline.engine import ChatRequest, StreamingEngine, locate_model, make_engine, model_identity, run_dataflow
+from pipeline.engine import ChatRequest, Engine, locate_model, make_engine, model_identity
 from pipeline.engine.server_backend import ServerEngine, ServerError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def test_a_5xx_is_retried_and_counted_then_the_answer_comes_back(stubs):
     assert len(stub.bodies) == 3 and engine.stats.retries == 2
     body = stub.bodies[-1]
     assert (body["model"], body["seed"], body["max_tokens"]) == ("tiny", 11, 9)
-    assert isinstance(engine, StreamingEngine)
+    assert isinstance(engine, Engine) and engine.continuous
 
 
 def test_a_request_that_times_out_is_sent_again(stubs):
@@ -246,11 +246,12 @@ def test_streaming_keeps_at_most_max_in_flight_on_the_server_and_chains_follow_u
     engine = engine_for(stub, max_in_flight=2)
     seen = []
 
-    def follow(pairs):
-        seen.extend(result.text for _, result in pairs)
-        return [ask(result.text) for _, result in pairs if result.text.count("!") < 3]
+    def follow(request, result):
+        seen.append(result.text)
+        return ask(result.text) if result.text.count("!") < 3 else None
 
-    run_dataflow(engine, [ask(f"q{i}") for i in range(6)], follow, window=8)
+    for _ in engine.stream([ask(f"q{i}") for i in range(6)], follow, window=8):
+        pass
     assert sorted(seen) == sorted(f"q{i}{'!' * k}" for i in range(6) for k in (1, 2, 3))
     assert len(stub.bodies) == 18 and 1 <= stub.most_in_flight <= 2
 

@@ -1,10 +1,10 @@
-"""The engine package: the interface stages use, its backends, and the schedulers that feed them.
+"""The engine package: the interface stages use, its backends, and the scheduler that feeds them.
 
     from pipeline.engine import ChatRequest, make_engine, generate_in_chunks
     engine = make_engine(config, resolve_model("smollm2-135m"))
     results = engine.generate([ChatRequest(id="a", messages=[{"role": "user", "content": "Hi"}])])
 
-  types.py         ChatRequest, ChatResult, the Engine, StreamingEngine and ChainEngine protocols
+  types.py         ChatRequest, ChatResult and the Engine protocol: its one verb, `stream`
   vllm_backend.py  VLLMEngine: one vllm.LLM in this process (chat template, seeds, LoRA, constraints)
   ray_backend.py   RayEngine: every call a Ray job over engine.replicas engines (local Ray or a cluster)
   ray_job.py       that job, the driver's side: the round read a block at a time, blocks handed to
@@ -15,42 +15,39 @@
   fake.py          FakeEngine: scripted answers for unit tests
   factory.py       make_engine: the backend a config asks for; locate_model, model_identity: a role's
                    model and what stage keys hold of it (a local directory, or a served model)
-  schedule.py      generate_in_chunks (resumable chunks), run_dataflow and chain_blocks (dependent requests)
+  schedule.py      the scheduler behind local engines' `stream`; generate_in_chunks (resumable chunks), chain_blocks
 
 The chat template is applied by the backend with the model's own tokenizer, so a prompt that does
 not fit the context is reported per request (`finish_reason == "too_long"`) instead of failing.
 """
 
 from pipeline.engine.factory import locate_model, make_engine, model_identity, server_urls
-from pipeline.engine.schedule import ChunkStats, chain_blocks, generate_in_chunks, run_dataflow
+from pipeline.engine.schedule import ChunkStats, chain_blocks, generate_in_chunks
 from pipeline.engine.types import (
+    DEFAULT_WINDOW,
     ENGINE_ERROR,
     TOO_LONG,
-    BlockStreamingEngine,
-    ChainEngine,
+    Block,
     ChatRequest,
     ChatResult,
     Engine,
     FollowUp,
-    StreamingEngine,
 )
 
 __all__ = [
+    "DEFAULT_WINDOW",
     "ENGINE_ERROR",
     "TOO_LONG",
-    "BlockStreamingEngine",
-    "ChainEngine",
+    "Block",
     "ChatRequest",
     "ChatResult",
     "ChunkStats",
     "chain_blocks",
     "Engine",
     "FollowUp",
-    "StreamingEngine",
     "generate_in_chunks",
     "locate_model",
     "make_engine",
     "model_identity",
-    "run_dataflow",
     "server_urls",
 ]

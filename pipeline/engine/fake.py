@@ -5,21 +5,21 @@
 
 Tokens are counted as whitespace-separated words. Every batch it receives is recorded in
 `engine.batches`, so tests can check that callers send large batches, not one request per call.
-`FakeEngine` is a batch `Engine`; `StreamingFakeEngine` also has the submit/poll interface of
-`VLLMEngine` (a `StreamingEngine`, for `pipeline.engine.run_dataflow`): each poll finishes the
-`finish_per_poll` oldest requests in flight, and `engine.polls` records which requests were in
-flight at each poll. `BlockFakeEngine` streams out-of-order blocks like the Ray backend, and runs
-chains as its chain jobs do (`run_chains`).
+Each one's `stream` is the `Engine` verb as one backend runs it: `FakeEngine` in waves of batches
+(`schedule.BatchEngine`); `StreamingFakeEngine` with continuous batching, as `VLLMEngine` (submit/
+poll: each poll finishes the `finish_per_poll` oldest requests in flight, and `engine.polls` records
+which requests were in flight at each poll); `BlockFakeEngine` as one Ray job, out-of-order blocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.engine.types import ChatRequest, ChatResult
+from pipeline.engine.schedule import BatchEngine, ContinuousBatching
+from pipeline.engine.types import DEFAULT_WINDOW, ChatRequest, ChatResult
 
 
-class FakeEngine:
+class FakeEngine(BatchEngine):
     def __init__(
         self,
         respond: Callable[[ChatRequest], str] | dict[str, str] | str = "",
@@ -70,7 +70,7 @@ class FakeEngine:
         pass
 
 
-class StreamingFakeEngine(FakeEngine):
+class StreamingFakeEngine(ContinuousBatching, FakeEngine):
     @property
     def pending(self) -> int:
         return len(self.in_flight)
@@ -86,17 +86,21 @@ class StreamingFakeEngine(FakeEngine):
 
 
 class BlockFakeEngine(FakeEngine):
-    """A `BlockStreamingEngine` like the Ray backend: `stream` hands back blocks of `block_size`
-    results in reverse order (the order must not matter), then raises `RowsFailed` if any request
-    id is in `fail` (those get no result, as on Ray). `engine.streams` records each call's requests."""
+    """An engine that streams like the Ray backend: blocks of `block_size` come back in reverse order
+    (the order must not matter), then `RowsFailed` if any chain's id is in `fail` (those get no
+    pairs, as on Ray). `engine.streams` records each call's requests without a follow-up,
+    `engine.chains` each call's first requests with one."""
 
     def __init__(self, *args, block_size: int = 3, fail: set[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.block_size, self.fail = block_size, set(fail or ())
         self.streams: list[list[ChatRequest]] = []
-        self.chains: list[list[ChatRequest]] = []  # each run_chains call's first requests
+        self.chains: list[list[ChatRequest]] = []
 
-    def stream(self, requests):
+    def stream(self, requests, follow_up=None, window=DEFAULT_WINDOW):
+        return self._chains(requests, follow_up) if follow_up is not None else self._requests(requests)
+
+    def _requests(self, requests):
         from pipeline.engine.ray_job import RowsFailed
 
         requests = list(requests)
@@ -110,11 +114,10 @@ class BlockFakeEngine(FakeEngine):
         if failed:
             raise RowsFailed(f"{len(failed)} of {len(requests)} rows failed (first, {failed[0]}: scripted).")
 
-    def run_chains(self, first, follow_up):
-        """Like the Ray backend's chain job: the requests and the follow-up go through what the trip to
-        a replica needs (JSON text, pickling), the chains run on a streaming fake, and blocks of
-        `block_size` finished chains come back in reverse order; a chain whose id is in `fail` gets
-        no pairs, and `RowsFailed` follows the last block."""
+    def _chains(self, first, follow_up):
+        """Like the Ray backend's job of chains: the requests and the follow-up go through what the trip
+        to a replica needs (JSON text, pickling), the chains run on a streaming fake, and blocks of
+        `block_size` finished chains come back in reverse order."""
         import json
         import pickle
 

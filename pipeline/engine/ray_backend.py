@@ -2,11 +2,11 @@
 
     evol evolve --config configs/tiny.yaml --set engine.backend=ray --set engine.replicas=2 --out runs/tiny
 
-Every call is one job (ray_job.py): the driver reads the requests a block at a time and each replica
+Every `stream` is one job (ray_job.py): the driver reads the requests a block at a time and each replica
 (ray_replica.py, an actor holding the local backend's `VLLMEngine`) takes the next block when it
-has room. Chains of dependent requests (an evolution round's evolve -> check -> answer,
-`run_chains`) overlap on each replica's continuous batch as on the local engine; independent
-requests (`stream`: seed answers, test-set answers, judge orders) are chains of one. Finished
+has room. Chains of dependent requests (an evolution round's evolve -> check -> answer, a
+follow-up) overlap on each replica's continuous batch as on the local engine; independent
+requests (no follow-up: seed answers, test-set answers, judge orders) are chains of one. Finished
 blocks reach the driver as they are made, out of order, each chain with its request id; the caller
 saves each block at once, so a killed job loses only what was in flight and the usual "skip the ids
 already written" resume does the rest. The replicas (and the placement group of a replica of
@@ -32,7 +32,7 @@ from pipeline.config.ray import ADDRESS, RayConfig
 from pipeline.core.jsonio import InputError
 from pipeline.engine.ray_job import RayJob, ReplicaPool, RowsFailed, no_follow_up
 from pipeline.engine.ray_replica import on_own_cores
-from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
+from pipeline.engine.types import DEFAULT_WINDOW, Block, ChatRequest, ChatResult, Engine, FollowUp
 from pipeline.engine.vllm_backend import VLLMEngine
 
 __all__ = ["RayEngine", "RowsFailed", "connect"]
@@ -74,8 +74,8 @@ def connect(ray_settings: RayConfig) -> bool:
 
 
 class RayEngine:
-    """A `ChainEngine`, a `BlockStreamingEngine` and a plain `Engine`: every call is one Ray job, on
-    replicas started by the first and kept until `close`."""
+    """An `Engine` whose every `stream` is one Ray job, on replicas started by the first and kept until
+    `close`; a block holds whole chains, each one's pairs in order."""
 
     def __init__(
         self,
@@ -133,14 +133,13 @@ class RayEngine:
             return make
         return partial(on_own_cores, make, self.ray_settings.cpus_per_worker * workers)
 
-    def run_chains(
-        self, first: Iterable[ChatRequest], follow_up: FollowUp
-    ) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
-        self.job = RayJob(self, first, follow_up)
+    def stream(
+        self, requests: Iterable[ChatRequest], follow_up: FollowUp | None = None, window: int = DEFAULT_WINDOW
+    ) -> Iterator[Block]:
+        """One job; `window` is not used: each replica holds `engine.chunk_size` chains, in blocks of
+        `ray.batch_size` (see ray_job.py)."""
+        self.job = RayJob(self, requests, follow_up or no_follow_up)
         return iter(self.job)
-
-    def stream(self, requests: Iterable[ChatRequest]) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
-        return self.run_chains(requests, no_follow_up)
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         results = {request.id: result for block in self.stream(requests) for request, result in block}

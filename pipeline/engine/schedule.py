@@ -1,15 +1,17 @@
-"""How stages feed an engine: in resumable chunks, or as chains of dependent requests.
+"""The one scheduler behind every local backend's `Engine.stream`, and what callers build on the verb.
 
+    for block in engine.stream(first_requests, follow_up, window=256): save(block)
     stats = generate_in_chunks(engine, requests, chunk_size=256, on_chunk=save)
-    run_dataflow(engine, first_requests, on_results=follow_ups, window=256)
     for chains in chain_blocks(engine, first_requests, follow_up, window=256, block=16): save(chains)
 
-`generate_in_chunks` hands each finished chunk to a callback, which is how stages persist work and
-resume after a crash. `run_dataflow` is for work whose next request depends on the last one's
-result (evolve, then check, then answer): on a `StreamingEngine` it keeps continuous batching full
-by sending each follow-up as soon as its predecessor finishes; any other engine gets waves.
-`chain_blocks` runs whole chains on a local engine and hands back the finished ones in blocks: what
-a Ray replica does with its share of a `ChainEngine.run_chains` job.
+`dataflow` sends up to `window` requests at a time, a chain's follow-up before any fresh request, so
+chains finish early and the batch stays full to the end. An engine that generates batches
+(`BatchEngine`: one `generate` per window) gets waves; one with continuous batching
+(`ContinuousBatching`: vLLM, the server, with `submit`/`poll`/`pending`) has each follow-up join the
+running batch the moment its predecessor finishes. A backend subclasses the one that fits and adds
+only what it does better (the Ray backend runs the whole stream as one job instead).
+`generate_in_chunks` saves each block as it comes, which is how stages persist work and resume
+after a crash; `chain_blocks` groups finished pairs into whole chains (a Ray replica's share of a job).
 """
 
 from __future__ import annotations
@@ -19,15 +21,28 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from pipeline.engine.types import (
-    TOO_LONG,
-    BlockStreamingEngine,
-    ChatRequest,
-    ChatResult,
-    Engine,
-    FollowUp,
-    StreamingEngine,
-)
+from pipeline.engine.types import DEFAULT_WINDOW, TOO_LONG, Block, ChatRequest, ChatResult, Engine, FollowUp
+
+
+class BatchEngine:
+    """The verb for an engine that generates batches (`generate`): waves of `window` requests."""
+
+    continuous = False  # ContinuousBatching: follow-ups join the running batch (submit/poll/pending)
+
+    def stream(
+        self, requests: Iterable[ChatRequest], follow_up: FollowUp | None = None, window: int = DEFAULT_WINDOW
+    ) -> Iterator[Block]:
+        return dataflow(self, requests, follow_up, window)
+
+
+class ContinuousBatching(BatchEngine):
+    """An engine with continuous batching: requests join the running batch between decoding steps.
+    It implements `submit(requests)`, `poll()` (advance one step; the pairs that finished in it) and
+    `pending` (submitted, not yet polled). Chains with a follow-up use them; independent requests
+    still go in waves of `window` through `generate`, the batches (which decide vLLM's numerics)
+    that the stages' chunked resume has always sent."""
+
+    continuous = True
 
 
 @dataclass
@@ -52,76 +67,39 @@ def generate_in_chunks(
     desc: str = "generate",
     postfix: Callable[[], dict] | None = None,
 ) -> ChunkStats:
-    """Send requests in chunks of `chunk_size`; after each chunk call `on_chunk` (which saves it).
-
-    A `BlockStreamingEngine` (Ray) gets every request in one job instead, and `on_chunk` each block
-    as it arrives (out of order: callers pair requests with results, never rely on position).
+    """Stream `requests` through `engine` (`chunk_size` at a time) and call `on_chunk` (which saves it)
+    with each block as it finishes. On a local engine a block is a chunk in request order; a Ray job
+    hands back blocks out of order, so callers pair requests with results, never rely on position.
     The progress bar shows requests done and output tokens/s, plus whatever `postfix` adds.
     """
     from tqdm import tqdm
 
     stats = ChunkStats()
     bar = tqdm(total=total, desc=desc, unit="req", dynamic_ncols=True, mininterval=1.0)
-    chunk: list[ChatRequest] = []
-
-    def flush(results: list[ChatResult] | None = None, seconds: float = 0.0) -> None:
-        if results is None:
-            started = time.perf_counter()
-            results = engine.generate(chunk)
-            seconds = time.perf_counter() - started
-        stats.seconds += seconds
-        stats.requests += len(results)
-        stats.prompt_tokens += sum(r.prompt_tokens for r in results)
-        stats.completion_tokens += sum(r.completion_tokens for r in results)
-        stats.too_long += sum(r.finish_reason == TOO_LONG for r in results)
-        on_chunk(list(chunk), results)
-        bar.update(len(results))
-        bar.set_postfix({"tok/s": f"{stats.tokens_per_second:.0f}", **(postfix() if postfix else {})})
-        chunk.clear()
-
     try:
-        if isinstance(engine, BlockStreamingEngine):
+        waited = time.perf_counter()
+        for pairs in engine.stream(requests, None, chunk_size):
+            stats.seconds += time.perf_counter() - waited
+            results = [result for _, result in pairs]
+            stats.requests += len(results)
+            stats.prompt_tokens += sum(r.prompt_tokens for r in results)
+            stats.completion_tokens += sum(r.completion_tokens for r in results)
+            stats.too_long += sum(r.finish_reason == TOO_LONG for r in results)
+            on_chunk([request for request, _ in pairs], results)
+            bar.update(len(results))
+            bar.set_postfix({"tok/s": f"{stats.tokens_per_second:.0f}", **(postfix() if postfix else {})})
             waited = time.perf_counter()
-            for pairs in engine.stream(requests):
-                chunk[:] = [request for request, _ in pairs]
-                flush([result for _, result in pairs], time.perf_counter() - waited)
-                waited = time.perf_counter()
-            return stats
-        for request in requests:
-            chunk.append(request)
-            if len(chunk) >= chunk_size:
-                flush()
-        if chunk:
-            flush()
     finally:
         bar.close()
     return stats
 
 
-def run_dataflow(
-    engine: Engine,
-    fresh: Iterable[ChatRequest],
-    on_results: Callable[[list[tuple[ChatRequest, ChatResult]]], list[ChatRequest]],
-    window: int,
-) -> None:
-    """Generate requests whose follow-ups depend on their results, keeping the engine busy.
-
-    Up to `window` requests are in the engine at once. Each batch of finished (request, result)
-    pairs goes to `on_results`, which returns the follow-up requests; these are sent before any
-    further fresh ones, so chains finish early and the batch stays full to the end. An engine
-    without `submit`/`poll` (data-parallel workers) gets waves: one `generate` call per window.
-    """
-    for _ in dataflow(engine, fresh, on_results, window):
-        pass
-
-
 def dataflow(
-    engine: Engine,
-    fresh: Iterable[ChatRequest],
-    on_results: Callable[[list[tuple[ChatRequest, ChatResult]]], list[ChatRequest]],
-    window: int,
-) -> Iterator[list[tuple[ChatRequest, ChatResult]]]:
-    """`run_dataflow` as a generator: yields each batch of finished pairs once `on_results` has had it."""
+    engine: BatchEngine, fresh: Iterable[ChatRequest], follow_up: FollowUp | None, window: int
+) -> Iterator[Block]:
+    """The scheduler (see the module doc): yields each batch of finished pairs, their follow-ups
+    already queued. `fresh` is iterated again at every take, so a queue that ran dry and was refilled
+    (a Ray replica's next block) is read on."""
     fresh = iter(fresh)
     follow: deque[ChatRequest] = deque()
 
@@ -135,11 +113,26 @@ def dataflow(
                 break
         return batch
 
-    if not isinstance(engine, StreamingEngine):
+    def queue(finished: Block) -> Exception | None:
+        """Queue the follow-ups of `finished`; an error of the follow-up is raised after the caller had
+        the pairs, so it can save the ones before it (a caller that calls the follow-up on them too
+        meets the error at the same pair)."""
+        for request, result in finished if follow_up is not None else ():
+            try:
+                after = follow_up(request, result)
+            except Exception as err:
+                return err
+            if after is not None:
+                follow.append(after)
+        return None
+
+    if follow_up is None or not engine.continuous:
         while batch := take(window):
             finished = list(zip(batch, engine.generate(batch)))
-            follow.extend(on_results(finished))
+            error = queue(finished)
             yield finished
+            if error is not None:
+                raise error
         return
     while True:
         engine.submit(take(window - engine.pending))
@@ -147,34 +140,31 @@ def dataflow(
             return
         finished = engine.poll()
         if finished:
-            follow.extend(on_results(finished))
+            error = queue(finished)
             yield finished
+            if error is not None:
+                raise error
 
 
 def chain_blocks(
     engine: Engine, first: Iterable[ChatRequest], follow_up: FollowUp, window: int, block: int
-) -> Iterator[list[list[tuple[ChatRequest, ChatResult]]]]:
-    """Run chains on this engine (`ChainEngine.run_chains` where the engine is local: a Ray replica
-    runs its share with it). Once at least `block` chains have finished, yields every chain finished
-    so far (one decoding step may end several, so a yield can hold more than `block`; the Ray replica
-    cuts them to exactly `block`), each chain its (request, result) pairs in order; a chain is the
-    requests sharing an id, ended when `follow_up` returns None."""
-    open_chains: dict[str, list[tuple[ChatRequest, ChatResult]]] = {}
-    ended: list[list[tuple[ChatRequest, ChatResult]]] = []
+) -> Iterator[list[Block]]:
+    """Run chains on this engine (what a Ray replica does with its share of a job). Once at least
+    `block` chains have finished, yields every chain finished so far (one decoding step may end
+    several, so a yield can hold more than `block`; the Ray replica cuts them to exactly `block`),
+    each chain its (request, result) pairs in order; a chain is the requests sharing an id, ended
+    when `follow_up` returns None."""
+    open_chains: dict[str, Block] = {}
+    ended: list[Block] = []
 
-    def on_results(pairs: list[tuple[ChatRequest, ChatResult]]) -> list[ChatRequest]:
-        following = []
-        for request, result in pairs:
-            chain = open_chains.setdefault(request.id, [])
-            chain.append((request, result))
-            after = follow_up(request, result)
-            if after is None:
-                ended.append(open_chains.pop(request.id))
-            else:
-                following.append(after)
-        return following
+    def follow(request: ChatRequest, result: ChatResult) -> ChatRequest | None:
+        open_chains.setdefault(request.id, []).append((request, result))
+        after = follow_up(request, result)
+        if after is None:
+            ended.append(open_chains.pop(request.id))
+        return after
 
-    for _ in dataflow(engine, first, on_results, window):
+    for _ in engine.stream(first, follow, window):
         if len(ended) >= block:
             yield ended[:]
             ended.clear()

@@ -5,7 +5,7 @@
     evol evolve --config configs/tiny.yaml --set engine.backend=server \\
         --set engine.url=http://127.0.0.1:8000/v1 --out runs/tiny-server
 
-`ServerEngine` is a `StreamingEngine` over `/v1/chat/completions`: up to `engine.max_in_flight`
+`ServerEngine` is an `Engine` with continuous batching over `/v1/chat/completions`: up to `engine.max_in_flight`
 requests are on the server at once (one thread and one kept-alive connection each), so the server's
 continuous batch stays full and each follow-up of a chain is sent the moment its predecessor returns.
 The model names of the config are the names the server serves (`/v1/models`, checked before any
@@ -42,6 +42,7 @@ from pathlib import Path
 from pipeline.config import EngineConfig
 from pipeline.core.jsonio import InputError
 from pipeline.core.models import chat_template_of
+from pipeline.engine.schedule import ContinuousBatching
 from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult
 
 # Statuses worth another try: the server is starting, overloaded or restarting behind a proxy.
@@ -310,8 +311,8 @@ class ServerStats:
     fallbacks: dict[str, int] = field(default_factory=lambda: {name: 0 for name in OPTIONAL_FIELDS})
 
 
-class ServerEngine:
-    """A `StreamingEngine` on an OpenAI-compatible server: submit/poll keep up to max_in_flight requests there."""
+class ServerEngine(ContinuousBatching):
+    """An `Engine` on an OpenAI-compatible server: submit/poll keep up to max_in_flight requests there."""
 
     def __init__(
         self,

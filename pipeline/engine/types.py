@@ -1,12 +1,16 @@
-"""The engine interface every backend implements: request and result types and the two protocols.
+"""The engine interface every backend implements: the request and result types and one protocol.
 
-    from pipeline.engine import ChatRequest, Engine, StreamingEngine
+    from pipeline.engine import ChatRequest, Engine
+    for block in engine.stream(first_requests, follow_up, window=256): save(block)
 
-`Engine` is a batch interface (`generate` returns results in request order); `StreamingEngine` adds
-continuous batching (`submit`/`poll`/`pending`); `BlockStreamingEngine` runs a whole stream as one
-job and returns blocks as they finish (`stream`); `ChainEngine` runs chains of dependent requests
-where it generates them (`run_chains`: on Ray, each replica chains its share on its own batch). Stages depend on these types only, never on a
-backend, so a new backend (another process layout, a cluster) is one new module in this package.
+`Engine.stream` is the one verb: a stream of first requests and an optional follow-up in, blocks of
+finished (request, result) pairs out, as they finish. A follow-up turns a finished request and its
+result into the chain's next request (evolve, then check, then answer), or None when the chain is
+done; without one every request is a chain of one. Each backend runs it where it runs best: local
+batches and continuous batching (`schedule.BatchEngine`, `schedule.ContinuousBatching`: vLLM, the
+server), one Ray job over the replicas (`ray_backend.RayEngine`). `generate` is the one-shot form,
+a batch in and its results in request order. Stages depend on these types only, never on a backend,
+so a new backend (another process layout, a cluster) is one new module in this package.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class ChatRequest:
     regex: str | None = None
     choice: list[str] | None = None
     purpose: str | None = None  # the caller's tag (which step asked); engines ignore it
-    # The caller's state for the chain's next request (see ChainEngine): plain JSON values, carried
+    # The caller's state for the chain's next request (see FollowUp): plain JSON values, carried
     # with the request to wherever its follow-up is made; engines ignore it.
     context: dict | None = None
 
@@ -52,60 +56,32 @@ class ChatResult:
     finish_reason: str  # "stop", "length", "too_long" (prompt did not fit; nothing generated), or "error"
 
 
+# A chain's next request from the last request and its result, or None when the chain is done.
+FollowUp = Callable[[ChatRequest, ChatResult], "ChatRequest | None"]
+# Finished requests with their results: what `Engine.stream` hands back at a time.
+Block = list[tuple[ChatRequest, ChatResult]]
+DEFAULT_WINDOW = 256  # requests in the engine at once when the caller does not say (engine.chunk_size's default)
+
+
 @runtime_checkable
 class Engine(Protocol):
-    """What every backend offers: a batch of requests in, their results out, in request order."""
+    """What every backend offers (see the module doc)."""
 
     model_name: str
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]: ...
+    def stream(
+        self, requests: Iterable[ChatRequest], follow_up: FollowUp | None = None, window: int = DEFAULT_WINDOW
+    ) -> Iterator[Block]:
+        """Run every chain that starts with one of `requests` (read lazily), up to `window` requests in
+        the engine at once (a Ray job sizes its blocks by its own settings); yield blocks of finished
+        pairs as they come, in no particular order across chains, a chain's pairs in order. A chain
+        the engine failed on is reported by the engine (an error after the last block), not yielded.
+        On Ray `follow_up` travels to the replicas, so it must be picklable and depend on nothing but
+        the request (its `context`) and the result."""
+        ...
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """One batch, its results in request order (the one-shot form of `stream`)."""
+        ...
 
     def close(self) -> None: ...
-
-
-@runtime_checkable
-class StreamingEngine(Engine, Protocol):
-    """An engine with continuous batching: requests join the running batch between decoding steps.
-
-    `run_dataflow` uses it to send each follow-up request the moment its predecessor finishes.
-    """
-
-    @property
-    def pending(self) -> int:
-        """Requests submitted and not yet returned by `poll`."""
-        ...
-
-    def submit(self, requests: list[ChatRequest]) -> None: ...
-
-    def poll(self) -> list[tuple[ChatRequest, ChatResult]]:
-        """Advance the engine one step; the requests that finished in it, in no particular order."""
-        ...
-
-
-@runtime_checkable
-class BlockStreamingEngine(Engine, Protocol):
-    """An engine that runs a whole request stream as one job and hands back finished blocks as they
-    arrive, in no particular order (the Ray backend). `generate_in_chunks` saves each block as it
-    comes, so a killed job loses only the blocks in flight."""
-
-    def stream(self, requests: Iterable[ChatRequest]) -> Iterator[list[tuple[ChatRequest, ChatResult]]]: ...
-
-
-# A chain's next request from the last request and its result, or None when the chain is done.
-FollowUp = Callable[[ChatRequest, ChatResult], "ChatRequest | None"]
-
-
-@runtime_checkable
-class ChainEngine(Engine, Protocol):
-    """An engine that runs chains of dependent requests where it generates them (the Ray backend):
-    each replica keeps its share of the chains on its own continuous batch, sending a chain's next
-    request the moment the last one ends, so the steps of a chain overlap as on the local engine.
-
-    `first` holds each chain's first request; `follow_up` travels to the replicas, so it must be
-    picklable and depend on nothing but the request (its `context`) and the result. Each block holds
-    every (request, result) of the chains that finished, a chain's pairs in order; blocks come in no
-    particular order, and a chain the engine failed on is reported by the engine, not yielded."""
-
-    def run_chains(
-        self, first: Iterable[ChatRequest], follow_up: FollowUp
-    ) -> Iterator[list[tuple[ChatRequest, ChatResult]]]: ...

@@ -5,7 +5,7 @@
 
 The chat template is applied here, with the model's own tokenizer, so a prompt that does not fit
 the context is reported per request (`finish_reason == "too_long"`) instead of failing the batch.
-`submit`/`poll`/`pending` expose vLLM's continuous batching (the `StreamingEngine` protocol).
+`submit`/`poll`/`pending` expose vLLM's continuous batching, which `stream` uses for chains (`ContinuousBatching`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import Config, EngineConfig
 from pipeline.core.jsonio import InputError
 from pipeline.core.models import chat_template_of, is_model_dir
+from pipeline.engine.schedule import ContinuousBatching
 from pipeline.engine.types import TOO_LONG, ChatRequest, ChatResult
 
 
@@ -178,8 +179,8 @@ def render_prompt(tokenizer, messages: list[dict], template: str | None = None) 
     return list(ids)
 
 
-class VLLMEngine:
-    """A `StreamingEngine` on one `vllm.LLM` (submit/poll go through its continuous batching)."""
+class VLLMEngine(ContinuousBatching):
+    """An `Engine` on one `vllm.LLM` (submit/poll go through its continuous batching)."""
 
     def __init__(
         self,
