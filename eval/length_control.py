@@ -144,3 +144,41 @@ def length_controlled(judgments: list[dict], lengths: Lengths | None, resamples:
         out["lc_win_rate_ci"] = interval(lc, 4)
         out["explained_points_ci"] = interval(100 * (raw - lc), 2)
     return out
+
+
+def _design(y: np.ndarray, d: np.ndarray) -> np.ndarray | None:
+    """The length term tanh(d / sd(d)), or None when nothing is there to fit (one verdict value, or the
+    same length difference on every item)."""
+    spread = float(d.std())
+    return None if y.min() == y.max() or spread == 0 else np.tanh(d / spread)
+
+
+def paired_lc_difference(
+    first: list[dict], second: list[dict], lengths: tuple[Lengths, Lengths], resamples: int, seed: int
+) -> dict | None:
+    """`second`'s length-controlled win rate minus `first`'s (two comparisons against one baseline), in
+    percentage points, on the items both judged with answer lengths: each comparison's model fitted on
+    those items, the interval from resampling them jointly (the same draws for both fits). None when
+    no item is common."""
+    (by_id_1, unit_1), (by_id_2, unit_2) = lengths
+    verdicts_1 = {str(j["id"]): j["verdict"] for j in first if j.get("verdict") is not None}
+    verdicts_2 = {str(j["id"]): j["verdict"] for j in second if j.get("verdict") is not None}
+    common = [i for i in verdicts_1 if i in verdicts_2 and i in by_id_1 and i in by_id_2]
+    if not common or unit_1 != unit_2:
+        return None
+    weights = np.ones((1, len(common)))
+    if resamples:
+        weights = np.vstack([weights, draw_weights(item_draws(len(common), resamples, seed), len(common))])
+    lcs = []
+    for verdicts, by_id in ((verdicts_1, by_id_1), (verdicts_2, by_id_2)):
+        y = np.array([PREFERENCE[verdicts[i]] for i in common])
+        d = np.array([by_id[i][0] - by_id[i][1] for i in common], dtype=float)
+        lcs.append(_rates(y, _design(y, d), weights)[1])
+    points = 100 * (lcs[1] - lcs[0])
+    ci = interval(points[1:], 2) if resamples else None
+    return {
+        "items": len(common),
+        "difference": round(float(points[0]), 2),
+        "ci": ci,
+        "significant": bool(ci and (ci[0] > 0 or ci[1] < 0)),
+    }

@@ -13,6 +13,7 @@ it moves strengths by far less than their intervals.
 
     strength             logit scale; 0 = the fixed model
     win_rate_vs_fixed    sigmoid(strength): the share (ties half) it is expected to take from the fixed model
+    vs_C0                strength minus C0's, with its interval from the same draws (paired), or None
 
 Intervals: a bootstrap over test items, all verdicts of one item travelling together across the
 comparisons, the model refitted on every draw. A model with no chain of judged comparisons to the
@@ -31,6 +32,7 @@ from pipeline.core.paths import REFERENCE
 STRENGTH_L2 = 0.01
 NEWTON_STEPS = 50
 FIXED_CANDIDATES = (REFERENCE, "base", "C0")
+DIFFERENCE_BASE = "C0"  # every other model's strength is also given as a paired difference from C0's
 
 
 def fixed_model(labels: list[str]) -> str:
@@ -113,13 +115,22 @@ def bradley_terry(comparisons: list[tuple[str, str, list[dict]]], resamples: int
         fitted = fit(rows_x, y, weights)
         strengths.update({name: fitted[:, column[name]] for name in free})
     per_model = {}
+    base = strengths.get(DIFFERENCE_BASE)
     for name in labels:
         drawn = strengths.get(name)
+        paired = drawn is not None and base is not None and name != DIFFERENCE_BASE
         per_model[name] = {
             "strength": None if drawn is None else round(float(drawn[0]), 4),
             "strength_ci": interval(drawn[1:], 4) if drawn is not None and resamples else None,
             "win_rate_vs_fixed": None if drawn is None else round(float(expit(drawn[0])), 4),
             "win_rate_vs_fixed_ci": interval(expit(drawn[1:]), 4) if drawn is not None and resamples else None,
             "verdicts": verdicts[name],
+            # The paired difference from C0 on one scale: the same draws refit both strengths.
+            "vs_C0": {
+                "difference": round(float(drawn[0] - base[0]), 4),
+                "ci": interval(drawn[1:] - base[1:], 4) if resamples else None,
+            }
+            if paired
+            else None,
         }
     return {**out, "resamples": resamples, "seed": seed, "models": per_model}

@@ -103,3 +103,28 @@ def test_scores_json_carries_it_and_a_recount_adds_it_to_an_older_scores_json(tm
     assert read_json(judge_dir / "scores.json")["overall"]["length_controlled"] == block
     # nothing changed since: the same objects come back, nothing is recounted
     assert rescore(again, judged, Aggregation(resamples=50, seed=1), lengths)[0] is again
+
+
+def test_the_paired_lc_difference_refits_both_comparisons_on_their_common_items():
+    from eval.length_control import paired_lc_difference
+
+    # Lengths constant across items: no length term, so LC is the raw rate and the difference is raw's:
+    # C0 wins 40 of 100 against the reference, C2 wins 70 of the same 100 (and one item only C2 was judged on)
+    first = verdicts(["win"] * 40 + ["lose"] * 60)
+    second = verdicts(["win"] * 70 + ["lose"] * 30) + [{"id": "extra", "verdict": "win"}]
+    same = lengths_of(np.full(100, 120), np.full(100, 100))
+    extra = ({**same[0], "extra": (5, 5)}, "tokens")
+    diff = paired_lc_difference(first, second, (same, extra), resamples=400, seed=3)
+    assert diff["items"] == 100 and diff["difference"] == pytest.approx(30.0)
+    low, high = diff["ci"]
+    assert low <= 30.0 <= high and low > 0 and diff["significant"]
+    # Wins that come with longer answers: C2's raw gain is mostly length, so its LC gain is smaller than its raw one
+    d = np.linspace(-100, 300, 200).round()
+    longer = verdicts(["win" if x > 0 else "lose" for x in d])
+    even = verdicts(["win" if i % 2 else "lose" for i in range(200)])
+    lengths_even = lengths_of(np.full(200, 200), np.full(200, 200) + (np.arange(200) % 7))
+    lengths_longer = lengths_of(200 + d, np.full(200, 200))
+    lc = paired_lc_difference(even, longer, (lengths_even, lengths_longer), resamples=0, seed=0)
+    raw_gain = 100 * (sum(x > 0 for x in d) / 200 - 0.5)
+    assert lc["ci"] is None and lc["difference"] < raw_gain - 10
+    assert paired_lc_difference(first, second, (same, ({}, "tokens")), 10, 0) is None  # no common item

@@ -140,3 +140,43 @@ def test_the_plan_sizes_a_config_before_spending(tmp_path):
     ifeval = next(r for r in plan_sizes(config, like)[0] if r["instrument"] == "ifeval prompt-level strict")
     # 2.801585 * 30 / 4 = 21.0; (2.801585 * 30 / 3)^2 = 784.9 -> 785 prompts for 3 points
     assert ifeval["minimum_detectable_difference_points"] == 21.0 and ifeval["needed_for_3_points"] == 785
+
+
+def test_length_controlled_and_bradley_terry_carry_paired_differences_from_c0():
+    from eval.report.headline import instruments
+
+    lc_block = {"lc_win_rate": 0.5, "lc_win_rate_ci": [0.4, 0.6]}
+    row = {"win_rate": 0.5, "win_rate_ci": [0.4, 0.6], "capacity_pct": 100.0, "length_controlled": lc_block}
+    diff = {"difference": 4.0, "ci": [-2.0, 10.0]}
+    pieces = {
+        "ablation": [{"label": f"C{k}", "vs_reference": row} for k in (0, 1)],
+        "round_differences": [
+            {
+                "a": "C0",
+                "b": "C1",
+                "baseline": "reference",
+                "items": 60,
+                "win_rate_points": diff,
+                "capacity_points": diff,
+                "lc_win_rate_points": {**diff, "items": 58},
+            }
+        ],
+        "bradley_terry": {
+            "items": 60,
+            "models": {
+                "reference": {"strength": 0.0, "strength_ci": [0, 0], "vs_C0": {"difference": 0.1, "ci": [-0.2, 0.4]}},
+                "C0": {"strength": -0.1, "strength_ci": [-0.3, 0.1], "vs_C0": None},
+                "C1": {"strength": 0.3, "strength_ci": [0.1, 0.5], "vs_C0": {"difference": 0.4, "ci": [0.1, 0.7]}},
+            },
+        },
+    }
+    found = {i.name: i for i in instruments(pieces)}
+    lc = found["length-controlled win rate vs reference"]
+    assert lc.differences["C1"]["difference"] == 4.0 and lc.n == 58
+    bt = found["Bradley-Terry strength"]
+    assert list(bt.differences) == ["C1"] and bt.n == 60 and bt.unit == "logits"  # the reference is not a round
+    result = assess(bt)
+    assert "+0.40 logits over C0 [+0.10, +0.70], significant" in result["sentence"]
+    assert result["unit"] == "logits" and "items_for_5_points" not in result  # 5 points mean nothing in logits
+    # sd = 0.6 / 3.919928 * sqrt(60) = 1.1856; MDD = 2.801585 * 1.1856 / sqrt(60) = 0.4288, to 2 digits
+    assert result["minimum_detectable_difference_points"] == 0.43

@@ -67,3 +67,19 @@ def test_c0_is_fixed_when_the_run_has_no_reference_comparisons():
     assert bt["fixed"] == "C0" and bt["models"]["C0"]["strength"] == 0.0 and bt["models"]["C1"]["strength"] > 0
     assert fixed_model(["C1", "base", "C0"]) == "base" and fixed_model(["C2", "C1"]) == "C1"
     assert bradley_terry([])["models"] == {}
+
+
+def test_every_strength_is_also_a_paired_difference_from_c0_with_its_interval():
+    bt = bradley_terry(run_like(), resamples=300, seed=1)
+    models = bt["models"]
+    c2, c0 = models["C2"], models["C0"]
+    assert c2["vs_C0"]["difference"] == pytest.approx(c2["strength"] - c0["strength"], abs=1e-3)
+    assert c2["vs_C0"]["difference"] == pytest.approx(TRUE["C2"] - TRUE["C0"], abs=0.3)
+    low, high = c2["vs_C0"]["ci"]
+    assert 0 < low <= c2["vs_C0"]["difference"] <= high  # 1.6 logits apart on 400 items: the interval leaves out 0
+    # paired: the same draws refit both, so the interval is narrower than the two strengths' intervals side by side
+    assert high - low < (c2["strength_ci"][1] - c2["strength_ci"][0]) + (c0["strength_ci"][1] - c0["strength_ci"][0])
+    assert models["C0"]["vs_C0"] is None and models["reference"]["vs_C0"]["difference"] == pytest.approx(
+        -c0["strength"], abs=1e-3
+    )
+    assert bradley_terry(run_like(), resamples=0)["models"]["C2"]["vs_C0"]["ci"] is None

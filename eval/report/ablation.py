@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eval.judge import SCORES_FILE, stored_lengths
+from eval.length_control import Lengths, paired_lc_difference
 from eval.ranking import bradley_terry
 from eval.report.evaluation import counted, load_scores, with_ci
 from eval.report.plots import RoundPanel, RoundSeries, plot_over_rounds
@@ -84,6 +86,12 @@ def _judgments(run_dir: Path, a: str, b: str, settings: Aggregation) -> list[dic
     return counted(judge_dir, settings)[1] if (judge_dir / "judgments.jsonl").is_file() else None
 
 
+def _lengths(run_dir: Path, a: str, b: str) -> Lengths | None:
+    """The answer lengths of the comparison A vs B, for its length-controlled win rate."""
+    judge_dir = RunDir(run_dir).judge_pair(a, b)
+    return stored_lengths(judge_dir, read_json(judge_dir / SCORES_FILE))
+
+
 def _signed(value: float) -> str:
     return f"{value:+.1f}"
 
@@ -126,6 +134,10 @@ def round_differences(run_dir: Path, rounds: list[int], settings: Aggregation) -
                 diff = paired_difference(first, second, settings.resamples or 0, seed)
                 if diff is None:
                     continue
+                lengths = [_lengths(run_dir, label, baseline) for label in (earlier, later)]
+                if None not in lengths:
+                    lc = paired_lc_difference(first, second, tuple(lengths), settings.resamples or 0, seed)
+                    diff["lc_win_rate_points"] = lc
                 sentence = difference_sentence(later, earlier, baseline, diff)
                 out.append({"a": earlier, "b": later, "baseline": baseline, **diff, "sentence": sentence})
     return out

@@ -39,6 +39,7 @@ class Instrument:
     points: float = 100.0  # one unit of the value in points (a share: 100; capacity, already points: 1)
     differences: dict[str, dict] = field(default_factory=dict)  # C<k> -> {"difference", "ci"} in points vs C0
     n: int | None = None  # items or prompts behind a paired difference
+    unit: str = "points"  # of the differences: "points", or "logits" (Bradley-Terry strength)
 
 
 def instruments(pieces: dict) -> list[Instrument]:
@@ -75,7 +76,9 @@ def instruments(pieces: dict) -> list[Instrument]:
             for r in rows
             if r["vs_reference"].get("length_controlled")
         }
-        found.append(Instrument("length-controlled win rate vs reference", "judge", lc, 100.0))
+        lc_diffs = {d["b"]: d["lc_win_rate_points"] for d in round_diffs if d.get("lc_win_rate_points")}
+        lc_n = max((d["items"] for d in lc_diffs.values()), default=None)
+        found.append(Instrument("length-controlled win rate vs reference", "judge", lc, 100.0, lc_diffs, lc_n))
         capacity = {
             r["label"]: {"value": r["vs_reference"]["capacity_pct"], "ci": r["vs_reference"].get("capacity_pct_ci")}
             for r in rows
@@ -90,10 +93,14 @@ def instruments(pieces: dict) -> list[Instrument]:
                 n,
             )
         )
-    strengths = (pieces.get("bradley_terry") or {}).get("models") or {}
+    ranking = pieces.get("bradley_terry") or {}
+    strengths = ranking.get("models") or {}
     if strengths:
         cells = {label: {"value": m["strength"], "ci": m.get("strength_ci")} for label, m in strengths.items()}
-        found.append(Instrument("Bradley-Terry strength", "judge", cells, 1.0))
+        diffs = {label: m["vs_C0"] for label, m in strengths.items() if m.get("vs_C0") and label.startswith("C")}
+        found.append(
+            Instrument("Bradley-Terry strength", "judge", cells, 1.0, diffs, ranking.get("items") or None, "logits")
+        )
     by_metric: dict[str, dict] = {}
     for row in pieces.get("harness") or []:
         key = f"{row['task']} {row['metric']}"
@@ -169,6 +176,8 @@ def assess(instrument: Instrument) -> dict:
     source = "this run's paired differences"
     if not tests:
         source = "no paired difference is computed for this instrument"
+    elif sd <= 0 and instrument.unit != "points":  # the defaults are for shares: none fits a logit scale
+        source = "no paired difference varied in this run"
     elif sd <= 0:
         sd, source = DEFAULT_SD[instrument.kind] * 100, "default (no paired item differed in this run)"
     out = {
@@ -181,9 +190,11 @@ def assess(instrument: Instrument) -> dict:
         "paired_sd_points": round(sd, 2),
         "sd_source": source,
     }
-    if instrument.n:
+    if instrument.n and sd > 0:
         out["minimum_detectable_difference_points"] = round(minimum_detectable_difference(sd, instrument.n), 2)
-        out["items_for_5_points"] = items_needed(sd, TARGET_POINTS)
+        if instrument.unit == "points":
+            out["items_for_5_points"] = items_needed(sd, TARGET_POINTS)
+    out["unit"] = instrument.unit
     out["sentence"] = sentence(out, instrument.points)
     return out
 
@@ -207,7 +218,11 @@ def sentence(result: dict, points: float) -> str:
         d = compared[best]
         word = "significant" if d["significant_holm"] else "not significant"
         p = "p < 0.001" if d["p"] < 0.001 else f"p {d['p']:.3f}"
-        said += f", {d['difference']:+.1f} points over C0 [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}], {word} ({p})"
+        unit, digits = result.get("unit", "points"), 1 if result.get("unit", "points") == "points" else 2
+        said += (
+            f", {d['difference']:+.{digits}f} {unit} over C0 [{d['ci'][0]:+.{digits}f}, {d['ci'][1]:+.{digits}f}], "
+            f"{word} ({p})"
+        )
     others = [label for label in winners if label != best]
     tail = f"; {', '.join(others)} also differ{'s' * (len(others) == 1)} from C0" if others else ""
     if not winners:
@@ -221,6 +236,10 @@ def _cell(cell: dict | None) -> str:
     ci = cell.get("ci")
     value = fmt.num(cell["value"])
     return f"{value} [{fmt.num(ci[0])}, {fmt.num(ci[1])}]" if ci else value
+
+
+def _with_unit(value: float | None, unit: str) -> str:
+    return fmt.MISSING if value is None else f"{fmt.num(value)} {unit}"
 
 
 def headline(run_dir: Path, pieces: dict, verify_sets: list[str]) -> tuple[list[Section], dict]:
@@ -256,7 +275,7 @@ def headline(run_dir: Path, pieces: dict, verify_sets: list[str]) -> tuple[list[
         [
             r["name"],
             r.get("n") or fmt.MISSING,
-            fmt.num(r.get("minimum_detectable_difference_points")),
+            _with_unit(r.get("minimum_detectable_difference_points"), r["unit"]),
             r.get("items_for_5_points") or fmt.MISSING,
             r["sd_source"],
         ]
@@ -270,7 +289,7 @@ def headline(run_dir: Path, pieces: dict, verify_sets: list[str]) -> tuple[list[
     header = [
         "instrument",
         "items or prompts",
-        "minimum detectable difference (points)",
+        "minimum detectable difference",
         "needed for 5 points",
         "variance from",
     ]
