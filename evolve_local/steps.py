@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.jsonio import append_jsonl, read_jsonl_tolerant
+from pipeline.core.ledger import Ledger
 from pipeline.engine import DEFAULT_WINDOW, Block, ChatRequest, ChatResult, Engine, FollowUp, generate_in_chunks
 
 
@@ -109,7 +110,7 @@ def step_record(request: ChatRequest, result: ChatResult) -> dict:
 
 def load_step(path: Path) -> dict[str, dict]:
     """Finished records of a step by id (a torn last line from a crash is dropped)."""
-    return {record["id"]: record for record in read_jsonl_tolerant(path)}
+    return Ledger(path).done
 
 
 def run_step(
@@ -131,11 +132,12 @@ def run_step(
     if total == 0:
         return  # nothing left: do not even start an engine
     timed = TimedEngine(engines.get(role))
+    ledger = Ledger(out)  # appends only: the caller read what is done
     seen = [0, 0]
 
     def save(chunk: list[ChatRequest], results: list[ChatResult]) -> None:
         records = [step_record(request, result) for request, result in zip(chunk, results)]
-        append_jsonl(out, records)
+        ledger.append(records)
         append_jsonl(
             timing,
             [
@@ -171,6 +173,7 @@ class _ChainLog:
 
     def __init__(self, outs: dict[str, Path], timing: Path, timed: TimedEngine, every: int, seconds: float = 10.0):
         self.outs, self.timing, self.timed = outs, timing, timed
+        self.ledgers = {step: Ledger(path) for step, path in outs.items()}
         self.every, self.seconds = every, seconds
         self.buffer: dict[str, list[dict]] = {step: [] for step in outs}
         self.engine_mark, self.wall_mark = timed.seconds, time.monotonic()
@@ -189,7 +192,7 @@ class _ChainLog:
         tokens = {step: sum(r["completion_tokens"] for r in records) for step, records in rows.items()}
         weight = tokens if sum(tokens.values()) else {step: len(records) for step, records in rows.items()}
         for step, records in rows.items():
-            append_jsonl(self.outs[step], records)
+            self.ledgers[step].append(records)
         append_jsonl(
             self.timing,
             [
