@@ -34,7 +34,7 @@ from finetune.data import (
     training_chat_template,
 )
 from pipeline.config import Config, semantic_dict, to_yaml
-from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
+from pipeline.core.jsonio import InputError, atomic_dir, atomic_write_text, read_json, write_json
 from pipeline.core.manifest import begin_stage, file_sha256, finish_stage, stage_done
 from pipeline.core.models import chat_template_of, content_hash, resolve_model
 
@@ -145,22 +145,14 @@ def run_train(
     examples, bad = read_examples(data_path, tokenizer, template, train)
     stage, resume_from = open_stage(config, out_dir, key_material, args, ckpt_dir, metrics_path)
 
-    # ---- load the model
-    model = load_model(base_path, method, torch_dtype(precision), config.models.trust_remote_code)
-    peft_config = lora_config(train) if method in ("lora", "qlora") else None
-
-    # ---- train
+    # ---- load the model, train
     metrics = MetricsCallback(metrics_path)
-    trainer = make_trainer(model, args, examples, tokenizer, peft_config, [metrics, *(callbacks or [])])
-    log(
-        f"{method} fine-tune of {base_path.name} on {len(examples)} rows, {precision}, "
-        f"{trainer.args.gradient_accumulation_steps} accumulation step(s) of {train.per_device_train_batch_size}"
-    )
+    callbacks = [metrics, *(callbacks or [])]
+    trainer = make_trainer(config, base_path, method, precision, args, examples, tokenizer, callbacks)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    # ---- save (every rank takes part: DeepSpeed ZeRO-3 and FSDP gather sharded weights here); the
-    # tokenizer saved beside the weights, the adapter and the merged copy carries the chat template
-    # of the layout trained in, so every consumer prompts the fine-tune as it was trained
+    # ---- save: every rank takes part (DeepSpeed ZeRO-3 and FSDP gather sharded weights here); the tokenizer
+    # beside the weights and the merged copy carry the layout trained in, so every consumer prompts it that way
     tokenizer.chat_template = training_chat_template(tokenizer, template, train.response_marker)
     target = out_dir / ("model" if method == "full" else "adapter")
     trainer.save_model(str(target))  # a PEFT model saves only its adapter; the tokenizer goes along
@@ -168,16 +160,22 @@ def run_train(
         return {}
     outputs = {target.name: str(target)}
     if merge:
-        del trainer, model  # the trained copy leaves memory before the base loads again for the merge
+        del trainer  # the trained model leaves memory before the base loads again for the merge
         outputs["merged"] = merge_adapter(base_path, target, out_dir / "merged", tokenizer)
 
-    # ---- metrics, card, manifest (last)
-    performance = performance_summary(result, metrics, metrics_path, resume_from)
+    # ---- metrics, card, manifest (last): the card shows what the manifest records
+    record = {
+        "method": method,
+        "template": template,
+        "response_marker": train.response_marker,
+        "data": data_summary(data_path, data_sha, bad, examples, train.on_bad_rows),
+        "bad_rows": bad.as_dict(),
+        "outputs": outputs,
+        "performance": performance_summary(result, metrics, metrics_path, resume_from),
+        "hyperparameters": hyperparameters(train, args, method, precision, seed),
+    }
     plot_loss(metrics_path, out_dir / "loss.png", f"{out_dir.name}: {method} on {data_path.name}")
-    data_info = data_summary(data_path, data_sha, bad, examples, train.on_bad_rows)
-    hyper = hyperparameters(train, args, method, precision, seed)
-    card = {"name": out_dir.name, "base_model": str(base_path), "method": method, "template": template}
-    write_card(out_dir / "model_card.md", card, train, data_info, hyper, performance, outputs)
+    write_card(out_dir / "model_card.md", out_dir.name, base_path, record)
     if not train.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return finish_stage(
@@ -186,16 +184,7 @@ def run_train(
         rows={"train_rows": len(examples), "bad_rows": bad.bad},
         models={"base": str(base_path)},
         seeds={"train": seed},
-        extra={
-            "method": method,
-            "template": template,
-            "response_marker": train.response_marker,
-            "data": data_info,
-            "bad_rows": bad.as_dict(),
-            "outputs": outputs,
-            "performance": performance,
-            "hyperparameters": hyper,
-        },
+        extra=record,
     )
 
 
@@ -308,20 +297,30 @@ def lora_config(train):
     )
 
 
-def make_trainer(model, args, examples: list[dict], tokenizer, peft_config, callbacks: list):
-    """TRL's SFTTrainer on the already tokenized rows (input_ids and labels, prompt tokens masked)."""
+def make_trainer(
+    config: Config, base_path: Path, method: str, precision: str, args, examples: list[dict], tokenizer, callbacks
+):
+    """The base model loaded for `method` and TRL's SFTTrainer around it, on the already tokenized rows
+    (input_ids and labels, prompt tokens masked). The trainer holds the only reference to the model."""
     from datasets import Dataset
     from trl import SFTTrainer
 
+    train = config.train
+    model = load_model(base_path, method, torch_dtype(precision), config.models.trust_remote_code)
     dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=lora_config(train) if method in ("lora", "qlora") else None,
         callbacks=callbacks,
     )
+    log(
+        f"{method} fine-tune of {base_path.name} on {len(examples)} rows, {precision}, "
+        f"{trainer.args.gradient_accumulation_steps} accumulation step(s) of {train.per_device_train_batch_size}"
+    )
+    return trainer
 
 
 # ---------------------------------------------------------------- what a finished fine-tune records
@@ -379,24 +378,12 @@ def hyperparameters(train, args, method: str, precision: str, seed: int) -> dict
     return hyper
 
 
-def write_card(
-    path: Path, card: dict, train, data_info: dict, hyper: dict, performance: dict, outputs: dict[str, str]
-) -> None:
-    """model_card.md: `card` holds name, base_model, method and template; the rest is added here."""
+def write_card(path: Path, name: str, base_path: Path, record: dict) -> None:
+    """model_card.md from the manifest's record of the fine-tune, with its name, base and device."""
     import torch
 
-    write_model_card(
-        path,
-        {
-            **card,
-            "response_marker": train.response_marker,
-            "data": data_info,
-            "hyperparameters": hyper,
-            "performance": performance,
-            "outputs": outputs,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
-        },
-    )
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    write_model_card(path, {"name": name, "base_model": str(base_path), **record, "device": device})
 
 
 # ---------------------------------------------------------------- helpers
@@ -489,14 +476,11 @@ def merge_adapter(base_path: Path, adapter: Path, target: Path, tokenizer) -> st
     log(f"merging {adapter} into {base_path.name} -> {target}")
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=_base_dtype(base_path))
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    merged.save_pretrained(staging, safe_serialization=True)
-    # the merged copy answers in the layout the adapter was trained in (its template, not the base's)
-    tokenizer.chat_template = chat_template_of(adapter) or tokenizer.chat_template
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    with atomic_dir(target) as staging:  # a merge killed half-way leaves no merged/ that looks finished
+        merged.save_pretrained(staging, safe_serialization=True)
+        # the merged copy answers in the layout the adapter was trained in (its template, not the base's)
+        tokenizer.chat_template = chat_template_of(adapter) or tokenizer.chat_template
+        tokenizer.save_pretrained(staging)
     return str(target)
 
 
