@@ -30,6 +30,7 @@ from pipeline.config import Config
 from pipeline.core.jsonio import InputError, iter_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from pipeline.core.ledger import Ledger
 from pipeline.core.manifest import Stage, begin_stage, file_hash, finish_stage
+from pipeline.core.paths import RunDir, pair_name
 from pipeline.core.seeds import derive_seed
 from pipeline.core.text import clip
 from pipeline.engine import (
@@ -136,7 +137,7 @@ def begin_judge(config: Config, a: AnswerSet, b: AnswerSet, judge_hash: str, out
         "judge_model": judge_hash,
         "settings": judge_settings(config),
     }
-    return begin_stage(out_dir, f"{a.label}__vs__{b.label}", material)
+    return begin_stage(out_dir, pair_name(a.label, b.label), material)
 
 
 # ---------------------------------------------------------------- one order, then the pair
@@ -305,7 +306,7 @@ def stored_lengths(judge_dir: Path, scores: dict) -> Lengths | None:
     sides = []
     for side in ("a", "b"):
         places = [Path(p) for p in (scores.get(f"answers_{side}"),) if p]
-        places.append(Path(judge_dir).parent.parent / "answers" / str(scores.get(side)))
+        places.append(RunDir(Path(judge_dir).parent.parent).answers / str(scores.get(side)))
         found = [p / ANSWERS_FILE for p in places if (p / ANSWERS_FILE).is_file()]
         try:
             sides.append(read_jsonl(found[0]))

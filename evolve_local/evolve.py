@@ -55,6 +55,7 @@ from evolve_local.steps import Engines, ModelSet, run_step
 from pipeline.config import Config, semantic_dict
 from pipeline.core.jsonio import JsonlWriter, iter_jsonl, read_json, write_json
 from pipeline.core.manifest import begin_stage, finish_stage
+from pipeline.core.paths import RunDir
 from pipeline.core.records import CONTAMINATED, NEAR_DUPLICATE, SEED_FILE, SEED_OPERATION, TOO_LONG_RULE, RoundRecord
 from pipeline.core.scratch import Scratch
 from pipeline.core.seeds import derive_seed
@@ -63,7 +64,6 @@ from pipeline.engine import TOO_LONG, ChatRequest, server_urls
 
 STAGE = "evolve"
 SCRATCH_FILE = "scratch.sqlite"  # in evolve/work/, made anew by each process and deleted at its end
-METHOD_FILE = "method.json"  # evolve.method's file, copied into evolve/ when it is not "ops"
 
 
 def run_evolve(
@@ -95,9 +95,9 @@ def run_evolve(
 
     # the near-duplicate index and a round's finished records, looked up on disk (rebuilt on resume)
     scratch = Scratch(stage.dir / "work" / SCRATCH_FILE)
-    run = new_run(config, models, engines or Engines(models), stage.dir, run_dir / "data", inputs, scratch)
+    run = new_run(config, models, engines or Engines(models), stage.dir, RunDir(run_dir).data_dir, inputs, scratch)
     if inputs.method is not None:  # the method beside the rounds it wrote, for the report
-        inputs.method.save(stage.dir / METHOD_FILE)
+        inputs.method.save(RunDir(run_dir).evolve_method)
     if not run.pool(0).exists():
         for stale in run.data_dir.glob("C*.jsonl"):  # from an earlier evolution with other inputs
             stale.unlink()

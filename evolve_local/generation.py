@@ -21,9 +21,8 @@ from evolve_local.prompts import equality_prompt, evolution_prompt, messages
 from evolve_local.steps import Engines, ModelSet, run_chained, run_step, step_record
 from pipeline.config import Config
 from pipeline.config.evolve import OPERATIONS, EvolveConfig
-from pipeline.core.jsonio import iter_jsonl
-from pipeline.core.ledger import Ledger
-from pipeline.core.paths import round_pool
+from pipeline.core.jsonio import iter_jsonl, read_jsonl_tolerant
+from pipeline.core.paths import RunDir
 from pipeline.core.scratch import Scratch, ScratchRecords
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, ChatResult
@@ -53,12 +52,15 @@ class Run:
         return self.stage_dir / "work" / f"round_{k}.{step}.jsonl"
 
     def pool(self, k: int) -> Path:
-        return round_pool(self.stage_dir.parent, k)  # written last: its presence = round done
+        return RunDir(self.stage_dir.parent).pool(k)  # written last: its presence = round done
 
     def finished(self, k: int, step: str) -> ScratchRecords:
         """The step's finished records of round k by attempt id, from its work file: in the scratch
         file, so memory does not grow with the pool."""
-        return Ledger(self.work(k, step), into=self.scratch.records(f"round_{k}_{step}")).done
+        records = self.scratch.records(f"round_{k}_{step}")
+        for record in read_jsonl_tolerant(self.work(k, step)):
+            records[record["id"]] = record
+        return records
 
     def round_stats(self, k: int) -> Path:
         return self.stage_dir / "work" / f"stats_{k}.json"
@@ -188,7 +190,7 @@ def step_passes(run: Run, step: str, item_of: Callable[[str], dict]) -> Callable
 
 def overlapped(run: Run) -> bool:
     """One model in every role: the steps share one engine and run as chains, on the local engine
-    or, on Ray, on each replica (one model copy per replica; see README "Running on a cluster")."""
+    or, on Ray, on each replica (one model copy per replica; see docs/ray.md, "What lands where")."""
     return run.config.evolve.overlap_steps and len({run.models.identity(ROLE_OF[step]) for step in STEPS}) == 1
 
 

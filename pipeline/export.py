@@ -37,6 +37,7 @@ from pipeline.core.jsonio import (
     write_json,
 )
 from pipeline.core.manifest import file_sha256, now
+from pipeline.core.paths import RunDir
 from pipeline.core.records import RoundRecord, elimination_match, iter_attempts, round_files
 from pipeline.export_card import dataset_card
 
@@ -115,25 +116,25 @@ def read_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run directory.")
-    evolve = run_dir / "evolve"
-    if not (run_dir / "data" / "C0.jsonl").is_file() or not round_files(run_dir):
+    run = RunDir(run_dir)
+    if not run.data(0).is_file() or not round_files(run_dir):
         raise InputError(
             f"{run_dir} is not a run directory: it has no data/C<k>.jsonl and evolve/round_<k>.jsonl; "
             f"give the folder `evol run` or `evol evolve --out` wrote (runs/<name>)."
         )
-    if not (evolve / "manifest.json").is_file() or not (evolve / "stats.json").is_file():
+    if not run.evolve_manifest.is_file() or not run.evolve_stats.is_file():
         raise InputError(
             f"{run_dir}: the evolution has not finished (evolve/manifest.json or evolve/stats.json is missing); "
             f"export it once `evol evolve` has ended."
         )
-    stats, manifest = read_json(evolve / "stats.json"), read_json(evolve / "manifest.json")
+    stats, manifest = read_json(run.evolve_stats), read_json(run.evolve_manifest)
     last = stats.get("rounds_done")
     if not isinstance(last, int) or last < 0 or len(round_files(run_dir, last)) != last + 1:
         raise InputError(
-            f"{evolve / 'stats.json'}: rounds_done is {last!r} but evolve/round_0.jsonl..round_{last}.jsonl are not "
+            f"{run.evolve_stats}: rounds_done is {last!r} but evolve/round_0.jsonl..round_{last}.jsonl are not "
             f"all there; not a finished `evol evolve` run."
         )
-    sets = [run_dir / "data" / f"C{k}.jsonl" for k in range(last + 1)]
+    sets = [run.data(k) for k in range(last + 1)]
     expected = manifest.get("rows") or {}
     for k, path in enumerate(sets):
         if not path.is_file():
@@ -147,10 +148,10 @@ def read_run(run_dir: str | Path) -> RunData:
                 f"the evolution wrote it; restore the run's own file before exporting."
             )
     data = RunData(run_dir, sets, stats, manifest)
-    if (run_dir / "manifest.json").is_file():
-        data.run_manifest = read_json(run_dir / "manifest.json")
-    if (run_dir / "config.yaml").is_file():
-        data.config_yaml, data.config_source = read_text_file(run_dir / "config.yaml"), "config.yaml"
+    if run.manifest.is_file():
+        data.run_manifest = read_json(run.manifest)
+    if run.config.is_file():
+        data.config_yaml, data.config_source = read_text_file(run.config), "config.yaml"
     else:
         import yaml
 

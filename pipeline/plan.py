@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.core.paths import REFERENCE, RunDir, label, round_pool
+from pipeline.core.paths import REFERENCE, RunDir, label
 from pipeline.engine.backends import backend_of
 
 
@@ -226,7 +226,7 @@ def _lanes_plan(build: _StepBuilder, lanes: int) -> list[Step]:
     reference = []
     if build.config.run.reference:
         reference = [build.answer([(build.reference_model, REFERENCE)], after=[])]
-    trains = [build.train([k], early=round_pool(build.run_dir, k)) for k in build.rounds]
+    trains = [build.train([k], early=RunDir(build.run_dir).pool(k)) for k in build.rounds]
     answers = [build.answer([build.fine_tuned(k)], [train.title]) for k, train in zip(build.rounds, trains)]
     answered = {step.label: step.title for step in [*reference, *answers]}  # model label -> its answer step
     judges = _judges_per_lane(build, lanes, answered)

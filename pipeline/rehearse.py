@@ -32,6 +32,7 @@ from pathlib import Path
 from pipeline.config import Config, get_setting, model_roles, set_setting, to_dict
 from pipeline.core.jsonio import InputError, atomic_write_text, read_json, write_json
 from pipeline.core.models import SMOLLM2_ALIAS, SMOLLM2_BASE_ALIAS, chat_template_of, prepare_alias, resolve_model
+from pipeline.core.paths import RunDir
 from pipeline.engine.backends import backend_of, read_by_another_backend
 
 # key -> the rehearsal's ceiling: the config's value when lower (0 meaning "all" takes the ceiling)
@@ -273,8 +274,9 @@ def rehearse(config: Config, config_path: str | None) -> Path:
         run_dir = run_pipeline(rehearsal)
     wall = time.monotonic() - started
     rows, times = key_table(config, changes), stage_times(run_dir)
-    atomic_write_text(run_dir / "rehearsal.md", render(rows, times, checks, wall))
+    atomic_write_text(RunDir(run_dir).rehearsal("md"), render(rows, times, checks, wall))
     write_json(
-        run_dir / "rehearsal.json", {"checks": checks, "wall_seconds": round(wall, 1), "stages": times, "keys": rows}
+        RunDir(run_dir).rehearsal("json"),
+        {"checks": checks, "wall_seconds": round(wall, 1), "stages": times, "keys": rows},
     )
     return run_dir

@@ -31,6 +31,7 @@ from eval.scores import Aggregation
 from pipeline.config import Config
 from pipeline.core import fmt
 from pipeline.core.jsonio import read_json, write_json
+from pipeline.core.paths import RunDir
 from pipeline.view import VIEW_FILE, write_viewer
 
 
@@ -64,7 +65,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
     strengths = run_strengths(run_dir, settings)
     verified_panel = verify_panel(run_dir)
     images = plot_ablation(
-        rows, survival_rows, run_dir / "plots", strengths, [verified_panel] if verified_panel else []
+        rows, survival_rows, RunDir(run_dir).plots, strengths, [verified_panel] if verified_panel else []
     )
     section = _ablation_section(run_dir, config, settings, rows, differences, strengths, images)
     pieces = {
@@ -88,7 +89,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         leading_sections=top,
     )
     # eval's report.json describes the comparisons; the run adds its ablation and survival rows.
-    report_json = run_dir / "report.json"
+    report_json = RunDir(run_dir).report("json")
     report = read_json(report_json) if report_json.is_file() else {}
     report.update(
         {
@@ -104,7 +105,7 @@ def write_run_report(run_dir: Path, config: Config) -> Path:
         }
     )
     write_json(report_json, report)
-    return run_dir / "report.md"
+    return RunDir(run_dir).report("md")
 
 
 def _ablation_section(
@@ -119,7 +120,7 @@ def _ablation_section(
     """What was run and how to read the intervals, the sentences the numbers support, the table over
     rounds and the Bradley-Terry strengths; writes the evolution's viewer page it links to."""
     # Every attempt of the evolution, browsable offline: cheap (no model), so written with each report.
-    viewer = write_viewer(run_dir) if (run_dir / "evolve" / "stats.json").is_file() else None
+    viewer = write_viewer(run_dir) if RunDir(run_dir).evolve_stats.is_file() else None
     return Section(
         title="Ablation over evolution rounds",
         paragraphs=[

@@ -170,7 +170,7 @@ def test_counting_settings_recount_the_stored_verdicts_without_an_engine(tmp_pat
     def no_engine(*args, **kwargs):
         raise AssertionError("a recount must not start an engine")
 
-    monkeypatch.setattr("pipeline.engine.factory.VLLMEngine", no_engine)
+    monkeypatch.setattr("pipeline.engine.vllm_backend.VLLMEngine", no_engine)
     config = Config()
     config.eval.high_difficulty, config.eval.single_order_fallback = 10, False
     _, scores = judge_pairs(config, [(a, b)], tmp_path / "judge", "j")[0]
@@ -200,7 +200,7 @@ def test_several_pairs_share_one_engine_and_are_all_checked_first(tmp_path, answ
         started.append(engine)
         return engine
 
-    monkeypatch.setattr("pipeline.engine.factory.VLLMEngine", fake_vllm)
+    monkeypatch.setattr("pipeline.engine.vllm_backend.VLLMEngine", fake_vllm)
     results = judge_module.judge_pairs(Config(), [(a, b), (c, b)], tmp_path / "judge", "fake-judge")
     assert [d.name for d, _ in results] == ["C1__vs__base", "C2__vs__base"]
     assert len(started) == 1 and len(started[0].requests_seen) == 12

@@ -34,6 +34,7 @@ from pipeline.config.evolve import OPERATIONS
 from pipeline.core.jsonio import InputError, iter_jsonl, read_json, read_jsonl_tolerant, write_json, write_jsonl
 from pipeline.core.ledger import Ledger
 from pipeline.core.manifest import begin_stage, file_hash, finish_stage
+from pipeline.core.paths import RunDir
 from pipeline.core.records import KEPT
 from pipeline.core.seeds import derive_seed
 from pipeline.engine import ChatRequest, ChatResult, Engine, generate_in_chunks, server_urls
@@ -56,18 +57,18 @@ class EvolvedRun:
 
 def load_run(run_dir: str | Path) -> EvolvedRun:
     run_dir = Path(run_dir)
-    evolve = run_dir / "evolve"
-    if not (evolve / "manifest.json").is_file() or not (evolve / "stats.json").is_file():
+    run = RunDir(run_dir)
+    if not run.evolve_manifest.is_file() or not run.evolve_stats.is_file():
         raise InputError(
             f"{run_dir}: no finished evolution there (evolve/manifest.json or evolve/stats.json missing); "
             f"run `evol evolve --out {run_dir}` to completion first."
         )
-    last = read_json(evolve / "stats.json").get("rounds_done")
+    last = read_json(run.evolve_stats).get("rounds_done")
     if not isinstance(last, int) or last < 0:
-        raise InputError(f"{evolve / 'stats.json'}: no integer rounds_done; not written by `evol evolve`.")
+        raise InputError(f"{run.evolve_stats}: no integer rounds_done; not written by `evol evolve`.")
     rounds, sets, files = [], [], []
     for k in range(last + 1):
-        path = evolve / f"round_{k}.jsonl"
+        path = run.round(k)
         records = []
         for lineno, record in iter_jsonl(path):
             missing = [f for f in RECORD_FIELDS if f not in record]
@@ -78,7 +79,7 @@ def load_run(run_dir: str | Path) -> EvolvedRun:
                 )
             # Only what the analysis reads: answers are left out, so a paper-size run fits in memory.
             records.append({f: record.get(f) for f in (*RECORD_FIELDS, "elimination_rule")})
-        path_c = run_dir / "data" / f"C{k}.jsonl"
+        path_c = run.data(k)
         rows = []
         for lineno, row in iter_jsonl(path_c):
             user = next(

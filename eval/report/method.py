@@ -22,6 +22,7 @@ from eval.report.evaluation import Section, with_ci
 from eval.report.headline import methods_headline
 from pipeline.core import fmt
 from pipeline.core.jsonio import InputError, read_json
+from pipeline.core.paths import RunDir
 from pipeline.core.records import RULES
 
 Z = 1.959964  # the 95% normal quantile
@@ -59,13 +60,11 @@ def _rate(k: int, n: int) -> str:
 def method_info(run_dir: str | Path) -> dict | None:
     """The evolve manifest's method (kind, name, hash) with the method file's lineage and history; None
     before the evolution finished. A run evolved before evolve.method existed used the operations."""
-    evolve = Path(run_dir) / "evolve"
-    if not (evolve / "manifest.json").is_file():
+    manifest = RunDir(run_dir).evolve_manifest
+    if not manifest.is_file():
         return None
-    info = dict(
-        read_json(evolve / "manifest.json").get("method") or {"kind": "ops", "name": "hand-written operations"}
-    )
-    method_file = evolve / "method.json"
+    info = dict(read_json(manifest).get("method") or {"kind": "ops", "name": "hand-written operations"})
+    method_file = RunDir(run_dir).evolve_method
     if info["kind"] != "ops" and method_file.is_file():
         saved = read_json(method_file)
         info.update(lineage=saved.get("lineage") or {}, history=saved.get("history") or [], text=saved.get("text"))
@@ -120,13 +119,13 @@ def method_section(run_dir: str | Path) -> Section | None:
 
 
 def _run(run_dir: Path) -> dict:
-    stats_path = run_dir / "evolve" / "stats.json"
+    stats_path = RunDir(run_dir).evolve_stats
     if not stats_path.is_file():
         raise InputError(
             f"{run_dir} has no finished evolution (evolve/stats.json); run evol run or evol evolve first."
         )
-    manifest = read_json(run_dir / "evolve" / "manifest.json")
-    report = run_dir / "report.json"
+    manifest = read_json(RunDir(run_dir).evolve_manifest)
+    report = RunDir(run_dir).report("json")
     return {
         "dir": run_dir,
         "stats": read_json(stats_path),

@@ -19,6 +19,7 @@ import click
 import pipeline  # noqa: F401  (sets the offline environment before anything imports transformers)
 from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config, to_yaml
+from pipeline.core.paths import RunDir
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,8 +160,8 @@ def run(rehearse, plan_only, like, config_path, overrides) -> None:
         from pipeline.rehearse import rehearse as dress_rehearsal
 
         run_dir = dress_rehearsal(load_config(config_path, overrides), config_path)
-        click.echo((run_dir / "rehearsal.md").read_text())
-        click.echo(f"Rehearsal written to {run_dir / 'rehearsal.md'} (and rehearsal.json).")
+        click.echo(RunDir(run_dir).rehearsal("md").read_text())
+        click.echo(f"Rehearsal written to {RunDir(run_dir).rehearsal('md')} (and rehearsal.json).")
         return
     from pipeline.run import run_pipeline
 

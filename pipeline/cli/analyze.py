@@ -15,6 +15,7 @@ from eval.report.analysis import ANALYSIS_FILE, STAGE
 from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.config import load_config
 from pipeline.core.fmt import MISSING
+from pipeline.core.paths import RunDir
 
 
 @click.command("analyze")
@@ -24,7 +25,7 @@ from pipeline.core.fmt import MISSING
 def analyze(run_dir, config_path, overrides) -> None:
     """Complexity, diversity and survival of an evolution run, per round and per C<k>."""
     lock_output(run_dir)
-    saved = Path(run_dir) / "config.yaml"
+    saved = RunDir(run_dir).config
     if config_path is None and saved.is_file():
         config_path = str(saved)  # the run's own resolved config: its judge model and seed
         click.echo(f"[analysis] using {saved}", err=True)

@@ -21,6 +21,7 @@ from pipeline.cli.common import config_options, friendly_errors, lock_output
 from pipeline.cli.options import adapter_option, dir_option, file_option, label_option, model_option, out_option
 from pipeline.config import load_config
 from pipeline.core.fmt import num
+from pipeline.core.paths import RunDir, pair_name
 
 
 @click.command("answer")
@@ -208,7 +209,7 @@ def judge(answers_dirs, baseline_dirs, judge_name, out_dir, config_path, overrid
     config = load_config(config_path, overrides)
     config.validate("engine", "eval")  # the sections this stage reads, before anything is written
     for a, b in zip(answers_dirs, baseline_dirs):  # one writer per comparison; others may run beside
-        lock_output(Path(out_dir) / f"{Path(a).name}__vs__{Path(b).name}")
+        lock_output(Path(out_dir) / pair_name(Path(a).name, Path(b).name))
     check_chat_roles({"models.judge": judge_name or config.models.judge}, config.models.dir)
     judge_path = locate_model(config, judge_name or config.models.judge, "judge")
     for judge_dir, scores in judge_pairs(config, list(zip(answers_dirs, baseline_dirs)), out_dir, judge_path):
@@ -229,7 +230,7 @@ def report(path) -> None:
     from eval.report.evaluation import build_report, find_judge_dirs
 
     judge_dirs, out_dir = find_judge_dirs(path)
-    run_config = out_dir / "config.yaml"
+    run_config = RunDir(out_dir).config
     if out_dir != judge_dirs[0] and run_config.is_file():
         # A whole run: rebuild it the way `evol run` wrote it, ablation over rounds included, so a
         # rebuild never drops the section the run stage added.

@@ -95,6 +95,15 @@ class RunDir:
     def evolve_stats(self) -> Path:
         return self.evolve / "stats.json"
 
+    @property
+    def evolve_manifest(self) -> Path:
+        return self.evolve / "manifest.json"
+
+    @property
+    def evolve_method(self) -> Path:
+        """A copy of evolve.method's file when it is not the operations."""
+        return self.evolve / "method.json"
+
     def round(self, k: int) -> Path:
         """Every attempt of evolution round k (round 0: the seeds and their answers)."""
         return self.evolve / f"round_{k}.jsonl"
@@ -139,11 +148,14 @@ class RunDir:
         return self.path / f"report.{kind}"
 
     @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def rehearsal(self, kind: str = "md") -> Path:
+        """rehearsal.md or rehearsal.json of `evol run --rehearse`."""
+        return self.path / f"rehearsal.{kind}"
+
+    @property
     def view(self) -> Path:
         """The data page of `evol view`."""
         return self.path / "data.html"
-
-
-def round_pool(run_dir: str | Path, k: int) -> Path:
-    """RunDir(run_dir).pool(k)."""
-    return RunDir(run_dir).pool(k)
