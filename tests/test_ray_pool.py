@@ -106,7 +106,8 @@ def test_a_stages_placement_groups_serve_all_its_jobs_and_none_is_left_after_it(
     from pipeline.engine.ray_backend import RowsFailed
 
     # One replica of two tensor-parallel workers: a placement group of both (fake) GPUs, the whole cluster.
-    settings = ("engine.tensor_parallel_size=2", "ray.start_timeout_s=5", "ray.batch_size=2")
+    # Engines that must start get a timeout no loaded machine reaches; only the blocked one waits out 5 s.
+    settings = ("engine.tensor_parallel_size=2", "ray.start_timeout_s=600", "ray.batch_size=2")
     engine = ray_engine(*settings)
     asks = [ChatRequest(id=f"q{i}", messages=[], purpose="ask", seed=i) for i in range(6)]
     for job in range(3):  # seed answers, then two rounds: each job starts on the replica the first one started
@@ -116,7 +117,7 @@ def test_a_stages_placement_groups_serve_all_its_jobs_and_none_is_left_after_it(
         assert engine.last_job["startup_s"] == 0 or job == 0
     # a second engine while the first holds the GPUs cannot start: what the next stage would meet
     # if the groups were left behind
-    blocked = ray_engine(*settings)
+    blocked = ray_engine(*settings[:1], "ray.start_timeout_s=5", *settings[2:])
     with pytest.raises(RowsFailed, match=r"1 of 1 engine replicas did not start within ray\.start_timeout_s=5 s"):
         next(blocked.stream(asks[:1]))
     blocked.close()
