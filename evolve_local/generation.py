@@ -21,7 +21,8 @@ from evolve_local.prompts import equality_prompt, evolution_prompt, messages
 from evolve_local.steps import Engines, ModelSet, run_chained, run_step, step_record
 from pipeline.config import Config
 from pipeline.config.evolve import OPERATIONS, EvolveConfig
-from pipeline.core.jsonio import iter_jsonl, read_jsonl_tolerant
+from pipeline.core.jsonio import iter_jsonl
+from pipeline.core.ledger import Ledger
 from pipeline.core.paths import RunDir
 from pipeline.core.scratch import Scratch, ScratchRecords
 from pipeline.core.seeds import derive_seed
@@ -57,10 +58,7 @@ class Run:
     def finished(self, k: int, step: str) -> ScratchRecords:
         """The step's finished records of round k by attempt id, from its work file: in the scratch
         file, so memory does not grow with the pool."""
-        records = self.scratch.records(f"round_{k}_{step}")
-        for record in read_jsonl_tolerant(self.work(k, step)):
-            records[record["id"]] = record
-        return records
+        return Ledger(self.work(k, step), into=self.scratch.records(f"round_{k}_{step}")).done
 
     def round_stats(self, k: int) -> Path:
         return self.stage_dir / "work" / f"stats_{k}.json"
