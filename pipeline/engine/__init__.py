@@ -13,8 +13,10 @@
   server_backend.py ServerEngine: requests to an OpenAI-compatible server already running (engine.url)
   vllm_server.py   the command that starts vLLM's OpenAI server with a config's engine settings (evol serve)
   fake.py          FakeEngine: scripted answers for unit tests
-  factory.py       make_engine: the backend a config asks for; locate_model, model_identity: a role's
-                   model and what stage keys hold of it (a local directory, or a served model)
+  backends.py      Local, Ray, Server: engine.backend resolved once (backend_of), each with its settings'
+                   checks, engine, model lookup and identity, manifest, lm-eval model, lanes and rehearsal
+  factory.py       make_engine, locate_model, model_identity, server_urls: the backend object's answers
+                   for a config (a role's model: a local directory, or a served model)
   schedule.py      the scheduler behind local engines' `stream`; generate_in_chunks (resumable chunks), chain_blocks
 
 The chat template is applied by the backend with the model's own tokenizer, so a prompt that does
