@@ -37,11 +37,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-from pipeline.config import Config, model_roles, semantic_dict, stable_hash, to_dict, to_yaml
+from pipeline.config import Config, model_roles
 from pipeline.core.cores import bind_cores
 from pipeline.core.jsonio import InputError
 from pipeline.core.lock import held_fds, hold
-from pipeline.core.manifest import write_run_manifest
+from pipeline.core.manifest import record_config
 from pipeline.core.models import CHAT_ROLES, SMOLLM2_ALIAS, prepare_alias, require_chat_model, resolve_model
 from pipeline.core.paths import RunDir, seeds_path, testset_path
 from pipeline.engine.vllm_backend import check_loopback
@@ -114,7 +114,7 @@ def run_pipeline(config: Config) -> Path:
     run_dir = Path(config.run.runs_dir) / config.run.name
     # One writer per run: the stage processes below inherit this lock instead of being refused by it.
     with hold(run_dir):
-        write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+        record_config(run_dir, config)
         config_file = RunDir(run_dir).config
         from pipeline.core.manifest import gpu_names
 

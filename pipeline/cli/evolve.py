@@ -60,14 +60,13 @@ def evolve(seeds_file, rounds, run_dir, config_path, overrides) -> None:
     """Evolve seed instructions for M rounds with elimination (Evol-Instruct)."""
     from evolve_local.evolve import load_inputs, run_evolve
     from evolve_local.method import describe
-    from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
-    from pipeline.core.manifest import write_run_manifest
+    from pipeline.core.manifest import record_config
 
     lock_output(run_dir)
     config = load_config_with(config_path, overrides, {"evolve.seeds": seeds_file, "evolve.rounds": rounds})
     inputs = load_inputs(config)
     models = vllm_models(config)
-    write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+    record_config(run_dir, config)
     names = models.names
     click.echo(
         f"[evolve] {len(inputs.seeds)} seeds ({inputs.seed_format}) from {inputs.seeds_file}, {config.evolve.rounds} "

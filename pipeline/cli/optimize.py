@@ -31,8 +31,7 @@ def optimize(seeds_file, steps, out_dir, config_path, overrides) -> None:
     from evolve_local.inputs import load_inputs
     from evolve_local.optimize import BEST_FILE, run_optimize, split_seeds, start_method
     from pipeline.cli.evolve import vllm_models
-    from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
-    from pipeline.core.manifest import write_run_manifest
+    from pipeline.core.manifest import record_config
 
     lock_output(out_dir)
     config = load_config_with(config_path, overrides, {"evolve.seeds": seeds_file, "optimize.steps": steps})
@@ -41,7 +40,7 @@ def optimize(seeds_file, steps, out_dir, config_path, overrides) -> None:
     start = start_method(config)  # a bad method file is one sentence here
     split_seeds(config, inputs.seeds)  # too few seeds for the development set and a mini-batch: here too
     models = vllm_models(config, optimizer=True)
-    write_run_manifest(out_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
+    record_config(out_dir, config)
     o = config.optimize
     click.echo(
         f"[optimize] {len(inputs.seeds)} seeds from {inputs.seeds_file}: {o.steps} steps from method "

@@ -42,7 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import stable_hash
+from pipeline.config import semantic_dict, stable_hash, to_dict, to_yaml
 from pipeline.core.jsonio import atomic_write_text, read_json, write_json
 from pipeline.core.paths import RunDir
 
@@ -275,6 +275,12 @@ def _list_finished(stage: Stage, entry: dict) -> None:
 def _from_root(stage_name: str, relative: str) -> str:
     joined = os.path.normpath(os.path.join(stage_name, relative))
     return joined.replace(os.sep, "/") + ("/" if relative.endswith("/") else "")
+
+
+def record_config(run_dir: str | Path, config) -> None:
+    """What `evol run`, `evol evolve` and `evol optimize` write first: the resolved config, its semantic hash
+    and this machine in the run manifest, and config.yaml."""
+    write_run_manifest(run_dir, to_dict(config), stable_hash(semantic_dict(config)), to_yaml(config))
 
 
 def write_run_manifest(run_dir: str | Path, resolved_config: dict, config_hash: str, yaml_text: str) -> None:
