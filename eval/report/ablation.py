@@ -81,15 +81,13 @@ def ablation_rows(run_dir: Path, rounds: list[int], settings: Aggregation | None
     return rows
 
 
-def _judgments(run_dir: Path, a: str, b: str, settings: Aggregation) -> list[dict] | None:
+def _judged(run_dir: Path, a: str, b: str, settings: Aggregation) -> tuple[list[dict], Lengths | None] | None:
+    """A's judgments against B as `settings` count them, and the answer lengths for the length-controlled
+    win rate; None when A was not judged against B."""
     judge_dir = RunDir(run_dir).judge_pair(a, b)
-    return counted(judge_dir, settings)[1] if (judge_dir / "judgments.jsonl").is_file() else None
-
-
-def _lengths(run_dir: Path, a: str, b: str) -> Lengths | None:
-    """The answer lengths of the comparison A vs B, for its length-controlled win rate."""
-    judge_dir = RunDir(run_dir).judge_pair(a, b)
-    return stored_lengths(judge_dir, read_json(judge_dir / SCORES_FILE))
+    if not (judge_dir / "judgments.jsonl").is_file():
+        return None
+    return counted(judge_dir, settings)[1], stored_lengths(judge_dir, read_json(judge_dir / SCORES_FILE))
 
 
 def _signed(value: float) -> str:
@@ -120,24 +118,30 @@ def round_differences(run_dir: Path, rounds: list[int], settings: Aggregation) -
     """C<b> minus C<a> for every a < b judged against the same baseline (the reference, and C0)."""
     out = []
     ordered = sorted(rounds)
+    judged = {  # each comparison read once, though it takes part in several differences
+        (f"C{k}", baseline): _judged(run_dir, f"C{k}", baseline, settings)
+        for baseline in (REFERENCE, "C0")
+        for k in ordered
+        if f"C{k}" != baseline
+    }
     for baseline in (REFERENCE, "C0"):
         for i, a in enumerate(ordered):
             for b in ordered[i + 1 :]:
                 earlier, later = f"C{a}", f"C{b}"
                 if baseline in (earlier, later):
                     continue  # C<k> vs C0 against C0 itself: that is the C<k> vs C0 comparison
-                first = _judgments(run_dir, earlier, baseline, settings)
-                second = _judgments(run_dir, later, baseline, settings)
-                if first is None or second is None:
+                if judged[earlier, baseline] is None or judged[later, baseline] is None:
                     continue
+                (first, first_lengths), (second, second_lengths) = judged[earlier, baseline], judged[later, baseline]
                 seed = derive_seed(settings.seed or 0, earlier, later, baseline)
                 diff = paired_difference(first, second, settings.resamples or 0, seed)
                 if diff is None:
                     continue
-                lengths = [_lengths(run_dir, label, baseline) for label in (earlier, later)]
-                if None not in lengths:
-                    lc = paired_lc_difference(first, second, tuple(lengths), settings.resamples or 0, seed)
-                    diff["lc_win_rate_points"] = lc
+                if first_lengths is not None and second_lengths is not None:
+                    lengths = (first_lengths, second_lengths)
+                    diff["lc_win_rate_points"] = paired_lc_difference(
+                        first, second, lengths, settings.resamples or 0, seed
+                    )
                 sentence = difference_sentence(later, earlier, baseline, diff)
                 out.append({"a": earlier, "b": later, "baseline": baseline, **diff, "sentence": sentence})
     return out
